@@ -1,0 +1,13 @@
+//! backstop-proto: everything in backstop that is deterministic.
+//!
+//! Responsible for: mail addresses, the SMTP wire format, and the sans-IO SMTP server session and
+//! client state machines that the gateway drives.
+//! Not responsible for: anything effectful. This crate has no async runtime, no sockets, no clock
+//! reads and no randomness that is not passed in; peer input never panics and never yields a Rust
+//! error, only replies and closes.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod smtp;

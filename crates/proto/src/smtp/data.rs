@@ -1,0 +1,254 @@
+//! The DATA receiver: finds the end of a message and removes dot-stuffing (RFC 5321 §4.5.2).
+//!
+//! Responsible for: ending a message only on `CRLF.CRLF` (the very first line counts as
+//! following a CRLF), un-stuffing leading dots, spotting bare CR and bare LF (never treating them
+//! as line ends, which is what SMTP smuggling abuses), and counting bytes against a size limit
+//! while keeping at most that many bytes in memory.
+//! Not responsible for: what happens to the message or which reply is sent (the session).
+
+/// Where the receiver is within the current line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pos {
+    /// Right after CRLF (or at the start of the data).
+    LineStart,
+    /// A `.` seen at the start of a line.
+    Dot,
+    /// `.` then CR at the start of a line.
+    DotCr,
+    /// Inside a line.
+    Mid,
+    /// A CR seen inside a line.
+    Cr,
+}
+
+/// The finished message, once `CRLF.CRLF` arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The message, un-stuffed, with CRLF line ends; empty when `too_big`.
+    pub body: Vec<u8>,
+    /// Size of the un-stuffed message in bytes (counted even past the limit).
+    pub size: u64,
+    /// A LF not preceded by CR appeared.
+    pub bare_lf: bool,
+    /// A CR not followed by LF appeared.
+    pub bare_cr: bool,
+    /// `size` is over the limit.
+    pub too_big: bool,
+}
+
+/// Incremental receiver for one message.
+#[derive(Debug)]
+pub struct DataReceiver {
+    pos: Pos,
+    body: Vec<u8>,
+    size: u64,
+    limit: u64,
+    bare_lf: bool,
+    bare_cr: bool,
+}
+
+impl DataReceiver {
+    /// A receiver that keeps at most `limit` bytes of message.
+    pub fn new(limit: u64) -> DataReceiver {
+        DataReceiver {
+            pos: Pos::LineStart,
+            body: Vec::new(),
+            size: 0,
+            limit,
+            bare_lf: false,
+            bare_cr: false,
+        }
+    }
+
+    /// Consumes bytes up to and including the end marker. Returns how many bytes of `input`
+    /// were used and the message when it ended; bytes after the marker are left to the caller.
+    pub fn feed(&mut self, input: &[u8]) -> (usize, Option<Received>) {
+        for (i, &b) in input.iter().enumerate() {
+            if self.step(b) {
+                return (i + 1, Some(self.finish()));
+            }
+        }
+        (input.len(), None)
+    }
+
+    /// Bytes counted so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Handles one byte; true when it completed `CRLF.CRLF`.
+    fn step(&mut self, b: u8) -> bool {
+        match (self.pos, b) {
+            (Pos::LineStart, b'.') => self.pos = Pos::Dot,
+            (Pos::Dot, b'\r') => self.pos = Pos::DotCr,
+            (Pos::DotCr, b'\n') => return true,
+            (Pos::DotCr, _) => {
+                // ".\r" then something else: the CR is bare; the dot was a stuffing dot
+                self.bare_cr = true;
+                self.emit(b'\r');
+                self.pos = Pos::Mid;
+                return self.step(b);
+            }
+            (Pos::Dot, _) => {
+                // a stuffed dot: drop it, then treat the byte as the line's first
+                self.pos = Pos::Mid;
+                return self.step_mid(b);
+            }
+            (Pos::Cr, b'\n') => {
+                self.emit(b'\n');
+                self.pos = Pos::LineStart;
+            }
+            (Pos::Cr, _) => {
+                self.bare_cr = true;
+                self.pos = Pos::Mid;
+                return self.step_mid(b);
+            }
+            (Pos::LineStart | Pos::Mid, _) => return self.step_mid(b),
+        }
+        false
+    }
+
+    fn step_mid(&mut self, b: u8) -> bool {
+        match b {
+            b'\r' => self.pos = Pos::Cr,
+            b'\n' => {
+                self.bare_lf = true;
+                self.pos = Pos::Mid;
+            }
+            _ => self.pos = Pos::Mid,
+        }
+        self.emit(b);
+        false
+    }
+
+    fn emit(&mut self, b: u8) {
+        self.size += 1;
+        if self.size <= self.limit {
+            self.body.push(b);
+        }
+    }
+
+    fn finish(&mut self) -> Received {
+        let too_big = self.size > self.limit;
+        Received {
+            body: if too_big {
+                Vec::new()
+            } else {
+                std::mem::take(&mut self.body)
+            },
+            size: self.size,
+            bare_lf: self.bare_lf,
+            bare_cr: self.bare_cr,
+            too_big,
+        }
+    }
+}
+
+/// Dot-stuffs a message for sending and appends the end marker: every line that starts with
+/// `.` gets one more, and a message not ending in CRLF gets one. Used by the client.
+pub fn stuff(body: &[u8], out: &mut Vec<u8>) {
+    out.reserve(body.len() + 8);
+    let mut at_line_start = true;
+    for &b in body {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !body.is_empty() && !body.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recv(input: &[u8]) -> (usize, Option<Received>) {
+        DataReceiver::new(1 << 20).feed(input)
+    }
+
+    #[test]
+    fn ends_only_on_crlf_dot_crlf() {
+        let (n, r) = recv(b"Subject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n");
+        let r = r.unwrap();
+        assert_eq!(r.body, b"Subject: x\r\n\r\nhi\r\n");
+        assert_eq!(n, b"Subject: x\r\n\r\nhi\r\n.\r\n".len());
+        assert!(!r.bare_lf && !r.bare_cr && !r.too_big);
+    }
+
+    #[test]
+    fn empty_message() {
+        let (n, r) = recv(b".\r\n");
+        assert_eq!(n, 3);
+        assert_eq!(r.unwrap().body, b"");
+    }
+
+    #[test]
+    fn unstuffs_leading_dots() {
+        let (_, r) = recv(b"..hidden\r\n...\r\n.\r\n");
+        assert_eq!(r.unwrap().body, b".hidden\r\n..\r\n");
+    }
+
+    #[test]
+    fn smuggling_sequences_are_not_ends() {
+        for evil in [
+            &b"a\n.\nMAIL FROM:<x@y.test>\r\n"[..],
+            b"a\r\n.\nRCPT\r\n",
+            b"a\n.\r\nX\r\n",
+            b"a\r.\r\nX\r\n",
+        ] {
+            let (n, r) = recv(evil);
+            assert_eq!(n, evil.len(), "{evil:?}");
+            assert!(r.is_none(), "{evil:?} ended the data");
+        }
+        let mut d = DataReceiver::new(1 << 20);
+        d.feed(b"a\n.\nMAIL FROM:<x@y.test>\r\n");
+        let (_, r) = d.feed(b".\r\n");
+        let r = r.unwrap();
+        assert!(r.bare_lf);
+        let mut d = DataReceiver::new(1 << 20);
+        let (_, r) = d.feed(b"a\rb\r\n.\r\n");
+        assert!(r.unwrap().bare_cr);
+        let mut d = DataReceiver::new(1 << 20);
+        let (_, r) = d.feed(b".\rX\r\n.\r\n");
+        assert!(r.unwrap().bare_cr);
+    }
+
+    #[test]
+    fn split_anywhere_gives_same_result() {
+        let msg = b"Subject: s\r\n\r\n..a\r\nb\r\n.\r\n";
+        let whole = recv(msg).1.unwrap();
+        for cut in 0..msg.len() {
+            let mut d = DataReceiver::new(1 << 20);
+            let (n1, r1) = d.feed(&msg[..cut]);
+            assert_eq!((n1, r1), (cut, None));
+            let (_, r2) = d.feed(&msg[cut..]);
+            assert_eq!(r2.unwrap(), whole, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn size_limit_counts_but_does_not_keep() {
+        let mut d = DataReceiver::new(4);
+        let (_, r) = d.feed(b"0123456789\r\n.\r\n");
+        let r = r.unwrap();
+        assert!(r.too_big);
+        assert_eq!(r.size, 12);
+        assert!(r.body.is_empty());
+    }
+
+    #[test]
+    fn stuff_round_trips() {
+        let body = b".a\r\nb\r\n..\r\n";
+        let mut wire = Vec::new();
+        stuff(body, &mut wire);
+        assert_eq!(wire, b"..a\r\nb\r\n...\r\n.\r\n");
+        assert_eq!(recv(&wire).1.unwrap().body, body);
+        let mut wire = Vec::new();
+        stuff(b"no newline", &mut wire);
+        assert_eq!(wire, b"no newline\r\n.\r\n");
+    }
+}
