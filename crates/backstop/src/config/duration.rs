@@ -1,0 +1,54 @@
+//! Durations in the configuration: `30s`, `5m`, `3h`, `7d`, `2w`, or a number of seconds.
+
+use std::time::Duration;
+
+/// Parses `N`, `Ns`, `Nm`, `Nh`, `Nd` or `Nw` (N a whole number).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return None,
+    };
+    n.checked_mul(secs).map(Duration::from_secs)
+}
+
+/// Writes a duration in the largest unit that divides it exactly (`7d`, `90m`, `45s`).
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if s >= size && s % size == 0 {
+            return format!("{}{unit}", s / size);
+        }
+    }
+    format!("{s}s")
+}
+
+pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("1w"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("5 m"), None);
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(format_duration(Duration::from_secs(604_800)), "1w");
+        assert_eq!(format_duration(Duration::from_secs(5400)), "90m");
+        assert_eq!(format_duration(Duration::from_secs(0)), "0s");
+    }
+}

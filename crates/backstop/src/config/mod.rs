@@ -1,0 +1,297 @@
+//! Configuration: one TOML file, read into [`RawConfig`] (serde, unknown keys refused) and
+//! validated into [`Config`], whose every value is usable as is.
+//!
+//! Responsible for: defaults, validation with errors that name the key, resolving relative
+//! paths against the config file's directory, and printing the resolved configuration.
+//! Not responsible for: reading list files or certificates (their owners do, at start-up), or
+//! acting on any value.
+
+mod duration;
+mod raw;
+
+pub use duration::{format_duration, parse_duration};
+pub use raw::RawConfig;
+
+use backstop_proto::address::Domain;
+use serde::Serialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The example configuration shipped in the repository; `backstop serve` without `--config`
+/// runs it, with paths relative to the current directory.
+pub const EXAMPLE: &str = include_str!("../../../../backstop.toml");
+
+/// A configuration error, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type or an unknown key (the message names line and key).
+    #[error("{0}")]
+    Parse(String),
+    /// A value that parses but cannot be used.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key, as a path: `domain[1].next_hop`.
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// Our host name: greeting, EHLO, Received headers, call-out HELO.
+    pub hostname: String,
+    /// Where state lives (the embedded store, the control socket).
+    pub state_dir: PathBuf,
+    /// Session limits.
+    pub limits: Limits,
+    /// Call-out verification settings.
+    pub callout: Callout,
+    /// Listeners.
+    #[serde(rename = "listen")]
+    pub listeners: Vec<Listener>,
+    /// Domains we accept mail for.
+    #[serde(rename = "domain")]
+    pub domains: Vec<DomainConfig>,
+}
+
+/// Session limits (`[limits]`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Limits {
+    /// Longest command line, CRLF included.
+    pub max_line_length: usize,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// Largest message in bytes.
+    pub max_message_size: u64,
+    /// Protocol errors before `421` and close.
+    pub max_errors: u32,
+    /// Longest silence from a client.
+    #[serde(serialize_with = "duration::serialize")]
+    pub idle_timeout: Duration,
+    /// Longest session.
+    #[serde(serialize_with = "duration::serialize")]
+    pub session_timeout: Duration,
+    /// On SIGTERM, how long sessions in flight may take to finish.
+    #[serde(serialize_with = "duration::serialize")]
+    pub shutdown_timeout: Duration,
+}
+
+/// What to answer for unknown addresses of a domain whose internal server accepts everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CatchAllPolicy {
+    /// `451 4.4.3`: the client tries again later; the operator is warned.
+    Defer,
+    /// `550 5.1.1`: only listed or previously verified addresses are taken.
+    Reject,
+}
+
+/// Call-out settings (`[callout]`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Callout {
+    /// Envelope sender of probes; empty means the null sender `<>`.
+    pub probe_sender: String,
+    /// Longest probe, connect included.
+    #[serde(serialize_with = "duration::serialize")]
+    pub timeout: Duration,
+    /// A valid answer is re-checked (in the background) after this long...
+    #[serde(serialize_with = "duration::serialize")]
+    pub positive_refresh: Duration,
+    /// ...and forgotten after this long.
+    #[serde(serialize_with = "duration::serialize")]
+    pub positive_expire: Duration,
+    /// An unknown-user answer is re-checked after this long...
+    #[serde(serialize_with = "duration::serialize")]
+    pub negative_refresh: Duration,
+    /// ...and forgotten after this long.
+    #[serde(serialize_with = "duration::serialize")]
+    pub negative_expire: Duration,
+    /// Probes per minute a single client IP can cause.
+    pub budget_per_client: u32,
+    /// Probes per minute in total.
+    pub budget_total: u32,
+    /// Probe a random address once per domain per negative refresh to spot catch-all servers.
+    pub catch_all_check: bool,
+    /// What unknown addresses of a catch-all domain get.
+    pub catch_all: CatchAllPolicy,
+    /// Most connections kept to one internal server for probes.
+    pub max_connections: usize,
+}
+
+/// One listener (`[[listen]]`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Listener {
+    /// Address and port.
+    pub addr: SocketAddr,
+    /// Certificate chain (PEM) for STARTTLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for STARTTLS.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `HOST:PORT` of an internal server; the host is resolved when connecting.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Parses `host:port`, `[v6]:port` or `v4:port`.
+    pub fn parse(s: &str) -> Option<HostPort> {
+        let (host, port) = s.rsplit_once(':')?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() || host.contains(['/', ' ']) {
+            return None;
+        }
+        Some(HostPort {
+            host: host.to_string(),
+            port: port.parse().ok().filter(|p| *p != 0)?,
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A recipient source of a domain, tried in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `list:FILE`
+    List(PathBuf),
+    /// `callout:HOST:PORT`
+    Callout(HostPort),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::List(p) => write!(f, "list:{}", p.display()),
+            Source::Callout(h) => write!(f, "callout:{h}"),
+        }
+    }
+}
+
+/// Where accepted mail for a domain goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextHop {
+    /// `smtp:HOST:PORT`
+    Smtp(HostPort),
+    /// `maildir:DIR`
+    Maildir(PathBuf),
+}
+
+impl fmt::Display for NextHop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NextHop::Smtp(h) => write!(f, "smtp:{h}"),
+            NextHop::Maildir(p) => write!(f, "maildir:{}", p.display()),
+        }
+    }
+}
+
+/// How accepted mail is handed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayMode {
+    /// While the client waits: the next hop's answer is the client's answer.
+    InSession,
+}
+
+/// One domain (`[[domain]]`).
+#[derive(Clone, Debug, Serialize)]
+pub struct DomainConfig {
+    /// The domain, lower case.
+    #[serde(serialize_with = "serialize_display")]
+    pub name: Domain,
+    /// Recipient sources, in order.
+    #[serde(rename = "recipients", serialize_with = "serialize_display_seq")]
+    pub sources: Vec<Source>,
+    /// Where its mail goes.
+    #[serde(serialize_with = "serialize_display")]
+    pub next_hop: NextHop,
+    /// How.
+    pub relay: RelayMode,
+}
+
+fn serialize_display<T: fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn serialize_display_seq<T: fmt::Display, S: serde::Serializer>(
+    v: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| x.to_string()))
+}
+
+impl Config {
+    /// Reads and validates a file; relative paths in it are taken from the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::from_toml(&text, &base)
+    }
+
+    /// The shipped example, paths relative to the current directory.
+    pub fn example() -> Result<Config, ConfigError> {
+        Config::from_toml(EXAMPLE, Path::new(""))
+    }
+
+    /// Parses and validates TOML text; relative paths are joined to `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        raw.validate(base)
+    }
+
+    /// The domain's configuration, if we serve it.
+    pub fn domain(&self, name: &Domain) -> Option<&DomainConfig> {
+        self.domains.iter().find(|d| d.name == *name)
+    }
+
+    /// The resolved configuration as TOML, defaults included.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

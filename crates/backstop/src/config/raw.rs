@@ -1,0 +1,355 @@
+//! The configuration file as written: serde types with optional fields, and their validation.
+
+use super::{
+    CatchAllPolicy, Config, ConfigError, DomainConfig, HostPort, Limits, Listener, NextHop,
+    RelayMode, Source, invalid, parse_duration,
+};
+use backstop_proto::address::Domain;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file as parsed; every key optional where a default exists, unknown keys refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    hostname: String,
+    state_dir: String,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    callout: RawCallout,
+    #[serde(default)]
+    listen: Vec<RawListener>,
+    #[serde(default)]
+    domain: Vec<RawDomain>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_line_length: Option<usize>,
+    max_recipients: Option<usize>,
+    max_message_size: Option<u64>,
+    max_errors: Option<u32>,
+    idle_timeout: Option<String>,
+    session_timeout: Option<String>,
+    shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCallout {
+    probe_sender: Option<String>,
+    timeout: Option<String>,
+    positive_refresh: Option<String>,
+    positive_expire: Option<String>,
+    negative_refresh: Option<String>,
+    negative_expire: Option<String>,
+    budget_per_client: Option<u32>,
+    budget_total: Option<u32>,
+    catch_all_check: Option<bool>,
+    catch_all: Option<String>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    addr: String,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDomain {
+    name: String,
+    recipients: Vec<String>,
+    next_hop: String,
+    relay: Option<String>,
+}
+
+fn duration(key: &str, v: &Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let s = v.as_deref().unwrap_or(default);
+    parse_duration(s).ok_or_else(|| {
+        invalid(
+            key,
+            format!("{s:?} is not a duration (like 30s, 5m, 3h, 7d)"),
+        )
+    })
+}
+
+fn positive<T: PartialOrd + Default + Copy>(
+    key: &str,
+    v: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v > T::default() {
+        Ok(v)
+    } else {
+        Err(invalid(key, "must be greater than 0"))
+    }
+}
+
+fn path(base: &Path, s: &str) -> PathBuf {
+    let p = Path::new(s);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl RawConfig {
+    /// Checks every value and fills in defaults.
+    pub fn validate(self, base: &Path) -> Result<Config, ConfigError> {
+        Domain::parse(&self.hostname, false).map_err(|e| {
+            invalid(
+                "hostname",
+                format!("{:?} is not a host name: {e}", self.hostname),
+            )
+        })?;
+        if self.state_dir.is_empty() {
+            return Err(invalid("state_dir", "must not be empty"));
+        }
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "at least one [[listen]] table is needed"));
+        }
+        if self.domain.is_empty() {
+            return Err(invalid("domain", "at least one [[domain]] table is needed"));
+        }
+        let listeners = self
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l.validate(i, base))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut domains: Vec<DomainConfig> = Vec::new();
+        for (i, d) in self.domain.iter().enumerate() {
+            let d = d.validate(i, base)?;
+            if domains.iter().any(|o| o.name == d.name) {
+                return Err(invalid(
+                    format!("domain[{i}].name"),
+                    format!("{} is configured twice", d.name),
+                ));
+            }
+            domains.push(d);
+        }
+        Ok(Config {
+            hostname: self.hostname.to_ascii_lowercase(),
+            state_dir: path(base, &self.state_dir),
+            limits: self.limits.validate()?,
+            callout: self.callout.validate()?,
+            listeners,
+            domains,
+        })
+    }
+}
+
+impl RawLimits {
+    fn validate(&self) -> Result<Limits, ConfigError> {
+        let max_line_length = self.max_line_length.unwrap_or(2048);
+        if max_line_length < 512 {
+            return Err(invalid(
+                "limits.max_line_length",
+                "must be at least 512 (RFC 5321 §4.5.3.1.4)",
+            ));
+        }
+        let max_recipients = self.max_recipients.unwrap_or(1000);
+        if max_recipients < 100 {
+            return Err(invalid(
+                "limits.max_recipients",
+                "must be at least 100 (RFC 5321 §4.5.3.1.8)",
+            ));
+        }
+        Ok(Limits {
+            max_line_length,
+            max_recipients,
+            max_message_size: positive(
+                "limits.max_message_size",
+                self.max_message_size,
+                10_240_000,
+            )?,
+            max_errors: positive("limits.max_errors", self.max_errors, 20)?,
+            idle_timeout: duration("limits.idle_timeout", &self.idle_timeout, "5m")?,
+            session_timeout: duration("limits.session_timeout", &self.session_timeout, "30m")?,
+            shutdown_timeout: duration("limits.shutdown_timeout", &self.shutdown_timeout, "30s")?,
+        })
+    }
+}
+
+impl RawCallout {
+    fn validate(&self) -> Result<super::Callout, ConfigError> {
+        let probe_sender = self.probe_sender.clone().unwrap_or_default();
+        if !probe_sender.is_empty() {
+            backstop_proto::address::Mailbox::parse(&probe_sender, false).map_err(|e| {
+                invalid(
+                    "callout.probe_sender",
+                    format!("{probe_sender:?}: {e} (use \"\" for the null sender)"),
+                )
+            })?;
+        }
+        let catch_all = match self.catch_all.as_deref().unwrap_or("defer") {
+            "defer" => CatchAllPolicy::Defer,
+            "reject" => CatchAllPolicy::Reject,
+            other => {
+                return Err(invalid(
+                    "callout.catch_all",
+                    format!("{other:?}: expected \"defer\" or \"reject\""),
+                ));
+            }
+        };
+        let c = super::Callout {
+            probe_sender,
+            timeout: duration("callout.timeout", &self.timeout, "15s")?,
+            positive_refresh: duration("callout.positive_refresh", &self.positive_refresh, "7d")?,
+            positive_expire: duration("callout.positive_expire", &self.positive_expire, "31d")?,
+            negative_refresh: duration("callout.negative_refresh", &self.negative_refresh, "3h")?,
+            negative_expire: duration("callout.negative_expire", &self.negative_expire, "3d")?,
+            budget_per_client: positive("callout.budget_per_client", self.budget_per_client, 120)?,
+            budget_total: positive("callout.budget_total", self.budget_total, 1200)?,
+            catch_all_check: self.catch_all_check.unwrap_or(true),
+            catch_all,
+            max_connections: positive("callout.max_connections", self.max_connections, 8)?,
+        };
+        if c.positive_refresh > c.positive_expire {
+            return Err(invalid(
+                "callout.positive_refresh",
+                "must not be longer than callout.positive_expire",
+            ));
+        }
+        if c.negative_refresh > c.negative_expire {
+            return Err(invalid(
+                "callout.negative_refresh",
+                "must not be longer than callout.negative_expire",
+            ));
+        }
+        if c.timeout.is_zero() {
+            return Err(invalid("callout.timeout", "must be greater than 0"));
+        }
+        Ok(c)
+    }
+}
+
+impl RawListener {
+    fn validate(&self, i: usize, base: &Path) -> Result<Listener, ConfigError> {
+        let key = |k: &str| format!("listen[{i}].{k}");
+        let addr = self.addr.parse().map_err(|_| {
+            invalid(
+                key("addr"),
+                format!(
+                    "{:?} is not IP:PORT (like 127.0.0.1:2525 or [::1]:25)",
+                    self.addr
+                ),
+            )
+        })?;
+        let file = |k: &str, v: &Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+            v.as_deref()
+                .map(|s| {
+                    let p = path(base, s);
+                    if p.is_file() {
+                        Ok(p)
+                    } else {
+                        Err(invalid(
+                            key(k),
+                            format!("{} is not a readable file", p.display()),
+                        ))
+                    }
+                })
+                .transpose()
+        };
+        let (tls_cert, tls_key) = (
+            file("tls_cert", &self.tls_cert)?,
+            file("tls_key", &self.tls_key)?,
+        );
+        if tls_cert.is_some() != tls_key.is_some() {
+            return Err(invalid(
+                key("tls_cert"),
+                "tls_cert and tls_key must be given together",
+            ));
+        }
+        Ok(Listener {
+            addr,
+            tls_cert,
+            tls_key,
+        })
+    }
+}
+
+impl RawDomain {
+    fn validate(&self, i: usize, base: &Path) -> Result<DomainConfig, ConfigError> {
+        let key = |k: &str| format!("domain[{i}].{k}");
+        let name = Domain::parse(&self.name, false)
+            .map_err(|e| invalid(key("name"), format!("{:?} is not a domain: {e}", self.name)))?;
+        if self.recipients.is_empty() {
+            return Err(invalid(
+                key("recipients"),
+                "at least one source is needed (list:FILE or callout:HOST:PORT)",
+            ));
+        }
+        let sources = self
+            .recipients
+            .iter()
+            .enumerate()
+            .map(|(j, s)| {
+                parse_source(s, base)
+                    .map_err(|m| invalid(format!("domain[{i}].recipients[{j}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_hop =
+            parse_next_hop(&self.next_hop, base).map_err(|m| invalid(key("next_hop"), m))?;
+        let relay = match self.relay.as_deref().unwrap_or("in-session") {
+            "in-session" => RelayMode::InSession,
+            "queue" => {
+                return Err(invalid(
+                    key("relay"),
+                    "\"queue\" needs the durable spool, which this version does not have yet; use \"in-session\"",
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    key("relay"),
+                    format!("{other:?}: expected \"in-session\""),
+                ));
+            }
+        };
+        Ok(DomainConfig {
+            name,
+            sources,
+            next_hop,
+            relay,
+        })
+    }
+}
+
+fn parse_source(s: &str, base: &Path) -> Result<Source, String> {
+    if let Some(file) = s.strip_prefix("list:") {
+        let p = path(base, file);
+        if !p.is_file() {
+            return Err(format!("{s:?}: {} is not a readable file", p.display()));
+        }
+        return Ok(Source::List(p));
+    }
+    if let Some(hp) = s.strip_prefix("callout:") {
+        return HostPort::parse(hp)
+            .map(Source::Callout)
+            .ok_or_else(|| format!("{s:?}: expected callout:HOST:PORT"));
+    }
+    Err(format!("{s:?}: expected list:FILE or callout:HOST:PORT"))
+}
+
+fn parse_next_hop(s: &str, base: &Path) -> Result<NextHop, String> {
+    if let Some(hp) = s.strip_prefix("smtp:") {
+        return HostPort::parse(hp)
+            .map(NextHop::Smtp)
+            .ok_or_else(|| format!("{s:?}: expected smtp:HOST:PORT"));
+    }
+    if let Some(dir) = s.strip_prefix("maildir:")
+        && !dir.is_empty()
+    {
+        return Ok(NextHop::Maildir(path(base, dir)));
+    }
+    Err(format!("{s:?}: expected smtp:HOST:PORT or maildir:DIR"))
+}

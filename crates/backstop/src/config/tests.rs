@@ -1,0 +1,129 @@
+use super::*;
+use std::io::Write;
+
+fn dir_with_list() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("examples")).unwrap();
+    std::fs::File::create(d.path().join("examples/recipients.txt"))
+        .unwrap()
+        .write_all(b"alice@example.test\n")
+        .unwrap();
+    d
+}
+
+fn err(text: &str) -> String {
+    let d = dir_with_list();
+    Config::from_toml(text, d.path()).unwrap_err().to_string()
+}
+
+#[test]
+fn shipped_example_is_valid_with_documented_defaults() {
+    let d = dir_with_list();
+    let c = Config::from_toml(EXAMPLE, d.path()).unwrap();
+    assert_eq!(c.hostname, "mx.example.test");
+    assert_eq!(c.state_dir, d.path().join("var"));
+    assert_eq!(c.listeners[0].addr.to_string(), "127.0.0.1:2525");
+    let dom = &c.domains[0];
+    assert_eq!(
+        dom.sources,
+        [Source::List(d.path().join("examples/recipients.txt"))]
+    );
+    assert_eq!(dom.next_hop, NextHop::Maildir(d.path().join("var/mail")));
+    assert_eq!(dom.relay, RelayMode::InSession);
+    assert_eq!(c.callout.positive_refresh, Duration::from_secs(7 * 86400));
+    assert_eq!(c.callout.positive_expire, Duration::from_secs(31 * 86400));
+    assert_eq!(c.callout.negative_refresh, Duration::from_secs(3 * 3600));
+    assert_eq!(c.callout.negative_expire, Duration::from_secs(3 * 86400));
+    assert_eq!(c.callout.catch_all, CatchAllPolicy::Defer);
+    assert_eq!(c.limits.max_message_size, 10_240_000);
+    let printed = c.to_toml();
+    assert!(printed.contains("positive_refresh = \"1w\""), "{printed}");
+    assert!(printed.contains("next_hop = \"maildir:"), "{printed}");
+}
+
+const BASE: &str =
+    "hostname = \"mx.example.test\"\nstate_dir = \"var\"\n[[listen]]\naddr = \"127.0.0.1:2525\"\n";
+
+fn with_domain(extra: &str) -> String {
+    format!(
+        "{BASE}[[domain]]\nname = \"example.test\"\nrecipients = [\"callout:127.0.0.1:2526\"]\nnext_hop = \"smtp:127.0.0.1:2526\"\n{extra}"
+    )
+}
+
+#[test]
+fn unknown_keys_are_errors_that_name_the_key() {
+    let e = err(&with_domain("relya = \"in-session\"\n"));
+    assert!(e.contains("relya"), "{e}");
+    let e = err(&format!("{}[limits]\nmax_rcpt = 5\n", with_domain("")));
+    assert!(e.contains("max_rcpt"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let cases = [
+        (with_domain("relay = \"queue\"\n"), "domain[0].relay"),
+        (with_domain("relay = \"later\"\n"), "domain[0].relay"),
+        (
+            with_domain("").replace("smtp:127.0.0.1:2526", "smtp:nowhere"),
+            "domain[0].next_hop",
+        ),
+        (
+            with_domain("").replace("callout:127.0.0.1:2526", "ldap:x"),
+            "domain[0].recipients[0]",
+        ),
+        (
+            with_domain("").replace("callout:127.0.0.1:2526", "list:missing.txt"),
+            "domain[0].recipients[0]",
+        ),
+        (
+            with_domain("").replace("127.0.0.1:2525", "localhost"),
+            "listen[0].addr",
+        ),
+        (
+            with_domain("").replace("example.test\"\nrecip", "exa mple\"\nrecip"),
+            "domain[0].name",
+        ),
+        (
+            format!("{}[callout]\ntimeout = \"soon\"\n", with_domain("")),
+            "callout.timeout",
+        ),
+        (
+            format!("{}[callout]\ncatch_all = \"accept\"\n", with_domain("")),
+            "callout.catch_all",
+        ),
+        (
+            format!("{}[callout]\nnegative_refresh = \"4d\"\n", with_domain("")),
+            "callout.negative_refresh",
+        ),
+        (
+            format!("{}[limits]\nmax_recipients = 5\n", with_domain("")),
+            "limits.max_recipients",
+        ),
+        (BASE.to_string(), "domain"),
+        (
+            format!(
+                "{}{}",
+                with_domain(""),
+                "[[domain]]\nname = \"EXAMPLE.test\"\nrecipients = [\"callout:h:1\"]\nnext_hop = \"smtp:h:1\"\n"
+            ),
+            "domain[1].name",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = err(&text);
+        assert!(e.starts_with(&format!("{key}: ")), "{key}: {e}");
+    }
+    let e = err(&with_domain("relay = \"queue\"\n"));
+    assert!(e.contains("use \"in-session\""), "{e}");
+}
+
+#[test]
+fn host_port_forms() {
+    assert_eq!(HostPort::parse("[::1]:25").unwrap().to_string(), "[::1]:25");
+    assert_eq!(
+        HostPort::parse("mail.internal.test:2526").unwrap().host,
+        "mail.internal.test"
+    );
+    assert!(HostPort::parse("h:0").is_none());
+    assert!(HostPort::parse(":25").is_none());
+}

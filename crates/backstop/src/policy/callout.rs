@@ -1,0 +1,322 @@
+//! The call-out cache: positive and negative answers with separate refresh and expiry times,
+//! one probe in flight per address, probe budgets, and catch-all detection.
+//!
+//! Responsible for: answering "does the internal server take this address?" from the Store
+//! when it can, probing when it must, and never letting a failed probe overwrite what is known.
+//! Not responsible for: the SMTP of a probe (`probe`), or the reply a client gets (`policy`).
+
+use super::probe::{ProbeAnswer, Prober};
+use crate::clock::Clock;
+use crate::config::{self, HostPort};
+use crate::store::{CacheEntry, CacheVerdict, Store};
+use crate::telemetry;
+use backstop_proto::address::{Domain, Mailbox};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// The call-out's answer about one address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CalloutResult {
+    /// The internal server takes it.
+    Valid(Known),
+    /// The internal server refuses it permanently.
+    Invalid(Known),
+    /// The internal server takes anything for this domain, so its answer means nothing.
+    CatchAll(Known),
+    /// No answer could be had (server down, 4xx, timeout); nothing known-good was cached.
+    Unavailable(String),
+    /// The probe budget of the client or of the gateway is spent for this minute.
+    OverBudget,
+}
+
+/// Where a verdict came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Known {
+    /// The cache entry behind the verdict (new or old).
+    pub entry: CacheEntry,
+    /// True when served from the cache, false when just probed.
+    pub cached: bool,
+}
+
+/// Random numbers for catch-all local parts (passed in so tests are exact).
+pub type Random = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Probes per minute, per client IP and in total, in fixed one-minute windows.
+#[derive(Debug, Default)]
+struct Budget {
+    window: u64,
+    total: u32,
+    clients: HashMap<IpAddr, u32>,
+}
+
+impl Budget {
+    /// Takes one probe from the budget; `client` None (background refreshes, catch-all checks)
+    /// only counts against the total.
+    fn take(&mut self, cfg: &config::Callout, client: Option<IpAddr>, now: u64) -> bool {
+        let window = now / 60;
+        if window != self.window {
+            *self = Budget {
+                window,
+                ..Budget::default()
+            };
+        }
+        if self.total >= cfg.budget_total {
+            return false;
+        }
+        if let Some(ip) = client {
+            let used = self.clients.entry(ip).or_default();
+            if *used >= cfg.budget_per_client {
+                return false;
+            }
+            *used += 1;
+        }
+        self.total += 1;
+        true
+    }
+}
+
+type Inflight = Mutex<HashMap<String, watch::Receiver<Option<CalloutResult>>>>;
+
+/// The call-out verifier shared by all sessions.
+pub struct Callout {
+    cfg: config::Callout,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    prober: Arc<dyn Prober>,
+    random: Random,
+    inflight: Inflight,
+    budget: Mutex<Budget>,
+}
+
+/// Removes an in-flight marker however the probe task ends (even by panic).
+struct InflightGuard {
+    callout: Arc<Callout>,
+    key: String,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.callout
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// The cache key of an address.
+pub fn address_key(addr: &Mailbox) -> String {
+    format!("rcpt:{}", addr.key())
+}
+
+fn domain_key(d: &Domain) -> String {
+    format!("catchall:{d}")
+}
+
+impl Callout {
+    /// A call-out verifier.
+    pub fn new(
+        cfg: config::Callout,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        prober: Arc<dyn Prober>,
+        random: Random,
+    ) -> Arc<Callout> {
+        Arc::new(Callout {
+            cfg,
+            store,
+            clock,
+            prober,
+            random,
+            inflight: Mutex::new(HashMap::new()),
+            budget: Mutex::new(Budget::default()),
+        })
+    }
+
+    /// Is `addr` valid at `target`? `client` is charged for a probe if one is needed.
+    pub async fn check(
+        self: &Arc<Self>,
+        target: &HostPort,
+        addr: &Mailbox,
+        client: IpAddr,
+    ) -> CalloutResult {
+        let key = address_key(addr);
+        if let Some(entry) = self.cached(&key).await {
+            if !entry.is_fresh(self.clock.unix()) {
+                self.refresh(key, target.clone(), addr.clone());
+            }
+            return from_entry(entry, true);
+        }
+        if self.cfg.catch_all_check
+            && let Some(entry) = self.catch_all(target, addr.domain()).await
+            && entry.verdict == CacheVerdict::CatchAll
+        {
+            return CalloutResult::CatchAll(Known {
+                entry,
+                cached: true,
+            });
+        }
+        self.probe_once(key, target.clone(), addr.clone(), Some(client))
+            .await
+    }
+
+    /// The cached entry for `key` unless missing or expired (a store error counts as missing).
+    pub async fn cached(&self, key: &str) -> Option<CacheEntry> {
+        match self.store.cache_get(key).await {
+            Ok(e) => e.filter(|e| !e.is_expired(self.clock.unix())),
+            Err(e) => {
+                tracing::warn!(error = %e, key, "call-out cache read failed");
+                None
+            }
+        }
+    }
+
+    /// The domain's catch-all entry, probing a random address when none is cached.
+    async fn catch_all(self: &Arc<Self>, target: &HostPort, domain: &Domain) -> Option<CacheEntry> {
+        let key = domain_key(domain);
+        let random = format!("bkst-{:016x}", (self.random)());
+        let probe_addr = Mailbox::new(&random, domain.clone()).ok()?;
+        if let Some(entry) = self.cached(&key).await {
+            if !entry.is_fresh(self.clock.unix()) {
+                self.refresh(key, target.clone(), probe_addr);
+            }
+            return Some(entry);
+        }
+        match self.probe_once(key, target.clone(), probe_addr, None).await {
+            CalloutResult::CatchAll(k) | CalloutResult::Valid(k) | CalloutResult::Invalid(k) => {
+                Some(k.entry)
+            }
+            CalloutResult::Unavailable(_) | CalloutResult::OverBudget => None,
+        }
+    }
+
+    /// Re-checks a stale entry in the background, if the total budget allows.
+    fn refresh(self: &Arc<Self>, key: String, target: HostPort, addr: Mailbox) {
+        let _ = self.join_or_start(key, target, addr, None);
+    }
+
+    /// Joins the probe in flight for `key`, or starts one if the budget allows, and waits.
+    async fn probe_once(
+        self: &Arc<Self>,
+        key: String,
+        target: HostPort,
+        addr: Mailbox,
+        client: Option<IpAddr>,
+    ) -> CalloutResult {
+        let Some(mut rx) = self.join_or_start(key, target, addr, client) else {
+            return CalloutResult::OverBudget;
+        };
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or_else(|| {
+                CalloutResult::Unavailable("probe ended without an answer".into())
+            }),
+            Err(_) => CalloutResult::Unavailable("probe task failed".into()),
+        }
+    }
+
+    /// The receiver of the probe in flight for `key`, started now if there is none; None when
+    /// the budget does not allow a new probe.
+    fn join_or_start(
+        self: &Arc<Self>,
+        key: String,
+        target: HostPort,
+        addr: Mailbox,
+        client: Option<IpAddr>,
+    ) -> Option<watch::Receiver<Option<CalloutResult>>> {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = map.get(&key) {
+            return Some(rx.clone());
+        }
+        let now = self.clock.unix();
+        if !self
+            .budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(&self.cfg, client, now)
+        {
+            telemetry::probe_budget_exceeded(&addr, client);
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(key.clone(), rx.clone());
+        drop(map);
+        self.spawn_probe(key, target, addr, tx);
+        Some(rx)
+    }
+
+    fn spawn_probe(
+        self: &Arc<Self>,
+        key: String,
+        target: HostPort,
+        addr: Mailbox,
+        tx: watch::Sender<Option<CalloutResult>>,
+    ) {
+        let guard = InflightGuard {
+            callout: self.clone(),
+            key,
+        };
+        tokio::spawn(async move {
+            let this = guard.callout.clone();
+            // a probe that finished just before this one started has left a fresh entry:
+            // answers are written before the in-flight marker goes, so this closes the race
+            let result = match this.cached(&guard.key).await {
+                Some(e) if e.is_fresh(this.clock.unix()) => from_entry(e, true),
+                _ => {
+                    let started = std::time::Instant::now();
+                    let answer = this.prober.probe(&target, &addr).await;
+                    telemetry::callout_probe(&target, &addr, &answer, started.elapsed());
+                    this.record(&guard.key, answer).await
+                }
+            };
+            drop(guard);
+            let _ = tx.send(Some(result));
+        });
+    }
+
+    /// Caches a definite answer; a failed probe writes nothing, so it never replaces what is
+    /// known (a stale known-good entry keeps being served until it expires).
+    async fn record(&self, key: &str, answer: ProbeAnswer) -> CalloutResult {
+        let now = self.clock.unix();
+        let is_domain = key.starts_with("catchall:");
+        let (verdict, detail, positive) = match answer {
+            ProbeAnswer::Valid(d) if is_domain => (CacheVerdict::CatchAll, d, false),
+            ProbeAnswer::Invalid(d) if is_domain => (CacheVerdict::NotCatchAll, d, false),
+            ProbeAnswer::Valid(d) => (CacheVerdict::Valid, d, true),
+            ProbeAnswer::Invalid(d) => (CacheVerdict::Invalid, d, false),
+            ProbeAnswer::Failed(why) => return CalloutResult::Unavailable(why),
+        };
+        let (refresh, expire) = if positive {
+            (self.cfg.positive_refresh, self.cfg.positive_expire)
+        } else {
+            (self.cfg.negative_refresh, self.cfg.negative_expire)
+        };
+        let entry = CacheEntry {
+            verdict,
+            checked_at: now,
+            refresh_at: now + refresh.as_secs(),
+            expire_at: now + expire.as_secs(),
+            detail,
+        };
+        if verdict == CacheVerdict::CatchAll {
+            tracing::warn!(key, reply = %entry.detail, "internal server accepts any address (catch-all): its answers cannot be trusted for this domain");
+        }
+        if let Err(e) = self.store.cache_put(key, &entry).await {
+            tracing::warn!(error = %e, key, "call-out cache write failed");
+        }
+        from_entry(entry, false)
+    }
+}
+
+fn from_entry(entry: CacheEntry, cached: bool) -> CalloutResult {
+    let k = Known { entry, cached };
+    match k.entry.verdict {
+        CacheVerdict::Valid => CalloutResult::Valid(k),
+        CacheVerdict::Invalid | CacheVerdict::NotCatchAll => CalloutResult::Invalid(k),
+        CacheVerdict::CatchAll => CalloutResult::CatchAll(k),
+    }
+}
+
+#[cfg(test)]
+mod tests;

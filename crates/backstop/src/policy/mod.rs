@@ -1,0 +1,294 @@
+//! Recipient policy: is this recipient ours, and is it a real user? One [`Decision`] per RCPT,
+//! with the reply the client gets and the steps that led to it.
+//!
+//! Responsible for: the per-domain source order (lists, then call-outs), the fixed reply texts
+//! (the internal server's words never reach the client), and never accepting an unverified
+//! recipient: what cannot be verified is deferred (`451`/`450`), never accepted.
+//! Not responsible for: where accepted mail goes (relay), or SMTP sequencing (the session).
+
+pub mod callout;
+pub mod lists;
+pub mod probe;
+
+use crate::clock::Clock;
+use crate::config::{CatchAllPolicy, Config, NextHop, Source};
+use backstop_proto::address::{Domain, Mailbox};
+use backstop_proto::smtp::reply::{Enhanced, Reply};
+use callout::{Callout, CalloutResult, Known};
+use lists::{ListError, ListFile};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What RCPT gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `250 2.1.5`
+    Accept,
+    /// `550 5.1.1 ... User unknown`
+    UnknownUser,
+    /// `554 5.7.1 ... Relay access denied`: not one of our domains.
+    RelayDenied,
+    /// `451 4.4.3`: could not be verified now (internal server down, or a catch-all).
+    Unverifiable,
+    /// `450 4.7.1`: too many verifications for this client or in total.
+    OverBudget,
+}
+
+/// The verdict on one recipient, with its reason (a stable label for logs and metrics) and the
+/// steps taken (for `backstop verify`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// What the client gets.
+    pub outcome: Outcome,
+    /// Why, as a label: `listed`, `not-listed`, `callout-valid`, `callout-invalid`,
+    /// `callout-unavailable`, `catch-all`, `probe-budget`, `relay-denied`.
+    pub reason: &'static str,
+    /// One line per source consulted.
+    pub steps: Vec<String>,
+}
+
+impl Decision {
+    /// The reply for `addr` (fixed texts; nothing from the internal server).
+    pub fn reply(&self, addr: &Mailbox) -> Reply {
+        match self.outcome {
+            Outcome::Accept => Reply::new(250, Enhanced::new(2, 1, 5), "Ok"),
+            Outcome::UnknownUser => Reply::new(
+                550,
+                Enhanced::new(5, 1, 1),
+                format!("<{addr}>: Recipient address rejected: User unknown"),
+            ),
+            Outcome::RelayDenied => Reply::new(
+                554,
+                Enhanced::new(5, 7, 1),
+                format!("<{addr}>: Relay access denied"),
+            ),
+            Outcome::Unverifiable => Reply::new(
+                451,
+                Enhanced::new(4, 4, 3),
+                format!(
+                    "<{addr}>: Recipient address rejected: unable to verify address, try again later"
+                ),
+            ),
+            Outcome::OverBudget => Reply::new(
+                450,
+                Enhanced::new(4, 7, 1),
+                format!(
+                    "<{addr}>: Recipient address rejected: too many address verifications, try again later"
+                ),
+            ),
+        }
+    }
+}
+
+enum SourceImpl {
+    List(Arc<ListFile>),
+    Callout(crate::config::HostPort),
+}
+
+struct DomainPolicy {
+    sources: Vec<SourceImpl>,
+    next_hop: NextHop,
+}
+
+/// The recipient verifier shared by all sessions.
+pub struct Verifier {
+    domains: HashMap<Domain, DomainPolicy>,
+    lists: Vec<Arc<ListFile>>,
+    callout: Arc<Callout>,
+    catch_all: CatchAllPolicy,
+    postmaster: Mailbox,
+    clock: Arc<dyn Clock>,
+}
+
+impl Verifier {
+    /// Loads every list file of the configuration (each once) and wires the call-out.
+    pub fn new(
+        cfg: &Config,
+        callout: Arc<Callout>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Verifier, ListError> {
+        let mut files: HashMap<PathBuf, Arc<ListFile>> = HashMap::new();
+        let mut domains = HashMap::new();
+        for d in &cfg.domains {
+            let mut sources = Vec::new();
+            for s in &d.sources {
+                sources.push(match s {
+                    Source::List(p) => {
+                        let file = match files.get(p) {
+                            Some(f) => f.clone(),
+                            None => Arc::new(ListFile::load(p)?),
+                        };
+                        files.insert(p.clone(), file.clone());
+                        SourceImpl::List(file)
+                    }
+                    Source::Callout(hp) => SourceImpl::Callout(hp.clone()),
+                });
+            }
+            domains.insert(
+                d.name.clone(),
+                DomainPolicy {
+                    sources,
+                    next_hop: d.next_hop.clone(),
+                },
+            );
+        }
+        // RCPT TO:<Postmaster> (no domain) goes to postmaster of the first domain
+        let postmaster = Mailbox::new("postmaster", cfg.domains[0].name.clone())
+            .expect("postmaster is a valid local part");
+        Ok(Verifier {
+            domains,
+            lists: files.into_values().collect(),
+            callout,
+            catch_all: cfg.callout.catch_all,
+            postmaster,
+            clock,
+        })
+    }
+
+    /// The mailbox `<Postmaster>` stands for.
+    pub fn postmaster(&self) -> &Mailbox {
+        &self.postmaster
+    }
+
+    /// Every list file, for the reload task.
+    pub fn lists(&self) -> &[Arc<ListFile>] {
+        &self.lists
+    }
+
+    /// Where mail for `domain` goes, if it is ours.
+    pub fn next_hop(&self, domain: &Domain) -> Option<&NextHop> {
+        self.domains.get(domain).map(|d| &d.next_hop)
+    }
+
+    /// Judges one recipient; `client` pays for any probe.
+    pub async fn verify(&self, addr: &Mailbox, client: IpAddr) -> Decision {
+        let Some(domain) = self.domains.get(addr.domain()) else {
+            return decision(
+                Outcome::RelayDenied,
+                "relay-denied",
+                vec![format!("{} is not one of our domains", addr.domain())],
+            );
+        };
+        // postmaster must always be deliverable (RFC 5321 §4.5.1)
+        if addr.local().eq_ignore_ascii_case("postmaster") {
+            return decision(
+                Outcome::Accept,
+                "postmaster",
+                vec!["postmaster is always accepted (RFC 5321 §4.5.1)".into()],
+            );
+        }
+        let mut steps = Vec::new();
+        let mut deferred: Option<(Outcome, &'static str)> = None;
+        let mut refused = ("not-listed", Outcome::UnknownUser);
+        for source in &domain.sources {
+            match source {
+                SourceImpl::List(f) => {
+                    let data = f.data();
+                    if data.contains(addr) {
+                        steps.push(format!("list:{}: listed", f.path().display()));
+                        return decision(Outcome::Accept, "listed", steps);
+                    }
+                    steps.push(format!(
+                        "list:{}: not listed ({} entries)",
+                        f.path().display(),
+                        data.len()
+                    ));
+                }
+                SourceImpl::Callout(target) => {
+                    let r = self.callout.check(target, addr, client).await;
+                    steps.push(format!("callout:{target}: {}", self.describe(&r)));
+                    match r {
+                        CalloutResult::Valid(_) => {
+                            return decision(Outcome::Accept, "callout-valid", steps);
+                        }
+                        CalloutResult::Invalid(_) => {
+                            refused = ("callout-invalid", Outcome::UnknownUser)
+                        }
+                        CalloutResult::CatchAll(_) => {
+                            let o = match self.catch_all {
+                                CatchAllPolicy::Defer => Outcome::Unverifiable,
+                                CatchAllPolicy::Reject => Outcome::UnknownUser,
+                            };
+                            deferred.get_or_insert((o, "catch-all"));
+                        }
+                        CalloutResult::Unavailable(_) => {
+                            deferred.get_or_insert((Outcome::Unverifiable, "callout-unavailable"));
+                        }
+                        CalloutResult::OverBudget => {
+                            deferred.get_or_insert((Outcome::OverBudget, "probe-budget"));
+                        }
+                    }
+                }
+            }
+        }
+        match deferred {
+            // a definite "no" from an internal server outweighs another one's silence
+            Some(_) if refused.0 == "callout-invalid" => decision(refused.1, refused.0, steps),
+            Some((o, reason)) => decision(o, reason, steps),
+            None => decision(refused.1, refused.0, steps),
+        }
+    }
+
+    fn describe(&self, r: &CalloutResult) -> String {
+        let now = self.clock.unix();
+        let known = |what: &str, k: &Known| {
+            let e = &k.entry;
+            let when = if k.cached {
+                format!(
+                    "cached, checked {} ago, refresh in {}, expires in {}",
+                    ago(now.saturating_sub(e.checked_at)),
+                    ago(e.refresh_at.saturating_sub(now)),
+                    ago(e.expire_at.saturating_sub(now))
+                )
+            } else {
+                "probed now".to_string()
+            };
+            format!("{what} ({when}; internal server said: {})", e.detail)
+        };
+        match r {
+            CalloutResult::Valid(k) => known("valid", k),
+            CalloutResult::Invalid(k) => known("unknown user", k),
+            CalloutResult::CatchAll(k) => known("domain is a catch-all, answers not trusted", k),
+            CalloutResult::Unavailable(why) => format!("cannot verify: {why}"),
+            CalloutResult::OverBudget => "probe budget spent for this minute".into(),
+        }
+    }
+}
+
+fn decision(outcome: Outcome, reason: &'static str, steps: Vec<String>) -> Decision {
+    Decision {
+        outcome,
+        reason,
+        steps,
+    }
+}
+
+/// A duration in seconds as its two largest units: `2d 3h`, `5m 10s`, `0s`.
+pub fn ago(secs: u64) -> String {
+    let units = [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)];
+    let mut parts = Vec::new();
+    let mut rest = secs;
+    for (name, size) in units {
+        if rest >= size || (parts.is_empty() && size == 1) {
+            parts.push(format!("{}{name}", rest / size));
+            rest %= size;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ago_is_short() {
+        assert_eq!(super::ago(0), "0s");
+        assert_eq!(super::ago(59), "59s");
+        assert_eq!(super::ago(3 * 86400 + 7200 + 5), "3d 2h");
+        assert_eq!(super::ago(3600), "1h");
+    }
+}

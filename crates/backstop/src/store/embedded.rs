@@ -1,0 +1,97 @@
+//! The embedded store: one redb file, `state_dir/backstop.redb`.
+//!
+//! Reads run inline (a redb read transaction costs microseconds); writes commit durably on the
+//! blocking pool so an fsync never stalls a session's task.
+
+use super::{CacheEntry, Store, StoreError};
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+
+const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("callout_cache");
+
+/// The embedded backend.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+fn backend(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Backend(e.into().to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file. Fails if another process has it open.
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                "{} is in use by another process (is a backstop already running with this state_dir?)",
+                path.display()
+            )),
+            e => StoreError::Backend(format!("{}: {}", path.display(), redb::Error::from(e))),
+        })?;
+        let tx = db.begin_write().map_err(backend)?;
+        tx.open_table(CACHE).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_write().map_err(backend)?;
+            let out = f(&tx).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn cache_get(&self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(CACHE).map_err(backend)?;
+        let Some(v) = table.get(key).map_err(backend)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: key.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    async fn cache_put(&self, key: &str, entry: &CacheEntry) -> Result<(), StoreError> {
+        let key = key.to_string();
+        let value = serde_json::to_vec(entry).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.write(move |tx| {
+            tx.open_table(CACHE)?
+                .insert(key.as_str(), value.as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
+        self.write(move |tx| {
+            let mut table = tx.open_table(CACHE)?;
+            let mut n = 0;
+            table.retain(|_, v| {
+                let keep =
+                    serde_json::from_slice::<CacheEntry>(v).is_ok_and(|e| !e.is_expired(now));
+                n += usize::from(!keep);
+                keep
+            })?;
+            Ok(n)
+        })
+        .await
+    }
+}

@@ -1,0 +1,156 @@
+//! Typed events: every decision backstop makes is one [`Event`], and emitting it writes the
+//! structured log line (metrics join here, from the same event, so the two cannot drift).
+//!
+//! Responsible for: the event types and how each is logged (target `backstop::event`, with an
+//! `event` field naming it). Not responsible for: deciding anything.
+
+use crate::config::HostPort;
+use crate::policy::Decision;
+use crate::policy::probe::ProbeAnswer;
+use backstop_proto::address::Mailbox;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// One decision or occurrence worth recording.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A client connected.
+    Connect {
+        /// The client.
+        peer: SocketAddr,
+    },
+    /// A session ended.
+    Disconnect {
+        /// The client.
+        peer: SocketAddr,
+        /// Messages accepted in the session.
+        messages: u32,
+    },
+    /// A recipient was judged.
+    Rcpt {
+        /// The client.
+        peer: IpAddr,
+        /// The recipient.
+        rcpt: &'a Mailbox,
+        /// The verdict.
+        decision: &'a Decision,
+    },
+    /// The next hop refused a recipient we had accepted (in-session relay).
+    RcptRelayRefused {
+        /// The client.
+        peer: IpAddr,
+        /// The recipient.
+        rcpt: &'a Mailbox,
+        /// What the next hop said (logged, never shown to the client).
+        reply: &'a str,
+    },
+    /// A call-out probe ran.
+    CalloutProbe {
+        /// The internal server.
+        target: &'a HostPort,
+        /// The address probed.
+        addr: &'a Mailbox,
+        /// Its answer.
+        answer: &'a ProbeAnswer,
+        /// How long it took.
+        latency: Duration,
+    },
+    /// A probe was not made: budget spent.
+    ProbeBudgetExceeded {
+        /// The address.
+        addr: &'a Mailbox,
+        /// The client charged, if any.
+        client: Option<IpAddr>,
+    },
+    /// A message was handed on (relayed or delivered to a Maildir).
+    Delivered {
+        /// Our id.
+        id: &'a str,
+        /// Where.
+        next_hop: String,
+        /// Recipients.
+        rcpts: usize,
+        /// Bytes.
+        size: usize,
+        /// The next hop's answer, or the files written.
+        detail: &'a str,
+    },
+    /// The next hop did not take a message; the client got a refusal, nothing was accepted.
+    NotDelivered {
+        /// Our id.
+        id: &'a str,
+        /// Where.
+        next_hop: String,
+        /// Why.
+        detail: &'a str,
+    },
+}
+
+impl Event<'_> {
+    /// Records the event.
+    pub fn emit(&self) {
+        match self {
+            Event::Connect { peer } => {
+                tracing::info!(target: "backstop::event", event = "connect", %peer)
+            }
+            Event::Disconnect { peer, messages } => {
+                tracing::info!(target: "backstop::event", event = "disconnect", %peer, messages)
+            }
+            Event::Rcpt {
+                peer,
+                rcpt,
+                decision,
+            } => tracing::info!(
+                target: "backstop::event", event = "rcpt", %peer, %rcpt,
+                outcome = ?decision.outcome, reason = decision.reason
+            ),
+            Event::RcptRelayRefused { peer, rcpt, reply } => tracing::info!(
+                target: "backstop::event", event = "rcpt_relay_refused", %peer, %rcpt, reply
+            ),
+            Event::CalloutProbe {
+                target,
+                addr,
+                answer,
+                latency,
+            } => tracing::info!(
+                target: "backstop::event", event = "callout_probe", %target, %addr,
+                answer = ?answer, latency_ms = latency.as_millis() as u64
+            ),
+            Event::ProbeBudgetExceeded { addr, client } => tracing::warn!(
+                target: "backstop::event", event = "probe_budget_exceeded", %addr, client = ?client
+            ),
+            Event::Delivered {
+                id,
+                next_hop,
+                rcpts,
+                size,
+                detail,
+            } => tracing::info!(
+                target: "backstop::event", event = "delivered", id, next_hop, rcpts, size, detail
+            ),
+            Event::NotDelivered {
+                id,
+                next_hop,
+                detail,
+            } => tracing::warn!(
+                target: "backstop::event", event = "not_delivered", id, next_hop, detail
+            ),
+        }
+    }
+}
+
+/// Shorthand for [`Event::CalloutProbe`].
+pub fn callout_probe(target: &HostPort, addr: &Mailbox, answer: &ProbeAnswer, latency: Duration) {
+    Event::CalloutProbe {
+        target,
+        addr,
+        answer,
+        latency,
+    }
+    .emit();
+}
+
+/// Shorthand for [`Event::ProbeBudgetExceeded`].
+pub fn probe_budget_exceeded(addr: &Mailbox, client: Option<IpAddr>) {
+    Event::ProbeBudgetExceeded { addr, client }.emit();
+}
