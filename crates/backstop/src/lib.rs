@@ -1,8 +1,14 @@
 //! backstop: the effectful half of the gateway (see ARCHITECTURE.md for the map).
 
+pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
+pub mod ids;
+pub mod inbound;
 pub mod policy;
+pub mod relay;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

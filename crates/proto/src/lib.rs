@@ -10,4 +10,5 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod datetime;
 pub mod smtp;

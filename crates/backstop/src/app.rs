@@ -1,0 +1,168 @@
+//! The composition root: the only place that wires modules together and spawns long-lived
+//! tasks (listeners, list reloads, cache purge, control socket), and that runs the graceful
+//! stop on SIGTERM.
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::ids::IdGen;
+use crate::inbound::{self, Context};
+use crate::policy::Verifier;
+use crate::policy::callout::{Callout, Random};
+use crate::policy::probe::SmtpProber;
+use crate::relay::Relays;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+use anyhow::Context as _;
+use backstop_proto::address::{Mailbox, ReversePath};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How often list files are checked for changes.
+const LIST_RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// How often expired cache entries are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The wired-up parts that `serve` and `verify` share.
+pub struct Parts {
+    /// The configuration.
+    pub cfg: Arc<Config>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The recipient verifier.
+    pub verifier: Arc<Verifier>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Opens the store in `state_dir` and builds the verifier.
+pub fn build(cfg: Config) -> anyhow::Result<Parts> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("state_dir {}: cannot create", cfg.state_dir.display()))?;
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(&cfg.state_dir.join("backstop.redb"))?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let sender = match cfg.callout.probe_sender.as_str() {
+        "" => ReversePath::Null,
+        s => ReversePath::Mailbox(Mailbox::parse(s, false).context("callout.probe_sender")?),
+    };
+    let prober = Arc::new(SmtpProber::new(
+        sender,
+        &cfg.hostname,
+        cfg.callout.timeout,
+        cfg.callout.max_connections,
+    ));
+    let random: Random = Arc::new(rand::random::<u64>);
+    let callout = Callout::new(
+        cfg.callout.clone(),
+        store.clone(),
+        clock.clone(),
+        prober,
+        random,
+    );
+    let verifier = Arc::new(Verifier::new(&cfg, callout, clock.clone())?);
+    Ok(Parts {
+        cfg: Arc::new(cfg),
+        store,
+        verifier,
+        clock,
+    })
+}
+
+/// Runs the gateway until SIGTERM or SIGINT, then stops gracefully. `ready` gets the bound
+/// listener addresses once clients can connect.
+pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let parts = build(cfg)?;
+    let cfg = parts.cfg.clone();
+    let bound = inbound::bind(&cfg).await?;
+    let addrs = bound
+        .iter()
+        .map(|b| b.local_addr())
+        .collect::<Result<Vec<_>, _>>()?;
+    let ctx = Arc::new(Context {
+        cfg: cfg.clone(),
+        verifier: parts.verifier.clone(),
+        relays: Relays::new(
+            &cfg.hostname,
+            cfg.callout.timeout.max(Duration::from_secs(60)),
+        ),
+        clock: parts.clock.clone(),
+        ids: IdGen::new(rand::random::<u64>()),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    for b in bound {
+        tokio::spawn(inbound::accept_loop(
+            b,
+            ctx.clone(),
+            shutdown_rx.clone(),
+            alive_tx.clone(),
+        ));
+    }
+    drop(alive_tx);
+    let control_path = crate::control::socket_path(&cfg.state_dir);
+    let control = crate::control::serve(&control_path, parts.verifier.clone())
+        .with_context(|| format!("control socket {}", control_path.display()))?;
+    let reload = tokio::spawn(reload_lists(parts.verifier.clone()));
+    let purge = tokio::spawn(purge_cache(parts.store.clone(), parts.clock.clone()));
+    for a in &addrs {
+        tracing::info!(addr = %a, "listening on {a}");
+    }
+    ready(&addrs);
+
+    wait_for_signal().await?;
+    tracing::info!(grace = ?cfg.limits.shutdown_timeout, "stopping: no new connections, sessions in flight may finish");
+    let _ = shutdown_tx.send(true);
+    match tokio::time::timeout(cfg.limits.shutdown_timeout, alive_rx.recv()).await {
+        Ok(_) => tracing::info!("all sessions ended"),
+        Err(_) => tracing::warn!("sessions still open after the shutdown timeout were cut off"),
+    }
+    control.abort();
+    reload.abort();
+    purge.abort();
+    let _ = std::fs::remove_file(&control_path);
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+async fn reload_lists(verifier: Arc<Verifier>) {
+    let mut tick = tokio::time::interval(LIST_RELOAD_EVERY);
+    loop {
+        tick.tick().await;
+        for list in verifier.lists() {
+            match list.reload_if_changed() {
+                Ok(true) => {
+                    tracing::info!(file = %list.path().display(), entries = list.data().len(), "list reloaded")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "list not reloaded; the previous contents stay in use")
+                }
+            }
+        }
+    }
+}
+
+async fn purge_cache(store: Arc<dyn Store>, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tick.tick().await;
+        match store.purge_expired(clock.unix()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "expired call-out cache entries removed"),
+            Err(e) => tracing::warn!(error = %e, "call-out cache purge failed"),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Command line: `serve`, `check-config`, `verify`. Errors become exit codes here and only here:
+//! 0 success; 1 `verify` says the recipient would be refused; 2 an error (bad configuration,
+//! cannot listen, ...).
+
+use crate::config::Config;
+use crate::control::{self, VerifyAnswer};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// backstop: an edge mail gateway that ends the bounce (backscatter) attack.
+#[derive(Debug, Parser)]
+#[command(name = "backstop", version, about)]
+pub struct Cli {
+    /// Log format (on standard error).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the gateway (without --config: the example configuration shipped with backstop).
+    Serve {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and print it resolved, defaults included.
+    CheckConfig {
+        /// Configuration file.
+        file: PathBuf,
+    },
+    /// Show what RCPT TO would answer for an address, and why.
+    Verify {
+        /// The address (user@domain).
+        address: String,
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("backstop: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(match config {
+        Some(p) => Config::load(p)?,
+        None => Config::example()?,
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Serve { config } => {
+            let cfg = load(config.as_ref())?;
+            runtime()?.block_on(crate::app::serve(cfg, |_| {}))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::CheckConfig { file } => {
+            let cfg = Config::load(&file)?;
+            print!("{}", cfg.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify { address, config } => {
+            let cfg = load(config.as_ref())?;
+            runtime()?.block_on(verify(cfg, &address))
+        }
+    }
+}
+
+async fn verify(cfg: Config, address: &str) -> anyhow::Result<ExitCode> {
+    let addr = address.trim().trim_start_matches('<').trim_end_matches('>');
+    let mailbox = backstop_proto::address::Mailbox::parse(addr, true)
+        .map_err(|e| anyhow::anyhow!("{address:?} is not an address: {e}"))?;
+    let sock = control::socket_path(&cfg.state_dir);
+    let (answer, how) = match control::query_verify(&sock, addr).await? {
+        Some(a) => (
+            a,
+            format!("answered by the running gateway ({})", sock.display()),
+        ),
+        None => {
+            let parts = crate::app::build(cfg)?;
+            let d = parts
+                .verifier
+                .verify(&mailbox, control::CONTROL_CLIENT)
+                .await;
+            (
+                VerifyAnswer::new(&d, &mailbox),
+                "evaluated here; no gateway is running with this state_dir".into(),
+            )
+        }
+    };
+    println!("RCPT TO:<{mailbox}> -> {}", answer.reply);
+    println!("  reason: {}", answer.reason);
+    for s in &answer.steps {
+        println!("  {s}");
+    }
+    println!("  ({how})");
+    Ok(if answer.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

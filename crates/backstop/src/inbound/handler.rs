@@ -1,0 +1,221 @@
+//! Resolves the session's checks: every recipient judged by policy and, for in-session
+//! relay, by the next hop too; the message handed on before the client hears `250`.
+
+use super::Context;
+use crate::config::NextHop;
+use crate::relay::maildir::{self, Delivery};
+use crate::relay::smtp::InSession;
+use crate::telemetry::Event;
+use backstop_proto::address::{ForwardPath, Mailbox};
+use backstop_proto::smtp::command::RcptParams;
+use backstop_proto::smtp::reply::{Enhanced, Reply};
+use backstop_proto::smtp::server::{Check, Session};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the gateway holds for the open transaction, next to the session's envelope.
+#[derive(Default)]
+struct Txn {
+    next_hop: Option<NextHop>,
+    relay: Option<InSession>,
+    rcpts: Vec<Mailbox>,
+}
+
+/// Per-connection check resolver.
+pub struct Handler {
+    ctx: Arc<Context>,
+    peer: SocketAddr,
+    txn: Txn,
+    /// Messages accepted in this session.
+    pub messages: u32,
+}
+
+impl Handler {
+    /// A handler for a client at `peer`.
+    pub fn new(ctx: Arc<Context>, peer: SocketAddr) -> Handler {
+        Handler {
+            ctx,
+            peer,
+            txn: Txn::default(),
+            messages: 0,
+        }
+    }
+
+    /// The reply for one check.
+    pub async fn check(&mut self, check: Check, session: &Session) -> Reply {
+        match check {
+            Check::Mail { .. } => {
+                self.end_transaction();
+                Reply::new(250, Enhanced::new(2, 1, 0), "Ok")
+            }
+            Check::Rcpt { to, params } => self.rcpt(to, &params, session).await,
+            Check::Data => Reply::plain(354, "End data with <CR><LF>.<CR><LF>"),
+            Check::Message { body } => {
+                let reply = self.message(&body, session).await;
+                self.end_transaction();
+                reply
+            }
+        }
+    }
+
+    /// Abandons whatever transaction is open (the session ended or started a new one).
+    pub fn end_transaction(&mut self) {
+        if let Some(relay) = std::mem::take(&mut self.txn).relay {
+            relay.abort();
+        }
+    }
+
+    async fn rcpt(&mut self, to: ForwardPath, params: &RcptParams, session: &Session) -> Reply {
+        let rcpt = match to {
+            ForwardPath::Postmaster => self.ctx.verifier.postmaster().clone(),
+            ForwardPath::Mailbox(m) => m,
+        };
+        let decision = self.ctx.verifier.verify(&rcpt, self.peer.ip()).await;
+        Event::Rcpt {
+            peer: self.peer.ip(),
+            rcpt: &rcpt,
+            decision: &decision,
+        }
+        .emit();
+        let reply = decision.reply(&rcpt);
+        if !reply.is_success() {
+            return reply;
+        }
+        let Some(hop) = self.ctx.verifier.next_hop(rcpt.domain()).cloned() else {
+            return Reply::new(
+                451,
+                Enhanced::new(4, 3, 0),
+                "Error: no route for this domain",
+            );
+        };
+        if self.txn.next_hop.as_ref().is_some_and(|h| *h != hop) {
+            // one final answer per message is only possible with one next hop per transaction
+            return Reply::new(
+                452,
+                Enhanced::new(4, 5, 3),
+                format!(
+                    "<{rcpt}>: Too many recipients for one message; send the rest in a new transaction"
+                ),
+            );
+        }
+        if let NextHop::Smtp(target) = &hop {
+            let Some(tx) = session.transaction() else {
+                return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need MAIL command");
+            };
+            let relay = self
+                .txn
+                .relay
+                .get_or_insert_with(|| InSession::new(self.ctx.relays.pool(target)));
+            if let Err(refusal) = relay.rcpt(&tx.from, &tx.params, &rcpt, params).await {
+                Event::RcptRelayRefused {
+                    peer: self.peer.ip(),
+                    rcpt: &rcpt,
+                    reply: &refusal.detail,
+                }
+                .emit();
+                return refusal.reply;
+            }
+        }
+        self.txn.next_hop = Some(hop);
+        self.txn.rcpts.push(rcpt);
+        reply
+    }
+
+    async fn message(&mut self, body: &[u8], session: &Session) -> Reply {
+        let (Some(tx), Some(hop)) = (session.transaction(), self.txn.next_hop.clone()) else {
+            return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need RCPT command");
+        };
+        let unix = self.ctx.clock.unix();
+        let id = self.ctx.ids.next(unix);
+        let trace = super::received(
+            &self.ctx.cfg.hostname,
+            session,
+            self.peer,
+            &id,
+            &self.txn.rcpts,
+            unix,
+        );
+        let result = match &hop {
+            NextHop::Smtp(_) => match self.txn.relay.take() {
+                Some(relay) => relay
+                    .message(trace.as_bytes(), body)
+                    .await
+                    .map_err(|r| (r.reply, r.detail)),
+                None => Err((lost(), "no relay transaction".into())),
+            },
+            NextHop::Maildir(dir) => {
+                let (dir, shown) = (dir.clone(), dir.display().to_string());
+                let (from, rcpts) = (tx.from.clone(), self.txn.rcpts.clone());
+                let (hostname, body, id2) =
+                    (self.ctx.cfg.hostname.clone(), body.to_vec(), id.clone());
+                tokio::task::spawn_blocking(move || {
+                    let d = Delivery {
+                        from: &from,
+                        rcpts: &rcpts,
+                        trace: trace.as_bytes(),
+                        body: &body,
+                        id: &id2,
+                        unix,
+                        hostname: &hostname,
+                    };
+                    maildir::deliver(&dir, &d)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map(|files| format!("{} file(s) in {shown}", files.len()))
+                .map_err(|e| (local_failure(), e))
+            }
+        };
+        self.report(&id, &hop, body.len(), result)
+    }
+
+    fn report(
+        &mut self,
+        id: &str,
+        hop: &NextHop,
+        size: usize,
+        result: Result<String, (Reply, String)>,
+    ) -> Reply {
+        match result {
+            Ok(detail) => {
+                self.messages += 1;
+                let rcpts = self.txn.rcpts.len();
+                Event::Delivered {
+                    id,
+                    next_hop: hop.to_string(),
+                    rcpts,
+                    size,
+                    detail: &detail,
+                }
+                .emit();
+                Reply::new(250, Enhanced::new(2, 0, 0), format!("Ok: queued as {id}"))
+            }
+            Err((reply, detail)) => {
+                Event::NotDelivered {
+                    id,
+                    next_hop: hop.to_string(),
+                    detail: &detail,
+                }
+                .emit();
+                reply
+            }
+        }
+    }
+}
+
+fn lost() -> Reply {
+    Reply::new(
+        451,
+        Enhanced::new(4, 4, 2),
+        "Error: connection to internal server lost, try again later",
+    )
+}
+
+fn local_failure() -> Reply {
+    Reply::new(
+        451,
+        Enhanced::new(4, 3, 0),
+        "Error: local delivery failed, try again later",
+    )
+}

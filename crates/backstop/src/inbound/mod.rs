@@ -1,0 +1,149 @@
+//! The inbound side: listeners, and the async driver of each client's sans-IO session.
+//!
+//! Responsible for: binding listeners, accepting clients, feeding the session bytes and time,
+//! writing its replies, STARTTLS, resolving its checks (through policy and relay), and a
+//! graceful stop (no new clients; sessions finish their transaction, then get `421`).
+//! Not responsible for: any decision about addresses (policy) or where mail goes (relay).
+
+mod driver;
+mod handler;
+pub mod tls;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::ids::IdGen;
+use crate::policy::Verifier;
+use crate::relay::Relays;
+use backstop_proto::address::Mailbox;
+use backstop_proto::smtp::server::{Session, SessionConfig};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+/// What every session shares.
+pub struct Context {
+    /// The configuration.
+    pub cfg: Arc<Config>,
+    /// Recipient verification.
+    pub verifier: Arc<Verifier>,
+    /// Next-hop connection pools.
+    pub relays: Relays,
+    /// Wall clock.
+    pub clock: Arc<dyn Clock>,
+    /// Message ids.
+    pub ids: IdGen,
+}
+
+/// A bound listener, ready to accept.
+pub struct Bound {
+    listener: TcpListener,
+    session: Arc<SessionConfig>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Bound {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Binds every configured listener (all or nothing) and loads their certificates.
+pub async fn bind(cfg: &Config) -> anyhow::Result<Vec<Bound>> {
+    let mut out = Vec::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let tls = match (&l.tls_cert, &l.tls_key) {
+            (Some(c), Some(k)) => {
+                Some(tls::acceptor(c, k).map_err(|e| anyhow::anyhow!("listen[{i}]: {e}"))?)
+            }
+            _ => None,
+        };
+        let listener = TcpListener::bind(l.addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen[{i}]: cannot listen on {}: {e}", l.addr))?;
+        let session = Arc::new(SessionConfig {
+            hostname: cfg.hostname.clone(),
+            max_line: cfg.limits.max_line_length,
+            max_recipients: cfg.limits.max_recipients,
+            max_message_size: cfg.limits.max_message_size,
+            max_errors: cfg.limits.max_errors,
+            idle_timeout: cfg.limits.idle_timeout,
+            session_timeout: cfg.limits.session_timeout,
+            tls_available: tls.is_some(),
+        });
+        out.push(Bound {
+            listener,
+            session,
+            tls,
+        });
+    }
+    Ok(out)
+}
+
+/// Accepts clients until `shutdown` turns true. Each session holds a clone of `alive`, so the
+/// caller learns when the last one has ended.
+pub async fn accept_loop(
+    b: Bound,
+    ctx: Arc<Context>,
+    shutdown: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            r = b.listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let (ctx, cfg, tls, sd, alive) =
+                        (ctx.clone(), b.session.clone(), b.tls.clone(), shutdown.clone(), alive.clone());
+                    tokio::spawn(async move {
+                        driver::run(stream, peer, ctx, cfg, tls, sd).await;
+                        drop(alive);
+                    });
+                }
+                Err(e) => {
+                    // out of file descriptors and the like: wait a little instead of spinning
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+    }
+}
+
+/// Our `Received:` header (RFC 5321 §4.4), CRLF-terminated and folded.
+pub fn received(
+    hostname: &str,
+    session: &Session,
+    peer: SocketAddr,
+    id: &str,
+    rcpts: &[Mailbox],
+    unix: u64,
+) -> String {
+    let helo = session.helo().map(|h| h.name.as_str()).unwrap_or("unknown");
+    let esmtp = session.helo().is_some_and(|h| h.esmtp);
+    let utf8 = session.transaction().is_some_and(|t| t.params.smtputf8);
+    // RFC 3848 / RFC 6531 protocol names
+    let with = match (utf8, esmtp, session.is_tls()) {
+        (true, _, true) => "UTF8SMTPS",
+        (true, _, false) => "UTF8SMTP",
+        (false, true, true) => "ESMTPS",
+        (false, true, false) => "ESMTP",
+        (false, false, true) => "SMTPS",
+        (false, false, false) => "SMTP",
+    };
+    let ip = match peer.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("IPv6:{v6}"),
+    };
+    let for_ = match rcpts {
+        [one] => format!("\r\n\tfor <{one}>"),
+        _ => String::new(),
+    };
+    let date = backstop_proto::datetime::rfc5322(unix);
+    format!(
+        "Received: from {helo} (unknown [{ip}])\r\n\tby {hostname} (backstop) with {with} id {id}{for_};\r\n\t{date}\r\n"
+    )
+}
