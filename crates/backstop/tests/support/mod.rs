@@ -1,0 +1,433 @@
+//! Real peers on loopback for end-to-end tests: the `backstop` binary, a Postfix instance
+//! (tests/support/postfix-peer.sh), Postfix's smtp-sink and smtp-source, swaks, and a small
+//! line-based SMTP client. Every process is started here and stopped by PID when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temporary directory that Postfix's and smtp-sink's unprivileged users can use.
+pub fn world_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
+}
+
+/// Polls `f` every 50 ms for up to `secs` seconds.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+fn wait_listening(port: u16) {
+    assert!(
+        wait_until(20, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "nothing listens on {port}"
+    );
+}
+
+fn terminate(child: &mut Child) -> Option<ExitStatus> {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok();
+    None
+}
+
+/// A running `backstop serve`.
+pub struct Backstop {
+    child: Option<Child>,
+    /// The SMTP listener.
+    pub addr: SocketAddr,
+    /// Where its config file is.
+    pub config: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Backstop {
+    /// Writes `config` to `dir/backstop.toml` and starts the gateway on it (`addr` in the
+    /// config should use port 0; the bound port is read from the log).
+    pub fn start(dir: &Path, config: &str) -> Backstop {
+        let path = dir.join("backstop.toml");
+        std::fs::write(&path, config).unwrap();
+        let p = path.to_str().unwrap().to_string();
+        Backstop::start_with(dir, &["serve", "--config", &p], path)
+    }
+
+    /// Starts `backstop ARGS...` in `cwd` and waits for its "listening on" line.
+    pub fn start_with(cwd: &Path, args: &[&str], config: PathBuf) -> Backstop {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start backstop");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(a.split_whitespace().next().unwrap_or("").to_string());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("backstop did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Backstop {
+            child: Some(child),
+            addr,
+            config,
+            log,
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Log lines containing all of `needles`.
+    pub fn count(&self, needles: &[&str]) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+
+    /// SIGTERM, then its exit status (None if it had to be killed).
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        self.child.take().and_then(|mut c| terminate(&mut c))
+    }
+
+    /// Runs another `backstop` command with this instance's config; (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        run_backstop(
+            args.iter()
+                .copied()
+                .chain(["--config", self.config.to_str().unwrap()]),
+        )
+    }
+}
+
+impl Drop for Backstop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs the backstop binary to completion; (exit code, stdout, stderr).
+pub fn run_backstop<'a>(args: impl IntoIterator<Item = &'a str>) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Postfix's smtp-sink, dumping every message it receives into a directory.
+pub struct Sink {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sink {
+    /// Starts a sink on a free port.
+    pub fn start() -> Sink {
+        let dir = world_dir();
+        let port = free_port();
+        let template = format!("{}/m.", dir.path().display());
+        let child = Command::new("/usr/sbin/smtp-sink")
+            .args([
+                "-u",
+                "nobody",
+                "-d",
+                &template,
+                &format!("127.0.0.1:{port}"),
+                "256",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start smtp-sink (is postfix installed?)");
+        wait_listening(port);
+        Sink { child, port, dir }
+    }
+
+    /// The dumped transactions (smtp-sink's format: X-Mail-Args, X-Rcpt-Args, then the message).
+    pub fn messages(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("m."))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Waits until at least `n` messages arrived (or 20 s passed) and returns them all.
+    pub fn wait_for(&self, n: usize) -> Vec<String> {
+        wait_until(20, || self.messages().len() >= n);
+        self.messages()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+fn peer_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/support/postfix-peer.sh")
+}
+
+/// A real Postfix instance, as the internal server: knows a list of users, rejects others at
+/// RCPT with 550 5.1.1, relays what it accepts to a sink.
+pub struct Postfix {
+    dir: tempfile::TempDir,
+    /// Its SMTP port.
+    pub port: u16,
+    running: bool,
+}
+
+impl Postfix {
+    /// Starts an internal server for `domain` with `users`, relaying to `sink_port`.
+    pub fn internal(domain: &str, users: &[&str], sink_port: u16) -> Postfix {
+        let dir = world_dir();
+        let users_file = dir.path().join("users");
+        std::fs::write(
+            &users_file,
+            users.iter().map(|u| format!("{u}\n")).collect::<String>(),
+        )
+        .unwrap();
+        let port = free_port();
+        let mut pf = Postfix {
+            dir,
+            port,
+            running: false,
+        };
+        let status = Command::new("bash")
+            .arg(peer_script())
+            .args([
+                "start",
+                pf.conf().to_str().unwrap(),
+                &port.to_string(),
+                "internal",
+                domain,
+            ])
+            .arg(&users_file)
+            .arg(sink_port.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "postfix did not start");
+        pf.running = true;
+        pf
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("pf")
+    }
+
+    /// Its log.
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.conf().join("maillog")).unwrap_or_default()
+    }
+
+    /// Lines of its log where it rejected RCPT TO:<addr>.
+    pub fn rejects_of(&self, addr: &str) -> usize {
+        let needle = format!("to=<{addr}>");
+        self.maillog()
+            .lines()
+            .filter(|l| l.contains("reject: RCPT") && l.contains(&needle))
+            .count()
+    }
+
+    /// Stops it (it can be started again with [`Postfix::restart`]).
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = Command::new("bash")
+                .arg(peer_script())
+                .arg("stop")
+                .arg(self.conf())
+                .status();
+            self.running = false;
+        }
+    }
+
+    /// True when its message queue is empty (nothing deferred, no bounce waiting).
+    pub fn queue_is_empty(&self) -> bool {
+        let out = Command::new("postqueue")
+            .args(["-c", self.conf().to_str().unwrap(), "-j"])
+            .output()
+            .unwrap();
+        out.stdout.is_empty()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A minimal blocking SMTP client that returns replies as text, for exact assertions.
+pub struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Client {
+    /// Connects and returns the client and the greeting.
+    pub fn connect(addr: SocketAddr) -> (Client, String) {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut c = Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        };
+        let g = c.reply();
+        (c, g)
+    }
+
+    /// Sends bytes as they are.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+
+    /// Sends a command line (CRLF added) and returns its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Reads one (possibly multi-line) reply; lines joined with '\n', CRLF removed.
+    pub fn reply(&mut self) -> String {
+        let mut out = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.r.read_line(&mut line).unwrap_or(0) == 0 {
+                out.push("<closed>".to_string());
+                break;
+            }
+            let line = line.trim_end_matches(['\r', '\n']).to_string();
+            let more = line.as_bytes().get(3) == Some(&b'-');
+            out.push(line);
+            if !more {
+                break;
+            }
+        }
+        out.join("\n")
+    }
+
+    /// True when the server sends nothing for `d`.
+    pub fn silent_for(&mut self, d: Duration) -> bool {
+        self.w.set_read_timeout(Some(d)).unwrap();
+        let mut b = [0u8; 1];
+        let silent = matches!(self.r.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut);
+        self.w
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        silent
+    }
+
+    /// True when the server has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.r.read(&mut b), Ok(0))
+    }
+}
+
+/// Runs swaks with these arguments against `addr`; (exit code, transcript).
+pub fn swaks(addr: SocketAddr, args: &[&str]) -> (i32, String) {
+    let out = Command::new("swaks")
+        .args([
+            "--server",
+            &addr.to_string(),
+            "--helo",
+            "client.test",
+            "--timeout",
+            "30",
+        ])
+        .args(args)
+        .output()
+        .expect("swaks (is it installed?)");
+    let mut t = String::from_utf8_lossy(&out.stdout).into_owned();
+    t.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), t)
+}
+
+/// A config for `domain` with the given sources and next hop, listening on a free port.
+pub fn config(
+    state_dir: &Path,
+    domain: &str,
+    recipients: &[String],
+    next_hop: &str,
+    extra: &str,
+) -> String {
+    let rcpts: Vec<String> = recipients.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        "hostname = \"mx.example.test\"\nstate_dir = {:?}\n{extra}\n[[listen]]\naddr = \"127.0.0.1:0\"\n\n[[domain]]\nname = {domain:?}\nrecipients = [{}]\nnext_hop = {next_hop:?}\n",
+        state_dir.display().to_string(),
+        rcpts.join(", ")
+    )
+}
