@@ -1,0 +1,401 @@
+//! The real binary in front of a real Postfix internal server (call-outs and in-session relay),
+//! with smtp-sink behind it.
+
+mod support;
+
+use std::net::SocketAddr;
+use support::*;
+
+const VALID: &str = "alice@example.test";
+
+fn callout_config(dir: &std::path::Path, pf: &Postfix, next_hop: &str, extra: &str) -> String {
+    let src = format!("callout:127.0.0.1:{}", pf.port);
+    config(&dir.join("state"), "example.test", &[src], next_hop, extra)
+}
+
+/// The backscatter attack from the issue: one message with a forged sender, 100 invalid
+/// recipients and 1 valid. Returns (replies to the 101 RCPTs, reply to DATA or its refusal).
+fn attack(addr: SocketAddr) -> (Vec<String>, String) {
+    let (mut c, _) = Client::connect(addr);
+    c.cmd("EHLO spammer.test");
+    assert_eq!(c.cmd("MAIL FROM:<victim@victim.test>"), "250 2.1.0 Ok");
+    let mut script = String::new();
+    for i in 0..100 {
+        script.push_str(&format!("RCPT TO:<nobody{i}@example.test>\r\n"));
+    }
+    script.push_str(&format!("RCPT TO:<{VALID}>\r\n"));
+    c.send(script.as_bytes()); // pipelined
+    let replies: Vec<String> = (0..101).map(|_| c.reply()).collect();
+    let data = c.cmd("DATA");
+    let end = if data.starts_with("354") {
+        c.cmd("Subject: cheap pills\r\n\r\nbuy now\r\n.")
+    } else {
+        data
+    };
+    c.cmd("QUIT");
+    (replies, end)
+}
+
+fn count(replies: &[String], prefix: &str) -> usize {
+    replies.iter().filter(|r| r.starts_with(prefix)).count()
+}
+
+#[test]
+fn the_backscatter_attack_is_refused_at_rcpt_cold_warm_and_with_the_internal_server_down() {
+    let sink = Sink::start();
+    let mut pf = Postfix::internal("example.test", &[VALID], sink.port);
+    let dir = tempfile::tempdir().unwrap();
+    let hop = format!("smtp:127.0.0.1:{}", pf.port);
+    let b = Backstop::start(dir.path(), &callout_config(dir.path(), &pf, &hop, ""));
+
+    // cold cache: every recipient is probed once
+    let (r, end) = attack(b.addr);
+    assert_eq!(count(&r[..100], "550 5.1.1 <nobody"), 100, "{r:?}");
+    assert_eq!(r[100], "250 2.1.5 Ok");
+    assert!(end.starts_with("250 2.0.0 Ok: queued as"), "{end}");
+    assert_eq!(
+        b.count(&["event=\"callout_probe\"", "addr=nobody"]),
+        100,
+        "one probe per address"
+    );
+    assert_eq!(b.count(&["event=\"callout_probe\"", "addr=alice@"]), 1);
+    assert_eq!(
+        b.count(&["event=\"callout_probe\"", "addr=bkst-"]),
+        1,
+        "and one catch-all check"
+    );
+    let probes = b.count(&["event=\"callout_probe\""]);
+    for (i, reply) in r.iter().take(100).enumerate() {
+        assert_eq!(
+            *reply,
+            format!("550 5.1.1 <nobody{i}@example.test>: Recipient address rejected: User unknown")
+        );
+    }
+
+    // warm cache: the same answers, no new probe
+    let (r, end) = attack(b.addr);
+    assert_eq!(count(&r[..100], "550 5.1.1"), 100);
+    assert_eq!(r[100], "250 2.1.5 Ok");
+    assert!(end.starts_with("250 2.0.0"), "{end}");
+    assert_eq!(
+        b.count(&["event=\"callout_probe\""]),
+        probes,
+        "all answered from the cache"
+    );
+
+    let msgs = sink.wait_for(2);
+    assert_eq!(msgs.len(), 2, "exactly the two messages to the valid user");
+    for m in &msgs {
+        assert!(m.contains(&format!("X-Rcpt-Args: <{VALID}>")), "{m}");
+        assert!(!m.contains("nobody"), "{m}");
+        assert!(
+            m.contains("by mx.example.test (backstop) with ESMTP id"),
+            "{m}"
+        );
+    }
+
+    // internal server stopped, warm cache: the 100 are still refused, nothing is accepted
+    pf.stop();
+    let (r, end) = attack(b.addr);
+    assert_eq!(count(&r[..100], "550 5.1.1"), 100, "{r:?}");
+    assert!(
+        r[100].starts_with("451 4.4.1"),
+        "cannot relay in-session: {}",
+        r[100]
+    );
+    assert!(end.starts_with("554 5.5.1"), "{end}");
+
+    // internal server stopped, cold cache: nothing can be verified, so nothing is accepted
+    let dir2 = tempfile::tempdir().unwrap();
+    let b2 = Backstop::start(dir2.path(), &callout_config(dir2.path(), &pf, &hop, ""));
+    let (r, end) = attack(b2.addr);
+    assert_eq!(count(&r, "451 4.4.3"), 101, "{r:?}");
+    assert!(end.starts_with("554 5.5.1"), "{end}");
+
+    // not one message toward the forged sender, anywhere
+    assert_eq!(sink.messages().len(), 2);
+    assert!(pf.queue_is_empty(), "the internal server holds no bounce");
+    let log = pf.maillog();
+    assert!(!log.contains("sender non-delivery notification"), "{log}");
+    assert!(
+        !log.contains("victim@victim.test> relay=") && !log.contains("to=<victim@victim.test>"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_rcpts_for_one_uncached_address_cause_exactly_one_probe() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let sink = Sink::start();
+    let pf = Postfix::internal("example.test", &[VALID], sink.port);
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backstop::start(
+        dir.path(),
+        &callout_config(
+            dir.path(),
+            &pf,
+            &format!("smtp:127.0.0.1:{}", sink.port),
+            "",
+        ),
+    );
+    let target = "burst@example.test";
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(1000));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let (addr, barrier) = (b.addr, barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap(); // greeting
+            w.write_all(b"HELO client.test\r\nMAIL FROM:<a@client.test>\r\n")
+                .await
+                .unwrap();
+            for _ in 0..2 {
+                line.clear();
+                r.read_line(&mut line).await.unwrap();
+            }
+            barrier.wait().await;
+            w.write_all(format!("RCPT TO:<{target}>\r\n").as_bytes())
+                .await
+                .unwrap();
+            line.clear();
+            r.read_line(&mut line).await.unwrap();
+            let _ = w.write_all(b"QUIT\r\n").await;
+            line.trim_end().to_string()
+        }));
+    }
+    for t in tasks {
+        let reply = t.await.unwrap();
+        assert_eq!(
+            reply,
+            format!("550 5.1.1 <{target}>: Recipient address rejected: User unknown")
+        );
+    }
+    assert_eq!(
+        b.count(&["event=\"callout_probe\"", &format!("addr={target}")]),
+        1
+    );
+    assert!(
+        wait_until(10, || pf.rejects_of(target) >= 1),
+        "{}",
+        pf.maillog()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        pf.rejects_of(target),
+        1,
+        "the internal server saw exactly one probe"
+    );
+}
+
+#[test]
+fn in_session_relay_answers_with_the_internal_servers_verdict_in_our_words() {
+    let sink = Sink::start();
+    let pf = Postfix::internal("example.test", &[VALID], sink.port);
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("users.txt");
+    // the list says ghost exists; the internal server knows better
+    std::fs::write(&list, format!("{VALID}\nghost@example.test\n")).unwrap();
+    let cfg = config(
+        &dir.path().join("state"),
+        "example.test",
+        &[format!("list:{}", list.display())],
+        &format!("smtp:127.0.0.1:{}", pf.port),
+        "",
+    );
+    let b = Backstop::start(dir.path(), &cfg);
+    let (mut c, _) = Client::connect(b.addr);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<someone@client.test>");
+    assert_eq!(c.cmd(&format!("RCPT TO:<{VALID}>")), "250 2.1.5 Ok");
+    let ghost = c.cmd("RCPT TO:<ghost@example.test>");
+    assert_eq!(
+        ghost,
+        "550 5.1.1 <ghost@example.test>: Recipient address rejected: User unknown"
+    );
+    assert!(
+        !ghost.contains("relay recipient table"),
+        "Postfix's own words stay inside"
+    );
+    assert!(
+        b.count(&["rcpt_relay_refused", "relay recipient table"]) == 1,
+        "{}",
+        b.log()
+    );
+    assert!(c.cmd("DATA").starts_with("354"));
+    let r = c.cmd("Subject: hello\r\n\r\nbody\r\n.");
+    assert!(r.starts_with("250 2.0.0 Ok: queued as"), "{r}");
+    // a second transaction on the same connection reuses the pooled relay connection
+    c.cmd("MAIL FROM:<someone@client.test>");
+    assert_eq!(c.cmd(&format!("RCPT TO:<{VALID}>")), "250 2.1.5 Ok");
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(
+        c.cmd("Subject: again\r\n\r\nbody\r\n.")
+            .starts_with("250 2.0.0")
+    );
+    let msgs = sink.wait_for(2);
+    assert_eq!(msgs.len(), 2);
+    assert!(
+        msgs.iter()
+            .all(|m| m.contains("X-Rcpt-Args: <alice@example.test>")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn dsn_parameters_are_passed_to_the_next_hop() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("users.txt");
+    std::fs::write(&list, format!("{VALID}\n")).unwrap();
+    let cfg = config(
+        &dir.path().join("state"),
+        "example.test",
+        &[format!("list:{}", list.display())],
+        &format!("smtp:127.0.0.1:{}", sink.port),
+        "",
+    );
+    let b = Backstop::start(dir.path(), &cfg);
+    let (mut c, _) = Client::connect(b.addr);
+    c.cmd("EHLO client.test");
+    assert_eq!(
+        c.cmd("MAIL FROM:<someone@client.test> RET=HDRS ENVID=QQ314159"),
+        "250 2.1.0 Ok"
+    );
+    assert_eq!(
+        c.cmd(&format!(
+            "RCPT TO:<{VALID}> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice+2Balias@example.test"
+        )),
+        "250 2.1.5 Ok"
+    );
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: dsn\r\n\r\nx\r\n.").starts_with("250"));
+    let m = &sink.wait_for(1)[0];
+    assert!(
+        m.contains("X-Mail-Args: <someone@client.test> RET=HDRS ENVID=QQ314159"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "X-Rcpt-Args: <{VALID}> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice+2Balias@example.test"
+        )),
+        "{m}"
+    );
+}
+
+#[test]
+fn verify_explains_the_cache_and_the_cache_survives_a_restart() {
+    let sink = Sink::start();
+    let pf = Postfix::internal("example.test", &[VALID], sink.port);
+    let dir = tempfile::tempdir().unwrap();
+    let hop = format!("smtp:127.0.0.1:{}", sink.port);
+    let mut b = Backstop::start(dir.path(), &callout_config(dir.path(), &pf, &hop, ""));
+    let (code, out, err) = b.cli(&["verify", "nobody@example.test"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.starts_with("RCPT TO:<nobody@example.test> -> 550 5.1.1"),
+        "{out}"
+    );
+    assert!(out.contains("reason: callout-invalid"), "{out}");
+    assert!(
+        out.contains("unknown user (probed now; internal server said: 550 5.1.1"),
+        "{out}"
+    );
+    assert!(out.contains("answered by the running gateway"), "{out}");
+    let (code, out, _) = b.cli(&["verify", VALID]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("-> 250 2.1.5 Ok"), "{out}");
+
+    b.stop();
+    let (code, out, _) = b.cli(&["verify", "nobody@example.test"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("unknown user (cached, checked "), "{out}");
+    assert!(
+        out.contains("refresh in 2h 59m") || out.contains("refresh in 3h"),
+        "{out}"
+    );
+    assert!(
+        out.contains("evaluated here; no gateway is running"),
+        "{out}"
+    );
+
+    // restarted: the cached answer is used, the internal server is not asked again
+    let b = Backstop::start(dir.path(), &callout_config(dir.path(), &pf, &hop, ""));
+    let (mut c, _) = Client::connect(b.addr);
+    c.cmd("HELO client.test");
+    c.cmd("MAIL FROM:<a@client.test>");
+    assert!(
+        c.cmd("RCPT TO:<nobody@example.test>")
+            .starts_with("550 5.1.1")
+    );
+    assert_eq!(b.count(&["event=\"callout_probe\""]), 0);
+    assert_eq!(pf.rejects_of("nobody@example.test"), 1);
+}
+
+#[test]
+fn probe_budget_per_client_turns_unknown_addresses_into_450() {
+    let sink = Sink::start();
+    let pf = Postfix::internal("example.test", &[VALID], sink.port);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[callout]\nbudget_per_client = 5\ncatch_all_check = false\n";
+    let b = Backstop::start(
+        dir.path(),
+        &callout_config(
+            dir.path(),
+            &pf,
+            &format!("smtp:127.0.0.1:{}", sink.port),
+            extra,
+        ),
+    );
+    let (mut c, _) = Client::connect(b.addr);
+    c.cmd("HELO client.test");
+    c.cmd("MAIL FROM:<harvester@client.test>");
+    let replies: Vec<String> = (0..8)
+        .map(|i| c.cmd(&format!("RCPT TO:<guess{i}@example.test>")))
+        .collect();
+    assert_eq!(count(&replies, "550 5.1.1"), 5, "{replies:?}");
+    assert_eq!(count(&replies, "450 4.7.1"), 3, "{replies:?}");
+    assert_eq!(
+        replies[7],
+        "450 4.7.1 <guess7@example.test>: Recipient address rejected: too many address verifications, try again later"
+    );
+    // already-known answers cost nothing
+    assert!(
+        c.cmd("RCPT TO:<guess0@example.test>")
+            .starts_with("550 5.1.1")
+    );
+}
+
+#[test]
+fn a_catch_all_internal_server_is_detected_and_not_trusted() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    // smtp-sink accepts any recipient: the worst kind of internal server to verify against
+    let src = format!("callout:127.0.0.1:{}", sink.port);
+    let cfg = config(
+        &dir.path().join("state"),
+        "example.test",
+        &[src],
+        &format!("smtp:127.0.0.1:{}", sink.port),
+        "",
+    );
+    let b = Backstop::start(dir.path(), &cfg);
+    let (mut c, _) = Client::connect(b.addr);
+    c.cmd("HELO client.test");
+    c.cmd("MAIL FROM:<a@client.test>");
+    let r = c.cmd("RCPT TO:<anyone@example.test>");
+    assert_eq!(
+        r,
+        "451 4.4.3 <anyone@example.test>: Recipient address rejected: unable to verify address, try again later"
+    );
+    assert_eq!(
+        b.count(&["catch-all"]),
+        2,
+        "a warning when detected, and the rcpt reason: {}",
+        b.log()
+    );
+    let (_, out, _) = b.cli(&["verify", "other@example.test"]);
+    assert!(out.contains("domain is a catch-all"), "{out}");
+}
