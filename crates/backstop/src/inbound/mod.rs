@@ -18,7 +18,7 @@ use backstop_proto::address::Mailbox;
 use backstop_proto::smtp::server::{Session, SessionConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -60,8 +60,7 @@ pub async fn bind(cfg: &Config) -> anyhow::Result<Vec<Bound>> {
             }
             _ => None,
         };
-        let listener = TcpListener::bind(l.addr)
-            .await
+        let listener = listen(l.addr)
             .map_err(|e| anyhow::anyhow!("listen[{i}]: cannot listen on {}: {e}", l.addr))?;
         let session = Arc::new(SessionConfig {
             hostname: cfg.hostname.clone(),
@@ -80,6 +79,22 @@ pub async fn bind(cfg: &Config) -> anyhow::Result<Vec<Bound>> {
         });
     }
     Ok(out)
+}
+
+/// Pending connections the kernel may queue for us. SMTP servers speak first, so a client whose
+/// handshake was dropped from a full queue waits for a greeting that never comes: be generous
+/// (the kernel caps this at net.core.somaxconn).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Accepts clients until `shutdown` turns true. Each session holds a clone of `alive`, so the

@@ -194,10 +194,10 @@ impl Callout {
 
     /// Re-checks a stale entry in the background, if the total budget allows.
     fn refresh(self: &Arc<Self>, key: String, target: HostPort, addr: Mailbox) {
-        let _ = self.join_or_start(key, target, addr, None);
+        self.join_or_start(key, target, addr, None);
     }
 
-    /// Joins the probe in flight for `key`, or starts one if the budget allows, and waits.
+    /// Joins the probe in flight for `key`, or starts one, and waits for its result.
     async fn probe_once(
         self: &Arc<Self>,
         key: String,
@@ -205,9 +205,7 @@ impl Callout {
         addr: Mailbox,
         client: Option<IpAddr>,
     ) -> CalloutResult {
-        let Some(mut rx) = self.join_or_start(key, target, addr, client) else {
-            return CalloutResult::OverBudget;
-        };
+        let mut rx = self.join_or_start(key, target, addr, client);
         match rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone().unwrap_or_else(|| {
                 CalloutResult::Unavailable("probe ended without an answer".into())
@@ -216,18 +214,47 @@ impl Callout {
         }
     }
 
-    /// The receiver of the probe in flight for `key`, started now if there is none; None when
-    /// the budget does not allow a new probe.
+    /// The receiver of the flight for `key`, started now if there is none.
     fn join_or_start(
         self: &Arc<Self>,
         key: String,
         target: HostPort,
         addr: Mailbox,
         client: Option<IpAddr>,
-    ) -> Option<watch::Receiver<Option<CalloutResult>>> {
+    ) -> watch::Receiver<Option<CalloutResult>> {
         let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rx) = map.get(&key) {
-            return Some(rx.clone());
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(key.clone(), rx.clone());
+        drop(map);
+        let guard = InflightGuard {
+            callout: self.clone(),
+            key,
+        };
+        tokio::spawn(async move {
+            let result = guard.callout.fly(&guard.key, &target, &addr, client).await;
+            drop(guard);
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+
+    /// One flight: the cache once more (a flight that ended just before this one began has
+    /// left a fresh entry, since answers are written before the in-flight marker goes), then
+    /// the budget, then the probe. Only a real probe is charged to the budget.
+    async fn fly(
+        &self,
+        key: &str,
+        target: &HostPort,
+        addr: &Mailbox,
+        client: Option<IpAddr>,
+    ) -> CalloutResult {
+        if let Some(e) = self.cached(key).await
+            && e.is_fresh(self.clock.unix())
+        {
+            return from_entry(e, true);
         }
         let now = self.clock.unix();
         if !self
@@ -236,43 +263,13 @@ impl Callout {
             .unwrap_or_else(|e| e.into_inner())
             .take(&self.cfg, client, now)
         {
-            telemetry::probe_budget_exceeded(&addr, client);
-            return None;
+            telemetry::probe_budget_exceeded(addr, client);
+            return CalloutResult::OverBudget;
         }
-        let (tx, rx) = watch::channel(None);
-        map.insert(key.clone(), rx.clone());
-        drop(map);
-        self.spawn_probe(key, target, addr, tx);
-        Some(rx)
-    }
-
-    fn spawn_probe(
-        self: &Arc<Self>,
-        key: String,
-        target: HostPort,
-        addr: Mailbox,
-        tx: watch::Sender<Option<CalloutResult>>,
-    ) {
-        let guard = InflightGuard {
-            callout: self.clone(),
-            key,
-        };
-        tokio::spawn(async move {
-            let this = guard.callout.clone();
-            // a probe that finished just before this one started has left a fresh entry:
-            // answers are written before the in-flight marker goes, so this closes the race
-            let result = match this.cached(&guard.key).await {
-                Some(e) if e.is_fresh(this.clock.unix()) => from_entry(e, true),
-                _ => {
-                    let started = std::time::Instant::now();
-                    let answer = this.prober.probe(&target, &addr).await;
-                    telemetry::callout_probe(&target, &addr, &answer, started.elapsed());
-                    this.record(&guard.key, answer).await
-                }
-            };
-            drop(guard);
-            let _ = tx.send(Some(result));
-        });
+        let started = std::time::Instant::now();
+        let answer = self.prober.probe(target, addr).await;
+        telemetry::callout_probe(target, addr, &answer, started.elapsed());
+        self.record(key, answer).await
     }
 
     /// Caches a definite answer; a failed probe writes nothing, so it never replaces what is

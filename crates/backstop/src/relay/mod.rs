@@ -25,6 +25,9 @@ pub struct Relays {
 
 /// Connections kept open to one next hop at most (one per concurrent relayed transaction).
 const MAX_RELAY_CONNECTIONS: usize = 512;
+/// Longest wait for a next hop (connect, or any one reply). The client waits meanwhile; RFC
+/// 5321 §4.5.3.2 gives it 5 minutes for most replies and 10 for the final one.
+pub const RELAY_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Relays {
     /// Pools that greet with `helo` and give up on a silent next hop after `timeout`.

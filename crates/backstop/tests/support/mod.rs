@@ -137,6 +137,14 @@ impl Backstop {
             .count()
     }
 
+    /// The number of log lines matching `needles` once it has reached `n` (or after 5 s): log
+    /// lines arrive through a pipe a moment after the SMTP reply.
+    pub fn count_reaching(&self, needles: &[&str], n: usize) -> usize {
+        wait_until(5, || self.count(needles) >= n);
+        std::thread::sleep(Duration::from_millis(100));
+        self.count(needles)
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn sigterm(&self) {
         if let Some(c) = &self.child {
@@ -224,10 +232,19 @@ impl Sink {
         v
     }
 
-    /// Waits until at least `n` messages arrived (or 20 s passed) and returns them all.
+    /// Waits until at least `n` messages arrived (or 20 s passed) and their files stopped
+    /// changing (smtp-sink writes a dump while the transaction runs), and returns them all.
     pub fn wait_for(&self, n: usize) -> Vec<String> {
         wait_until(20, || self.messages().len() >= n);
-        self.messages()
+        let mut last = self.messages();
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = self.messages();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
     }
 }
 
