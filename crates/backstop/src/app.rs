@@ -9,9 +9,10 @@ use crate::inbound::{self, Context};
 use crate::policy::Verifier;
 use crate::policy::callout::{Callout, Random};
 use crate::policy::probe::SmtpProber;
-use crate::relay::Relays;
+use crate::relay::{MAX_RELAY_CONNECTIONS, RELAY_TIMEOUT};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::upstream::Pools;
 use anyhow::Context as _;
 use backstop_proto::address::{Mailbox, ReversePath};
 use std::net::SocketAddr;
@@ -84,10 +85,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     let ctx = Arc::new(Context {
         cfg: cfg.clone(),
         verifier: parts.verifier.clone(),
-        relays: Relays::new(
-            &cfg.hostname,
-            cfg.callout.timeout.max(Duration::from_secs(60)),
-        ),
+        relays: Pools::new(&cfg.hostname, RELAY_TIMEOUT, MAX_RELAY_CONNECTIONS),
         clock: parts.clock.clone(),
         ids: IdGen::new(rand::random::<u64>()),
     });

@@ -23,19 +23,21 @@ impl Domain {
         if s.is_empty() {
             return Err(AddressError::EmptyDomain);
         }
-        if s.len() > MAX_DOMAIN {
+        // lower-case first: it can make UTF-8 longer, and the limits apply to what we keep
+        let lower = s.to_lowercase();
+        if lower.len() > MAX_DOMAIN {
             return Err(AddressError::TooLong);
         }
-        if s.starts_with('[') {
-            return parse_literal(s).map(|l| Domain(l.to_ascii_lowercase()));
+        if lower.starts_with('[') {
+            return parse_literal(&lower).map(|l| Domain(l.to_string()));
         }
-        let s = s.strip_suffix('.').unwrap_or(s);
-        for label in s.split('.') {
+        let name = lower.strip_suffix('.').unwrap_or(&lower);
+        for label in name.split('.') {
             if !valid_label(label, utf8) {
                 return Err(AddressError::BadDomain);
             }
         }
-        Ok(Domain(s.to_lowercase()))
+        Ok(Domain(name.to_string()))
     }
 
     /// The domain as written on the wire (already lower-case).
@@ -404,5 +406,16 @@ mod tests {
         assert!(Mailbox::parse("u@exämple.test", false).is_err());
         let m = Mailbox::parse("jösé@exämple.test", true).unwrap();
         assert!(!m.is_ascii());
+    }
+
+    #[test]
+    fn limits_apply_after_lower_casing() {
+        // U+023A is 2 bytes, its lower case U+2C65 is 3: found by the command fuzz target
+        let label = format!("\u{23A}{}", "a".repeat(61));
+        assert_eq!(label.len(), 63);
+        assert_eq!(Domain::parse(&label, true), Err(AddressError::BadDomain));
+        let ok = format!("\u{2C65}{}", "a".repeat(60));
+        let d = Domain::parse(&ok, true).unwrap();
+        assert_eq!(Domain::parse(d.as_str(), true), Ok(d));
     }
 }

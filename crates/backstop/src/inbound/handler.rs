@@ -105,7 +105,7 @@ impl Handler {
             let relay = self
                 .txn
                 .relay
-                .get_or_insert_with(|| InSession::new(self.ctx.relays.pool(target)));
+                .get_or_insert_with(|| InSession::new(self.ctx.relays.get(target)));
             if let Err(refusal) = relay.rcpt(&tx.from, &tx.params, &rcpt, params).await {
                 Event::RcptRelayRefused {
                     peer: self.peer.ip(),

@@ -13,7 +13,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::ids::IdGen;
 use crate::policy::Verifier;
-use crate::relay::Relays;
+use crate::upstream::Pools;
 use backstop_proto::address::Mailbox;
 use backstop_proto::smtp::server::{Session, SessionConfig};
 use std::net::SocketAddr;
@@ -28,8 +28,8 @@ pub struct Context {
     pub cfg: Arc<Config>,
     /// Recipient verification.
     pub verifier: Arc<Verifier>,
-    /// Next-hop connection pools.
-    pub relays: Relays,
+    /// Connection pools to the SMTP next hops.
+    pub relays: Pools,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
     /// Message ids.

@@ -6,13 +6,11 @@
 //! Not responsible for: caching, single-flight or budgets (see `callout`).
 
 use crate::config::HostPort;
-use crate::upstream::{Pool, Pooled, UpstreamError};
+use crate::upstream::{Pool, Pooled, Pools, UpstreamError};
 use async_trait::async_trait;
 use backstop_proto::address::{ForwardPath, Mailbox, ReversePath};
 use backstop_proto::smtp::command::{MailParams, RcptParams};
 use backstop_proto::smtp::reply::{Reply, ReplyClass};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What the internal server said about an address.
@@ -41,10 +39,8 @@ const MAX_PROBES_PER_CONNECTION: u32 = 50;
 /// Probes over SMTP, with a connection pool per internal server.
 pub struct SmtpProber {
     sender: ReversePath,
-    helo: String,
     timeout: Duration,
-    max_connections: usize,
-    pools: Mutex<HashMap<HostPort, Arc<Pool>>>,
+    pools: Pools,
 }
 
 impl SmtpProber {
@@ -57,26 +53,9 @@ impl SmtpProber {
     ) -> SmtpProber {
         SmtpProber {
             sender,
-            helo: helo.to_string(),
             timeout,
-            max_connections,
-            pools: Mutex::new(HashMap::new()),
+            pools: Pools::new(helo, timeout, max_connections),
         }
-    }
-
-    fn pool(&self, target: &HostPort) -> Arc<Pool> {
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools
-            .entry(target.clone())
-            .or_insert_with(|| {
-                Arc::new(Pool::new(
-                    target.clone(),
-                    &self.helo,
-                    self.timeout,
-                    self.max_connections,
-                ))
-            })
-            .clone()
     }
 
     async fn attempt(
@@ -98,7 +77,7 @@ impl SmtpProber {
 #[async_trait]
 impl Prober for SmtpProber {
     async fn probe(&self, target: &HostPort, addr: &Mailbox) -> ProbeAnswer {
-        let pool = self.pool(target);
+        let pool = self.pools.get(target);
         let mut fresh = false;
         loop {
             match self.attempt(&pool, fresh, addr).await {

@@ -8,7 +8,7 @@
 
 mod pool;
 
-pub use pool::{Pool, Pooled};
+pub use pool::{Pool, Pooled, Pools};
 
 use crate::config::HostPort;
 use backstop_proto::smtp::client::{Capabilities, Client, Event, Expect};

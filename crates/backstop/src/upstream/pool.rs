@@ -2,6 +2,7 @@
 
 use super::{Connection, UpstreamError};
 use crate::config::HostPort;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -89,5 +90,43 @@ impl Pool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One pool per server, made on first use.
+#[derive(Debug)]
+pub struct Pools {
+    helo: String,
+    timeout: Duration,
+    max: usize,
+    pools: Mutex<HashMap<HostPort, Arc<Pool>>>,
+}
+
+impl Pools {
+    /// Pools whose connections greet with `helo`, wait `timeout` for any reply, and number at
+    /// most `max` per server.
+    pub fn new(helo: &str, timeout: Duration, max: usize) -> Pools {
+        Pools {
+            helo: helo.to_string(),
+            timeout,
+            max,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool for `target`.
+    pub fn get(&self, target: &HostPort) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry(target.clone())
+            .or_insert_with(|| {
+                Arc::new(Pool::new(
+                    target.clone(),
+                    &self.helo,
+                    self.timeout,
+                    self.max,
+                ))
+            })
+            .clone()
     }
 }

@@ -122,7 +122,9 @@ async fn a_thousand_concurrent_checks_of_one_uncached_address_make_one_probe() {
         let tasks: Vec<_> = (0..1000)
             .map(|_| {
                 let c = f.callout.clone();
-                tokio::spawn(async move { c.check(&target(), &mb("ok-new@example.test"), IP).await })
+                tokio::spawn(
+                    async move { c.check(&target(), &mb("ok-new@example.test"), IP).await },
+                )
             })
             .collect();
         for t in tasks {
@@ -130,7 +132,11 @@ async fn a_thousand_concurrent_checks_of_one_uncached_address_make_one_probe() {
             assert!(matches!(r, CalloutResult::Valid(_)), "{r:?}");
         }
         assert_eq!(f.calls(), 1);
-        assert_eq!(f.prober.random_calls.load(Ordering::SeqCst), 1, "one catch-all check for the domain");
+        assert_eq!(
+            f.prober.random_calls.load(Ordering::SeqCst),
+            1,
+            "one catch-all check for the domain"
+        );
     }
 }
 
