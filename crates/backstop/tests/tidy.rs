@@ -1,0 +1,145 @@
+//! Checks of the code's shape that the compiler does not make: who may import whom
+//! (ARCHITECTURE.md), that proto stays free of effects, and that every module says what it is for.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(rust_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// The top-level module a file belongs to (`policy/callout.rs` -> `policy`).
+fn module_of(file: &Path) -> String {
+    let rel = file.strip_prefix(src()).unwrap();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
+    first.trim_end_matches(".rs").to_string()
+}
+
+#[test]
+fn modules_import_only_what_the_architecture_allows() {
+    // module -> modules of this crate it must not use
+    let forbidden: &[(&str, &[&str])] = &[
+        (
+            "config",
+            &[
+                "store",
+                "policy",
+                "upstream",
+                "relay",
+                "inbound",
+                "telemetry",
+                "control",
+                "app",
+                "cli",
+            ],
+        ),
+        (
+            "clock",
+            &[
+                "config", "store", "policy", "upstream", "relay", "inbound", "control", "app",
+                "cli",
+            ],
+        ),
+        (
+            "store",
+            &[
+                "policy", "upstream", "relay", "inbound", "control", "app", "cli",
+            ],
+        ),
+        (
+            "upstream",
+            &["policy", "relay", "inbound", "control", "app", "cli"],
+        ),
+        ("policy", &["relay", "inbound", "control", "app", "cli"]),
+        ("relay", &["policy", "inbound", "control", "app", "cli"]),
+        ("inbound", &["control", "app", "cli"]),
+        (
+            "telemetry",
+            &[
+                "relay", "inbound", "upstream", "store", "control", "app", "cli",
+            ],
+        ),
+        ("control", &["inbound", "app", "cli"]),
+        ("app", &["cli"]),
+    ];
+    let mut bad = Vec::new();
+    for file in rust_files(&src()) {
+        let module = module_of(&file);
+        let Some((_, banned)) = forbidden.iter().find(|(m, _)| *m == module) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&file).unwrap();
+        for b in *banned {
+            if text.contains(&format!("crate::{b}::")) || text.contains(&format!("crate::{b};")) {
+                bad.push(format!("{} uses crate::{b}", file.display()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[test]
+fn proto_has_no_dependencies_and_reads_no_clock() {
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let manifest = std::fs::read_to_string(proto.join("Cargo.toml")).unwrap();
+    let deps = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .unwrap()
+        .split('[')
+        .next()
+        .unwrap();
+    assert!(
+        deps.trim().is_empty(),
+        "backstop-proto must stay dependency-free: {deps}"
+    );
+    for file in rust_files(&proto.join("src")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for banned in [
+            "Instant::now",
+            "SystemTime::now",
+            "std::net",
+            "std::fs",
+            "thread_rng",
+        ] {
+            let allowed = banned == "std::net" && text.contains("parse::<std::net::");
+            assert!(
+                allowed || !text.contains(banned),
+                "{} uses {banned}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_module_starts_with_a_doc_comment() {
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/src");
+    for file in rust_files(&src()).into_iter().chain(rust_files(&proto)) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let is_test_module = file.ends_with("tests.rs");
+        assert!(
+            is_test_module || text.starts_with("//!"),
+            "{} has no //! header",
+            file.display()
+        );
+    }
+}
