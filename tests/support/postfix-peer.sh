@@ -23,11 +23,18 @@ set -eu
 cmd=${1:?start|stop}; dir=${2:?DIR}
 
 if [ "$cmd" = stop ]; then
-  [ -f "$dir.queue/pid/master.pid" ] || exit 0
-  pid=$(tr -d ' \n' <"$dir.queue/pid/master.pid")
-  postfix -c "$dir" stop >/dev/null 2>&1 || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
+  if [ -f "$dir.queue/pid/master.pid" ]; then
+    pid=$(tr -d ' \n' <"$dir.queue/pid/master.pid")
+    postfix -c "$dir" stop >/dev/null 2>&1 || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  # unregister the instance directory from the system main.cf (added at start)
+  exec 9>/tmp/backstop-postfix-peer.lock
+  flock 9
+  alt=$(postconf -h alternate_config_directories 2>/dev/null || true)
+  kept=$(printf '%s\n' $alt | grep -vxF -- "$dir" | tr '\n' ' ' | sed 's/ *$//')
+  [ "$kept" = "$alt" ] || postconf -e "alternate_config_directories = $kept" >/dev/null
   exit 0
 fi
 

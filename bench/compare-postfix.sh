@@ -1,0 +1,262 @@
+#!/bin/bash
+# End-to-end messages/s through backstop and through a Postfix gateway configured the same way,
+# side by side in one run, and their ratio. See bench/README.md.
+#
+#   bench/compare-postfix.sh            # N=20000 messages per run, 3 runs per side
+#   N=2000 RUNS=2 bench/compare-postfix.sh   # quick run
+#
+# Environment: N (messages per run, 20000), RUNS (runs per side, alternating, 3), SESSIONS
+# (concurrent smtp-source sessions, 20), SIZE (message bytes, 1024), STALL (seconds without a
+# delivery before a run is declared stuck, 60), BACKSTOP_BIN (skip the build and use this
+# binary), KEEP=1 (keep the work directory with every log), RUST_LOG (backstop's log filter,
+# default "info" as in production).
+#
+# Topology (all on 127.0.0.1, free ports):
+#   backstop side: smtp-source -> backstop (callout:internal Postfix, cached;
+#                  next_hop smtp:sink-bs, relay in-session) -> smtp-sink "sink-bs"
+#   Postfix side:  smtp-source -> Postfix gateway (reject_unverified_recipient, cached;
+#                  relays to sink-pf through its queue) -> smtp-sink "sink-pf"
+#   ceiling:       smtp-source -> smtp-sink "sink-direct" (no gateway; the client + loopback limit)
+# Each round runs ceiling, backstop, Postfix in turn; medians are over the rounds.
+# A run ends when the side's sink has counted all N messages (for Postfix: the queue has
+# drained), not when smtp-source finishes. Needs root, postfix (smtp-source, smtp-sink), swaks.
+set -eu
+
+N=${N:-20000}
+RUNS=${RUNS:-3}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-1024}
+STALL=${STALL:-60}
+RCPT=user@example.test
+FROM=a@client.test
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PEER=$ROOT/tests/support/postfix-peer.sh
+SOURCE=/usr/sbin/smtp-source
+SINK=/usr/sbin/smtp-sink
+
+for t in "$SOURCE" "$SINK" swaks python3 postfix; do
+  command -v "$t" >/dev/null || { echo "compare-postfix: $t is needed" >&2; exit 2; }
+done
+[ "$(id -u)" = 0 ] || { echo "compare-postfix: must run as root (Postfix peers)" >&2; exit 2; }
+
+if [ -n "${BACKSTOP_BIN:-}" ]; then
+  BIN=$BACKSTOP_BIN
+else
+  (cd "$ROOT" && cargo build --release -q -p backstop)
+  BIN=$ROOT/target/release/backstop
+fi
+
+W=$(mktemp -d /tmp/backstop-bench.XXXXXX)
+chmod 755 "$W" # Postfix's own user must be able to read the peer directories
+PIDS=()
+PEERS=()
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "${BS_PID:-}" ] && kill -0 "$BS_PID" 2>/dev/null; then
+    kill -TERM "$BS_PID"
+    for _ in $(seq 1 100); do kill -0 "$BS_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$BS_PID" 2>/dev/null
+  fi
+  for d in "${PEERS[@]}"; do "$PEER" stop "$d"; done
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+  if [ "${KEEP:-0}" = 1 ] || [ "$rc" != 0 ]; then
+    echo "work directory kept: $W" >&2
+  else
+    rm -rf "$W"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# seven distinct free loopback ports, found by binding them all at once
+read -r P_INT P_BS P_PF S_INT S_BS S_PF S_DIR < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(7)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+
+wait_port() { # PORT: until something listens on 127.0.0.1:PORT
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "compare-postfix: nothing listening on port $1" >&2
+  return 1
+}
+
+start_sink() { # NAME PORT: an smtp-sink counting messages into $W/NAME.out
+  "$SINK" -u nobody -c "127.0.0.1:$2" 1024 >"$W/$1.out" 2>"$W/$1.err" &
+  PIDS+=($!)
+  wait_port "$2"
+}
+
+sink_count() { # NAME: messages the sink has received so far (its last "mesg=" counter)
+  local n
+  n=$(tail -c 200 "$W/$1.out" | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -n 1 | cut -d= -f2)
+  echo "${n:-0}"
+}
+
+wait_count() { # NAME TARGET: until the sink has TARGET messages; fails after STALL s of no progress
+  local last=-1 since=$SECONDS c
+  while :; do
+    c=$(sink_count "$1")
+    [ "$c" -ge "$2" ] && return 0
+    if [ "$c" != "$last" ]; then last=$c; since=$SECONDS; fi
+    if [ $((SECONDS - since)) -ge "$STALL" ]; then
+      echo "compare-postfix: $1 stuck at $c messages (wanted $2)" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+now() { date +%s.%N; }
+
+cpu_ticks() { # PID: utime+stime of a process, in clock ticks
+  awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+postfix_queue_files() { # DIR: messages still in a Postfix peer's queue
+  find "$1.queue/incoming" "$1.queue/active" "$1.queue/deferred" "$1.queue/hold" \
+    "$1.queue/maildrop" -type f 2>/dev/null | wc -l
+}
+
+echo "work directory: $W"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores; other busy processes skew the figures)"
+echo "ports: backstop $P_BS, postfix gateway $P_PF, internal postfix $P_INT, sinks $S_BS (backstop) $S_PF (postfix) $S_INT (internal) $S_DIR (direct)"
+
+# --- the sinks, the internal server, the Postfix gateway ---------------------------------------
+start_sink sink-bs "$S_BS"
+start_sink sink-pf "$S_PF"
+start_sink sink-int "$S_INT"
+start_sink sink-direct "$S_DIR"
+echo "$RCPT" >"$W/users"
+PEERS+=("$W/pf-int")
+"$PEER" start "$W/pf-int" "$P_INT" internal example.test "$W/users" "$S_INT"
+PEERS+=("$W/pf-gw")
+"$PEER" start "$W/pf-gw" "$P_PF" gateway example.test "$S_PF" verify
+
+# --- backstop ----------------------------------------------------------------------------------
+cat >"$W/backstop.toml" <<EOF
+hostname = "gw.example.test"
+state_dir = "$W/bs-state"
+
+[[listen]]
+addr = "127.0.0.1:$P_BS"
+
+[[domain]]
+name = "example.test"
+recipients = ["callout:127.0.0.1:$P_INT"]
+next_hop = "smtp:127.0.0.1:$S_BS"
+relay = "in-session"
+EOF
+RUST_LOG=${RUST_LOG:-info} "$BIN" serve --config "$W/backstop.toml" 2>"$W/backstop.log" &
+BS_PID=$!
+wait_port "$P_BS"
+
+# --- warm the call-out caches: one message through each side -----------------------------------
+warm() { # NAME PORT SINK: send one message until accepted (a first RCPT may be deferred while
+  # the gateway verifies the address), then wait for it at the sink
+  local base i
+  base=$(sink_count "$3")
+  for i in $(seq 1 60); do
+    if swaks --server 127.0.0.1 --port "$2" --from "$FROM" --to "$RCPT" \
+      --header "Subject: warm-up" >"$W/warm-$1.log" 2>&1; then
+      wait_count "$3" $((base + 1))
+      echo "$1: warm (accepted at attempt $i)"
+      return 0
+    fi
+    sleep 1
+  done
+  echo "compare-postfix: $1 never accepted $RCPT; see $W/warm-$1.log" >&2
+  return 1
+}
+warm backstop "$P_BS" sink-bs
+"$BIN" verify "$RCPT" --config "$W/backstop.toml" | sed 's/^/  /'
+warm postfix "$P_PF" sink-pf
+
+# --- measured runs, alternating ----------------------------------------------------------------
+RESULTS=$W/results
+: >"$RESULTS"
+run() { # SIDE RUN#: one measured run; appends a line to $RESULTS
+  local side=$1 i=$2 port sink base t0 t1 t2 c0 c1 rc=0 got extra errs queued=0 tag
+  case $side in
+    backstop) port=$P_BS sink=sink-bs ;;
+    postfix) port=$P_PF sink=sink-pf ;;
+    direct) port=$S_DIR sink=sink-direct ;;
+  esac
+  tag="$side-$i"
+  base=$(sink_count "$sink")
+  c0=$(cpu_ticks "$BS_PID")
+  t0=$(now)
+  "$SOURCE" -c -s "$SESSIONS" -m "$N" -l "$SIZE" -f "$FROM" -t "$RCPT" "127.0.0.1:$port" \
+    >"$W/source-$tag.out" 2>"$W/source-$tag.err" || rc=$?
+  t1=$(now)
+  wait_count "$sink" $((base + N)) || true
+  t2=$(now)
+  c1=$(cpu_ticks "$BS_PID")
+  sleep 2 # anything more arriving now would be a duplicate
+  got=$(( $(sink_count "$sink") - base ))
+  [ "$side" = postfix ] && queued=$(postfix_queue_files "$W/pf-gw")
+  errs=$(grep -c . "$W/source-$tag.err" || true)
+  python3 - "$side" "$i" "$N" "$t0" "$t1" "$t2" "$got" "$rc" "$errs" "$queued" \
+    "$(( c1 - c0 ))" "$(getconf CLK_TCK)" >>"$RESULTS" <<'PY'
+import sys
+side, i, n, t0, t1, t2, got, rc, errs, queued, ticks, hz = sys.argv[1:]
+n, t0, t1, t2, got = int(n), float(t0), float(t1), float(t2), int(got)
+cpu = f"{int(ticks) / int(hz):.1f}" if side == "backstop" else "-"
+print(side, i, n, f"{n / (t1 - t0):.0f}", f"{got / (t2 - t0):.0f}", f"{t2 - t0:.2f}", got,
+      rc, errs, queued, cpu)
+PY
+  tail -n 1 "$RESULTS" | awk '{ printf "%-8s run %s: accepted %s msg/s, end-to-end %s msg/s (%ss), delivered %s/%s, smtp-source rc=%s, error lines %s, left in queue %s, backstop cpu %ss\n", $1, $2, $4, $5, $6, $7, $3, $8, $9, $10, $11 }'
+}
+for i in $(seq 1 "$RUNS"); do
+  run direct "$i"
+  run backstop "$i"
+  run postfix "$i"
+done
+
+# --- report --------------------------------------------------------------------------------------
+echo
+echo "N=$N messages per run, $SESSIONS sessions, $SIZE-byte messages, $RUNS runs per side"
+python3 - "$RESULTS" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+def col(side, k): return [float(r[k]) for r in rows if r[0] == side]
+print("| run | backstop msg/s | Postfix msg/s | ratio |")
+print("|---|---|---|---|")
+b, p = col("backstop", 4), col("postfix", 4)
+for i, (x, y) in enumerate(zip(b, p), 1):
+    print(f"| {i} | {x:.0f} | {y:.0f} | {x / y:.2f} |")
+mb, mp = statistics.median(b), statistics.median(p)
+print(f"| median | {mb:.0f} | {mp:.0f} | {mb / mp:.2f} |")
+ab, ap = statistics.median(col("backstop", 3)), statistics.median(col("postfix", 3))
+print(f"(accepted rate, until smtp-source ends: backstop median {ab:.0f} msg/s, Postfix median {ap:.0f} msg/s)")
+d = col("direct", 4)
+print(f"(ceiling, smtp-source straight to an smtp-sink: {', '.join(f'{x:.0f}' for x in d)} msg/s, "
+      f"median {statistics.median(d):.0f}; backstop reaches {mb / statistics.median(d):.0%} of it)")
+bad = [r for r in rows if int(r[6]) != int(r[2]) or r[7] != "0" or r[8] != "0" or r[9] != "0"]
+for r in bad:
+    print(f"ANOMALY {r[0]} run {r[1]}: delivered {r[6]}/{r[2]}, smtp-source rc={r[7]}, "
+          f"error lines={r[8]}, left in queue={r[9]}")
+if not bad:
+    print("every run delivered exactly N messages to its sink; smtp-source reported no error")
+PY
+
+# what the logs say
+echo
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "backstop log: $(grep -c 'event="delivered"' "$W/backstop.log" || true) delivered," \
+  "$(grep -c 'event="not_delivered"' "$W/backstop.log" || true) not delivered," \
+  "$(grep -c 'event="rcpt_relay_refused"' "$W/backstop.log" || true) relay refusals," \
+  "$(grep -c 'event="callout_probe"' "$W/backstop.log" || true) call-out probes," \
+  "$(grep -cE ' (WARN|ERROR) ' "$W/backstop.log" || true) WARN/ERROR lines"
+grep -E ' (WARN|ERROR) |not_delivered|rcpt_relay_refused' "$W/backstop.log" | sort | uniq -c |
+  sort -rn | head -n 5 || true
+echo "Postfix gateway log: $(grep -c 'status=sent' "$W/pf-gw/maillog" || true) sent," \
+  "$(grep -cE 'status=(deferred|bounced)' "$W/pf-gw/maillog" || true) deferred/bounced," \
+  "$(grep -cE ' (warning|error|fatal|panic): ' "$W/pf-gw/maillog" || true) warnings/errors"
+for f in "$W"/source-*.err; do
+  [ -s "$f" ] && { echo "$(basename "$f"):"; sort "$f" | uniq -c | sort -rn | head -n 5; }
+done
+true
