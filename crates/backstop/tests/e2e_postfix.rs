@@ -409,3 +409,35 @@ fn a_catch_all_internal_server_is_detected_and_not_trusted() {
     let (_, out, _) = b.cli(&["verify", "other@example.test"]);
     assert!(out.contains("domain is a catch-all"), "{out}");
 }
+
+#[test]
+fn internal_server_down_known_good_is_accepted_unknown_is_deferred() {
+    let sink = Sink::start();
+    let mut pf = Postfix::internal("example.test", &[VALID], sink.port);
+    let dir = tempfile::tempdir().unwrap();
+    let hop = format!("maildir:{}", dir.path().join("mail").display());
+    let b = Backstop::start(dir.path(), &callout_config(dir.path(), &pf, &hop, ""));
+    let rcpt = |addr: &str| {
+        let (mut c, _) = Client::connect(b.addr);
+        c.cmd("HELO client.test");
+        c.cmd("MAIL FROM:<a@client.test>");
+        c.cmd(&format!("RCPT TO:<{addr}>"))
+    };
+    assert_eq!(rcpt(VALID), "250 2.1.5 Ok");
+    assert!(rcpt("gone@example.test").starts_with("550 5.1.1"));
+    pf.stop();
+    assert_eq!(rcpt(VALID), "250 2.1.5 Ok", "known-good, from the cache");
+    assert!(
+        rcpt("gone@example.test").starts_with("550 5.1.1"),
+        "known-bad, from the cache"
+    );
+    assert_eq!(
+        rcpt("new@example.test"),
+        "451 4.4.3 <new@example.test>: Recipient address rejected: unable to verify address, try again later"
+    );
+    let (_, out, _) = b.cli(&["verify", "new@example.test"]);
+    assert!(
+        out.contains("cannot verify: connect to 127.0.0.1:"),
+        "{out}"
+    );
+}
