@@ -82,9 +82,16 @@ impl Pool {
         self.lock().push(conn);
     }
 
+    /// The most recently used idle connection; those idle too long are closed politely.
     fn take_idle(&self) -> Option<Connection> {
         let mut idle = self.lock();
-        idle.retain(|c| c.idle_since.elapsed() < MAX_IDLE);
+        let (fresh, stale): (Vec<_>, Vec<_>) = idle
+            .drain(..)
+            .partition(|c| c.idle_since.elapsed() < MAX_IDLE);
+        *idle = fresh;
+        for c in stale {
+            tokio::spawn(c.quit());
+        }
         idle.pop()
     }
 
