@@ -7,21 +7,10 @@ use std::path::Path;
 use std::process::Command;
 use support::*;
 
+/// A list source with `users` and Maildir delivery into `dir/mail`.
 fn list_config(dir: &Path, users: &[&str], extra: &str) -> String {
-    let list = dir.join("users.txt");
-    std::fs::write(
-        &list,
-        users.iter().map(|u| format!("{u}\n")).collect::<String>(),
-    )
-    .unwrap();
     let hop = format!("maildir:{}", dir.join("mail").display());
-    config(
-        &dir.join("state"),
-        "example.test",
-        &[format!("list:{}", list.display())],
-        &hop,
-        extra,
-    )
+    support::list_config(dir, users, &hop, extra)
 }
 
 fn mails(dir: &Path) -> Vec<String> {

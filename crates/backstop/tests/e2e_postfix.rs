@@ -205,16 +205,9 @@ fn in_session_relay_answers_with_the_internal_servers_verdict_in_our_words() {
     let sink = Sink::start();
     let pf = Postfix::internal("example.test", &[VALID], sink.port);
     let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("users.txt");
     // the list says ghost exists; the internal server knows better
-    std::fs::write(&list, format!("{VALID}\nghost@example.test\n")).unwrap();
-    let cfg = config(
-        &dir.path().join("state"),
-        "example.test",
-        &[format!("list:{}", list.display())],
-        &format!("smtp:127.0.0.1:{}", pf.port),
-        "",
-    );
+    let hop = format!("smtp:127.0.0.1:{}", pf.port);
+    let cfg = list_config(dir.path(), &[VALID, "ghost@example.test"], &hop, "");
     let b = Backstop::start(dir.path(), &cfg);
     let (mut c, _) = Client::connect(b.addr);
     c.cmd("EHLO client.test");
@@ -258,15 +251,8 @@ fn in_session_relay_answers_with_the_internal_servers_verdict_in_our_words() {
 fn dsn_parameters_are_passed_to_the_next_hop() {
     let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("users.txt");
-    std::fs::write(&list, format!("{VALID}\n")).unwrap();
-    let cfg = config(
-        &dir.path().join("state"),
-        "example.test",
-        &[format!("list:{}", list.display())],
-        &format!("smtp:127.0.0.1:{}", sink.port),
-        "",
-    );
+    let hop = format!("smtp:127.0.0.1:{}", sink.port);
+    let cfg = list_config(dir.path(), &[VALID], &hop, "");
     let b = Backstop::start(dir.path(), &cfg);
     let (mut c, _) = Client::connect(b.addr);
     c.cmd("EHLO client.test");

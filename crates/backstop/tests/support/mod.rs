@@ -448,3 +448,21 @@ pub fn config(
         rcpts.join(", ")
     )
 }
+
+/// A config whose domain `example.test` has one list source with `users` (written to
+/// `dir/users.txt`) and the given next hop; state in `dir/state`.
+pub fn list_config(dir: &Path, users: &[&str], next_hop: &str, extra: &str) -> String {
+    let list = dir.join("users.txt");
+    std::fs::write(
+        &list,
+        users.iter().map(|u| format!("{u}\n")).collect::<String>(),
+    )
+    .unwrap();
+    config(
+        &dir.join("state"),
+        "example.test",
+        &[format!("list:{}", list.display())],
+        next_hop,
+        extra,
+    )
+}
