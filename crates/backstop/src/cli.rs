@@ -108,11 +108,10 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
 }
 
 async fn verify(cfg: Config, address: &str) -> anyhow::Result<ExitCode> {
-    let addr = address.trim().trim_start_matches('<').trim_end_matches('>');
-    let mailbox = backstop_proto::address::Mailbox::parse(addr, true)
+    let mailbox = control::parse_address(address)
         .map_err(|e| anyhow::anyhow!("{address:?} is not an address: {e}"))?;
     let sock = control::socket_path(&cfg.state_dir);
-    let (answer, how) = match control::query_verify(&sock, addr).await? {
+    let (answer, how) = match control::query_verify(&sock, &mailbox.to_string()).await? {
         Some(a) => (
             a,
             format!("answered by the running gateway ({})", sock.display()),

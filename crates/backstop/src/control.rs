@@ -40,6 +40,11 @@ impl VerifyAnswer {
     }
 }
 
+/// Parses an address as an operator types it: `user@domain` or `<user@domain>`.
+pub fn parse_address(s: &str) -> Result<Mailbox, backstop_proto::address::AddressError> {
+    Mailbox::parse(s.trim().trim_start_matches('<').trim_end_matches('>'), true)
+}
+
 /// The socket's path in `state_dir`.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("control.sock")
@@ -73,15 +78,13 @@ async fn handle(stream: UnixStream, verifier: &Verifier) -> std::io::Result<()> 
     let mut line = String::new();
     BufReader::new(r.take(4096)).read_line(&mut line).await?;
     let answer = match line.trim().strip_prefix("verify ") {
-        Some(a) => {
-            match Mailbox::parse(a.trim().trim_start_matches('<').trim_end_matches('>'), true) {
-                Ok(m) => serde_json::to_value(VerifyAnswer::new(
-                    &verifier.verify(&m, CONTROL_CLIENT).await,
-                    &m,
-                )),
-                Err(e) => Ok(serde_json::json!({ "error": format!("{a:?}: {e}") })),
-            }
-        }
+        Some(a) => match parse_address(a) {
+            Ok(m) => serde_json::to_value(VerifyAnswer::new(
+                &verifier.verify(&m, CONTROL_CLIENT).await,
+                &m,
+            )),
+            Err(e) => Ok(serde_json::json!({ "error": format!("{a:?}: {e}") })),
+        },
         None => Ok(serde_json::json!({ "error": "unknown request" })),
     }
     .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));

@@ -125,7 +125,7 @@ fn pipelined_transaction_with_dsn_and_dot_stuffing() {
     assert!(tx.recipients[1].params.notify.unwrap().failure);
 
     let body = b"Subject: t\r\n\r\n.leading dot\r\n.\r\nend\r\n";
-    c.message(body);
+    c.message(&[body]);
     let ev = pump(&mut c, &mut s, now, &mut got);
     assert_eq!(codes(&ev), [(Expect::Message, 250)]);
     assert_eq!(got.len(), 1);

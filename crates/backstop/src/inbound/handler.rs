@@ -51,7 +51,7 @@ impl Handler {
             Check::Rcpt { to, params } => self.rcpt(to, &params, session).await,
             Check::Data => Reply::plain(354, "End data with <CR><LF>.<CR><LF>"),
             Check::Message { body } => {
-                let reply = self.message(&body, session).await;
+                let reply = self.message(body, session).await;
                 self.end_transaction();
                 reply
             }
@@ -121,11 +121,11 @@ impl Handler {
         reply
     }
 
-    async fn message(&mut self, body: &[u8], session: &Session) -> Reply {
+    async fn message(&mut self, body: Vec<u8>, session: &Session) -> Reply {
         let (Some(tx), Some(hop)) = (session.transaction(), self.txn.next_hop.clone()) else {
             return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need RCPT command");
         };
-        let unix = self.ctx.clock.unix();
+        let (unix, size) = (self.ctx.clock.unix(), body.len());
         let id = self.ctx.ids.next(unix);
         let trace = super::received(
             &self.ctx.cfg.hostname,
@@ -138,7 +138,7 @@ impl Handler {
         let result = match &hop {
             NextHop::Smtp(_) => match self.txn.relay.take() {
                 Some(relay) => relay
-                    .message(trace.as_bytes(), body)
+                    .message(trace.as_bytes(), &body)
                     .await
                     .map_err(|r| (r.reply, r.detail)),
                 None => Err((lost(), "no relay transaction".into())),
@@ -146,8 +146,7 @@ impl Handler {
             NextHop::Maildir(dir) => {
                 let (dir, shown) = (dir.clone(), dir.display().to_string());
                 let (from, rcpts) = (tx.from.clone(), self.txn.rcpts.clone());
-                let (hostname, body, id2) =
-                    (self.ctx.cfg.hostname.clone(), body.to_vec(), id.clone());
+                let (hostname, id2) = (self.ctx.cfg.hostname.clone(), id.clone());
                 tokio::task::spawn_blocking(move || {
                     let d = Delivery {
                         from: &from,
@@ -167,7 +166,7 @@ impl Handler {
                 .map_err(|e| (local_failure(), e))
             }
         };
-        self.report(&id, &hop, body.len(), result)
+        self.report(&id, &hop, size, result)
     }
 
     fn report(

@@ -176,15 +176,21 @@ impl Callout {
     /// The domain's catch-all entry, probing a random address when none is cached.
     async fn catch_all(self: &Arc<Self>, target: &HostPort, domain: &Domain) -> Option<CacheEntry> {
         let key = domain_key(domain);
-        let random = format!("bkst-{:016x}", (self.random)());
-        let probe_addr = Mailbox::new(&random, domain.clone()).ok()?;
+        // only made when a probe is due: a fresh entry costs no randomness
+        let random_addr =
+            || Mailbox::new(&format!("bkst-{:016x}", (self.random)()), domain.clone()).ok();
         if let Some(entry) = self.cached(&key).await {
-            if !entry.is_fresh(self.clock.unix()) {
-                self.refresh(key, target.clone(), probe_addr);
+            if !entry.is_fresh(self.clock.unix())
+                && let Some(addr) = random_addr()
+            {
+                self.refresh(key, target.clone(), addr);
             }
             return Some(entry);
         }
-        match self.probe_once(key, target.clone(), probe_addr, None).await {
+        match self
+            .probe_once(key, target.clone(), random_addr()?, None)
+            .await
+        {
             CalloutResult::CatchAll(k) | CalloutResult::Valid(k) | CalloutResult::Invalid(k) => {
                 Some(k.entry)
             }

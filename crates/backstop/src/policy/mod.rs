@@ -181,7 +181,7 @@ impl Verifier {
         }
         let mut steps = Vec::new();
         let mut deferred: Option<(Outcome, &'static str)> = None;
-        let mut refused = ("not-listed", Outcome::UnknownUser);
+        let mut server_refused = false;
         for source in &domain.sources {
             match source {
                 SourceImpl::List(f) => {
@@ -203,9 +203,7 @@ impl Verifier {
                         CalloutResult::Valid(_) => {
                             return decision(Outcome::Accept, "callout-valid", steps);
                         }
-                        CalloutResult::Invalid(_) => {
-                            refused = ("callout-invalid", Outcome::UnknownUser)
-                        }
+                        CalloutResult::Invalid(_) => server_refused = true,
                         CalloutResult::CatchAll(_) => {
                             let o = match self.catch_all {
                                 CatchAllPolicy::Defer => Outcome::Unverifiable,
@@ -223,11 +221,11 @@ impl Verifier {
                 }
             }
         }
-        match deferred {
-            // a definite "no" from an internal server outweighs another one's silence
-            Some(_) if refused.0 == "callout-invalid" => decision(refused.1, refused.0, steps),
-            Some((o, reason)) => decision(o, reason, steps),
-            None => decision(refused.1, refused.0, steps),
+        // a definite "no" from an internal server outweighs another one's silence
+        match (server_refused, deferred) {
+            (true, _) => decision(Outcome::UnknownUser, "callout-invalid", steps),
+            (false, Some((o, reason))) => decision(o, reason, steps),
+            (false, None) => decision(Outcome::UnknownUser, "not-listed", steps),
         }
     }
 

@@ -156,10 +156,7 @@ async fn send_message(p: &mut Pooled, trace: &[u8], body: &[u8]) -> Result<Strin
     if r.code != 354 {
         return Err(Failure::Refused(refused(Stage::Message, &r, None)));
     }
-    let mut msg = Vec::with_capacity(trace.len() + body.len());
-    msg.extend_from_slice(trace);
-    msg.extend_from_slice(body);
-    p.conn.client().message(&msg);
+    p.conn.client().message(&[trace, body]);
     let r = p.conn.reply().await.map_err(Failure::Io)?;
     p.conn.transactions += 1;
     if r.is_success() {

@@ -7,7 +7,7 @@
 //! (the driver classifies outcomes).
 
 use super::command::{MailParams, PeerSupport, RcptParams};
-use super::data::stuff;
+use super::data::stuff_parts;
 use super::reply::{Reply, ReplyParser};
 use crate::address::{ForwardPath, ReversePath};
 use std::collections::VecDeque;
@@ -158,9 +158,10 @@ impl Client {
         self.command("DATA".into(), Expect::Data);
     }
 
-    /// The message (CRLF line ends), dot-stuffed and terminated; send after a `354`.
-    pub fn message(&mut self, body: &[u8]) {
-        stuff(body, &mut self.out);
+    /// The message (CRLF line ends), given as consecutive parts (e.g. a trace header and the
+    /// body), dot-stuffed and terminated; send after a `354`.
+    pub fn message(&mut self, parts: &[&[u8]]) {
+        stuff_parts(parts, &mut self.out);
         self.expect.push_back(Expect::Message);
     }
 

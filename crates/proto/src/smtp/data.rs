@@ -147,16 +147,26 @@ impl DataReceiver {
 /// Dot-stuffs a message for sending and appends the end marker: every line that starts with
 /// `.` gets one more, and a message not ending in CRLF gets one. Used by the client.
 pub fn stuff(body: &[u8], out: &mut Vec<u8>) {
-    out.reserve(body.len() + 8);
+    stuff_parts(&[body], out);
+}
+
+/// [`stuff`] for a message given in consecutive parts (a trace header, then the body), so the
+/// parts need not be copied into one buffer first.
+pub fn stuff_parts(parts: &[&[u8]], out: &mut Vec<u8>) {
+    out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 8);
     let mut at_line_start = true;
-    for &b in body {
+    let mut last = [0u8; 2];
+    let mut empty = true;
+    for &b in parts.iter().flat_map(|p| p.iter()) {
         if at_line_start && b == b'.' {
             out.push(b'.');
         }
         out.push(b);
         at_line_start = b == b'\n';
+        last = [last[1], b];
+        empty = false;
     }
-    if !body.is_empty() && !body.ends_with(b"\r\n") {
+    if !empty && last != *b"\r\n" {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
@@ -250,5 +260,13 @@ mod tests {
         let mut wire = Vec::new();
         stuff(b"no newline", &mut wire);
         assert_eq!(wire, b"no newline\r\n.\r\n");
+        let mut parts = Vec::new();
+        stuff_parts(&[b"Received: x\r\n", b".a\r\nb\r\n..\r\n"], &mut parts);
+        let mut whole = Vec::new();
+        stuff(b"Received: x\r\n.a\r\nb\r\n..\r\n", &mut whole);
+        assert_eq!(parts, whole, "a part boundary changes nothing");
+        let mut cr = Vec::new();
+        stuff_parts(&[b"x\r", b"\n"], &mut cr);
+        assert_eq!(cr, b"x\r\n.\r\n");
     }
 }
