@@ -4,6 +4,9 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::delivery::Engine;
+use crate::delivery::mx::MxResolver;
+use crate::queue::Spool;
 use crate::ids::IdGen;
 use crate::inbound::{self, Context};
 use crate::policy::Verifier;
@@ -35,6 +38,16 @@ pub struct Parts {
     pub verifier: Arc<Verifier>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+}
+
+/// Longest wait for one DNS answer.
+const DNS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the spool's disk space is reclaimed.
+const COMPACT_EVERY: Duration = Duration::from_secs(5);
+
+/// The spool's directory in `state_dir`.
+pub fn spool_dir(cfg: &Config) -> std::path::PathBuf {
+    cfg.state_dir.join("queue")
 }
 
 /// Opens the store in `state_dir` and builds the verifier.
@@ -82,14 +95,29 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         .iter()
         .map(|b| b.local_addr())
         .collect::<Result<Vec<_>, _>>()?;
+    let spool = Spool::open(&spool_dir(&cfg))
+        .with_context(|| format!("spool {}", spool_dir(&cfg).display()))?;
+    let queued = spool.list().len();
+    let resolver = MxResolver::new(cfg.delivery.resolver, DNS_TIMEOUT.min(cfg.delivery.timeout))
+        .context("delivery.resolver")?;
+    let engine = Arc::new(Engine::new(
+        spool.clone(),
+        cfg.clone(),
+        parts.clock.clone(),
+        resolver,
+    ));
     let ctx = Arc::new(Context {
         cfg: cfg.clone(),
         verifier: parts.verifier.clone(),
         relays: Pools::new(&cfg.hostname, RELAY_TIMEOUT, MAX_RELAY_CONNECTIONS),
         clock: parts.clock.clone(),
         ids: IdGen::new(rand::random::<u64>()),
+        spool: spool.clone(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tracing::info!(messages = queued, "queue loaded");
+    let delivery = tokio::spawn(engine.run(shutdown_rx.clone()));
+    let compact = tokio::spawn(compact_spool(spool.clone()));
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     for b in bound {
         tokio::spawn(inbound::accept_loop(
@@ -101,7 +129,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     }
     drop(alive_tx);
     let control_path = crate::control::socket_path(&cfg.state_dir);
-    let control = crate::control::serve(&control_path, parts.verifier.clone())
+    let control = crate::control::serve(&control_path, parts.verifier.clone(), spool.clone(), parts.clock.clone())
         .with_context(|| format!("control socket {}", control_path.display()))?;
     let reload = tokio::spawn(reload_lists(parts.verifier.clone()));
     let purge = tokio::spawn(purge_cache(parts.store.clone(), parts.clock.clone()));
@@ -120,6 +148,8 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     control.abort();
     reload.abort();
     purge.abort();
+    compact.abort();
+    let _ = delivery.await;
     let _ = std::fs::remove_file(&control_path);
     Ok(())
 }
@@ -149,6 +179,18 @@ async fn reload_lists(verifier: Arc<Verifier>) {
                     tracing::error!(error = %e, "list not reloaded; the previous contents stay in use")
                 }
             }
+        }
+    }
+}
+
+async fn compact_spool(spool: Arc<Spool>) {
+    let mut tick = tokio::time::interval(COMPACT_EVERY);
+    loop {
+        tick.tick().await;
+        match spool.compact().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(segments = n, "spool segments removed"),
+            Err(e) => tracing::warn!(error = %e, "spool compaction failed"),
         }
     }
 }

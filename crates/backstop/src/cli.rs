@@ -1,9 +1,10 @@
-//! Command line: `serve`, `check-config`, `verify`. Errors become exit codes here and only here:
+//! Command line: `serve`, `check-config`, `verify`, `queue`. Errors become exit codes here and only here:
 //! 0 success; 1 `verify` says the recipient would be refused; 2 an error (bad configuration,
 //! cannot listen, ...).
 
 use crate::config::Config;
 use crate::control::{self, VerifyAnswer};
+use crate::queue::Summary;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,67 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Show and manage the queue: through the running gateway, or directly on the spool when
+    /// none runs with this state_dir.
+    Queue {
+        #[command(subcommand)]
+        action: QueueCmd,
+        /// Configuration file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Print the answer as JSON (for scripts).
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCmd {
+    /// Every queued message: id, age, size, sender, recipients with status and next attempt.
+    List,
+    /// One message.
+    Show {
+        /// Queue id.
+        id: String,
+    },
+    /// Try now: one message, or every message with --all.
+    Retry {
+        /// Queue id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Keep a message from being delivered until released.
+    Hold {
+        /// Queue id.
+        id: String,
+    },
+    /// Let a held message be delivered again.
+    Release {
+        /// Queue id.
+        id: String,
+    },
+    /// Remove a message from the queue (no report is sent).
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+}
+
+impl QueueCmd {
+    fn words(&self) -> Vec<&str> {
+        match self {
+            QueueCmd::List => vec!["list"],
+            QueueCmd::Show { id } => vec!["show", id],
+            QueueCmd::Retry { id: Some(id), .. } => vec!["retry", id],
+            QueueCmd::Retry { id: None, .. } => vec!["retry", "--all"],
+            QueueCmd::Hold { id } => vec!["hold", id],
+            QueueCmd::Release { id } => vec!["release", id],
+            QueueCmd::Delete { id } => vec!["delete", id],
+        }
+    }
 }
 
 /// Runs the command line and returns the process exit code.
@@ -104,7 +166,54 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let cfg = load(config.as_ref())?;
             runtime()?.block_on(verify(cfg, &address))
         }
+        Cmd::Queue {
+            action,
+            config,
+            json,
+        } => {
+            let cfg = load(config.as_ref())?;
+            runtime()?.block_on(queue(cfg, &action, json))
+        }
     }
+}
+
+async fn queue(cfg: Config, action: &QueueCmd, json: bool) -> anyhow::Result<ExitCode> {
+    let words = action.words();
+    let sock = control::socket_path(&cfg.state_dir);
+    let answer = match control::query(&sock, &format!("queue {}", words.join(" "))).await? {
+        Some(a) => a,
+        None => {
+            let dir = crate::app::spool_dir(&cfg);
+            let spool = crate::queue::Spool::open(&dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            control::queue_request(&spool, unix_now(), &words).await
+        }
+    };
+    if let Some(e) = answer.get("error") {
+        anyhow::bail!("{}", e.as_str().unwrap_or("error"));
+    }
+    if json {
+        println!("{answer:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = unix_now();
+    if let Some(list) = answer.get("messages") {
+        let list: Vec<Summary> = serde_json::from_value(list.clone())?;
+        print!("{}", crate::queue::format_list(&list, now));
+    } else if let Some(m) = answer.get("message") {
+        let m: Summary = serde_json::from_value(m.clone())?;
+        print!("{}", crate::queue::format_list(std::slice::from_ref(&m), now));
+    } else if let Some(n) = answer.get("retried") {
+        println!("{n} message(s) due now");
+    } else {
+        println!("{}: {}", words.join(" "), "done");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unix_now() -> u64 {
+    use crate::clock::Clock;
+    crate::clock::SystemClock.unix()
 }
 
 async fn verify(cfg: Config, address: &str) -> anyhow::Result<ExitCode> {
@@ -120,7 +229,7 @@ async fn verify(cfg: Config, address: &str) -> anyhow::Result<ExitCode> {
             let parts = crate::app::build(cfg)?;
             let d = parts
                 .verifier
-                .verify(&mailbox, control::CONTROL_CLIENT)
+                .verify(&mailbox, control::CONTROL_CLIENT, false)
                 .await;
             (
                 VerifyAnswer::new(&d, &mailbox),

@@ -1,11 +1,16 @@
-//! The control socket (`state_dir/control.sock`): lets `backstop verify` ask the running
-//! gateway, which owns the store, instead of opening it a second time.
+//! The control socket (`state_dir/control.sock`): lets `backstop verify` and `backstop queue`
+//! ask the running gateway, which owns the store and the spool, instead of opening them a
+//! second time.
 //!
-//! Responsible for: a one-request-per-connection line protocol (`verify ADDRESS` in, one JSON
-//! object out) on a Unix socket only root (or the gateway's user) can reach.
-//! Not responsible for: deciding anything (it calls the verifier), or remote administration.
+//! Responsible for: a one-request-per-connection line protocol (`verify ADDRESS` or
+//! `queue ...` in, one JSON object out) on a Unix socket only root (or the gateway's user) can
+//! reach, and the queue requests themselves (also used directly when no gateway runs).
+//! Not responsible for: deciding anything (it calls the verifier and the spool), or remote
+//! administration.
 
+use crate::clock::Clock;
 use crate::policy::{Decision, Verifier};
+use crate::queue::{Spool, SpoolError};
 use backstop_proto::address::Mailbox;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
@@ -53,8 +58,48 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 /// The client IP that control requests are charged to in probe budgets.
 pub const CONTROL_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
+/// Answers a queue request (`list`, `show ID`, `retry ID|--all`, `hold ID`, `release ID`,
+/// `delete ID`) as one JSON object; failures are `{"error": ...}`.
+pub async fn queue_request(spool: &Spool, now: u64, words: &[&str]) -> serde_json::Value {
+    use serde_json::json;
+    let missing = |id: &str| json!({ "error": format!("{id}: no such message in the queue") });
+    let changed = |r: Result<bool, SpoolError>, id: &str| match r {
+        Ok(true) => json!({ "ok": true, "id": id }),
+        Ok(false) => missing(id),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    match words {
+        ["list"] => json!({ "messages": spool.list() }),
+        ["show", id] => match spool.show(id) {
+            Some(m) => json!({ "message": m }),
+            None => missing(id),
+        },
+        ["retry", "--all"] => json!({ "retried": spool.retry(None, now) }),
+        ["retry", id] => match spool.show(id) {
+            Some(_) => json!({ "retried": spool.retry(Some(id), now) }),
+            None => missing(id),
+        },
+        ["hold", id] => changed(spool.hold(id, true).await, id),
+        ["release", id] => changed(spool.hold(id, false).await, id),
+        ["delete", id] => changed(spool.delete(id).await, id),
+        _ => json!({ "error": format!("unknown queue request {:?}", words.join(" ")) }),
+    }
+}
+
+/// What the socket's handlers use.
+struct Served {
+    verifier: Arc<Verifier>,
+    spool: Arc<Spool>,
+    clock: Arc<dyn Clock>,
+}
+
 /// Binds the socket (replacing a stale one left by a crash) and serves it until the task ends.
-pub fn serve(path: &Path, verifier: Arc<Verifier>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn serve(
+    path: &Path,
+    verifier: Arc<Verifier>,
+    spool: Arc<Spool>,
+    clock: Arc<dyn Clock>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
@@ -63,37 +108,55 @@ pub fn serve(path: &Path, verifier: Arc<Verifier>) -> std::io::Result<tokio::tas
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
+    let served = Arc::new(Served {
+        verifier,
+        spool,
+        clock,
+    });
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let v = verifier.clone();
+            let s = served.clone();
             tokio::spawn(async move {
-                let _ = handle(stream, &v).await;
+                let _ = handle(stream, &s).await;
             });
         }
     }))
 }
 
-async fn handle(stream: UnixStream, verifier: &Verifier) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, s: &Served) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r.take(4096)).read_line(&mut line).await?;
-    let answer = match line.trim().strip_prefix("verify ") {
-        Some(a) => match parse_address(a) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let answer = match words.as_slice() {
+        ["verify", a] => match parse_address(a) {
             Ok(m) => serde_json::to_value(VerifyAnswer::new(
-                &verifier.verify(&m, CONTROL_CLIENT).await,
+                &s.verifier.verify(&m, CONTROL_CLIENT, false).await,
                 &m,
-            )),
-            Err(e) => Ok(serde_json::json!({ "error": format!("{a:?}: {e}") })),
+            ))
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
+            Err(e) => serde_json::json!({ "error": format!("{a:?}: {e}") }),
         },
-        None => Ok(serde_json::json!({ "error": "unknown request" })),
-    }
-    .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+        ["queue", rest @ ..] => queue_request(&s.spool, s.clock.unix(), rest).await,
+        _ => serde_json::json!({ "error": "unknown request" }),
+    };
     w.write_all(format!("{answer}\n").as_bytes()).await?;
     w.shutdown().await
 }
 
 /// Asks a running gateway; `Ok(None)` when none is listening on `path`.
 pub async fn query_verify(path: &Path, addr: &str) -> anyhow::Result<Option<VerifyAnswer>> {
+    let Some(v) = query(path, &format!("verify {addr}")).await? else {
+        return Ok(None);
+    };
+    if let Some(e) = v.get("error") {
+        anyhow::bail!("{}", e.as_str().unwrap_or("error"));
+    }
+    Ok(Some(serde_json::from_value(v)?))
+}
+
+/// Sends one request line to a running gateway; `Ok(None)` when none is listening on `path`.
+pub async fn query(path: &Path, request: &str) -> anyhow::Result<Option<serde_json::Value>> {
     let mut stream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e)
@@ -106,14 +169,8 @@ pub async fn query_verify(path: &Path, addr: &str) -> anyhow::Result<Option<Veri
         }
         Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
     };
-    stream
-        .write_all(format!("verify {addr}\n").as_bytes())
-        .await?;
+    stream.write_all(format!("{request}\n").as_bytes()).await?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).await?;
-    let v: serde_json::Value = serde_json::from_str(&line)?;
-    if let Some(e) = v.get("error") {
-        anyhow::bail!("{}", e.as_str().unwrap_or("error"));
-    }
-    Ok(Some(serde_json::from_value(v)?))
+    Ok(Some(serde_json::from_str(&line)?))
 }

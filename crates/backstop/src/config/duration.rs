@@ -30,6 +30,23 @@ pub fn format_duration(d: Duration) -> String {
     format!("{s}s")
 }
 
+/// A duration in seconds as its two largest units: `2d 3h`, `5m 10s`, `0s`.
+pub fn ago(secs: u64) -> String {
+    let units = [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)];
+    let mut parts = Vec::new();
+    let mut rest = secs;
+    for (name, size) in units {
+        if rest >= size || (parts.is_empty() && size == 1) {
+            parts.push(format!("{}{name}", rest / size));
+            rest %= size;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    parts.join(" ")
+}
+
 pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
 }

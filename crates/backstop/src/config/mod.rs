@@ -9,7 +9,7 @@
 mod duration;
 mod raw;
 
-pub use duration::{format_duration, parse_duration};
+pub use duration::{ago, format_duration, parse_duration};
 pub use raw::RawConfig;
 
 use backstop_proto::address::Domain;
@@ -71,6 +71,49 @@ pub struct Config {
     /// Domains we accept mail for.
     #[serde(rename = "domain")]
     pub domains: Vec<DomainConfig>,
+    /// Static routes for queued mail to other domains (like Postfix transport maps).
+    #[serde(rename = "route")]
+    pub routes: Vec<Route>,
+    /// Queue delivery settings.
+    pub delivery: Delivery,
+}
+
+/// A static route (`[[route]]`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Route {
+    /// The domain (exact match).
+    #[serde(serialize_with = "serialize_display")]
+    pub domain: Domain,
+    /// Where its mail goes instead of its MX hosts.
+    #[serde(serialize_with = "serialize_display")]
+    pub next_hop: NextHop,
+}
+
+/// Delivery settings for the queue (`[delivery]`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Delivery {
+    /// DNS server for MX lookups; none: the system's resolver.
+    pub resolver: Option<SocketAddr>,
+    /// TCP port of MX hosts.
+    pub smtp_port: u16,
+    /// Most connections to one destination at a time.
+    pub destination_concurrency: usize,
+    /// Most connections for queue delivery in total.
+    pub max_connections: usize,
+    /// Timeout of each connect and each command's reply.
+    #[serde(serialize_with = "duration::serialize")]
+    pub timeout: Duration,
+    /// First retry after a temporary failure; doubles with every attempt...
+    #[serde(serialize_with = "duration::serialize")]
+    pub retry_min: Duration,
+    /// ...up to this.
+    #[serde(serialize_with = "duration::serialize")]
+    pub retry_max: Duration,
+    /// A message still undelivered after this long fails.
+    #[serde(serialize_with = "duration::serialize")]
+    pub max_age: Duration,
+    /// Use STARTTLS when the next hop offers it (opportunistic, not verified).
+    pub starttls: bool,
 }
 
 /// Session limits (`[limits]`).
@@ -146,6 +189,22 @@ pub struct Listener {
     pub tls_cert: Option<PathBuf>,
     /// Private key (PEM) for STARTTLS.
     pub tls_key: Option<PathBuf>,
+    /// Clients in these networks may relay mail to any domain (through the queue).
+    #[serde(serialize_with = "serialize_display_seq")]
+    pub relay_from: Vec<ipnet::IpNet>,
+}
+
+impl Listener {
+    /// True when `ip` may relay through this listener.
+    pub fn may_relay(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.relay_from.iter().any(|n| n.contains(&ip))
+    }
 }
 
 /// `HOST:PORT` of an internal server; the host is resolved when connecting.
@@ -210,6 +269,8 @@ pub enum NextHop {
     Smtp(HostPort),
     /// `maildir:DIR`
     Maildir(PathBuf),
+    /// `mx`: the domain's MX hosts (routes only).
+    Mx,
 }
 
 impl fmt::Display for NextHop {
@@ -217,6 +278,7 @@ impl fmt::Display for NextHop {
         match self {
             NextHop::Smtp(h) => write!(f, "smtp:{h}"),
             NextHop::Maildir(p) => write!(f, "maildir:{}", p.display()),
+            NextHop::Mx => f.write_str("mx"),
         }
     }
 }
@@ -227,6 +289,8 @@ impl fmt::Display for NextHop {
 pub enum RelayMode {
     /// While the client waits: the next hop's answer is the client's answer.
     InSession,
+    /// Store and forward: `250` once the message is in the durable queue.
+    Queue,
 }
 
 /// One domain (`[[domain]]`).
@@ -284,6 +348,17 @@ impl Config {
     /// The domain's configuration, if we serve it.
     pub fn domain(&self, name: &Domain) -> Option<&DomainConfig> {
         self.domains.iter().find(|d| d.name == *name)
+    }
+
+    /// Where queued mail for `domain` goes: our domain's next hop, a static route, or MX.
+    pub fn route(&self, domain: &Domain) -> NextHop {
+        if let Some(d) = self.domain(domain) {
+            return d.next_hop.clone();
+        }
+        self.routes
+            .iter()
+            .find(|r| r.domain == *domain)
+            .map_or(NextHop::Mx, |r| r.next_hop.clone())
     }
 
     /// The resolved configuration as TOML, defaults included.

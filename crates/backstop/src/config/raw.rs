@@ -1,8 +1,8 @@
 //! The configuration file as written: serde types with optional fields, and their validation.
 
 use super::{
-    CatchAllPolicy, Config, ConfigError, DomainConfig, HostPort, Limits, Listener, NextHop,
-    RelayMode, Source, invalid, parse_duration,
+    CatchAllPolicy, Config, ConfigError, Delivery, DomainConfig, HostPort, Limits, Listener,
+    NextHop, RelayMode, Route, Source, invalid, parse_duration,
 };
 use backstop_proto::address::Domain;
 use serde::Deserialize;
@@ -23,6 +23,31 @@ pub struct RawConfig {
     listen: Vec<RawListener>,
     #[serde(default)]
     domain: Vec<RawDomain>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    #[serde(default)]
+    delivery: RawDelivery,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    domain: String,
+    next_hop: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    resolver: Option<String>,
+    smtp_port: Option<u16>,
+    destination_concurrency: Option<usize>,
+    max_connections: Option<usize>,
+    timeout: Option<String>,
+    retry_min: Option<String>,
+    retry_max: Option<String>,
+    max_age: Option<String>,
+    starttls: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +84,8 @@ struct RawListener {
     addr: String,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    #[serde(default)]
+    relay_from: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +164,17 @@ impl RawConfig {
             }
             domains.push(d);
         }
+        let mut routes: Vec<Route> = Vec::new();
+        for (i, r) in self.route.iter().enumerate() {
+            let r = r.validate(i)?;
+            if domains.iter().any(|d| d.name == r.domain) || routes.iter().any(|o| o.domain == r.domain) {
+                return Err(invalid(
+                    format!("route[{i}].domain"),
+                    format!("{} already has a next hop ([[domain]] or an earlier [[route]])", r.domain),
+                ));
+            }
+            routes.push(r);
+        }
         Ok(Config {
             hostname: self.hostname.to_ascii_lowercase(),
             state_dir: path(base, &self.state_dir),
@@ -144,6 +182,8 @@ impl RawConfig {
             callout: self.callout.validate()?,
             listeners,
             domains,
+            routes,
+            delivery: self.delivery.validate()?,
         })
     }
 }
@@ -270,10 +310,24 @@ impl RawListener {
                 "tls_cert and tls_key must be given together",
             ));
         }
+        let relay_from = self
+            .relay_from
+            .iter()
+            .enumerate()
+            .map(|(j, n)| {
+                parse_network(n).ok_or_else(|| {
+                    invalid(
+                        format!("listen[{i}].relay_from[{j}]"),
+                        format!("{n:?} is not a network (like 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Listener {
             addr,
             tls_cert,
             tls_key,
+            relay_from,
         })
     }
 }
@@ -302,16 +356,11 @@ impl RawDomain {
             parse_next_hop(&self.next_hop, base).map_err(|m| invalid(key("next_hop"), m))?;
         let relay = match self.relay.as_deref().unwrap_or("in-session") {
             "in-session" => RelayMode::InSession,
-            "queue" => {
-                return Err(invalid(
-                    key("relay"),
-                    "\"queue\" needs the durable spool, which this version does not have yet; use \"in-session\"",
-                ));
-            }
+            "queue" => RelayMode::Queue,
             other => {
                 return Err(invalid(
                     key("relay"),
-                    format!("{other:?}: expected \"in-session\""),
+                    format!("{other:?}: expected \"in-session\" or \"queue\""),
                 ));
             }
         };
@@ -338,6 +387,86 @@ fn parse_source(s: &str, base: &Path) -> Result<Source, String> {
             .ok_or_else(|| format!("{s:?}: expected callout:HOST:PORT"));
     }
     Err(format!("{s:?}: expected list:FILE or callout:HOST:PORT"))
+}
+
+fn parse_network(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+}
+
+impl RawRoute {
+    fn validate(&self, i: usize) -> Result<Route, ConfigError> {
+        let domain = Domain::parse(&self.domain, false).map_err(|e| {
+            invalid(
+                format!("route[{i}].domain"),
+                format!("{:?} is not a domain: {e}", self.domain),
+            )
+        })?;
+        let next_hop = match self.next_hop.as_str() {
+            "mx" => NextHop::Mx,
+            s => match s.strip_prefix("smtp:").and_then(HostPort::parse) {
+                Some(hp) => NextHop::Smtp(hp),
+                None => {
+                    return Err(invalid(
+                        format!("route[{i}].next_hop"),
+                        format!("{s:?}: expected smtp:HOST:PORT or mx"),
+                    ));
+                }
+            },
+        };
+        Ok(Route { domain, next_hop })
+    }
+}
+
+impl RawDelivery {
+    fn validate(&self) -> Result<Delivery, ConfigError> {
+        let resolver = match &self.resolver {
+            None => None,
+            Some(s) => Some(
+                s.parse::<std::net::SocketAddr>()
+                    .or_else(|_| {
+                        s.parse::<std::net::IpAddr>()
+                            .map(|ip| std::net::SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| {
+                        invalid(
+                            "delivery.resolver",
+                            format!("{s:?} is not IP or IP:PORT (like 127.0.0.1:5353)"),
+                        )
+                    })?,
+            ),
+        };
+        let d = Delivery {
+            resolver,
+            smtp_port: positive("delivery.smtp_port", self.smtp_port, 25)?,
+            destination_concurrency: positive(
+                "delivery.destination_concurrency",
+                self.destination_concurrency,
+                20,
+            )?,
+            max_connections: positive("delivery.max_connections", self.max_connections, 100)?,
+            timeout: duration("delivery.timeout", &self.timeout, "5m")?,
+            retry_min: duration("delivery.retry_min", &self.retry_min, "5m")?,
+            retry_max: duration("delivery.retry_max", &self.retry_max, "1h")?,
+            max_age: duration("delivery.max_age", &self.max_age, "5d")?,
+            starttls: self.starttls.unwrap_or(true),
+        };
+        if d.retry_min.is_zero() || d.timeout.is_zero() {
+            return Err(invalid(
+                if d.timeout.is_zero() { "delivery.timeout" } else { "delivery.retry_min" },
+                "must be greater than 0",
+            ));
+        }
+        if d.retry_min > d.retry_max {
+            return Err(invalid(
+                "delivery.retry_min",
+                "must not be longer than delivery.retry_max",
+            ));
+        }
+        Ok(d)
+    }
 }
 
 fn parse_next_hop(s: &str, base: &Path) -> Result<NextHop, String> {

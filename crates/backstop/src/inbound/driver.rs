@@ -3,6 +3,7 @@
 
 use super::Context;
 use super::handler::Handler;
+use crate::config::Listener;
 use crate::telemetry::Event;
 use backstop_proto::smtp::server::{Output, Session, SessionConfig};
 use std::net::SocketAddr;
@@ -78,7 +79,7 @@ pub async fn run(
     tcp: TcpStream,
     peer: SocketAddr,
     ctx: Arc<Context>,
-    cfg: Arc<SessionConfig>,
+    (cfg, listener): (Arc<SessionConfig>, &Listener),
     tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -86,7 +87,7 @@ pub async fn run(
     let _ = tcp.set_nodelay(true);
     let mut io = Stream::Plain(tcp);
     let mut session = Session::new(cfg, Instant::now());
-    let mut handler = Handler::new(ctx, peer);
+    let mut handler = Handler::new(ctx, peer, listener);
     let mut wbuf = Vec::with_capacity(4096);
     let mut rbuf = vec![0u8; 32 * 1024];
     let mut draining = false;

@@ -1,39 +1,61 @@
 //! Resolves the session's checks: every recipient judged by policy and, for in-session
-//! relay, by the next hop too; the message handed on before the client hears `250`.
+//! relay, by the next hop too; the message handed on (or made durable in the queue) before the
+//! client hears `250`.
 
 use super::Context;
-use crate::config::NextHop;
+use crate::config::{Listener, NextHop, RelayMode};
+use crate::queue::{NewMessage, SpoolError};
 use crate::relay::maildir::{self, Delivery};
 use crate::relay::smtp::InSession;
 use crate::telemetry::Event;
 use backstop_proto::address::{ForwardPath, Mailbox};
-use backstop_proto::smtp::command::RcptParams;
+use backstop_proto::smtp::command::{MailParams, RcptParams};
 use backstop_proto::smtp::reply::{Enhanced, Reply};
 use backstop_proto::smtp::server::{Check, Session};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// How the open transaction's message is handed on; one way per transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Mode {
+    /// While the client waits, to this next hop.
+    Direct(NextHop),
+    /// Into the durable queue.
+    Queue,
+}
+
+impl Mode {
+    fn label(&self) -> String {
+        match self {
+            Mode::Direct(hop) => hop.to_string(),
+            Mode::Queue => "queue".into(),
+        }
+    }
+}
+
 /// What the gateway holds for the open transaction, next to the session's envelope.
 #[derive(Default)]
 struct Txn {
-    next_hop: Option<NextHop>,
+    mode: Option<Mode>,
     relay: Option<InSession>,
-    rcpts: Vec<Mailbox>,
+    rcpts: Vec<(Mailbox, RcptParams)>,
 }
 
 /// Per-connection check resolver.
 pub struct Handler {
     ctx: Arc<Context>,
     peer: SocketAddr,
+    may_relay: bool,
     txn: Txn,
     /// Messages accepted in this session.
     pub messages: u32,
 }
 
 impl Handler {
-    /// A handler for a client at `peer`.
-    pub fn new(ctx: Arc<Context>, peer: SocketAddr) -> Handler {
+    /// A handler for a client at `peer`, connected to `listener`.
+    pub fn new(ctx: Arc<Context>, peer: SocketAddr, listener: &Listener) -> Handler {
         Handler {
+            may_relay: listener.may_relay(peer.ip()),
             ctx,
             peer,
             txn: Txn::default(),
@@ -70,7 +92,11 @@ impl Handler {
             ForwardPath::Postmaster => self.ctx.verifier.postmaster().clone(),
             ForwardPath::Mailbox(m) => m,
         };
-        let decision = self.ctx.verifier.verify(&rcpt, self.peer.ip()).await;
+        let decision = self
+            .ctx
+            .verifier
+            .verify(&rcpt, self.peer.ip(), self.may_relay)
+            .await;
         Event::Rcpt {
             peer: self.peer.ip(),
             rcpt: &rcpt,
@@ -81,15 +107,13 @@ impl Handler {
         if !reply.is_success() {
             return reply;
         }
-        let Some(hop) = self.ctx.verifier.next_hop(rcpt.domain()).cloned() else {
-            return Reply::new(
-                451,
-                Enhanced::new(4, 3, 0),
-                "Error: no route for this domain",
-            );
+        let mode = match self.ctx.cfg.domain(rcpt.domain()) {
+            Some(d) if d.relay == RelayMode::InSession => Mode::Direct(d.next_hop.clone()),
+            // queued for our domain, or relayed for a client in relay_from
+            Some(_) | None => Mode::Queue,
         };
-        if self.txn.next_hop.as_ref().is_some_and(|h| *h != hop) {
-            // one final answer per message is only possible with one next hop per transaction
+        if self.txn.mode.as_ref().is_some_and(|m| *m != mode) {
+            // one final answer per message is only possible with one way out per transaction
             return Reply::new(
                 452,
                 Enhanced::new(4, 5, 3),
@@ -98,7 +122,7 @@ impl Handler {
                 ),
             );
         }
-        if let NextHop::Smtp(target) = &hop {
+        if let Mode::Direct(NextHop::Smtp(target)) = &mode {
             let Some(tx) = session.transaction() else {
                 return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need MAIL command");
             };
@@ -116,36 +140,47 @@ impl Handler {
                 return refusal.reply;
             }
         }
-        self.txn.next_hop = Some(hop);
-        self.txn.rcpts.push(rcpt);
+        self.txn.mode = Some(mode);
+        self.txn.rcpts.push((rcpt, params.clone()));
         reply
     }
 
     async fn message(&mut self, body: Vec<u8>, session: &Session) -> Reply {
-        let (Some(tx), Some(hop)) = (session.transaction(), self.txn.next_hop.clone()) else {
+        let (Some(tx), Some(mode)) = (session.transaction(), self.txn.mode.clone()) else {
             return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need RCPT command");
         };
         let (unix, size) = (self.ctx.clock.unix(), body.len());
         let id = self.ctx.ids.next(unix);
-        let trace = super::received(
-            &self.ctx.cfg.hostname,
-            session,
-            self.peer,
-            &id,
-            &self.txn.rcpts,
-            unix,
-        );
-        let result = match &hop {
-            NextHop::Smtp(_) => match self.txn.relay.take() {
+        let rcpts: Vec<Mailbox> = self.txn.rcpts.iter().map(|(m, _)| m.clone()).collect();
+        let trace = super::received(&self.ctx.cfg.hostname, session, self.peer, &id, &rcpts, unix);
+        let result = match &mode {
+            Mode::Queue => {
+                let m = NewMessage {
+                    id: id.clone(),
+                    arrived: unix,
+                    from: tx.from.clone(),
+                    params: MailParams {
+                        size: None,
+                        ..tx.params.clone()
+                    },
+                    rcpts: self.txn.rcpts.clone(),
+                    data: vec![trace.into_bytes(), body],
+                };
+                match self.ctx.spool.enqueue(m).await {
+                    Ok(()) => Ok("queued".to_string()),
+                    Err(e) => Err((spool_failure(&e), e.to_string())),
+                }
+            }
+            Mode::Direct(NextHop::Smtp(_)) => match self.txn.relay.take() {
                 Some(relay) => relay
                     .message(trace.as_bytes(), &body)
                     .await
                     .map_err(|r| (r.reply, r.detail)),
                 None => Err((lost(), "no relay transaction".into())),
             },
-            NextHop::Maildir(dir) => {
+            Mode::Direct(NextHop::Maildir(dir)) => {
                 let (dir, shown) = (dir.clone(), dir.display().to_string());
-                let (from, rcpts) = (tx.from.clone(), self.txn.rcpts.clone());
+                let from = tx.from.clone();
                 let (hostname, id2) = (self.ctx.cfg.hostname.clone(), id.clone());
                 tokio::task::spawn_blocking(move || {
                     let d = Delivery {
@@ -165,14 +200,15 @@ impl Handler {
                 .map(|files| format!("{} file(s) in {shown}", files.len()))
                 .map_err(|e| (local_failure(), e))
             }
+            Mode::Direct(NextHop::Mx) => Err((local_failure(), "no direct MX delivery".into())),
         };
-        self.report(&id, &hop, size, result)
+        self.report(&id, &mode, size, result)
     }
 
     fn report(
         &mut self,
         id: &str,
-        hop: &NextHop,
+        mode: &Mode,
         size: usize,
         result: Result<String, (Reply, String)>,
     ) -> Reply {
@@ -182,7 +218,7 @@ impl Handler {
                 let rcpts = self.txn.rcpts.len();
                 Event::Delivered {
                     id,
-                    next_hop: hop.to_string(),
+                    next_hop: mode.label(),
                     rcpts,
                     size,
                     detail: &detail,
@@ -193,7 +229,7 @@ impl Handler {
             Err((reply, detail)) => {
                 Event::NotDelivered {
                     id,
-                    next_hop: hop.to_string(),
+                    next_hop: mode.label(),
                     detail: &detail,
                 }
                 .emit();
@@ -209,6 +245,21 @@ fn lost() -> Reply {
         Enhanced::new(4, 4, 2),
         "Error: connection to internal server lost, try again later",
     )
+}
+
+fn spool_failure(e: &SpoolError) -> Reply {
+    match e {
+        SpoolError::Full(_) => Reply::new(
+            452,
+            Enhanced::new(4, 3, 1),
+            "Error: insufficient system storage, try again later",
+        ),
+        SpoolError::Io(_) | SpoolError::Locked(_) => Reply::new(
+            451,
+            Enhanced::new(4, 3, 0),
+            "Error: queue file write error, try again later",
+        ),
+    }
 }
 
 fn local_failure() -> Reply {

@@ -10,9 +10,10 @@ mod handler;
 pub mod tls;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Listener};
 use crate::ids::IdGen;
 use crate::policy::Verifier;
+use crate::queue::Spool;
 use crate::upstream::Pools;
 use backstop_proto::address::Mailbox;
 use backstop_proto::smtp::server::{Session, SessionConfig};
@@ -34,6 +35,8 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Message ids.
     pub ids: IdGen,
+    /// The durable queue.
+    pub spool: Arc<Spool>,
 }
 
 /// A bound listener, ready to accept.
@@ -41,6 +44,7 @@ pub struct Bound {
     listener: TcpListener,
     session: Arc<SessionConfig>,
     tls: Option<TlsAcceptor>,
+    config: Arc<Listener>,
 }
 
 impl Bound {
@@ -76,6 +80,7 @@ pub async fn bind(cfg: &Config) -> anyhow::Result<Vec<Bound>> {
             listener,
             session,
             tls,
+            config: Arc::new(l.clone()),
         });
     }
     Ok(out)
@@ -112,8 +117,9 @@ pub async fn accept_loop(
                 Ok((stream, peer)) => {
                     let (ctx, cfg, tls, sd, alive) =
                         (ctx.clone(), b.session.clone(), b.tls.clone(), shutdown.clone(), alive.clone());
+                    let listener = b.config.clone();
                     tokio::spawn(async move {
-                        driver::run(stream, peer, ctx, cfg, tls, sd).await;
+                        driver::run(stream, peer, ctx, (cfg, &listener), tls, sd).await;
                         drop(alive);
                     });
                 }

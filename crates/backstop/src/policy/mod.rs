@@ -162,9 +162,17 @@ impl Verifier {
         self.domains.get(domain).map(|d| &d.next_hop)
     }
 
-    /// Judges one recipient; `client` pays for any probe.
-    pub async fn verify(&self, addr: &Mailbox, client: IpAddr) -> Decision {
+    /// Judges one recipient; `client` pays for any probe. `may_relay`: the client is in its
+    /// listener's `relay_from` networks, so other domains are accepted (and queued).
+    pub async fn verify(&self, addr: &Mailbox, client: IpAddr, may_relay: bool) -> Decision {
         let Some(domain) = self.domains.get(addr.domain()) else {
+            if may_relay {
+                return decision(
+                    Outcome::Accept,
+                    "relay-client",
+                    vec![format!("{client} may relay (listen relay_from)")],
+                );
+            }
             return decision(
                 Outcome::RelayDenied,
                 "relay-denied",
@@ -236,9 +244,9 @@ impl Verifier {
             let when = if k.cached {
                 format!(
                     "cached, checked {} ago, refresh in {}, expires in {}",
-                    ago(now.saturating_sub(e.checked_at)),
-                    ago(e.refresh_at.saturating_sub(now)),
-                    ago(e.expire_at.saturating_sub(now))
+                    crate::config::ago(now.saturating_sub(e.checked_at)),
+                    crate::config::ago(e.refresh_at.saturating_sub(now)),
+                    crate::config::ago(e.expire_at.saturating_sub(now))
                 )
             } else {
                 "probed now".to_string()
@@ -263,30 +271,13 @@ fn decision(outcome: Outcome, reason: &'static str, steps: Vec<String>) -> Decis
     }
 }
 
-/// A duration in seconds as its two largest units: `2d 3h`, `5m 10s`, `0s`.
-pub fn ago(secs: u64) -> String {
-    let units = [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)];
-    let mut parts = Vec::new();
-    let mut rest = secs;
-    for (name, size) in units {
-        if rest >= size || (parts.is_empty() && size == 1) {
-            parts.push(format!("{}{name}", rest / size));
-            rest %= size;
-        }
-        if parts.len() == 2 {
-            break;
-        }
-    }
-    parts.join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn ago_is_short() {
-        assert_eq!(super::ago(0), "0s");
-        assert_eq!(super::ago(59), "59s");
-        assert_eq!(super::ago(3 * 86400 + 7200 + 5), "3d 2h");
-        assert_eq!(super::ago(3600), "1h");
+        assert_eq!(crate::config::ago(0), "0s");
+        assert_eq!(crate::config::ago(59), "59s");
+        assert_eq!(crate::config::ago(3 * 86400 + 7200 + 5), "3d 2h");
+        assert_eq!(crate::config::ago(3600), "1h");
     }
 }

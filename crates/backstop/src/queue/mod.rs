@@ -17,7 +17,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use state::{Lease, LeasedRcpt, Status, Summary};
+pub use state::{Lease, LeasedRcpt, RcptSummary, Status, Summary, format_list};
 
 use log::{Landed, Request, Writer};
 use state::{BodyLoc, Change, Entry, Index, Meta, RcptMeta};

@@ -84,6 +84,21 @@ pub enum Event<'a> {
         /// Why.
         detail: &'a str,
     },
+    /// One queued recipient was tried: delivered, deferred, failed or expired.
+    Attempt {
+        /// Queue id.
+        id: &'a str,
+        /// The recipient.
+        rcpt: &'a Mailbox,
+        /// Where it was sent.
+        next_hop: &'a str,
+        /// `delivered`, `deferred`, `failed` or `expired`.
+        result: &'static str,
+        /// Attempts so far, this one included.
+        attempts: u32,
+        /// The next hop's answer or what went wrong.
+        detail: &'a str,
+    },
 }
 
 impl Event<'_> {
@@ -135,6 +150,23 @@ impl Event<'_> {
             } => tracing::warn!(
                 target: "backstop::event", event = "not_delivered", id, next_hop, detail
             ),
+            Event::Attempt {
+                id,
+                rcpt,
+                next_hop,
+                result,
+                attempts,
+                detail,
+            } => match *result {
+                "delivered" => tracing::info!(
+                    target: "backstop::event", event = "attempt", id, %rcpt, next_hop, result,
+                    attempts, detail
+                ),
+                _ => tracing::warn!(
+                    target: "backstop::event", event = "attempt", id, %rcpt, next_hop, result,
+                    attempts, detail
+                ),
+            },
         }
     }
 }

@@ -1,0 +1,278 @@
+//! The delivery engine: takes due messages from the queue, sends each recipient to its next hop
+//! (a domain's internal server, a static route, the MX hosts, or a Maildir), and records what
+//! happened.
+//!
+//! Responsible for: leasing due messages, grouping recipients by destination, per-destination
+//! and total connection limits, the retry schedule and expiry, and one event per recipient
+//! and attempt.
+//! Not responsible for: durability (the queue), accepting mail (inbound), or delivery reports.
+
+pub mod classify;
+pub mod mx;
+pub mod smtp;
+
+use crate::clock::Clock;
+use crate::config::{Config, NextHop};
+use crate::queue::{Lease, LeasedRcpt, Spool, Status};
+use crate::relay::maildir;
+use crate::telemetry::Event;
+use classify::{Class, Outcome, backoff, classify};
+use smtp::{Dest, Destinations, Settings};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+
+/// Longest sleep between looks at the queue (a safety net; new mail wakes the engine).
+const POLL: Duration = Duration::from_secs(1);
+/// Messages leased per look.
+const BATCH: usize = 256;
+
+/// Where a group of recipients goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Hop {
+    Smtp(Dest),
+    Maildir(PathBuf),
+}
+
+impl std::fmt::Display for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hop::Smtp(d) => d.fmt(f),
+            Hop::Maildir(p) => write!(f, "maildir:{}", p.display()),
+        }
+    }
+}
+
+/// The running engine.
+pub struct Engine {
+    spool: Arc<Spool>,
+    cfg: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    dests: Destinations,
+    inflight: Arc<Semaphore>,
+}
+
+impl Engine {
+    /// An engine for the queue in `spool`.
+    pub fn new(
+        spool: Arc<Spool>,
+        cfg: Arc<Config>,
+        clock: Arc<dyn Clock>,
+        resolver: mx::MxResolver,
+    ) -> Engine {
+        let d = &cfg.delivery;
+        let settings = Settings {
+            helo: cfg.hostname.clone(),
+            timeout: d.timeout,
+            mx_port: d.smtp_port,
+            tls: d.starttls.then(crate::upstream::opportunistic_tls),
+            per_destination: d.destination_concurrency,
+        };
+        Engine {
+            inflight: Arc::new(Semaphore::new(d.max_connections)),
+            dests: Destinations::new(settings, resolver),
+            spool,
+            cfg,
+            clock,
+        }
+    }
+
+    /// Delivers until `shutdown` turns true; attempts in flight are abandoned then (their
+    /// messages stay queued and are tried again after a restart).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let now = self.clock.unix();
+            let free = self.inflight.available_permits().min(BATCH);
+            let leases = if free > 0 {
+                self.spool.take_due(now, free)
+            } else {
+                Vec::new()
+            };
+            let full = leases.len() == BATCH;
+            for lease in leases {
+                let Ok(permit) = self.inflight.clone().acquire_owned().await else {
+                    return;
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.deliver(lease).await;
+                    drop(permit);
+                });
+            }
+            self.dests.sweep();
+            if full {
+                continue;
+            }
+            let wait = match self.spool.next_due() {
+                Some(t) if self.inflight.available_permits() > 0 => {
+                    Duration::from_secs(t.saturating_sub(now)).min(POLL)
+                }
+                Some(_) | None => POLL,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.spool.wake.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// One attempt for the due recipients of one message.
+    async fn deliver(&self, lease: Lease) {
+        let body = match self.spool.body(&lease).await {
+            Ok(b) => b,
+            Err(e) => {
+                let o = || Outcome::Local(format!("spool read: {e}"));
+                let results = lease.rcpts.iter().map(|r| (r, "spool".to_string(), o())).collect();
+                return self.record(lease.clone(), results).await;
+            }
+        };
+        let mut groups: HashMap<Hop, Vec<&LeasedRcpt>> = HashMap::new();
+        for r in &lease.rcpts {
+            groups.entry(self.hop(r)).or_default().push(r);
+        }
+        let attempts = groups.into_iter().map(|(hop, rcpts)| {
+            let (lease, body) = (&lease, &body);
+            async move {
+                let outcomes = match &hop {
+                    Hop::Smtp(dest) => self.dests.deliver(dest, lease, &rcpts, body).await,
+                    Hop::Maildir(dir) => self.to_maildir(dir, lease, &rcpts, body).await,
+                };
+                let name = hop.to_string();
+                rcpts
+                    .into_iter()
+                    .zip(outcomes)
+                    .map(|(r, o)| (r, name.clone(), o))
+                    .collect::<Vec<_>>()
+            }
+        });
+        let results = join_all(attempts).await.into_iter().flatten().collect();
+        self.record(lease.clone(), results).await;
+    }
+
+    fn hop(&self, r: &LeasedRcpt) -> Hop {
+        let domain = r.mailbox.domain();
+        match self.cfg.route(domain) {
+            NextHop::Smtp(hp) => Hop::Smtp(Dest::Smtp(hp)),
+            NextHop::Mx => Hop::Smtp(Dest::Mx(domain.clone())),
+            NextHop::Maildir(p) => Hop::Maildir(p),
+        }
+    }
+
+    async fn to_maildir(
+        &self,
+        dir: &std::path::Path,
+        lease: &Lease,
+        rcpts: &[&LeasedRcpt],
+        body: &[u8],
+    ) -> Vec<Outcome> {
+        let (dir, from, id) = (dir.to_path_buf(), lease.from.clone(), lease.id.clone());
+        let mailboxes: Vec<_> = rcpts.iter().map(|r| r.mailbox.clone()).collect();
+        let (body, hostname, unix) = (body.to_vec(), self.cfg.hostname.clone(), self.clock.unix());
+        let result = tokio::task::spawn_blocking(move || {
+            let d = maildir::Delivery {
+                from: &from,
+                rcpts: &mailboxes,
+                trace: b"",
+                body: &body,
+                id: &id,
+                unix,
+                hostname: &hostname,
+            };
+            maildir::deliver(&dir, &d)
+        })
+        .await;
+        let one = |_| match &result {
+            Ok(Ok(files)) => Outcome::Stored(format!("{} file(s)", files.len())),
+            Ok(Err(e)) => Outcome::Local(format!("maildir: {e}")),
+            Err(e) => Outcome::Local(format!("maildir: {e}")),
+        };
+        rcpts.iter().map(one).collect()
+    }
+
+    /// Turns outcomes into statuses (with the retry schedule and expiry) and stores them.
+    async fn record(&self, lease: Lease, results: Vec<(&LeasedRcpt, String, Outcome)>) {
+        let now = self.clock.unix();
+        let d = &self.cfg.delivery;
+        let expired = now >= lease.arrived.saturating_add(d.max_age.as_secs());
+        let mut updates = Vec::with_capacity(results.len());
+        for (r, hop, outcome) in results {
+            let detail = outcome.detail();
+            let (status, result) = match classify(&outcome) {
+                Class::Delivered => (
+                    Status::Delivered {
+                        at: now,
+                        reply: detail.clone(),
+                    },
+                    "delivered",
+                ),
+                Class::Permanent => (
+                    Status::Failed {
+                        at: now,
+                        reason: detail.clone(),
+                    },
+                    "failed",
+                ),
+                Class::Temporary if expired => (
+                    Status::Failed {
+                        at: now,
+                        reason: format!(
+                            "expired: undelivered for {}; last error: {detail}",
+                            crate::config::format_duration(d.max_age)
+                        ),
+                    },
+                    "expired",
+                ),
+                Class::Temporary => {
+                    let attempts = r.attempts + 1;
+                    let wait = backoff(attempts, d.retry_min, d.retry_max);
+                    (
+                        Status::Queued {
+                            attempts,
+                            next_attempt: now + wait.as_secs(),
+                            last: Some(detail.clone()),
+                        },
+                        "deferred",
+                    )
+                }
+            };
+            Event::Attempt {
+                id: &lease.id,
+                rcpt: &r.mailbox,
+                next_hop: &hop,
+                result,
+                attempts: r.attempts + 1,
+                detail: &detail,
+            }
+            .emit();
+            updates.push((r.index, status));
+        }
+        self.spool.finish(lease, updates).await;
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("all ready")).collect()
+}

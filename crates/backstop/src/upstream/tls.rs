@@ -1,0 +1,91 @@
+//! Opportunistic TLS for outbound SMTP (like Postfix `smtp_tls_security_level = may`): the
+//! connection is encrypted, but the server's certificate is not checked against any trust anchor
+//! or name.
+//!
+//! Responsible for: the rustls client configuration (aws-lc-rs, safe default protocol versions,
+//! handshake signatures still verified, so the peer must hold the key of the certificate it
+//! shows) and the TLS server name for a host.
+//! Not responsible for: deciding whether to use TLS, or falling back to plaintext when the
+//! handshake fails (the caller does that on [`super::UpstreamError::Tls`]).
+
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use tokio_rustls::TlsConnector;
+
+/// A connector that encrypts without verifying the server's certificate.
+///
+/// Uses the aws-lc-rs provider directly, so it does not depend on a process-default provider.
+pub fn opportunistic_tls() -> TlsConnector {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let verifier = AnyCertificate {
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// The name to present in the handshake for `host` (SNI is sent for DNS names only).
+///
+/// A host that is an IP address (brackets allowed) becomes that address; a host that is not a
+/// valid DNS name falls back to `fallback` (typically the peer's address), so no SNI is sent.
+pub fn server_name(host: &str, fallback: IpAddr) -> ServerName<'static> {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    ServerName::try_from(host.to_string()).unwrap_or(ServerName::IpAddress(fallback.into()))
+}
+
+/// Accepts any certificate; checks only that the handshake was signed with its key.
+#[derive(Debug)]
+struct AnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The address used when a name is neither a DNS name nor an IP address and no peer address is
+/// known.
+pub(super) const NO_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
