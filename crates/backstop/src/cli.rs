@@ -206,7 +206,7 @@ async fn queue(cfg: Config, action: &QueueCmd, json: bool) -> anyhow::Result<Exi
     } else if let Some(n) = answer.get("retried") {
         println!("{n} message(s) due now");
     } else {
-        println!("{}: {}", words.join(" "), "done");
+        println!("{}: done", words.join(" "));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -273,7 +273,7 @@ impl Spool {
     }
 
     /// Makes queued recipients of `id` (or of every message) due at `now`; returns how many
-    /// messages that touched. Held messages stay held.
+    /// messages that touched. Held messages are not touched.
     pub fn retry(&self, id: Option<&str>, now: u64) -> usize {
         let n = self.lock().retry(id, now);
         if n > 0 {

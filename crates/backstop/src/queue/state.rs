@@ -407,7 +407,8 @@ impl Index {
         self.due.first().map(|(t, _)| *t)
     }
 
-    /// Makes the queued recipients of `id` (or all messages) due at `now`.
+    /// Makes the queued recipients of `id` (or all messages) due at `now`; held messages are
+    /// left alone.
     pub fn retry(&mut self, id: Option<&str>, now: u64) -> usize {
         let ids: Vec<String> = match id {
             Some(id) => self.msgs.contains_key(id).then(|| id.to_string()).into_iter().collect(),
@@ -415,7 +416,7 @@ impl Index {
         };
         let mut n = 0;
         for id in ids {
-            let Some(e) = self.msgs.get_mut(&id) else {
+            let Some(e) = self.msgs.get_mut(&id).filter(|e| !e.meta.held) else {
                 continue;
             };
             let mut touched = false;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -200,8 +202,12 @@ pub struct Sink {
 impl Sink {
     /// Starts a sink on a free port.
     pub fn start() -> Sink {
+        Sink::start_on(free_port())
+    }
+
+    /// Starts a sink on `port` (for a next hop configured before the sink runs).
+    pub fn start_on(port: u16) -> Sink {
         let dir = world_dir();
-        let port = free_port();
         let template = format!("{}/m.", dir.path().display());
         let child = Command::new("/usr/sbin/smtp-sink")
             .args([
