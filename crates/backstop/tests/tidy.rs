@@ -70,14 +70,22 @@ fn modules_import_only_what_the_architecture_allows() {
         ),
         ("policy", &["relay", "inbound", "control", "app", "cli"]),
         ("relay", &["policy", "inbound", "control", "app", "cli"]),
-        ("inbound", &["control", "app", "cli"]),
+        ("inbound", &["control", "delivery", "app", "cli"]),
         (
             "telemetry",
             &[
                 "relay", "inbound", "upstream", "store", "control", "app", "cli",
             ],
         ),
-        ("control", &["inbound", "app", "cli"]),
+        ("control", &["inbound", "delivery", "app", "cli"]),
+        (
+            "queue",
+            &[
+                "policy", "upstream", "relay", "inbound", "delivery", "store", "control", "app",
+                "cli",
+            ],
+        ),
+        ("delivery", &["policy", "inbound", "control", "app", "cli"]),
         ("app", &["cli"]),
     ];
     let mut bad = Vec::new();

@@ -61,7 +61,6 @@ fn unknown_keys_are_errors_that_name_the_key() {
 #[test]
 fn bad_values_name_the_key() {
     let cases = [
-        (with_domain("relay = \"queue\"\n"), "domain[0].relay"),
         (with_domain("relay = \"later\"\n"), "domain[0].relay"),
         (
             with_domain("").replace("smtp:127.0.0.1:2526", "smtp:nowhere"),
@@ -113,8 +112,52 @@ fn bad_values_name_the_key() {
         let e = err(&text);
         assert!(e.starts_with(&format!("{key}: ")), "{key}: {e}");
     }
-    let e = err(&with_domain("relay = \"queue\"\n"));
-    assert!(e.contains("use \"in-session\""), "{e}");
+    let e = err(&with_domain("relay = \"later\"\n"));
+    assert!(e.contains("\"in-session\" or \"queue\""), "{e}");
+}
+
+#[test]
+fn queue_keys_from_the_issue_work_as_written() {
+    let text = format!(
+        "{}relay = \"queue\"\n{}",
+        with_domain(""),
+        r#"
+[[listen]]
+addr = "127.0.0.1:2587"
+relay_from = ["127.0.0.0/8", "10.0.0.0/8"]
+
+[[route]]
+domain = "partner.test"            # mail for this domain goes here instead of its MX
+next_hop = "smtp:127.0.0.1:2627"
+
+[delivery]
+resolver = "127.0.0.1:5353"        # DNS server for MX lookups (default: the system's)
+"#
+    );
+    let d = dir_with_list();
+    let c = Config::from_toml(&text, d.path()).unwrap();
+    assert_eq!(c.domains[0].relay, RelayMode::Queue);
+    let relay = &c.listeners[1];
+    assert!(relay.may_relay("10.1.2.3".parse().unwrap()));
+    assert!(relay.may_relay("::ffff:127.0.0.1".parse().unwrap()));
+    assert!(!relay.may_relay("192.0.2.1".parse().unwrap()));
+    assert!(!c.listeners[0].may_relay("127.0.0.1".parse().unwrap()));
+    let dom = |s: &str| Domain::parse(s, false).unwrap();
+    assert_eq!(
+        c.route(&dom("partner.test")),
+        NextHop::Smtp(HostPort::parse("127.0.0.1:2627").unwrap())
+    );
+    assert_eq!(c.route(&dom("elsewhere.test")), NextHop::Mx);
+    assert_eq!(c.route(&dom("example.test")), c.domains[0].next_hop);
+    assert_eq!(c.delivery.resolver, Some("127.0.0.1:5353".parse().unwrap()));
+    // Postfix-like defaults
+    assert_eq!(c.delivery.retry_min, Duration::from_secs(300));
+    assert_eq!(c.delivery.retry_max, Duration::from_secs(3600));
+    assert_eq!(c.delivery.max_age, Duration::from_secs(5 * 86400));
+    assert_eq!(c.delivery.smtp_port, 25);
+    let printed = c.to_toml();
+    assert!(printed.contains("\"127.0.0.0/8\",\n    \"10.0.0.0/8\","), "{printed}");
+    assert!(printed.contains("next_hop = \"smtp:127.0.0.1:2627\""), "{printed}");
 }
 
 #[test]

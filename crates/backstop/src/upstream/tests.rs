@@ -1,8 +1,9 @@
-//! STARTTLS and exact-address connections against a tiny SMTP server on 127.0.0.1 that uses the
-//! gateway's own inbound TLS acceptor with a self-signed certificate.
+//! STARTTLS and exact-address connections against a tiny SMTP server on 127.0.0.1 with a
+//! self-signed certificate.
 
 use super::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -44,12 +45,18 @@ async fn server(mode: Mode) -> (SocketAddr, JoinHandle<Vec<String>>) {
 }
 
 fn test_acceptor() -> TlsAcceptor {
-    let dir = tempfile::tempdir().unwrap();
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     let cert = rcgen::generate_simple_self_signed(vec!["mx.example.test".into()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    crate::inbound::tls::acceptor(&cert_path, &key_path).unwrap()
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// Answers commands until QUIT or end of input; on STARTTLS with `220`, returns the socket.
