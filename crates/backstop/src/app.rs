@@ -6,12 +6,12 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::delivery::Engine;
 use crate::delivery::mx::MxResolver;
-use crate::queue::Spool;
 use crate::ids::IdGen;
 use crate::inbound::{self, Context};
 use crate::policy::Verifier;
 use crate::policy::callout::{Callout, Random};
 use crate::policy::probe::SmtpProber;
+use crate::queue::Spool;
 use crate::relay::{MAX_RELAY_CONNECTIONS, RELAY_TIMEOUT};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
@@ -129,8 +129,13 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     }
     drop(alive_tx);
     let control_path = crate::control::socket_path(&cfg.state_dir);
-    let control = crate::control::serve(&control_path, parts.verifier.clone(), spool.clone(), parts.clock.clone())
-        .with_context(|| format!("control socket {}", control_path.display()))?;
+    let control = crate::control::serve(
+        &control_path,
+        parts.verifier.clone(),
+        spool.clone(),
+        parts.clock.clone(),
+    )
+    .with_context(|| format!("control socket {}", control_path.display()))?;
     let reload = tokio::spawn(reload_lists(parts.verifier.clone()));
     let purge = tokio::spawn(purge_cache(parts.store.clone(), parts.clock.clone()));
     for a in &addrs {
@@ -150,6 +155,13 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     purge.abort();
     compact.abort();
     let _ = delivery.await;
+    let (records, syncs) = spool.write_stats();
+    tracing::info!(
+        records,
+        syncs,
+        queued = spool.list().len(),
+        "spool: {records} records made durable with {syncs} syncs"
+    );
     let _ = std::fs::remove_file(&control_path);
     Ok(())
 }

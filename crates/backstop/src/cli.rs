@@ -202,7 +202,10 @@ async fn queue(cfg: Config, action: &QueueCmd, json: bool) -> anyhow::Result<Exi
         print!("{}", crate::queue::format_list(&list, now));
     } else if let Some(m) = answer.get("message") {
         let m: Summary = serde_json::from_value(m.clone())?;
-        print!("{}", crate::queue::format_list(std::slice::from_ref(&m), now));
+        print!(
+            "{}",
+            crate::queue::format_list(std::slice::from_ref(&m), now)
+        );
     } else if let Some(n) = answer.get("retried") {
         println!("{n} message(s) due now");
     } else {

@@ -62,13 +62,21 @@ fn internal_server_down_mail_is_queued_survives_a_restart_and_is_delivered_later
     let mut b = Backstop::start(dir.path(), &config);
     let (code, t) = swaks(
         b.addr,
-        &["--from", "s@client.test", "--to", "alice@example.test,bob@example.test"],
+        &[
+            "--from",
+            "s@client.test",
+            "--to",
+            "alice@example.test,bob@example.test",
+        ],
     );
     assert_eq!(code, 0, "{t}");
     assert!(t.contains("<-  250 2.0.0 Ok: queued as "), "{t}");
     let id = queued_id(&t);
     // an unknown user is still refused in the dialogue
-    let (_, t) = swaks(b.addr, &["--from", "s@client.test", "--to", "nobody@example.test"]);
+    let (_, t) = swaks(
+        b.addr,
+        &["--from", "s@client.test", "--to", "nobody@example.test"],
+    );
     assert!(t.contains("550 5.1.1"), "{t}");
 
     // deferred while the server is down; `queue list` shows it to people and to scripts
@@ -96,7 +104,11 @@ fn internal_server_down_mail_is_queued_survives_a_restart_and_is_delivered_later
     let got = sink.wait_for(1);
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].contains("alice@example.test") && got[0].contains("bob@example.test"));
-    assert!(got[0].contains(&format!("with ESMTP id {id}")), "{}", got[0]);
+    assert!(
+        got[0].contains(&format!("with ESMTP id {id}")),
+        "{}",
+        got[0]
+    );
     assert!(wait_until(10, || states(&queue_json(&b, &["list"])).is_empty()));
     let (_, human, _) = b.cli(&["queue", "list"]);
     assert_eq!(human.trim(), "queue is empty");
@@ -125,7 +137,10 @@ fn outbound_relay_only_from_relay_networks_via_routes_and_mx() {
     let relay: std::net::SocketAddr = format!("127.0.0.1:{relay_port}").parse().unwrap();
 
     // the public listener never relays
-    let (_, t) = swaks(b.addr, &["--from", "a@example.test", "--to", "bob@partner.test"]);
+    let (_, t) = swaks(
+        b.addr,
+        &["--from", "a@example.test", "--to", "bob@partner.test"],
+    );
     assert!(
         t.contains("554 5.7.1 <bob@partner.test>: Relay access denied"),
         "{t}"
@@ -133,7 +148,10 @@ fn outbound_relay_only_from_relay_networks_via_routes_and_mx() {
     assert_eq!(b.count(&["event=\"attempt\""]), 0);
 
     // the relay listener takes any domain, still checks our own users, and queues
-    let (_, t) = swaks(relay, &["--from", "a@example.test", "--to", "ghost@example.test"]);
+    let (_, t) = swaks(
+        relay,
+        &["--from", "a@example.test", "--to", "ghost@example.test"],
+    );
     assert!(t.contains("550 5.1.1"), "{t}");
     let (code, t) = swaks(
         relay,
@@ -196,7 +214,10 @@ fn operator_holds_releases_retries_and_deletes() {
     let extra = "[delivery]\nretry_min = \"1h\"\n";
     let b = Backstop::start(dir.path(), &queue_config(dir.path(), port, extra));
     let send = || {
-        let (code, t) = swaks(b.addr, &["--from", "s@client.test", "--to", "alice@example.test"]);
+        let (code, t) = swaks(
+            b.addr,
+            &["--from", "s@client.test", "--to", "alice@example.test"],
+        );
         assert_eq!(code, 0, "{t}");
         queued_id(&t)
     };
@@ -223,7 +244,13 @@ fn operator_holds_releases_retries_and_deletes() {
     assert_eq!(code, 0);
     assert!(out.contains("message(s) due now"), "{out}");
     std::thread::sleep(std::time::Duration::from_secs(2));
-    assert_eq!(sink.messages().len(), 0, "{:?}\n{}", sink.messages(), b.log());
+    assert_eq!(
+        sink.messages().len(),
+        0,
+        "{:?}\n{}",
+        sink.messages(),
+        b.log()
+    );
 
     // released: still not due for an hour, until retried
     assert_eq!(q(&["release", &keep]).0, 0);
@@ -232,4 +259,51 @@ fn operator_holds_releases_retries_and_deletes() {
     assert_eq!(q(&["retry", &keep]).0, 0);
     assert_eq!(sink.wait_for(1).len(), 1);
     assert!(wait_until(10, || states(&queue_json(&b, &["list"])).is_empty()));
+}
+
+#[test]
+fn queued_mail_goes_out_over_starttls_when_the_next_hop_offers_it() {
+    // the next hop: another backstop with a certificate, delivering to a Maildir
+    let inner_dir = world_dir();
+    let cert = rcgen::generate_simple_self_signed(vec!["mx.example.test".to_string()]).unwrap();
+    std::fs::write(inner_dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    let key = cert.signing_key.serialize_pem();
+    std::fs::write(inner_dir.path().join("key.pem"), key).unwrap();
+    let mail = inner_dir.path().join("mail");
+    let inner_cfg = list_config(
+        inner_dir.path(),
+        &["alice@example.test"],
+        &format!("maildir:{}", mail.display()),
+        "",
+    )
+    .replace(
+        "addr = \"127.0.0.1:0\"",
+        "addr = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"",
+    );
+    let inner = Backstop::start(inner_dir.path(), &inner_cfg);
+
+    let dir = world_dir();
+    let b = Backstop::start(
+        dir.path(),
+        &queue_config(dir.path(), inner.addr.port(), FAST_RETRY),
+    );
+    let (code, t) = swaks(
+        b.addr,
+        &["--from", "s@client.test", "--to", "alice@example.test"],
+    );
+    assert_eq!(code, 0, "{t}");
+    let new = mail.join("new");
+    assert!(wait_until(10, || std::fs::read_dir(&new)
+        .map(|d| d.count() == 1)
+        .unwrap_or(false)));
+    let file = std::fs::read_dir(&new)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(file).unwrap();
+    // the next hop's Received: header says the queue's connection was encrypted
+    assert!(text.contains("(backstop) with ESMTPS id"), "{text}");
+    assert!(wait_until(10, || b.count(&["result=\"delivered\""]) == 1));
 }

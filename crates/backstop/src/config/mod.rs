@@ -198,9 +198,7 @@ impl Listener {
     /// True when `ip` may relay through this listener.
     pub fn may_relay(&self, ip: std::net::IpAddr) -> bool {
         let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map_or(ip, std::net::IpAddr::V4),
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
             v4 => v4,
         };
         self.relay_from.iter().any(|n| n.contains(&ip))

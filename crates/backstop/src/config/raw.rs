@@ -167,10 +167,15 @@ impl RawConfig {
         let mut routes: Vec<Route> = Vec::new();
         for (i, r) in self.route.iter().enumerate() {
             let r = r.validate(i)?;
-            if domains.iter().any(|d| d.name == r.domain) || routes.iter().any(|o| o.domain == r.domain) {
+            if domains.iter().any(|d| d.name == r.domain)
+                || routes.iter().any(|o| o.domain == r.domain)
+            {
                 return Err(invalid(
                     format!("route[{i}].domain"),
-                    format!("{} already has a next hop ([[domain]] or an earlier [[route]])", r.domain),
+                    format!(
+                        "{} already has a next hop ([[domain]] or an earlier [[route]])",
+                        r.domain
+                    ),
                 ));
             }
             routes.push(r);
@@ -318,7 +323,9 @@ impl RawListener {
                 parse_network(n).ok_or_else(|| {
                     invalid(
                         format!("listen[{i}].relay_from[{j}]"),
-                        format!("{n:?} is not a network (like 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)"),
+                        format!(
+                            "{n:?} is not a network (like 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)"
+                        ),
                     )
                 })
             })
@@ -455,7 +462,11 @@ impl RawDelivery {
         };
         if d.retry_min.is_zero() || d.timeout.is_zero() {
             return Err(invalid(
-                if d.timeout.is_zero() { "delivery.timeout" } else { "delivery.retry_min" },
+                if d.timeout.is_zero() {
+                    "delivery.timeout"
+                } else {
+                    "delivery.retry_min"
+                },
                 "must be greater than 0",
             ));
         }

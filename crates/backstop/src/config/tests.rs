@@ -156,8 +156,14 @@ resolver = "127.0.0.1:5353"        # DNS server for MX lookups (default: the sys
     assert_eq!(c.delivery.max_age, Duration::from_secs(5 * 86400));
     assert_eq!(c.delivery.smtp_port, 25);
     let printed = c.to_toml();
-    assert!(printed.contains("\"127.0.0.0/8\",\n    \"10.0.0.0/8\","), "{printed}");
-    assert!(printed.contains("next_hop = \"smtp:127.0.0.1:2627\""), "{printed}");
+    assert!(
+        printed.contains("\"127.0.0.0/8\",\n    \"10.0.0.0/8\","),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("next_hop = \"smtp:127.0.0.1:2627\""),
+        "{printed}"
+    );
 }
 
 #[test]

@@ -100,7 +100,11 @@ mod tests {
     use backstop_proto::smtp::reply::Enhanced;
 
     fn reply(code: u16) -> Outcome {
-        Outcome::Reply(Reply::new(code, Enhanced::new((code / 100) as u8, 0, 0), "x"))
+        Outcome::Reply(Reply::new(
+            code,
+            Enhanced::new((code / 100) as u8, 0, 0),
+            "x",
+        ))
     }
 
     #[test]
@@ -113,16 +117,28 @@ mod tests {
         assert_eq!(classify(&reply(554)), Class::Permanent);
         assert_eq!(classify(&Outcome::Stored("f".into())), Class::Delivered);
         let d = |f| classify(&Outcome::Dns(f));
-        assert_eq!(d(DnsFailure::NoSuchDomain("x.test".into())), Class::Permanent);
+        assert_eq!(
+            d(DnsFailure::NoSuchDomain("x.test".into())),
+            Class::Permanent
+        );
         assert_eq!(d(DnsFailure::NullMx("x.test".into())), Class::Permanent);
         assert_eq!(d(DnsFailure::NoAddress("x.test".into())), Class::Permanent);
-        assert_eq!(d(DnsFailure::Temporary("servfail".into())), Class::Temporary);
+        assert_eq!(
+            d(DnsFailure::Temporary("servfail".into())),
+            Class::Temporary
+        );
         let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let u = |e| classify(&Outcome::Upstream(e));
-        assert_eq!(u(UpstreamError::Connect("h".into(), io())), Class::Temporary);
+        assert_eq!(
+            u(UpstreamError::Connect("h".into(), io())),
+            Class::Temporary
+        );
         assert_eq!(u(UpstreamError::Timeout("h".into())), Class::Temporary);
         assert_eq!(u(UpstreamError::Closed("h".into())), Class::Temporary);
-        assert_eq!(u(UpstreamError::Tls("h".into(), "x".into())), Class::Temporary);
+        assert_eq!(
+            u(UpstreamError::Tls("h".into(), "x".into())),
+            Class::Temporary
+        );
         let greet = |c| UpstreamError::Refused("h".into(), Reply::plain(c, "no"));
         assert_eq!(u(greet(554)), Class::Permanent);
         assert_eq!(u(greet(421)), Class::Temporary);

@@ -125,7 +125,11 @@ impl Engine {
             Ok(b) => b,
             Err(e) => {
                 let o = || Outcome::Local(format!("spool read: {e}"));
-                let results = lease.rcpts.iter().map(|r| (r, "spool".to_string(), o())).collect();
+                let results = lease
+                    .rcpts
+                    .iter()
+                    .map(|r| (r, "spool".to_string(), o()))
+                    .collect();
                 return self.record(lease.clone(), results).await;
             }
         };

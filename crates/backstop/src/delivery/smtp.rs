@@ -100,7 +100,9 @@ impl Destinations {
         for slot in slots {
             let old: Vec<Connection> = {
                 let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let (old, keep) = idle.drain(..).partition(|c| c.idle_since.elapsed() > IDLE_MAX);
+                let (old, keep) = idle
+                    .drain(..)
+                    .partition(|c| c.idle_since.elapsed() > IDLE_MAX);
                 *idle = keep;
                 old
             };
@@ -120,7 +122,10 @@ impl Destinations {
     ) -> Vec<Outcome> {
         let slot = self.slot(dest);
         let Ok(_permit) = slot.permits.clone().acquire_owned().await else {
-            return rcpts.iter().map(|_| Outcome::Local("shutting down".into())).collect();
+            return rcpts
+                .iter()
+                .map(|_| Outcome::Local("shutting down".into()))
+                .collect();
         };
         let idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let (mut conn, reused) = match idle {
@@ -151,7 +156,10 @@ impl Destinations {
             Ok(outcomes) => {
                 conn.idle_since = Instant::now();
                 conn.transactions += 1;
-                slot.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+                slot.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn);
                 outcomes
             }
             Err(Early::Stale(e) | Early::Broken(e)) => fan_out(Outcome::Upstream(e), rcpts.len()),
@@ -165,9 +173,7 @@ impl Destinations {
             Dest::Smtp(hp) => {
                 let addrs = tokio::net::lookup_host((hp.host.as_str(), hp.port))
                     .await
-                    .map_err(|e| {
-                        Outcome::Upstream(UpstreamError::Connect(hp.to_string(), e))
-                    })?;
+                    .map_err(|e| Outcome::Upstream(UpstreamError::Connect(hp.to_string(), e)))?;
                 vec![(hp.host.clone(), addrs.collect())]
             }
             Dest::Mx(d) => self
@@ -196,7 +202,11 @@ impl Destinations {
         })))
     }
 
-    async fn open(&self, addr: std::net::SocketAddr, name: &str) -> Result<Connection, UpstreamError> {
+    async fn open(
+        &self,
+        addr: std::net::SocketAddr,
+        name: &str,
+    ) -> Result<Connection, UpstreamError> {
         let s = &self.settings;
         let c = Connection::open_addr(addr, name, &s.helo, s.timeout).await?;
         let Some(tls) = s.tls.as_ref().filter(|_| c.capabilities().starttls) else {
@@ -298,6 +308,9 @@ async fn rset(conn: &mut Connection) -> Result<(), Early> {
     if r.is_success() {
         Ok(())
     } else {
-        Err(Early::Broken(UpstreamError::Refused(conn.target().to_string(), r)))
+        Err(Early::Broken(UpstreamError::Refused(
+            conn.target().to_string(),
+            r,
+        )))
     }
 }

@@ -152,7 +152,14 @@ impl Handler {
         let (unix, size) = (self.ctx.clock.unix(), body.len());
         let id = self.ctx.ids.next(unix);
         let rcpts: Vec<Mailbox> = self.txn.rcpts.iter().map(|(m, _)| m.clone()).collect();
-        let trace = super::received(&self.ctx.cfg.hostname, session, self.peer, &id, &rcpts, unix);
+        let trace = super::received(
+            &self.ctx.cfg.hostname,
+            session,
+            self.peer,
+            &id,
+            &rcpts,
+            unix,
+        );
         let result = match &mode {
             Mode::Queue => {
                 let m = NewMessage {

@@ -146,6 +146,15 @@ pub struct Request {
     pub done: tokio::sync::oneshot::Sender<io::Result<Landed>>,
 }
 
+/// What the writer has done since start-up: requests written and syncs needed for them.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests made durable.
+    pub requests: std::sync::atomic::AtomicU64,
+    /// `fdatasync` calls that did it (fewer than requests when batches formed).
+    pub syncs: std::sync::atomic::AtomicU64,
+}
+
 /// The single writer: appends batches to the current segment and syncs each batch once.
 pub struct Writer {
     dir: PathBuf,
@@ -153,6 +162,7 @@ pub struct Writer {
     file: File,
     len: u64,
     max_len: u64,
+    stats: Arc<Stats>,
 }
 
 impl Writer {
@@ -169,7 +179,13 @@ impl Writer {
             file,
             len: 0,
             max_len,
+            stats: Arc::default(),
         })
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     /// Runs until every sender is gone: takes what is waiting, writes it, syncs once, answers.
@@ -189,7 +205,10 @@ impl Writer {
             if self.len >= self.max_len {
                 match Writer::create(&self.dir, self.segment + 1, self.max_len) {
                     Ok(w) => {
-                        self = w;
+                        self = Writer {
+                            stats: self.stats,
+                            ..w
+                        };
                         on_new_segment(self.segment);
                     }
                     Err(e) => {
@@ -217,6 +236,9 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.len += buf.len() as u64;
+                use std::sync::atomic::Ordering::Relaxed;
+                self.stats.syncs.fetch_add(1, Relaxed);
+                self.stats.requests.fetch_add(batch.len() as u64, Relaxed);
                 for (r, offset) in batch.into_iter().zip(offsets) {
                     let _ = r.done.send(Ok(Landed {
                         segment: self.segment,
@@ -226,7 +248,11 @@ impl Writer {
             }
             Err(e) => {
                 // nothing of a failed batch may stay behind to be read back later
-                if let Err(t) = self.file.set_len(start).and_then(|()| self.file.sync_data()) {
+                if let Err(t) = self
+                    .file
+                    .set_len(start)
+                    .and_then(|()| self.file.sync_data())
+                {
                     tracing::error!(error = %t, "spool: cannot cut off a failed write");
                 }
                 fail(batch, &e);

@@ -221,7 +221,8 @@ pub(crate) fn message_frame(meta: &Meta, parts: &[&[u8]]) -> (Vec<u8>, u64) {
     let len = (json.len() as u32).to_le_bytes();
     let mut all: Vec<&[u8]> = vec![&len, &json];
     all.extend_from_slice(parts);
-    let mut out = Vec::with_capacity(64 + json.len() + parts.iter().map(|p| p.len()).sum::<usize>());
+    let mut out =
+        Vec::with_capacity(64 + json.len() + parts.iter().map(|p| p.len()).sum::<usize>());
     log::frame(&mut out, KIND_MESSAGE, &all);
     (out, log::PAYLOAD_OFFSET + 4 + json.len() as u64)
 }
@@ -253,7 +254,11 @@ impl Index {
         match f.kind {
             KIND_MESSAGE => {
                 let Some((meta, body_at)) = parse_message(f.payload) else {
-                    tracing::error!(segment, offset = f.offset, "spool: unreadable message record skipped");
+                    tracing::error!(
+                        segment,
+                        offset = f.offset,
+                        "spool: unreadable message record skipped"
+                    );
                     return;
                 };
                 let body = BodyLoc {
@@ -265,7 +270,9 @@ impl Index {
                 self.remove(&id);
                 match Entry::new(meta, body) {
                     Some(e) => self.insert(e),
-                    None => tracing::error!(%id, "spool: message with an unreadable envelope skipped"),
+                    None => {
+                        tracing::error!(%id, "spool: message with an unreadable envelope skipped")
+                    }
                 }
             }
             KIND_CHANGE => match serde_json::from_slice::<Change>(f.payload) {
@@ -411,7 +418,12 @@ impl Index {
     /// left alone.
     pub fn retry(&mut self, id: Option<&str>, now: u64) -> usize {
         let ids: Vec<String> = match id {
-            Some(id) => self.msgs.contains_key(id).then(|| id.to_string()).into_iter().collect(),
+            Some(id) => self
+                .msgs
+                .contains_key(id)
+                .then(|| id.to_string())
+                .into_iter()
+                .collect(),
             None => self.msgs.keys().cloned().collect(),
         };
         let mut n = 0;
@@ -473,7 +485,10 @@ impl Index {
     }
 
     fn oldest_sealed(&self) -> Option<u64> {
-        self.segments.first().copied().filter(|n| *n != self.current)
+        self.segments
+            .first()
+            .copied()
+            .filter(|n| *n != self.current)
     }
 
     /// Removes from the index the oldest segments that hold nothing queued (in order: a

@@ -48,7 +48,11 @@ async fn a_queued_message_survives_reopen_with_its_envelope_and_body() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     spool
-        .enqueue(message("A1", &["a@example.test", "b@example.test"], b"hello\r\n"))
+        .enqueue(message(
+            "A1",
+            &["a@example.test", "b@example.test"],
+            b"hello\r\n",
+        ))
         .await
         .unwrap();
     drop(spool);
@@ -64,7 +68,10 @@ async fn a_queued_message_survives_reopen_with_its_envelope_and_body() {
     assert_eq!(l.params.envid.as_deref(), Some("env 1"));
     assert_eq!(l.rcpts.len(), 2);
     assert!(l.rcpts[1].params.notify.unwrap().failure);
-    assert_eq!(l.rcpts[1].mailbox.domain(), &Domain::parse("example.test", false).unwrap());
+    assert_eq!(
+        l.rcpts[1].mailbox.domain(),
+        &Domain::parse("example.test", false).unwrap()
+    );
     assert_eq!(spool.body(l).await.unwrap(), b"Received: x\r\nhello\r\n");
     // leased: not due again
     assert!(spool.take_due(2000, 10).is_empty());
@@ -132,7 +139,10 @@ async fn statuses_holds_and_deletes_are_replayed() {
 async fn a_torn_tail_is_ignored_and_the_spool_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
-    spool.enqueue(message("T1", &["a@example.test"], b"x\r\n")).await.unwrap();
+    spool
+        .enqueue(message("T1", &["a@example.test"], b"x\r\n"))
+        .await
+        .unwrap();
     drop(spool);
     // a crash in the middle of a write: half a frame at the end
     let seg = log::list_segments(dir.path()).unwrap();
@@ -155,7 +165,10 @@ async fn a_torn_tail_is_ignored_and_the_spool_stays_usable() {
     let spool = Spool::open(dir.path()).unwrap();
     let ids: Vec<String> = spool.list().into_iter().map(|s| s.id).collect();
     assert_eq!(ids, ["T1"]);
-    spool.enqueue(message("T3", &["a@example.test"], b"y\r\n")).await.unwrap();
+    spool
+        .enqueue(message("T3", &["a@example.test"], b"y\r\n"))
+        .await
+        .unwrap();
     drop(spool);
     let spool = Spool::open(dir.path()).unwrap();
     assert_eq!(spool.list().len(), 2);
@@ -165,7 +178,10 @@ async fn a_torn_tail_is_ignored_and_the_spool_stays_usable() {
 async fn a_second_process_cannot_open_the_spool() {
     let dir = tempfile::tempdir().unwrap();
     let _spool = Spool::open(dir.path()).unwrap();
-    assert!(matches!(Spool::open(dir.path()), Err(SpoolError::Locked(_))));
+    assert!(matches!(
+        Spool::open(dir.path()),
+        Err(SpoolError::Locked(_))
+    ));
 }
 
 #[tokio::test]
@@ -208,4 +224,27 @@ async fn space_is_reclaimed_and_long_deferred_mail_is_moved_not_lost() {
     assert_eq!(l[0].id, "B00");
     let body = spool.body(&l[0]).await.unwrap();
     assert_eq!(body.len(), 13 + (1 << 20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let s = spool.clone();
+            tokio::spawn(async move {
+                s.enqueue(message(&format!("G{i:03}"), &["a@example.test"], b"x\r\n"))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let (records, syncs) = spool.write_stats();
+    assert_eq!(records, 200);
+    // group commit: while one batch syncs, the next one gathers
+    assert!(syncs < records, "{syncs} syncs for {records} records");
+    assert_eq!(spool.list().len(), 200);
 }
