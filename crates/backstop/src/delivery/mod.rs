@@ -99,6 +99,8 @@ impl Engine {
                 tokio::spawn(async move {
                     me.deliver(lease).await;
                     drop(permit);
+                    // a free slot: more due mail may be waiting for it
+                    me.spool.wake.notify_one();
                 });
             }
             self.dests.sweep();
