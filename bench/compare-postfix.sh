@@ -4,23 +4,43 @@
 #
 #   bench/compare-postfix.sh            # N=20000 messages per run, 3 runs per side
 #   N=2000 RUNS=2 bench/compare-postfix.sh   # quick run
+#   bench/compare-postfix.sh --mode queue    # backstop with relay = "queue" (or MODE=queue)
 #
+# Mode (--mode MODE or MODE=..., default in-session): backstop's relay setting for the domain.
+#   in-session: the message is relayed to the sink during the client's DATA; 250 is the sink's.
+#   queue:      the message is made durable in backstop's spool (state_dir/queue, fdatasync'd),
+#               then 250; delivery workers forward it to the sink. state_dir must not be on
+#               tmpfs (the script refuses), so the fsyncs are real.
 # Environment: N (messages per run, 20000), RUNS (runs per side, alternating, 3), SESSIONS
 # (concurrent smtp-source sessions, 20), SIZE (message bytes, 1024), STALL (seconds without a
 # delivery before a run is declared stuck, 60), BACKSTOP_BIN (skip the build and use this
 # binary), KEEP=1 (keep the work directory with every log), RUST_LOG (backstop's log filter,
-# default "info" as in production).
+# default "info" as in production), TMPDIR (where the work directory is made, default /tmp).
 #
 # Topology (all on 127.0.0.1, free ports):
 #   backstop side: smtp-source -> backstop (callout:internal Postfix, cached;
-#                  next_hop smtp:sink-bs, relay in-session) -> smtp-sink "sink-bs"
+#                  next_hop smtp:sink-bs, relay MODE) -> smtp-sink "sink-bs"
 #   Postfix side:  smtp-source -> Postfix gateway (reject_unverified_recipient, cached;
 #                  relays to sink-pf through its queue) -> smtp-sink "sink-pf"
 #   ceiling:       smtp-source -> smtp-sink "sink-direct" (no gateway; the client + loopback limit)
 # Each round runs ceiling, backstop, Postfix in turn; medians are over the rounds.
 # A run ends when the side's sink has counted all N messages (for Postfix: the queue has
-# drained), not when smtp-source finishes. Needs root, postfix (smtp-source, smtp-sink), swaks.
+# drained; for backstop in queue mode: its queue has drained), not when smtp-source finishes.
+# Needs root, postfix (smtp-source, smtp-sink), swaks.
 set -eu
+
+MODE=${MODE:-in-session}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --mode) MODE=${2:?--mode needs queue or in-session}; shift 2 ;;
+    --mode=*) MODE=${1#--mode=}; shift ;;
+    *) echo "compare-postfix: unknown argument $1 (usage: $0 [--mode queue|in-session])" >&2; exit 2 ;;
+  esac
+done
+case $MODE in
+  in-session | queue) ;;
+  *) echo "compare-postfix: mode must be queue or in-session, not $MODE" >&2; exit 2 ;;
+esac
 
 N=${N:-20000}
 RUNS=${RUNS:-3}
@@ -47,7 +67,15 @@ else
   BIN=$ROOT/target/release/backstop
 fi
 
-W=$(mktemp -d /tmp/backstop-bench.XXXXXX)
+# in queue mode backstop's spool is in the work directory: it must be on a disk, where fsync is real
+if [ "$MODE" = queue ]; then
+  case $(stat -f -c '%T' "${TMPDIR:-/tmp}") in
+    tmpfs | ramfs)
+      echo "compare-postfix: ${TMPDIR:-/tmp} is a tmpfs, fsync would cost nothing; set TMPDIR to a disk" >&2
+      exit 2 ;;
+  esac
+fi
+W=$(mktemp -d "${TMPDIR:-/tmp}/backstop-bench.XXXXXX")
 chmod 755 "$W" # Postfix's own user must be able to read the peer directories
 PIDS=()
 PEERS=()
@@ -116,12 +144,28 @@ cpu_ticks() { # PID: utime+stime of a process, in clock ticks
   awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
+backstop_queue() { # TAG: messages still in backstop's queue, asked of the running gateway
+  # (control socket); "?" when the answer is not understood. The listing is kept in $W.
+  local out=$W/queue-$1.out
+  if ! "$BIN" queue list -c "$W/backstop.toml" >"$out" 2>&1; then
+    echo "?"
+  elif grep -qx 'queue is empty' "$out"; then
+    echo 0
+  else
+    sed -n 's/^-- \([0-9]*\) message(s).*/\1/p' "$out" | grep . || echo "?"
+  fi
+}
+
 postfix_queue_files() { # DIR: messages still in a Postfix peer's queue
   find "$1.queue/incoming" "$1.queue/active" "$1.queue/deferred" "$1.queue/hold" \
     "$1.queue/maildrop" -type f 2>/dev/null | wc -l
 }
 
 echo "work directory: $W"
+# backstop's state_dir (and in queue mode its spool) lives in $W: say on what filesystem
+FS=$(findmnt -n -o FSTYPE,SOURCE,TARGET -T "$W" 2>/dev/null | head -n 1 | tr -s ' ' ||
+  stat -f -c '%T' "$W")
+echo "mode: relay = \"$MODE\"; state_dir $W/bs-state on: $FS"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores; other busy processes skew the figures)"
 echo "ports: backstop $P_BS, postfix gateway $P_PF, internal postfix $P_INT, sinks $S_BS (backstop) $S_PF (postfix) $S_INT (internal) $S_DIR (direct)"
 
@@ -148,8 +192,13 @@ addr = "127.0.0.1:$P_BS"
 name = "example.test"
 recipients = ["callout:127.0.0.1:$P_INT"]
 next_hop = "smtp:127.0.0.1:$S_BS"
-relay = "in-session"
+relay = "$MODE"
 EOF
+if [ "$MODE" = queue ]; then # the delivery settings in force (all defaults)
+  echo "backstop [delivery] (defaults): $("$BIN" check-config "$W/backstop.toml" |
+    sed -n '/^\[delivery\]/,/^\[/p' | grep -E '^(destination_concurrency|max_connections|timeout|retry_min) ' |
+    tr '\n' ' ' | sed 's/ $//')"
+fi
 RUST_LOG=${RUST_LOG:-info} "$BIN" serve --config "$W/backstop.toml" 2>"$W/backstop.log" &
 BS_PID=$!
 wait_port "$P_BS"
@@ -198,6 +247,9 @@ run() { # SIDE RUN#: one measured run; appends a line to $RESULTS
   sleep 2 # anything more arriving now would be a duplicate
   got=$(( $(sink_count "$sink") - base ))
   [ "$side" = postfix ] && queued=$(postfix_queue_files "$W/pf-gw")
+  if [ "$side" = backstop ] && [ "$MODE" = queue ]; then
+    queued=$(backstop_queue "$tag")
+  fi
   errs=$(grep -c . "$W/source-$tag.err" || true)
   python3 - "$side" "$i" "$N" "$t0" "$t1" "$t2" "$got" "$rc" "$errs" "$queued" \
     "$(( c1 - c0 ))" "$(getconf CLK_TCK)" >>"$RESULTS" <<'PY'
@@ -218,7 +270,8 @@ done
 
 # --- report --------------------------------------------------------------------------------------
 echo
-echo "N=$N messages per run, $SESSIONS sessions, $SIZE-byte messages, $RUNS runs per side"
+echo "N=$N messages per run, $SESSIONS sessions, $SIZE-byte messages, $RUNS runs per side," \
+  "backstop relay = \"$MODE\""
 python3 - "$RESULTS" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
@@ -243,16 +296,49 @@ if not bad:
     print("every run delivered exactly N messages to its sink; smtp-source reported no error")
 PY
 
-# what the logs say
+# what the logs say; backstop is stopped first (SIGTERM, as the exit trap would) so that its log
+# is complete: at stop it logs how many spool records it made durable with how many syncs
+stop_backstop() {
+  local rc=0
+  kill -TERM "$BS_PID" 2>/dev/null || { echo "ANOMALY backstop: not running at the end"; return 0; }
+  for _ in $(seq 1 100); do kill -0 "$BS_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$BS_PID" 2>/dev/null && echo "ANOMALY backstop: did not stop within 10 s of SIGTERM"
+  wait "$BS_PID" 2>/dev/null || rc=$?
+  [ "$rc" = 0 ] || echo "ANOMALY backstop: exit status $rc after SIGTERM"
+}
+stop_backstop
 echo
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "backstop log: $(grep -c 'event="delivered"' "$W/backstop.log" || true) delivered," \
-  "$(grep -c 'event="not_delivered"' "$W/backstop.log" || true) not delivered," \
-  "$(grep -c 'event="rcpt_relay_refused"' "$W/backstop.log" || true) relay refusals," \
-  "$(grep -c 'event="callout_probe"' "$W/backstop.log" || true) call-out probes," \
-  "$(grep -cE ' (WARN|ERROR) ' "$W/backstop.log" || true) WARN/ERROR lines"
+if [ "$MODE" = queue ]; then
+  # "delivered" with next_hop="queue" is the acceptance into the spool; "attempt" the delivery
+  echo "backstop log: $(grep -c 'event="delivered" .*next_hop="queue"' "$W/backstop.log" || true) queued," \
+    "$(grep -c 'event="not_delivered"' "$W/backstop.log" || true) not queued," \
+    "attempts: $(grep -c 'event="attempt" .*result="delivered"' "$W/backstop.log" || true) delivered" \
+    "$(grep -c 'event="attempt" .*result="deferred"' "$W/backstop.log" || true) deferred" \
+    "$(grep -cE 'event="attempt" .*result="(failed|expired)"' "$W/backstop.log" || true) failed/expired," \
+    "$(grep -c 'event="callout_probe"' "$W/backstop.log" || true) call-out probes," \
+    "$(grep -cE ' (WARN|ERROR) ' "$W/backstop.log" || true) WARN/ERROR lines"
+  # a message delivered twice has two delivered attempts under one id
+  dups=$(grep 'event="attempt" .*result="delivered"' "$W/backstop.log" | grep -o ' id="[^"]*"' |
+    sort | uniq -d | wc -l)
+  [ "$dups" = 0 ] || echo "ANOMALY backstop: $dups queue ids delivered more than once"
+  grep -o 'spool: [0-9]* records made durable with [0-9]* syncs.*' "$W/backstop.log" ||
+    echo "(no spool statistics in the backstop log)"
+else
+  echo "backstop log: $(grep -c 'event="delivered"' "$W/backstop.log" || true) delivered," \
+    "$(grep -c 'event="not_delivered"' "$W/backstop.log" || true) not delivered," \
+    "$(grep -c 'event="rcpt_relay_refused"' "$W/backstop.log" || true) relay refusals," \
+    "$(grep -c 'event="callout_probe"' "$W/backstop.log" || true) call-out probes," \
+    "$(grep -cE ' (WARN|ERROR) ' "$W/backstop.log" || true) WARN/ERROR lines"
+fi
 grep -E ' (WARN|ERROR) |not_delivered|rcpt_relay_refused' "$W/backstop.log" | sort | uniq -c |
   sort -rn | head -n 5 || true
+# late arrivals (a duplicate after a run's check) show in the sinks' final totals: warm-up + runs
+for s in sink-bs sink-pf; do
+  total=$(sink_count "$s")
+  [ "$total" = $((1 + RUNS * N)) ] ||
+    echo "ANOMALY $s: $total messages in total, expected $((1 + RUNS * N)) (warm-up + $RUNS x $N)"
+done
 echo "Postfix gateway log: $(grep -c 'status=sent' "$W/pf-gw/maillog" || true) sent," \
   "$(grep -cE 'status=(deferred|bounced)' "$W/pf-gw/maillog" || true) deferred/bounced," \
   "$(grep -cE ' (warning|error|fatal|panic): ' "$W/pf-gw/maillog" || true) warnings/errors"
