@@ -297,7 +297,7 @@ fn check_config_prints_the_resolved_file_and_names_bad_keys() {
 
     let bad = dir.path().join("bad.toml");
     let text = list_config(dir.path(), &["alice@example.test"], "")
-        .replace("next_hop", "relay = \"queue\"\nnext_hop");
+        .replace("next_hop", "relay = \"later\"\nnext_hop");
     std::fs::write(&bad, text).unwrap();
     let (code, _, err) = run_backstop(["check-config", bad.to_str().unwrap()]);
     assert_eq!(code, 2);
