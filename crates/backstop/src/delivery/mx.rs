@@ -358,78 +358,24 @@ async fn family(
     }
 }
 
+/// The integration tests' dnsmasq launcher, shared with the unit tests below.
+#[cfg(test)]
+#[path = "../../tests/support/dns.rs"]
+mod test_dns;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::UdpSocket;
-    use std::process::{Child, Command, Stdio};
     use std::time::Instant;
 
-    /// A dnsmasq serving only the given records on a free port of 127.0.0.1, authoritative for
-    /// `.test` (anything else is REFUSED: no upstream servers). Killed when dropped.
-    /// (tests/support/dns.rs is the same for integration tests; unit tests cannot import it.)
-    struct Dnsmasq {
-        addr: SocketAddr,
-        child: Child,
-    }
+    use super::test_dns as dns;
+
+    struct Dnsmasq;
 
     impl Dnsmasq {
-        fn start(records: &[&str]) -> Dnsmasq {
-            for _ in 0..20 {
-                let port = free_udp_port();
-                let mut child = Command::new("/usr/sbin/dnsmasq")
-                    .args(["-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
-                    .args(["--listen-address=127.0.0.1", "--bind-interfaces"])
-                    .args(["--pid-file=", "--local=/test/", "--log-facility=-"])
-                    .arg(format!("--port={port}"))
-                    .args(records)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("run /usr/sbin/dnsmasq (apt-get install dnsmasq-base)");
-                let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                if answers(&mut child, addr) {
-                    return Dnsmasq { addr, child };
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            panic!("dnsmasq did not start");
+        fn start(records: &[&str]) -> dns::Dns {
+            dns::Dns::start(&records.iter().map(|r| r.to_string()).collect::<Vec<_>>())
         }
-    }
-
-    impl Drop for Dnsmasq {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn free_udp_port() -> u16 {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.local_addr().unwrap().port()
-    }
-
-    /// Whether the dnsmasq just started answers DNS on `addr` (false: it exited, e.g. port taken).
-    fn answers(child: &mut Child, addr: SocketAddr) -> bool {
-        // A query for `. A`; any reply (REFUSED) means it is serving.
-        let query = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return false;
-            }
-            let _ = socket.send_to(&query, addr);
-            if socket.recv_from(&mut [0; 512]).is_ok() {
-                return true;
-            }
-        }
-        false
     }
 
     const ZONE: &[&str] = &[
@@ -459,7 +405,7 @@ mod tests {
         "--host-record=e4.equal.test,127.0.0.14",
     ];
 
-    fn resolver(dns: &Dnsmasq) -> MxResolver {
+    fn resolver(dns: &dns::Dns) -> MxResolver {
         MxResolver::new(Some(dns.addr), Duration::from_secs(2)).unwrap()
     }
 
@@ -538,7 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn server_not_answering_is_temporary() {
-        let closed = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let closed = SocketAddr::from(([127, 0, 0, 1], dns::free_udp_port()));
         let r = MxResolver::new(Some(closed), Duration::from_millis(200)).unwrap();
         let started = Instant::now();
         let got = r.targets("two.test", 25).await.unwrap_err();

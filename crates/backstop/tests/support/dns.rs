@@ -58,7 +58,7 @@ impl Drop for Dns {
 }
 
 /// A UDP port of 127.0.0.1 that was free a moment ago.
-fn free_udp_port() -> u16 {
+pub fn free_udp_port() -> u16 {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.local_addr().unwrap().port()
 }
