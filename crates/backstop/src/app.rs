@@ -97,7 +97,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         .collect::<Result<Vec<_>, _>>()?;
     let spool = Spool::open(&spool_dir(&cfg))
         .with_context(|| format!("spool {}", spool_dir(&cfg).display()))?;
-    let queued = spool.list().len();
+    let queued = spool.len();
     let resolver = MxResolver::new(cfg.delivery.resolver, DNS_TIMEOUT.min(cfg.delivery.timeout))
         .context("delivery.resolver")?;
     let engine = Arc::new(Engine::new(
@@ -159,7 +159,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     tracing::info!(
         records,
         syncs,
-        queued = spool.list().len(),
+        queued = spool.len(),
         "spool: {records} records made durable with {syncs} syncs"
     );
     let _ = std::fs::remove_file(&control_path);

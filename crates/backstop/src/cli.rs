@@ -3,9 +3,11 @@
 //! cannot listen, ...).
 
 use crate::config::Config;
+use crate::config::ago;
 use crate::control::{self, VerifyAnswer};
-use crate::queue::Summary;
+use crate::queue::{Status, Summary};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -199,13 +201,10 @@ async fn queue(cfg: Config, action: &QueueCmd, json: bool) -> anyhow::Result<Exi
     let now = unix_now();
     if let Some(list) = answer.get("messages") {
         let list: Vec<Summary> = serde_json::from_value(list.clone())?;
-        print!("{}", crate::queue::format_list(&list, now));
+        print!("{}", format_list(&list, now));
     } else if let Some(m) = answer.get("message") {
         let m: Summary = serde_json::from_value(m.clone())?;
-        print!(
-            "{}",
-            crate::queue::format_list(std::slice::from_ref(&m), now)
-        );
+        print!("{}", format_list(std::slice::from_ref(&m), now));
     } else if let Some(n) = answer.get("retried") {
         println!("{n} message(s) due now");
     } else {
@@ -251,4 +250,43 @@ async fn verify(cfg: Config, address: &str) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The queue as a table for people: one block per message, one line per recipient.
+fn format_list(list: &[Summary], now: u64) -> String {
+    let mut out = String::new();
+    if list.is_empty() {
+        return "queue is empty\n".into();
+    }
+    let _ = writeln!(out, "{:<16} {:>8} {:>9}  SENDER", "ID", "AGE", "SIZE");
+    for m in list {
+        let held = if m.held { "  (held)" } else { "" };
+        let age = ago(now.saturating_sub(m.arrived));
+        let _ = writeln!(out, "{:<16} {age:>8} {:>9}  {}{held}", m.id, m.size, m.from);
+        for r in &m.rcpts {
+            let status = match &r.status {
+                Status::Queued {
+                    attempts,
+                    next_attempt,
+                    last,
+                } => {
+                    let when = if *next_attempt <= now {
+                        "due now".to_string()
+                    } else {
+                        format!("next attempt in {}", ago(next_attempt - now))
+                    };
+                    match last {
+                        Some(l) => format!("deferred, {attempts} attempt(s), {when}: {l}"),
+                        None => format!("queued, {when}"),
+                    }
+                }
+                Status::Delivered { reply, .. } => format!("delivered: {reply}"),
+                Status::Failed { reason, .. } => format!("failed: {reason}"),
+            };
+            let _ = writeln!(out, "    {}  {status}", r.addr);
+        }
+    }
+    let bytes: u64 = list.iter().map(|m| m.size).sum();
+    let _ = writeln!(out, "-- {} message(s), {bytes} bytes", list.len());
+    out
 }

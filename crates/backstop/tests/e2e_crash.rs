@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -377,8 +377,8 @@ fn sender(
 struct Gateway {
     dir: PathBuf,
     config: PathBuf,
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
+    current: Option<Backstop>,
+    past: String,
     runs: usize,
 }
 
@@ -387,76 +387,61 @@ impl Gateway {
         Gateway {
             dir: dir.to_path_buf(),
             config,
-            child: None,
-            log: Arc::new(Mutex::new(String::new())),
+            current: None,
+            past: String::new(),
             runs: 0,
         }
     }
 
     /// Starts it and waits for its "listening on" line; the bound address.
     fn start(&mut self) -> SocketAddr {
-        assert!(self.child.is_none(), "already running");
+        assert!(self.current.is_none(), "already running");
         self.runs += 1;
-        let run = self.runs;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
-            .args(["serve", "--config", self.config.to_str().unwrap()])
-            .current_dir(&self.dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start backstop");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(a) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(a.split_whitespace().next().unwrap_or("").to_string());
-                }
-                let mut l = log.lock().unwrap();
-                l.push_str(&format!("[run {run}] {line}\n"));
-            }
-        });
-        self.child = Some(child);
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a.parse().unwrap(),
-            Err(_) => {
-                self.kill9();
-                panic!("backstop run {run} did not start:\n{}", self.log());
-            }
-        }
+        let config = self.config.to_str().unwrap().to_string();
+        let b = Backstop::start_with(
+            &self.dir,
+            &["serve", "--config", &config],
+            self.config.clone(),
+        );
+        let addr = b.addr;
+        self.current = Some(b);
+        addr
     }
 
-    /// SIGKILL (std's `Child::kill`) and reap.
+    /// A run's log, each line prefixed with the run's number.
+    fn prefixed(&self, b: &Backstop) -> String {
+        b.log()
+            .lines()
+            .map(|l| format!("[run {}] {l}\n", self.runs))
+            .collect()
+    }
+
+    /// Keeps the log of the run that just ended.
+    fn ended(&mut self, b: &Backstop) {
+        let log = self.prefixed(b);
+        self.past.push_str(&log);
+    }
+
+    /// SIGKILL and reap.
     fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut b) = self.current.take() {
+            b.kill9();
+            self.ended(&b);
         }
     }
 
     /// SIGTERM and wait (20 s, then SIGKILL); its exit status, None if it had to be killed.
     fn stop(&mut self) -> Option<ExitStatus> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let end = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < end {
-            if let Ok(Some(s)) = c.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        None
+        let mut b = self.current.take()?;
+        let status = b.stop();
+        self.ended(&b);
+        status
     }
 
+    /// Every run's log so far.
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        let current = self.current.as_ref().map(|b| self.prefixed(b));
+        self.past.clone() + &current.unwrap_or_default()
     }
 
     /// `backstop queue list --json` on this config: the messages listed.
@@ -471,7 +456,6 @@ impl Drop for Gateway {
     }
 }
 
-/// `backstop queue list --json --config CONFIG`: the messages listed.
 fn queue_list(config: &Path) -> Vec<serde_json::Value> {
     let (code, out, err) = run_backstop([
         "queue",

@@ -460,15 +460,13 @@ impl RawDelivery {
             max_age: duration("delivery.max_age", &self.max_age, "5d")?,
             starttls: self.starttls.unwrap_or(true),
         };
-        if d.retry_min.is_zero() || d.timeout.is_zero() {
-            return Err(invalid(
-                if d.timeout.is_zero() {
-                    "delivery.timeout"
-                } else {
-                    "delivery.retry_min"
-                },
-                "must be greater than 0",
-            ));
+        for (key, v) in [
+            ("delivery.timeout", d.timeout),
+            ("delivery.retry_min", d.retry_min),
+        ] {
+            if v.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
         }
         if d.retry_min > d.retry_max {
             return Err(invalid(

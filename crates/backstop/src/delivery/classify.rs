@@ -8,10 +8,12 @@
 use super::mx::DnsFailure;
 use crate::upstream::UpstreamError;
 use backstop_proto::smtp::reply::{Reply, ReplyClass};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// What happened to one recipient in one attempt.
-#[derive(Debug)]
+/// What happened to one recipient in one attempt. Cheap to clone: one failure of a connection
+/// is every recipient's outcome on it.
+#[derive(Clone, Debug)]
 pub enum Outcome {
     /// The next hop answered for this recipient (its RCPT refusal, or the message's final
     /// answer, or a MAIL/DATA refusal that applies to it).
@@ -21,7 +23,7 @@ pub enum Outcome {
     /// The destination could not be resolved.
     Dns(DnsFailure),
     /// No connection to any host of the destination, or it broke during the transaction.
-    Upstream(UpstreamError),
+    Upstream(Arc<UpstreamError>),
     /// A local failure: the spool could not be read, a Maildir could not be written.
     Local(String),
 }
@@ -46,22 +48,21 @@ pub fn classify(o: &Outcome) -> Class {
         | Outcome::Dns(DnsFailure::NullMx(_))
         | Outcome::Dns(DnsFailure::NoAddress(_)) => Class::Permanent,
         Outcome::Dns(DnsFailure::Temporary(_)) => Class::Temporary,
-        // a host refusing the session with 5xx may be one of several; the destination is
-        // retried like Postfix does unless every host said so in a reply to a recipient
-        Outcome::Upstream(UpstreamError::Refused(_, r)) => match r.class() {
-            ReplyClass::Permanent => Class::Permanent,
-            ReplyClass::Success | ReplyClass::Intermediate | ReplyClass::Transient => {
-                Class::Temporary
-            }
-        },
-        Outcome::Upstream(
+        Outcome::Upstream(e) => match &**e {
+            // a session refused with 5xx by the last host tried (every other one failed first)
+            UpstreamError::Refused(_, r) => match r.class() {
+                ReplyClass::Permanent => Class::Permanent,
+                ReplyClass::Success | ReplyClass::Intermediate | ReplyClass::Transient => {
+                    Class::Temporary
+                }
+            },
             UpstreamError::Connect(..)
             | UpstreamError::Timeout(_)
             | UpstreamError::Io(..)
             | UpstreamError::Closed(_)
             | UpstreamError::Protocol(..)
-            | UpstreamError::Tls(..),
-        ) => Class::Temporary,
+            | UpstreamError::Tls(..) => Class::Temporary,
+        },
         Outcome::Local(_) => Class::Temporary,
     }
 }
@@ -128,7 +129,7 @@ mod tests {
             Class::Temporary
         );
         let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let u = |e| classify(&Outcome::Upstream(e));
+        let u = |e| classify(&Outcome::Upstream(Arc::new(e)));
         assert_eq!(
             u(UpstreamError::Connect("h".into(), io())),
             Class::Temporary

@@ -17,6 +17,7 @@ use crate::queue::{Lease, LeasedRcpt, Spool, Status};
 use crate::relay::maildir;
 use crate::telemetry::Event;
 use classify::{Class, Outcome, backoff, classify};
+use futures_util::future::join_all;
 use smtp::{Dest, Destinations, Settings};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -126,36 +127,36 @@ impl Engine {
         let body = match self.spool.body(&lease).await {
             Ok(b) => b,
             Err(e) => {
-                let o = || Outcome::Local(format!("spool read: {e}"));
-                let results = lease
-                    .rcpts
-                    .iter()
-                    .map(|r| (r, "spool".to_string(), o()))
+                let o = Outcome::Local(format!("spool read: {e}"));
+                let results = (0..lease.rcpts.len())
+                    .map(|i| (i, "spool".to_string(), o.clone()))
                     .collect();
-                return self.record(lease.clone(), results).await;
+                return self.record(lease, results).await;
             }
         };
-        let mut groups: HashMap<Hop, Vec<&LeasedRcpt>> = HashMap::new();
-        for r in &lease.rcpts {
-            groups.entry(self.hop(r)).or_default().push(r);
+        // recipients by destination, as positions in the lease
+        let mut groups: HashMap<Hop, Vec<usize>> = HashMap::new();
+        for (i, r) in lease.rcpts.iter().enumerate() {
+            groups.entry(self.hop(r)).or_default().push(i);
         }
-        let attempts = groups.into_iter().map(|(hop, rcpts)| {
+        let attempts = groups.into_iter().map(|(hop, positions)| {
             let (lease, body) = (&lease, &body);
             async move {
+                let rcpts: Vec<&LeasedRcpt> = positions.iter().map(|&i| &lease.rcpts[i]).collect();
                 let outcomes = match &hop {
                     Hop::Smtp(dest) => self.dests.deliver(dest, lease, &rcpts, body).await,
                     Hop::Maildir(dir) => self.to_maildir(dir, lease, &rcpts, body).await,
                 };
                 let name = hop.to_string();
-                rcpts
+                positions
                     .into_iter()
                     .zip(outcomes)
-                    .map(|(r, o)| (r, name.clone(), o))
+                    .map(|(i, o)| (i, name.clone(), o))
                     .collect::<Vec<_>>()
             }
         });
         let results = join_all(attempts).await.into_iter().flatten().collect();
-        self.record(lease.clone(), results).await;
+        self.record(lease, results).await;
     }
 
     fn hop(&self, r: &LeasedRcpt) -> Hop {
@@ -198,13 +199,15 @@ impl Engine {
         rcpts.iter().map(one).collect()
     }
 
-    /// Turns outcomes into statuses (with the retry schedule and expiry) and stores them.
-    async fn record(&self, lease: Lease, results: Vec<(&LeasedRcpt, String, Outcome)>) {
+    /// Turns outcomes (by position in the lease) into statuses, with the retry schedule and
+    /// expiry, and stores them.
+    async fn record(&self, lease: Lease, results: Vec<(usize, String, Outcome)>) {
         let now = self.clock.unix();
         let d = &self.cfg.delivery;
         let expired = now >= lease.arrived.saturating_add(d.max_age.as_secs());
         let mut updates = Vec::with_capacity(results.len());
-        for (r, hop, outcome) in results {
+        for (i, hop, outcome) in results {
+            let r = &lease.rcpts[i];
             let detail = outcome.detail();
             let (status, result) = match classify(&outcome) {
                 Class::Delivered => (
@@ -257,28 +260,4 @@ impl Engine {
         }
         self.spool.finish(lease, updates).await;
     }
-}
-
-/// Runs futures concurrently and collects their outputs in order.
-async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut set: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.expect("all ready")).collect()
 }

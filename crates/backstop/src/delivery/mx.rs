@@ -370,12 +370,8 @@ mod tests {
 
     use super::test_dns as dns;
 
-    struct Dnsmasq;
-
-    impl Dnsmasq {
-        fn start(records: &[&str]) -> dns::Dns {
-            dns::Dns::start(&records.iter().map(|r| r.to_string()).collect::<Vec<_>>())
-        }
+    fn dnsmasq(records: &[&str]) -> dns::Dns {
+        dns::Dns::start(&records.iter().map(|r| r.to_string()).collect::<Vec<_>>())
     }
 
     const ZONE: &[&str] = &[
@@ -419,7 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn mx_hosts_in_preference_order_with_their_addresses() {
-        let dns = Dnsmasq::start(ZONE);
+        let dns = dnsmasq(ZONE);
         let r = resolver(&dns);
         let want = vec![
             host("mx-a.two.test", 10, &["127.0.0.1:2525", "[::1]:2525"]),
@@ -431,14 +427,14 @@ mod tests {
 
     #[tokio::test]
     async fn without_mx_the_domain_itself_is_the_host() {
-        let dns = Dnsmasq::start(ZONE);
+        let dns = dnsmasq(ZONE);
         let got = resolver(&dns).targets("implicit.test", 25).await.unwrap();
         assert_eq!(got, vec![host("implicit.test", 0, &["127.0.0.3:25"])]);
     }
 
     #[tokio::test]
     async fn permanent_failures() {
-        let dns = Dnsmasq::start(ZONE);
+        let dns = dnsmasq(ZONE);
         let r = resolver(&dns);
         let cases = [
             (
@@ -464,7 +460,7 @@ mod tests {
 
     #[tokio::test]
     async fn hosts_without_address_are_skipped() {
-        let dns = Dnsmasq::start(ZONE);
+        let dns = dnsmasq(ZONE);
         let got = resolver(&dns).targets("partial.test", 25).await.unwrap();
         assert_eq!(got, vec![host("mx-b.two.test", 10, &["127.0.0.2:25"])]);
     }
@@ -472,7 +468,7 @@ mod tests {
     #[tokio::test]
     async fn no_address_with_a_temporary_host_failure_is_temporary() {
         // mx.unserved.example is outside dnsmasq's zone and it has no upstream: REFUSED.
-        let dns = Dnsmasq::start(ZONE);
+        let dns = dnsmasq(ZONE);
         let got = resolver(&dns)
             .targets("refused.test", 25)
             .await
@@ -495,7 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn equal_preferences_are_shuffled_by_the_seed() {
-        let dns = Dnsmasq::start(ZONE);
+        let dns = dnsmasq(ZONE);
         let names =
             |hosts: Vec<MxHost>| -> Vec<String> { hosts.into_iter().map(|h| h.name).collect() };
         let mut orders = Vec::new();

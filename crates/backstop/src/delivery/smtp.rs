@@ -11,14 +11,13 @@ use super::classify::Outcome;
 use super::mx::MxResolver;
 use crate::config::HostPort;
 use crate::queue::{Lease, LeasedRcpt};
-use crate::upstream::{Connection, StartTlsError, UpstreamError};
+use crate::upstream::{Connection, Slots, StartTlsError, UpstreamError};
 use backstop_proto::address::{Domain, ForwardPath};
 use backstop_proto::smtp::command::MailParams;
 use backstop_proto::smtp::reply::Reply;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use std::time::Duration;
 use tokio_rustls::TlsConnector;
 
 /// How long a clean connection is kept for the next message (Postfix: 2 s).
@@ -56,16 +55,11 @@ pub struct Settings {
     pub per_destination: usize,
 }
 
-struct Slot {
-    permits: Arc<Semaphore>,
-    idle: Mutex<Vec<Connection>>,
-}
-
 /// Connections per destination.
 pub struct Destinations {
     settings: Settings,
     resolver: MxResolver,
-    slots: Mutex<HashMap<Dest, Arc<Slot>>>,
+    slots: Mutex<HashMap<Dest, Arc<Slots>>>,
 }
 
 impl Destinations {
@@ -78,37 +72,23 @@ impl Destinations {
         }
     }
 
-    fn slot(&self, d: &Dest) -> Arc<Slot> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Dest, Arc<Slots>>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slot(&self, d: &Dest) -> Arc<Slots> {
+        let per_destination = self.settings.per_destination;
+        self.lock()
             .entry(d.clone())
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    permits: Arc::new(Semaphore::new(self.settings.per_destination)),
-                    idle: Mutex::new(Vec::new()),
-                })
-            })
+            .or_insert_with(|| Arc::new(Slots::new(per_destination, IDLE_MAX)))
             .clone()
     }
 
     /// Closes connections idle for longer than [`IDLE_MAX`].
     pub fn sweep(&self) {
-        let slots: Vec<Arc<Slot>> = {
-            let s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            s.values().cloned().collect()
-        };
+        let slots: Vec<Arc<Slots>> = self.lock().values().cloned().collect();
         for slot in slots {
-            let old: Vec<Connection> = {
-                let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let (old, keep) = idle
-                    .drain(..)
-                    .partition(|c| c.idle_since.elapsed() > IDLE_MAX);
-                *idle = keep;
-                old
-            };
-            for c in old {
-                tokio::spawn(c.quit());
-            }
+            slot.close_stale();
         }
     }
 
@@ -121,24 +101,13 @@ impl Destinations {
         body: &[u8],
     ) -> Vec<Outcome> {
         let slot = self.slot(dest);
-        let Ok(_permit) = slot.permits.clone().acquire_owned().await else {
-            return rcpts
-                .iter()
-                .map(|_| Outcome::Local("shutting down".into()))
-                .collect();
-        };
-        let idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let (mut conn, reused) = match idle {
-            Some(c) if c.idle_since.elapsed() <= IDLE_MAX => (c, true),
-            stale => {
-                if let Some(c) = stale {
-                    tokio::spawn(c.quit());
-                }
-                match self.connect(dest).await {
-                    Ok(c) => (c, false),
-                    Err(o) => return fan_out(o, rcpts.len()),
-                }
-            }
+        let _permit = slot.permit().await;
+        let (mut conn, reused) = match slot.take_idle() {
+            Some(c) => (c, true),
+            None => match self.connect(dest).await {
+                Ok(c) => (c, false),
+                Err(o) => return fan_out(o, rcpts.len()),
+            },
         };
         let mut result = transaction(&mut conn, lease, rcpts, body).await;
         if reused && matches!(result, Err(Early::Stale(_))) {
@@ -154,15 +123,13 @@ impl Destinations {
         }
         match result {
             Ok(outcomes) => {
-                conn.idle_since = Instant::now();
                 conn.transactions += 1;
-                slot.idle
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(conn);
+                slot.put(conn);
                 outcomes
             }
-            Err(Early::Stale(e) | Early::Broken(e)) => fan_out(Outcome::Upstream(e), rcpts.len()),
+            Err(Early::Stale(e) | Early::Broken(e)) => {
+                fan_out(Outcome::Upstream(Arc::new(e)), rcpts.len())
+            }
         }
     }
 
@@ -173,7 +140,9 @@ impl Destinations {
             Dest::Smtp(hp) => {
                 let addrs = tokio::net::lookup_host((hp.host.as_str(), hp.port))
                     .await
-                    .map_err(|e| Outcome::Upstream(UpstreamError::Connect(hp.to_string(), e)))?;
+                    .map_err(|e| {
+                        Outcome::Upstream(Arc::new(UpstreamError::Connect(hp.to_string(), e)))
+                    })?;
                 vec![(hp.host.clone(), addrs.collect())]
             }
             Dest::Mx(d) => self
@@ -197,9 +166,9 @@ impl Destinations {
                 }
             }
         }
-        Err(Outcome::Upstream(last.unwrap_or_else(|| {
+        Err(Outcome::Upstream(Arc::new(last.unwrap_or_else(|| {
             UpstreamError::Closed(format!("{dest}: no addresses"))
-        })))
+        }))))
     }
 
     async fn open(
@@ -225,13 +194,9 @@ impl Destinations {
     }
 }
 
+/// The same outcome for every recipient of the attempt.
 fn fan_out(o: Outcome, n: usize) -> Vec<Outcome> {
-    let detail = o.detail();
-    let mut out = Vec::with_capacity(n);
-    out.push(o);
-    // the same failure for every recipient; the first keeps the typed error
-    out.extend((1..n).map(|_| Outcome::Local(detail.clone())));
-    out
+    vec![o; n]
 }
 
 /// How a transaction ended without per-recipient answers.
@@ -312,5 +277,20 @@ async fn rset(conn: &mut Connection) -> Result<(), Early> {
             conn.target().to_string(),
             r,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::classify::{Class, classify};
+    use crate::delivery::mx::DnsFailure;
+
+    #[test]
+    fn one_failure_is_every_recipients_outcome() {
+        let nx = Outcome::Dns(DnsFailure::NoSuchDomain("nx.test".into()));
+        let all = fan_out(nx, 3);
+        assert_eq!(all.len(), 3);
+        assert!(all.iter().all(|o| classify(o) == Class::Permanent));
     }
 }

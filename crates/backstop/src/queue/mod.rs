@@ -17,7 +17,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use state::{Lease, LeasedRcpt, RcptSummary, Status, Summary, format_list};
+pub use state::{Lease, LeasedRcpt, RcptSummary, Status, Summary};
 
 use log::{Landed, Request, Writer};
 use state::{BodyLoc, Change, Entry, Index, Meta, RcptMeta};
@@ -265,6 +265,16 @@ impl Spool {
             // the statuses hold in memory; after a crash the message is tried again
             tracing::warn!(id = %lease.id, error = %e, "spool: status not written");
         }
+    }
+
+    /// How many messages are queued.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Every queued message, oldest first.

@@ -409,6 +409,11 @@ impl Index {
         self.schedule(id);
     }
 
+    /// How many messages are queued.
+    pub fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
     /// When the earliest waiting message falls due.
     pub fn next_due(&self) -> Option<u64> {
         self.due.first().map(|(t, _)| *t)
@@ -554,45 +559,4 @@ fn parse_message(payload: &[u8]) -> Option<(Meta, u64)> {
     let len = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?) as usize;
     let meta = serde_json::from_slice(payload.get(4..4 + len)?).ok()?;
     Some((meta, 4 + len as u64))
-}
-
-/// The queue as a table for people: one block per message, one line per recipient.
-pub fn format_list(list: &[Summary], now: u64) -> String {
-    use crate::config::ago;
-    use std::fmt::Write;
-    let mut out = String::new();
-    if list.is_empty() {
-        return "queue is empty\n".into();
-    }
-    let _ = writeln!(out, "{:<16} {:>8} {:>9}  SENDER", "ID", "AGE", "SIZE");
-    for m in list {
-        let held = if m.held { "  (held)" } else { "" };
-        let age = ago(now.saturating_sub(m.arrived));
-        let _ = writeln!(out, "{:<16} {age:>8} {:>9}  {}{held}", m.id, m.size, m.from);
-        for r in &m.rcpts {
-            let status = match &r.status {
-                Status::Queued {
-                    attempts,
-                    next_attempt,
-                    last,
-                } => {
-                    let when = if *next_attempt <= now {
-                        "due now".to_string()
-                    } else {
-                        format!("next attempt in {}", ago(next_attempt - now))
-                    };
-                    match last {
-                        Some(l) => format!("deferred, {attempts} attempt(s), {when}: {l}"),
-                        None => format!("queued, {when}"),
-                    }
-                }
-                Status::Delivered { reply, .. } => format!("delivered: {reply}"),
-                Status::Failed { reason, .. } => format!("failed: {reason}"),
-            };
-            let _ = writeln!(out, "    {}  {status}", r.addr);
-        }
-    }
-    let bytes: u64 = list.iter().map(|m| m.size).sum();
-    let _ = writeln!(out, "-- {} message(s), {bytes} bytes", list.len());
-    out
 }

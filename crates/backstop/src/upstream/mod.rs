@@ -13,7 +13,7 @@ mod pool;
 mod tests;
 mod tls;
 
-pub use pool::{Pool, Pooled, Pools};
+pub use pool::{Pool, Pooled, Pools, Slots};
 pub use tls::{opportunistic_tls, server_name};
 
 use crate::config::HostPort;

@@ -1,4 +1,6 @@
-//! Kept-alive connections to one internal server, with a cap on how many are open at once.
+//! Kept-alive connections, with a cap on how many are open at once: [`Slots`] for any
+//! destination (queue delivery keys them by next hop or MX domain), [`Pool`] for one internal
+//! server reached by `HOST:PORT` (call-outs and in-session relay).
 
 use super::{Connection, UpstreamError};
 use crate::config::HostPort;
@@ -11,14 +13,72 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// (Postfix: 300 s), so stay well below.
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
+/// Idle connections kept for reuse, and the permits that cap how many are open at once.
+#[derive(Debug)]
+pub struct Slots {
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+    max_idle: Duration,
+}
+
+impl Slots {
+    /// At most `max` connections; idle ones are closed after `max_idle`.
+    pub fn new(max: usize, max_idle: Duration) -> Slots {
+        Slots {
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(max)),
+            max_idle,
+        }
+    }
+
+    /// Waits for a permit to hold a connection (open or taken from the idle ones).
+    pub async fn permit(&self) -> OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// The most recently used idle connection; those idle too long are closed politely.
+    pub fn take_idle(&self) -> Option<Connection> {
+        self.close_stale();
+        self.lock().pop()
+    }
+
+    /// Keeps a connection that is between transactions and fit for another.
+    pub fn put(&self, mut conn: Connection) {
+        conn.idle_since = Instant::now();
+        self.lock().push(conn);
+    }
+
+    /// Closes (with QUIT) the connections idle for too long.
+    pub fn close_stale(&self) {
+        let stale: Vec<Connection> = {
+            let mut idle = self.lock();
+            let (fresh, stale) = idle
+                .drain(..)
+                .partition(|c| c.idle_since.elapsed() < self.max_idle);
+            *idle = fresh;
+            stale
+        };
+        for c in stale {
+            tokio::spawn(c.quit());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A pool of connections to one server.
 #[derive(Debug)]
 pub struct Pool {
     target: HostPort,
     helo: String,
     timeout: Duration,
-    idle: Mutex<Vec<Connection>>,
-    permits: Arc<Semaphore>,
+    slots: Slots,
 }
 
 /// A connection taken from a pool; holds one of the pool's permits until dropped.
@@ -38,8 +98,7 @@ impl Pool {
             target,
             helo: helo.to_string(),
             timeout,
-            idle: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(max)),
+            slots: Slots::new(max, MAX_IDLE),
         }
     }
 
@@ -50,17 +109,16 @@ impl Pool {
 
     /// An idle connection, or a new one when `fresh` or none is idle. Waits for a permit.
     pub async fn get(&self, fresh: bool) -> Result<Pooled, UpstreamError> {
-        let permit =
-            match tokio::time::timeout(self.timeout, self.permits.clone().acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                _ => {
-                    return Err(UpstreamError::Timeout(format!(
-                        "{} (all connections busy)",
-                        self.target
-                    )));
-                }
-            };
-        if !fresh && let Some(conn) = self.take_idle() {
+        let permit = match tokio::time::timeout(self.timeout, self.slots.permit()).await {
+            Ok(p) => p,
+            Err(_) => {
+                return Err(UpstreamError::Timeout(format!(
+                    "{} (all connections busy)",
+                    self.target
+                )));
+            }
+        };
+        if !fresh && let Some(conn) = self.slots.take_idle() {
             return Ok(Pooled {
                 conn,
                 reused: true,
@@ -77,26 +135,7 @@ impl Pool {
 
     /// Returns a connection that is between transactions and fit for another.
     pub fn put(&self, p: Pooled) {
-        let mut conn = p.conn;
-        conn.idle_since = Instant::now();
-        self.lock().push(conn);
-    }
-
-    /// The most recently used idle connection; those idle too long are closed politely.
-    fn take_idle(&self) -> Option<Connection> {
-        let mut idle = self.lock();
-        let (fresh, stale): (Vec<_>, Vec<_>) = idle
-            .drain(..)
-            .partition(|c| c.idle_since.elapsed() < MAX_IDLE);
-        *idle = fresh;
-        for c in stale {
-            tokio::spawn(c.quit());
-        }
-        idle.pop()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        self.slots.put(p.conn);
     }
 }
 

@@ -162,6 +162,14 @@ impl Backstop {
         self.child.take().and_then(|mut c| terminate(&mut c))
     }
 
+    /// SIGKILL (a crash: no cleanup at all), and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Runs another `backstop` command with this instance's config; (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         run_backstop(
