@@ -5,11 +5,15 @@
 
 use super::{CacheEntry, Store, StoreError};
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
 
 const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("callout_cache");
+/// Claim key -> expiry (unix seconds).
+const CLAIMS: TableDefinition<&str, u64> = TableDefinition::new("claims");
+/// Counter key -> (value, expiry).
+const COUNTERS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("counters");
 
 /// The embedded backend.
 #[derive(Clone)]
@@ -33,6 +37,8 @@ impl EmbeddedStore {
         })?;
         let tx = db.begin_write().map_err(backend)?;
         tx.open_table(CACHE).map_err(backend)?;
+        tx.open_table(CLAIMS).map_err(backend)?;
+        tx.open_table(COUNTERS).map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -90,8 +96,65 @@ impl Store for EmbeddedStore {
                 n += usize::from(!keep);
                 keep
             })?;
+            let mut claims = tx.open_table(CLAIMS)?;
+            claims.retain(|_, expire| {
+                n += usize::from(expire <= now);
+                expire > now
+            })?;
+            let mut counters = tx.open_table(COUNTERS)?;
+            counters.retain(|_, (_, expire)| {
+                n += usize::from(expire <= now);
+                expire > now
+            })?;
             Ok(n)
         })
         .await
+    }
+
+    async fn claim(&self, key: &str, expire_at: u64) -> Result<bool, StoreError> {
+        let key = key.to_string();
+        // one writer at a time (redb serialises write transactions): check and set are atomic
+        self.write(move |tx| {
+            let mut t = tx.open_table(CLAIMS)?;
+            if t.get(key.as_str())?.is_some() {
+                return Ok(false);
+            }
+            t.insert(key.as_str(), expire_at)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn unclaim(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.write(move |tx| {
+            tx.open_table(CLAIMS)?.remove(key.as_str())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add(&self, key: &str, n: u64, expire_at: u64, now: u64) -> Result<u64, StoreError> {
+        let key = key.to_string();
+        self.write(move |tx| {
+            let mut t = tx.open_table(COUNTERS)?;
+            let (old, expire): (u64, u64) = match t.get(key.as_str())?.map(|v| v.value()) {
+                Some((v, e)) if e > now => (v, e),
+                Some(_) | None => (0, expire_at),
+            };
+            let new = old.saturating_add(n);
+            t.insert(key.as_str(), (new, expire))?;
+            Ok(new)
+        })
+        .await
+    }
+
+    async fn count(&self, key: &str, now: u64) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(COUNTERS).map_err(backend)?;
+        Ok(match t.get(key).map_err(backend)?.map(|v| v.value()) {
+            Some((v, e)) if e > now => v,
+            Some(_) | None => 0,
+        })
     }
 }

@@ -1,5 +1,5 @@
-//! Shared state behind one trait: the call-out cache today; counters, idempotency keys, the sent
-//! log and BATV keys as later features need them.
+//! Shared state behind one trait: the call-out cache, claims (idempotency keys) and counters;
+//! the sent log and BATV keys as later features need them.
 //!
 //! Responsible for: the [`Store`] trait, its value types, and the embedded backend
 //! ([`embedded::EmbeddedStore`], one redb file in `state_dir`, nothing to run).
@@ -68,13 +68,56 @@ pub enum StoreError {
     },
 }
 
-/// Shared state. Every backend passes the same conformance tests (`tests/store.rs`).
+/// Shared state. Every backend passes the same conformance tests (`store/tests.rs`).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A cached call-out answer (expired ones included; the caller checks the times).
     async fn cache_get(&self, key: &str) -> Result<Option<CacheEntry>, StoreError>;
     /// Stores a call-out answer, replacing any earlier one.
     async fn cache_put(&self, key: &str, entry: &CacheEntry) -> Result<(), StoreError>;
-    /// Deletes entries expired at `now`; returns how many.
+    /// Deletes entries (cache, claims, counters) expired at `now`; returns how many.
     async fn purge_expired(&self, now: u64) -> Result<usize, StoreError>;
+    /// Claims `key` until `expire_at` (unix seconds): true when this call made the claim, false
+    /// when it was already claimed. Atomic: of racing callers (tasks, nodes) exactly one wins.
+    async fn claim(&self, key: &str, expire_at: u64) -> Result<bool, StoreError>;
+    /// Gives up a claim (the work it guarded could not be done and may be tried again).
+    async fn unclaim(&self, key: &str) -> Result<(), StoreError>;
+    /// Adds `n` to the counter `key` (created, or restarted when expired, with expiry
+    /// `expire_at`) and returns its new value. Atomic.
+    async fn add(&self, key: &str, n: u64, expire_at: u64, now: u64) -> Result<u64, StoreError>;
+    /// A counter's value (0 when missing or expired at `now`).
+    async fn count(&self, key: &str, now: u64) -> Result<u64, StoreError>;
 }
+
+/// A counter over a sliding window of `window` seconds, kept as two fixed buckets (the
+/// current one and the one before, weighted by how much of it still lies in the window), so
+/// it costs two keys however busy it is.
+pub struct Window<'a> {
+    /// Key prefix; the bucket number is appended.
+    pub key: &'a str,
+    /// Window length in seconds (> 0).
+    pub window: u64,
+}
+
+impl Window<'_> {
+    /// Counts one event at `now` and returns the estimated number of events in the window that
+    /// ends at `now` (this one included).
+    pub async fn hit(&self, store: &dyn Store, now: u64) -> Result<u64, StoreError> {
+        let w = self.window.max(1);
+        let bucket = now / w;
+        let expire = (bucket + 2) * w;
+        let cur = store
+            .add(&format!("{}:{bucket}", self.key), 1, expire, now)
+            .await?;
+        let prev = match bucket.checked_sub(1) {
+            Some(b) => store.count(&format!("{}:{b}", self.key), now).await?,
+            None => 0,
+        };
+        // the share of the previous bucket still inside the window
+        let left = w - (now % w);
+        Ok(cur + (prev * left).div_ceil(w))
+    }
+}
+
+#[cfg(test)]
+mod tests;
