@@ -1,7 +1,7 @@
 //! backstop-proto: everything in backstop that is deterministic.
 //!
-//! Responsible for: mail addresses, the SMTP wire format, and the sans-IO SMTP server session and
-//! client state machines that the gateway drives.
+//! Responsible for: mail addresses, the SMTP wire format, the sans-IO SMTP server session and
+//! client state machines that the gateway drives, and delivery reports (RFC 3464 bounces).
 //! Not responsible for: anything effectful. This crate has no async runtime, no sockets, no clock
 //! reads and no randomness that is not passed in; peer input never panics and never yields a Rust
 //! error, only replies and closes.
@@ -11,4 +11,5 @@
 
 pub mod address;
 pub mod datetime;
+pub mod dsn;
 pub mod smtp;
