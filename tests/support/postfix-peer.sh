@@ -112,6 +112,7 @@ smtpd_peername_lookup = no
 smtp_tls_security_level = none
 smtputf8_enable = no
 $role_cf
+${PEER_MAIN_CF:-}
 CF
 cat >"$dir/master.cf" <<MF
 127.0.0.1:$port inet n - n - - smtpd

@@ -2,12 +2,14 @@
 //! tasks (listeners, list reloads, cache purge, control socket), and that runs the graceful
 //! stop on SIGTERM.
 
+use crate::auth::SenderAuth;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::delivery::Engine;
 use crate::delivery::mx::MxResolver;
 use crate::ids::IdGen;
 use crate::inbound::{self, Context};
+use crate::notify::Notifier;
 use crate::policy::Verifier;
 use crate::policy::callout::{Callout, Random};
 use crate::policy::probe::SmtpProber;
@@ -42,6 +44,8 @@ pub struct Parts {
 
 /// Longest wait for one DNS answer.
 const DNS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often undecided reports and old finished messages are looked at.
+const REPORT_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How often the spool's disk space is reclaimed.
 const COMPACT_EVERY: Duration = Duration::from_secs(5);
 
@@ -100,24 +104,42 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     let queued = spool.len();
     let resolver = MxResolver::new(cfg.delivery.resolver, DNS_TIMEOUT.min(cfg.delivery.timeout))
         .context("delivery.resolver")?;
+    let auth = SenderAuth::new(cfg.delivery.resolver, DNS_TIMEOUT.min(cfg.delivery.timeout))
+        .context("delivery.resolver")?;
+    let ids = Arc::new(IdGen::new(rand::random::<u64>()));
+    let notifier = Arc::new(Notifier::new(
+        spool.clone(),
+        parts.store.clone(),
+        cfg.clone(),
+        parts.clock.clone(),
+        ids.clone(),
+    ));
     let engine = Arc::new(Engine::new(
         spool.clone(),
         cfg.clone(),
         parts.clock.clone(),
         resolver,
+        notifier.clone(),
     ));
     let ctx = Arc::new(Context {
         cfg: cfg.clone(),
         verifier: parts.verifier.clone(),
         relays: Pools::new(&cfg.hostname, RELAY_TIMEOUT, MAX_RELAY_CONNECTIONS),
         clock: parts.clock.clone(),
-        ids: IdGen::new(rand::random::<u64>()),
+        ids,
+        auth: Arc::new(auth),
         spool: spool.clone(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tracing::info!(messages = queued, "queue loaded");
     let delivery = tokio::spawn(engine.run(shutdown_rx.clone()));
     let compact = tokio::spawn(compact_spool(spool.clone()));
+    let reports = tokio::spawn(settle_reports(
+        notifier,
+        spool.clone(),
+        parts.clock.clone(),
+        cfg.reports.keep_failed,
+    ));
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     for b in bound {
         tokio::spawn(inbound::accept_loop(
@@ -154,6 +176,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     reload.abort();
     purge.abort();
     compact.abort();
+    reports.abort();
     let _ = delivery.await;
     let (records, syncs) = spool.write_stats();
     tracing::info!(
@@ -203,6 +226,28 @@ async fn compact_spool(spool: Arc<Spool>) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(segments = n, "spool segments removed"),
             Err(e) => tracing::warn!(error = %e, "spool compaction failed"),
+        }
+    }
+}
+
+/// Settles reports left undecided (at start-up: a crash between a delivery pass and its
+/// report; later: a store failure), and removes finished messages kept for the operator once
+/// `keep` has passed.
+async fn settle_reports(
+    notifier: Arc<Notifier>,
+    spool: Arc<Spool>,
+    clock: Arc<dyn Clock>,
+    keep: Duration,
+) {
+    let mut tick = tokio::time::interval(REPORT_SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        notifier.sweep().await;
+        let before = clock.unix().saturating_sub(keep.as_secs());
+        match spool.purge_finished(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "finished messages removed after keep_failed"),
+            Err(e) => tracing::warn!(error = %e, "removing finished messages failed"),
         }
     }
 }

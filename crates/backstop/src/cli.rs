@@ -66,7 +66,12 @@ enum Cmd {
 #[derive(Debug, Subcommand)]
 enum QueueCmd {
     /// Every queued message: id, age, size, sender, recipients with status and next attempt.
-    List,
+    List {
+        /// Only messages with failed recipients (kept for review, with why no report was
+        /// sent).
+        #[arg(long)]
+        failed: bool,
+    },
     /// One message.
     Show {
         /// Queue id.
@@ -101,7 +106,8 @@ enum QueueCmd {
 impl QueueCmd {
     fn words(&self) -> Vec<&str> {
         match self {
-            QueueCmd::List => vec!["list"],
+            QueueCmd::List { failed: false } => vec!["list"],
+            QueueCmd::List { failed: true } => vec!["list", "--failed"],
             QueueCmd::Show { id } => vec!["show", id],
             QueueCmd::Retry { id: Some(id), .. } => vec!["retry", id],
             QueueCmd::Retry { id: None, .. } => vec!["retry", "--all"],
@@ -263,6 +269,8 @@ fn format_list(list: &[Summary], now: u64) -> String {
         let held = if m.held { "  (held)" } else { "" };
         let age = ago(now.saturating_sub(m.arrived));
         let _ = writeln!(out, "{:<16} {age:>8} {:>9}  {}{held}", m.id, m.size, m.from);
+        let may = if m.trust.trusted { "may" } else { "may not" };
+        let _ = writeln!(out, "    (sender {may} get reports: {})", m.trust.why);
         for r in &m.rcpts {
             let status = match &r.status {
                 Status::Queued {
@@ -284,6 +292,9 @@ fn format_list(list: &[Summary], now: u64) -> String {
                 Status::Failed { reason, .. } => format!("failed: {reason}"),
             };
             let _ = writeln!(out, "    {}  {status}", r.addr);
+            if let Some(report) = &r.report {
+                let _ = writeln!(out, "        report: {report}");
+            }
         }
     }
     let bytes: u64 = list.iter().map(|m| m.size).sum();

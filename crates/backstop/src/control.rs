@@ -58,7 +58,7 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 /// The client IP that control requests are charged to in probe budgets.
 pub const CONTROL_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// Answers a queue request (`list`, `show ID`, `retry ID|--all`, `hold ID`, `release ID`,
+/// Answers a queue request (`list`, `list --failed`, `show ID`, `retry ID|--all`, `hold ID`, `release ID`,
 /// `delete ID`) as one JSON object; failures are `{"error": ...}`.
 pub async fn queue_request(spool: &Spool, now: u64, words: &[&str]) -> serde_json::Value {
     use serde_json::json;
@@ -70,6 +70,18 @@ pub async fn queue_request(spool: &Spool, now: u64, words: &[&str]) -> serde_jso
     };
     match words {
         ["list"] => json!({ "messages": spool.list() }),
+        ["list", "--failed"] => {
+            let failed: Vec<_> = spool
+                .list()
+                .into_iter()
+                .filter(|m| {
+                    m.rcpts
+                        .iter()
+                        .any(|r| matches!(r.status, crate::queue::Status::Failed { .. }))
+                })
+                .collect();
+            json!({ "messages": failed })
+        }
         ["show", id] => match spool.show(id) {
             Some(m) => json!({ "message": m }),
             None => missing(id),

@@ -1,6 +1,7 @@
 //! backstop: the effectful half of the gateway (see ARCHITECTURE.md for the map).
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -8,6 +9,7 @@ pub mod control;
 pub mod delivery;
 pub mod ids;
 pub mod inbound;
+pub mod notify;
 pub mod policy;
 pub mod queue;
 pub mod relay;

@@ -528,11 +528,9 @@ fn kill_9_loop_loses_nothing_that_got_250() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("users.txt"), format!("{RCPT}\n")).unwrap();
     let config = dir.path().join("backstop.toml");
-    std::fs::write(
-        &config,
-        queue_config(HOST, &dir.path().join("var"), sink.port),
-    )
-    .unwrap();
+    let (text, _dns) =
+        support::with_resolver(&queue_config(HOST, &dir.path().join("var"), sink.port));
+    std::fs::write(&config, text).unwrap();
     let mut gw = Gateway::new(dir.path(), config);
     let addr = Arc::new(Mutex::new(gw.start()));
     let next = Arc::new(AtomicU64::new(1));

@@ -51,6 +51,16 @@ pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::O
     s.serialize_str(&format_duration(*d))
 }
 
+pub(super) fn serialize_opt<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&format_duration(*d)),
+        None => s.serialize_str("off"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

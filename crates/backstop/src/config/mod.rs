@@ -12,7 +12,7 @@ mod raw;
 pub use duration::{ago, format_duration, parse_duration};
 pub use raw::RawConfig;
 
-use backstop_proto::address::Domain;
+use backstop_proto::address::{Domain, Mailbox};
 use serde::Serialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -76,6 +76,34 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Queue delivery settings.
     pub delivery: Delivery,
+    /// Delivery reports (bounces) to senders.
+    pub reports: Reports,
+}
+
+/// Delivery reports (`[reports]`): who may get one, and how many.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reports {
+    /// Most reports to one address per hour.
+    pub per_recipient: u64,
+    /// Most reports to one domain per hour.
+    pub per_domain: u64,
+    /// Most reports in total per hour.
+    pub total: u64,
+    /// While other recipients of a message are still being tried, failures are gathered for
+    /// this long before the first report (so one report covers them).
+    #[serde(serialize_with = "duration::serialize")]
+    pub gather: Duration,
+    /// Warn the sender once when a message is still undelivered after this long; none: never
+    /// (the default, as in Postfix).
+    #[serde(serialize_with = "duration::serialize_opt")]
+    pub delay_warning: Option<Duration>,
+    /// How long a finished message that got no report (untrusted sender, suppressed,
+    /// NOTIFY=NEVER) stays listed for the operator.
+    #[serde(serialize_with = "duration::serialize")]
+    pub keep_failed: Duration,
+    /// Where a daily digest of failures that got no report goes; none: no digest (default).
+    #[serde(serialize_with = "serialize_opt_display")]
+    pub digest: Option<Mailbox>,
 }
 
 /// A static route (`[[route]]`).
@@ -312,6 +340,16 @@ fn serialize_display<T: fmt::Display, S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
+}
+
+fn serialize_opt_display<T: fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_str(""),
+    }
 }
 
 fn serialize_display_seq<T: fmt::Display, S: serde::Serializer>(

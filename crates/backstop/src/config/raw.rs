@@ -2,9 +2,9 @@
 
 use super::{
     CatchAllPolicy, Config, ConfigError, Delivery, DomainConfig, HostPort, Limits, Listener,
-    NextHop, RelayMode, Route, Source, invalid, parse_duration,
+    NextHop, RelayMode, Reports, Route, Source, invalid, parse_duration,
 };
-use backstop_proto::address::Domain;
+use backstop_proto::address::{Domain, Mailbox};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +27,46 @@ pub struct RawConfig {
     route: Vec<RawRoute>,
     #[serde(default)]
     delivery: RawDelivery,
+    #[serde(default)]
+    reports: RawReports,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReports {
+    per_recipient: Option<u64>,
+    per_domain: Option<u64>,
+    total: Option<u64>,
+    gather: Option<String>,
+    delay_warning: Option<String>,
+    keep_failed: Option<String>,
+    digest: Option<String>,
+}
+
+impl RawReports {
+    fn validate(&self) -> Result<Reports, ConfigError> {
+        let delay_warning = match self.delay_warning.as_deref() {
+            None | Some("0") | Some("off") => None,
+            Some(_) => Some(duration("reports.delay_warning", &self.delay_warning, "0")?)
+                .filter(|d| !d.is_zero()),
+        };
+        let digest =
+            match self.digest.as_deref() {
+                None | Some("") => None,
+                Some(s) => Some(Mailbox::parse(s, true).map_err(|e| {
+                    invalid("reports.digest", format!("{s:?} is not an address: {e}"))
+                })?),
+            };
+        Ok(Reports {
+            per_recipient: positive("reports.per_recipient", self.per_recipient, 20)?,
+            per_domain: positive("reports.per_domain", self.per_domain, 200)?,
+            total: positive("reports.total", self.total, 2000)?,
+            gather: duration("reports.gather", &self.gather, "10m")?,
+            delay_warning,
+            keep_failed: duration("reports.keep_failed", &self.keep_failed, "7d")?,
+            digest,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +229,7 @@ impl RawConfig {
             domains,
             routes,
             delivery: self.delivery.validate()?,
+            reports: self.reports.validate()?,
         })
     }
 }

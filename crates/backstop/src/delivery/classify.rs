@@ -7,7 +7,7 @@
 
 use super::mx::DnsFailure;
 use crate::upstream::UpstreamError;
-use backstop_proto::smtp::reply::{Reply, ReplyClass};
+use backstop_proto::smtp::reply::{Enhanced, Reply, ReplyClass};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use std::time::Duration;
 pub enum Outcome {
     /// The next hop answered for this recipient (its RCPT refusal, or the message's final
     /// answer, or a MAIL/DATA refusal that applies to it).
-    Reply(Reply),
+    Reply(Reply, Arc<Remote>),
     /// Written to a Maildir.
     Stored(String),
     /// The destination could not be resolved.
@@ -26,6 +26,27 @@ pub enum Outcome {
     Upstream(Arc<UpstreamError>),
     /// A local failure: the spool could not be read, a Maildir could not be written.
     Local(String),
+}
+
+/// The server that answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// Its host name (Remote-MTA).
+    pub host: String,
+    /// It announced DSN: the recipients' NOTIFY/ORCPT went on with the message, so success
+    /// reports are its to send.
+    pub dsn: bool,
+}
+
+/// What a delivery report says about an outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnosis {
+    /// RFC 3463 status.
+    pub status: Enhanced,
+    /// The host that answered (Remote-MTA).
+    pub remote: Option<String>,
+    /// The remote SMTP reply on one line (Diagnostic-Code: smtp).
+    pub smtp: Option<String>,
 }
 
 /// What an outcome means.
@@ -42,7 +63,7 @@ pub enum Class {
 /// Classifies an outcome. Exhaustive by design.
 pub fn classify(o: &Outcome) -> Class {
     match o {
-        Outcome::Reply(r) => by_reply(r),
+        Outcome::Reply(r, _) => by_reply(r),
         Outcome::Stored(_) => Class::Delivered,
         Outcome::Dns(DnsFailure::NoSuchDomain(_))
         | Outcome::Dns(DnsFailure::NullMx(_))
@@ -80,12 +101,72 @@ impl Outcome {
     /// Text for the operator and the recipient's status.
     pub fn detail(&self) -> String {
         match self {
-            Outcome::Reply(r) => r.to_string().replace("\r\n", " "),
+            Outcome::Reply(r, _) => one_line(r),
             Outcome::Stored(s) | Outcome::Local(s) => s.clone(),
             Outcome::Dns(d) => d.detail(),
             Outcome::Upstream(e) => e.to_string(),
         }
     }
+}
+
+/// The report fields for an outcome. Exhaustive like [`classify`]; the status comes from the
+/// remote reply when it has one, else from what went wrong (RFC 3463: 5.4.4 unable to route,
+/// 5.1.10 null MX (RFC 7505), 4.4.3 DNS failure, 4.4.1 no answer, 4.4.2 connection dropped).
+pub fn diagnose(o: &Outcome) -> Diagnosis {
+    let plain = |status| Diagnosis {
+        status,
+        remote: None,
+        smtp: None,
+    };
+    match o {
+        Outcome::Reply(r, remote) => Diagnosis {
+            status: status_of(r),
+            remote: Some(remote.host.clone()),
+            smtp: Some(one_line(r)),
+        },
+        Outcome::Stored(_) => plain(Enhanced::new(2, 0, 0)),
+        Outcome::Dns(DnsFailure::NoSuchDomain(_)) | Outcome::Dns(DnsFailure::NoAddress(_)) => {
+            plain(Enhanced::new(5, 4, 4))
+        }
+        Outcome::Dns(DnsFailure::NullMx(_)) => plain(Enhanced::new(5, 1, 10)),
+        Outcome::Dns(DnsFailure::Temporary(_)) => plain(Enhanced::new(4, 4, 3)),
+        Outcome::Upstream(e) => match &**e {
+            UpstreamError::Refused(target, r) => Diagnosis {
+                status: status_of(r),
+                remote: Some(host_of(target)),
+                smtp: Some(one_line(r)),
+            },
+            UpstreamError::Connect(..) => plain(Enhanced::new(4, 4, 1)),
+            UpstreamError::Timeout(_) | UpstreamError::Io(..) | UpstreamError::Closed(_) => {
+                plain(Enhanced::new(4, 4, 2))
+            }
+            UpstreamError::Protocol(..) => plain(Enhanced::new(4, 5, 0)),
+            UpstreamError::Tls(..) => plain(Enhanced::new(4, 7, 5)),
+        },
+        Outcome::Local(_) => plain(Enhanced::new(4, 3, 0)),
+    }
+}
+
+/// A reply's enhanced status, or the generic one of its class.
+fn status_of(r: &Reply) -> Enhanced {
+    r.enhanced.unwrap_or(match r.class() {
+        ReplyClass::Success => Enhanced::new(2, 0, 0),
+        ReplyClass::Intermediate | ReplyClass::Transient => Enhanced::new(4, 0, 0),
+        ReplyClass::Permanent => Enhanced::new(5, 0, 0),
+    })
+}
+
+fn one_line(r: &Reply) -> String {
+    r.to_string().trim_end().replace("\r\n", " ")
+}
+
+/// The host name in a connection label (`name[ip]:port` or `host:port`).
+pub fn host_of(target: &str) -> String {
+    let end = target
+        .find('[')
+        .or_else(|| target.rfind(':'))
+        .unwrap_or(target.len());
+    target[..end].to_string()
 }
 
 /// Delay before attempt `attempts + 1`, after `attempts` (≥ 1) failed ones: `min` doubled per
@@ -98,14 +179,15 @@ pub fn backoff(attempts: u32, min: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backstop_proto::smtp::reply::Enhanced;
 
     fn reply(code: u16) -> Outcome {
-        Outcome::Reply(Reply::new(
-            code,
-            Enhanced::new((code / 100) as u8, 0, 0),
-            "x",
-        ))
+        Outcome::Reply(
+            Reply::new(code, Enhanced::new((code / 100) as u8, 0, 0), "x"),
+            Arc::new(Remote {
+                host: "mx.example.test".into(),
+                dsn: false,
+            }),
+        )
     }
 
     #[test]
@@ -144,6 +226,42 @@ mod tests {
         assert_eq!(u(greet(554)), Class::Permanent);
         assert_eq!(u(greet(421)), Class::Temporary);
         assert_eq!(classify(&Outcome::Local("disk".into())), Class::Temporary);
+    }
+
+    #[test]
+    fn every_outcome_has_report_fields() {
+        let d = diagnose(&Outcome::Reply(
+            Reply::new(550, Enhanced::new(5, 1, 1), "<a@b.test>: unknown"),
+            Arc::new(Remote {
+                host: "mx.b.test".into(),
+                dsn: true,
+            }),
+        ));
+        assert_eq!(d.status, Enhanced::new(5, 1, 1));
+        assert_eq!(d.remote.as_deref(), Some("mx.b.test"));
+        assert_eq!(d.smtp.as_deref(), Some("550 5.1.1 <a@b.test>: unknown"));
+        let plain = diagnose(&Outcome::Reply(
+            Reply::plain(554, "no"),
+            Arc::new(Remote {
+                host: "h".into(),
+                dsn: false,
+            }),
+        ));
+        assert_eq!(plain.status, Enhanced::new(5, 0, 0));
+        let nx = diagnose(&Outcome::Dns(DnsFailure::NoSuchDomain("x.test".into())));
+        assert_eq!(
+            (nx.status, nx.remote, nx.smtp),
+            (Enhanced::new(5, 4, 4), None, None)
+        );
+        let null = diagnose(&Outcome::Dns(DnsFailure::NullMx("x.test".into())));
+        assert_eq!(null.status, Enhanced::new(5, 1, 10));
+        let greet = UpstreamError::Refused(
+            "mx.x.test[127.0.0.1]:25".into(),
+            Reply::plain(554, "go away"),
+        );
+        let g = diagnose(&Outcome::Upstream(Arc::new(greet)));
+        assert_eq!(g.remote.as_deref(), Some("mx.x.test"));
+        assert_eq!(host_of("relay.test:2525"), "relay.test");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! Responsible for: leasing due messages, grouping recipients by destination, per-destination
 //! and total connection limits, the retry schedule and expiry, and one event per recipient
 //! and attempt.
-//! Not responsible for: durability (the queue), accepting mail (inbound), or delivery reports.
+//! Not responsible for: durability (the queue), accepting mail (inbound), or delivery reports
+//! (it hands each message to notify after each pass).
 
 pub mod classify;
 pub mod mx;
@@ -13,10 +14,12 @@ pub mod smtp;
 
 use crate::clock::Clock;
 use crate::config::{Config, NextHop};
+use crate::notify::Notifier;
 use crate::queue::{Lease, LeasedRcpt, Spool, Status};
 use crate::relay::maildir;
 use crate::telemetry::Event;
-use classify::{Class, Outcome, backoff, classify};
+use backstop_proto::smtp::reply::Enhanced;
+use classify::{Class, Outcome, backoff, classify, diagnose};
 use futures_util::future::join_all;
 use smtp::{Dest, Destinations, Settings};
 use std::collections::HashMap;
@@ -53,6 +56,7 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     dests: Destinations,
     inflight: Arc<Semaphore>,
+    notifier: Arc<Notifier>,
 }
 
 impl Engine {
@@ -62,6 +66,7 @@ impl Engine {
         cfg: Arc<Config>,
         clock: Arc<dyn Clock>,
         resolver: mx::MxResolver,
+        notifier: Arc<Notifier>,
     ) -> Engine {
         let d = &cfg.delivery;
         let settings = Settings {
@@ -77,6 +82,7 @@ impl Engine {
             spool,
             cfg,
             clock,
+            notifier,
         }
     }
 
@@ -203,50 +209,15 @@ impl Engine {
     /// expiry, and stores them.
     async fn record(&self, lease: Lease, results: Vec<(usize, String, Outcome)>) {
         let now = self.clock.unix();
-        let d = &self.cfg.delivery;
-        let expired = now >= lease.arrived.saturating_add(d.max_age.as_secs());
+        let expired = now
+            >= lease
+                .arrived
+                .saturating_add(self.cfg.delivery.max_age.as_secs());
         let mut updates = Vec::with_capacity(results.len());
         for (i, hop, outcome) in results {
             let r = &lease.rcpts[i];
             let detail = outcome.detail();
-            let (status, result) = match classify(&outcome) {
-                Class::Delivered => (
-                    Status::Delivered {
-                        at: now,
-                        reply: detail.clone(),
-                    },
-                    "delivered",
-                ),
-                Class::Permanent => (
-                    Status::Failed {
-                        at: now,
-                        reason: detail.clone(),
-                    },
-                    "failed",
-                ),
-                Class::Temporary if expired => (
-                    Status::Failed {
-                        at: now,
-                        reason: format!(
-                            "expired: undelivered for {}; last error: {detail}",
-                            crate::config::format_duration(d.max_age)
-                        ),
-                    },
-                    "expired",
-                ),
-                Class::Temporary => {
-                    let attempts = r.attempts + 1;
-                    let wait = backoff(attempts, d.retry_min, d.retry_max);
-                    (
-                        Status::Queued {
-                            attempts,
-                            next_attempt: now + wait.as_secs(),
-                            last: Some(detail.clone()),
-                        },
-                        "deferred",
-                    )
-                }
-            };
+            let (status, result) = self.status(&outcome, r.attempts + 1, expired, now);
             Event::Attempt {
                 id: &lease.id,
                 rcpt: &r.mailbox,
@@ -258,6 +229,68 @@ impl Engine {
             .emit();
             updates.push((r.index, status));
         }
+        let id = lease.id.clone();
         self.spool.finish(lease, updates).await;
+        self.notifier.settle(&id).await;
+    }
+
+    /// A recipient's new status after its `attempts`-th attempt ended in `outcome`, and the
+    /// word for the log.
+    fn status(
+        &self,
+        outcome: &Outcome,
+        attempts: u32,
+        expired: bool,
+        now: u64,
+    ) -> (Status, &'static str) {
+        let d = &self.cfg.delivery;
+        let detail = outcome.detail();
+        let diagnosis = diagnose(outcome);
+        let failed = |reason: String, code: Enhanced| Status::Failed {
+            at: now,
+            reason,
+            code: Some(code.to_string()),
+            remote: diagnosis.remote.clone(),
+            diagnostic: diagnosis.smtp.clone(),
+        };
+        match classify(outcome) {
+            Class::Delivered => (
+                Status::Delivered {
+                    at: now,
+                    reply: detail,
+                    action: success_action(outcome),
+                    remote: diagnosis.remote.clone(),
+                },
+                "delivered",
+            ),
+            Class::Permanent => (failed(detail, diagnosis.status), "failed"),
+            Class::Temporary if expired => {
+                let reason = format!(
+                    "expired: undelivered for {}; last error: {detail}",
+                    crate::config::format_duration(d.max_age)
+                );
+                // RFC 3463 X.4.7: delivery time expired
+                (failed(reason, Enhanced::new(4, 4, 7)), "expired")
+            }
+            Class::Temporary => (
+                Status::Queued {
+                    attempts,
+                    next_attempt: now + backoff(attempts, d.retry_min, d.retry_max).as_secs(),
+                    last: Some(detail),
+                },
+                "deferred",
+            ),
+        }
+    }
+}
+
+/// For a delivered recipient: the success report's Action if the report is ours to send
+/// (RFC 3461 §5.2.2): `delivered` when we stored it, `relayed` when the next hop did not take the
+/// DSN request; `None` when it did.
+fn success_action(o: &Outcome) -> Option<String> {
+    match o {
+        Outcome::Stored(_) => Some("delivered".into()),
+        Outcome::Reply(_, remote) => (!remote.dsn).then(|| "relayed".into()),
+        Outcome::Dns(_) | Outcome::Upstream(_) | Outcome::Local(_) => None,
     }
 }

@@ -7,7 +7,7 @@
 //! into an [`Outcome`] per recipient.
 //! Not responsible for: what an outcome means (classify) or recording it (the queue).
 
-use super::classify::Outcome;
+use super::classify::{Outcome, Remote, host_of};
 use super::mx::MxResolver;
 use crate::config::HostPort;
 use crate::queue::{Lease, LeasedRcpt};
@@ -130,6 +130,7 @@ impl Destinations {
             Err(Early::Stale(e) | Early::Broken(e)) => {
                 fan_out(Outcome::Upstream(Arc::new(e)), rcpts.len())
             }
+            Err(Early::Partial(outcomes)) => outcomes,
         }
     }
 
@@ -205,6 +206,31 @@ enum Early {
     Stale(UpstreamError),
     /// Broken later.
     Broken(UpstreamError),
+    /// Broken while recipients were answered (a server that disconnects after too many
+    /// refusals, as Postfix does after 20): the refusals received stand, the rest get the
+    /// error.
+    Partial(Vec<Outcome>),
+}
+
+/// The outcomes when the connection broke (`e`) after `answers` of `n` recipients: refusals
+/// stand; accepted or unanswered recipients were not delivered and get the error.
+fn partial(answers: Vec<Outcome>, e: UpstreamError, n: usize) -> Early {
+    if !answers
+        .iter()
+        .any(|o| matches!(o, Outcome::Reply(r, _) if !r.is_success()))
+    {
+        return Early::Broken(e);
+    }
+    let broken = Outcome::Upstream(Arc::new(e));
+    let mut out: Vec<Outcome> = answers
+        .into_iter()
+        .map(|o| match &o {
+            Outcome::Reply(r, _) if !r.is_success() => o,
+            _ => broken.clone(),
+        })
+        .collect();
+    out.resize(n, broken);
+    Early::Partial(out)
 }
 
 /// MAIL, RCPTs (pipelined when offered), DATA and the message on an open connection.
@@ -219,52 +245,78 @@ async fn transaction(
         ..lease.params.clone()
     };
     let pipelining = conn.capabilities().pipelining;
+    let remote = Arc::new(Remote {
+        host: host_of(conn.target()),
+        dsn: conn.capabilities().dsn,
+    });
+    let answer = |r: Reply| Outcome::Reply(r, remote.clone());
     conn.client().mail(&lease.from, &params);
     if !pipelining {
         let m = conn.reply().await.map_err(Early::Stale)?;
         if !m.is_success() {
-            return Ok(refused_all(conn, m, rcpts.len()).await);
+            return Ok(refused_all(conn, answer(m), rcpts.len()).await);
         }
     }
-    let mut answers = Vec::with_capacity(rcpts.len());
+    let n = rcpts.len();
+    let mut answers = Vec::with_capacity(n);
     for r in rcpts {
         conn.client()
             .rcpt(&ForwardPath::Mailbox(r.mailbox.clone()), &r.params);
         if !pipelining {
-            answers.push(conn.reply().await.map_err(Early::Broken)?);
+            match conn.reply().await {
+                Ok(a) => answers.push(answer(a)),
+                Err(e) => return Err(partial(answers, e, n)),
+            }
         }
     }
     if pipelining {
         let m = conn.reply().await.map_err(Early::Stale)?;
         for _ in rcpts {
-            answers.push(conn.reply().await.map_err(Early::Broken)?);
+            match conn.reply().await {
+                Ok(a) => answers.push(answer(a)),
+                Err(e) if m.is_success() => return Err(partial(answers, e, n)),
+                Err(e) => return Err(Early::Broken(e)),
+            }
         }
         if !m.is_success() {
-            return Ok(refused_all(conn, m, rcpts.len()).await);
+            return Ok(refused_all(conn, answer(m), n).await);
         }
     }
-    if !answers.iter().any(Reply::is_success) {
-        rset(conn).await?;
-        return Ok(answers.into_iter().map(Outcome::Reply).collect());
+    let accepted = |o: &Outcome| matches!(o, Outcome::Reply(r, _) if r.is_success());
+    if !answers.iter().any(accepted) {
+        // every refusal stands, even if the server hangs up now
+        return match rset(conn).await {
+            Ok(()) => Ok(answers),
+            Err(_) => Err(Early::Partial(answers)),
+        };
     }
     conn.client().data();
-    let d = conn.reply().await.map_err(Early::Broken)?;
+    let d = match conn.reply().await {
+        Ok(d) => d,
+        Err(e) => return Err(partial(answers, e, n)),
+    };
     let last = if d.code == 354 {
         conn.client().message(&[body]);
-        conn.reply().await.map_err(Early::Broken)?
+        match conn.reply().await {
+            Ok(r) => r,
+            Err(e) => return Err(partial(answers, e, n)),
+        }
     } else {
-        rset(conn).await?;
+        if let Err(Early::Broken(e) | Early::Stale(e)) = rset(conn).await {
+            return Err(partial(answers, e, n));
+        }
         d
     };
+    let last = answer(last);
     Ok(answers
         .into_iter()
-        .map(|a| Outcome::Reply(if a.is_success() { last.clone() } else { a }))
+        .map(|a| if accepted(&a) { last.clone() } else { a })
         .collect())
 }
 
-async fn refused_all(conn: &mut Connection, r: Reply, n: usize) -> Vec<Outcome> {
+async fn refused_all(conn: &mut Connection, o: Outcome, n: usize) -> Vec<Outcome> {
     let _ = rset(conn).await;
-    (0..n).map(|_| Outcome::Reply(r.clone())).collect()
+    fan_out(o, n)
 }
 
 async fn rset(conn: &mut Connection) -> Result<(), Early> {

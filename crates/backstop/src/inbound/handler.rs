@@ -162,6 +162,20 @@ impl Handler {
         );
         let result = match &mode {
             Mode::Queue => {
+                let helo = session.helo().map_or("", |h| h.name.as_str());
+                let trust = crate::notify::eligibility(
+                    &self.ctx.auth,
+                    &tx.from,
+                    self.may_relay,
+                    self.peer.ip(),
+                    helo,
+                    &body,
+                )
+                .await;
+                let reports = match trust.trusted {
+                    true => format!("queued; reports allowed: {}", trust.why),
+                    false => format!("queued; no reports: {}", trust.why),
+                };
                 let m = NewMessage {
                     id: id.clone(),
                     arrived: unix,
@@ -172,9 +186,10 @@ impl Handler {
                     },
                     rcpts: self.txn.rcpts.clone(),
                     data: vec![trace.into_bytes(), body],
+                    trust,
                 };
                 match self.ctx.spool.enqueue(m).await {
-                    Ok(()) => Ok("queued".to_string()),
+                    Ok(()) => Ok(reports),
                     Err(e) => Err((spool_failure(&e), e.to_string())),
                 }
             }

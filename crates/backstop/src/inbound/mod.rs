@@ -9,6 +9,7 @@ mod driver;
 mod handler;
 pub mod tls;
 
+use crate::auth::SenderAuth;
 use crate::clock::Clock;
 use crate::config::{Config, Listener};
 use crate::ids::IdGen;
@@ -34,7 +35,9 @@ pub struct Context {
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
     /// Message ids.
-    pub ids: IdGen,
+    pub ids: Arc<IdGen>,
+    /// SPF and DKIM, for deciding whether a sender may get delivery reports.
+    pub auth: Arc<SenderAuth>,
     /// The durable queue.
     pub spool: Arc<Spool>,
 }

@@ -17,7 +17,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use state::{Lease, LeasedRcpt, RcptSummary, Status, Summary};
+pub use state::{Lease, LeasedRcpt, RcptRecord, RcptSummary, Record, Status, Summary, Trust};
 
 use log::{Landed, Request, Writer};
 use state::{BodyLoc, Change, Entry, Index, Meta, RcptMeta};
@@ -71,6 +71,8 @@ pub struct NewMessage {
     pub rcpts: Vec<(Mailbox, RcptParams)>,
     /// The message as it will be delivered (our trace header first), CRLF line ends.
     pub data: Vec<Vec<u8>>,
+    /// Whether its sender may ever get a delivery report.
+    pub trust: Trust,
 }
 
 /// The durable queue. Shared (`Arc`) by inbound, delivery and the control socket.
@@ -205,9 +207,12 @@ impl Spool {
                         next_attempt: m.arrived,
                         last: None,
                     },
+                    report: None,
                 })
                 .collect(),
             held: false,
+            trust: m.trust,
+            reports: Vec::new(),
         };
         let parts: Vec<&[u8]> = m.data.iter().map(Vec::as_slice).collect();
         let (bytes, body_at) = state::message_frame(&meta, &parts);
@@ -236,12 +241,25 @@ impl Spool {
 
     /// The message of a lease, as it is to be delivered.
     pub async fn body(&self, lease: &Lease) -> io::Result<Vec<u8>> {
-        let loc = lease.body;
+        self.read(lease.body, u64::MAX).await
+    }
+
+    /// The first `max` bytes of a queued message (enough for its header section); `None` when
+    /// there is no such message.
+    pub async fn head(&self, id: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+        let Some(loc) = self.lock().body_of(id) else {
+            return Ok(None);
+        };
+        self.read(loc, max).await.map(Some)
+    }
+
+    async fn read(&self, loc: BodyLoc, max: u64) -> io::Result<Vec<u8>> {
+        let len = loc.len.min(max);
         let file = lock(&self.readers)
             .get(&loc.segment)
             .cloned()
             .ok_or_else(|| io::Error::other(format!("segment {} missing", loc.segment)))?;
-        tokio::task::spawn_blocking(move || log::read_at(&file, loc.offset, loc.len))
+        tokio::task::spawn_blocking(move || log::read_at(&file, loc.offset, len))
             .await
             .map_err(io::Error::other)?
     }
@@ -285,6 +303,45 @@ impl Spool {
     /// One message.
     pub fn show(&self, id: &str) -> Option<Summary> {
         self.lock().summary(id)
+    }
+
+    /// A message's whole state, for deciding its reports.
+    pub fn record(&self, id: &str) -> Option<Record> {
+        self.lock().record(id)
+    }
+
+    /// Messages with a final recipient whose report is not decided yet.
+    pub fn unreported(&self) -> Vec<String> {
+        self.lock().unreported()
+    }
+
+    /// Records report decisions for recipients of `id` (by index) and the report `kind` sent
+    /// or suppressed, if any; `done` removes the message (nothing left to deliver or show).
+    pub async fn reported(
+        &self,
+        id: &str,
+        kind: Option<&str>,
+        rcpts: Vec<(usize, String)>,
+        done: bool,
+    ) -> Result<bool, SpoolError> {
+        self.change(Change::Reported {
+            id: id.to_string(),
+            kind: kind.map(str::to_string),
+            rcpts,
+            done,
+        })
+        .await
+    }
+
+    /// Deletes finished messages (every recipient final, every report decided) whose last
+    /// recipient ended before `before`; returns how many.
+    pub async fn purge_finished(&self, before: u64) -> Result<usize, SpoolError> {
+        let ids = self.lock().finished_before(before);
+        let mut n = 0;
+        for id in ids {
+            n += usize::from(self.delete(&id).await?);
+        }
+        Ok(n)
     }
 
     /// Holds (`true`) or releases (`false`) a message; false when there is no such message.

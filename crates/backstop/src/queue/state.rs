@@ -31,6 +31,14 @@ pub enum Status {
         at: u64,
         /// The next hop's answer.
         reply: String,
+        /// When a success report is ours to send (RFC 3461 §5.2): `delivered` (stored here)
+        /// or `relayed` (the next hop did not take DSN parameters). `None`: the next hop took
+        /// the DSN request over.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
+        /// The host that answered, for Remote-MTA.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remote: Option<String>,
     },
     /// Failed permanently (or expired); kept for the operator.
     Failed {
@@ -38,7 +46,46 @@ pub enum Status {
         at: u64,
         /// The next hop's answer or what went wrong.
         reason: String,
+        /// RFC 3463 status for the delivery report (such as `5.1.1`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+        /// The host that answered, for Remote-MTA.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remote: Option<String>,
+        /// The remote SMTP reply, for Diagnostic-Code.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        diagnostic: Option<String>,
     },
+}
+
+impl Status {
+    /// True once nothing more will be tried for the recipient.
+    pub fn is_final(&self) -> bool {
+        match self {
+            Status::Queued { .. } => false,
+            Status::Delivered { .. } | Status::Failed { .. } => true,
+        }
+    }
+}
+
+/// Whether a message's sender may ever get a delivery report, decided when it was accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trust {
+    /// A report may be sent to the envelope sender.
+    pub trusted: bool,
+    /// The evidence, for the operator: `relay network 10.0.0.0/8`, `spf=pass (example.test)`,
+    /// `null sender`, `spf=fail dkim=none`.
+    pub why: String,
+}
+
+impl Default for Trust {
+    /// Messages queued before reports existed: never reported.
+    fn default() -> Trust {
+        Trust {
+            trusted: false,
+            why: "not recorded".into(),
+        }
+    }
 }
 
 /// One recipient as stored: its RCPT command (with the original DSN parameters) and status.
@@ -46,6 +93,10 @@ pub enum Status {
 pub(crate) struct RcptMeta {
     pub rcpt: String,
     pub status: Status,
+    /// What became of the recipient's report, once decided (`reported (first)`, `suppressed:
+    /// ...`, `not requested (NOTIFY)`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
 }
 
 /// A message's envelope and state as stored.
@@ -57,6 +108,11 @@ pub(crate) struct Meta {
     pub rcpts: Vec<RcptMeta>,
     #[serde(default)]
     pub held: bool,
+    #[serde(default)]
+    pub trust: Trust,
+    /// Report kinds already decided (sent or suppressed): `first`, `last`, `delay`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<String>,
 }
 
 /// A change to a queued message, as logged.
@@ -73,6 +129,13 @@ pub(crate) enum Change {
     },
     Delete {
         id: String,
+    },
+    /// Reports were decided for some recipients; `done`: nothing is left to do or show.
+    Reported {
+        id: String,
+        kind: Option<String>,
+        rcpts: Vec<(usize, String)>,
+        done: bool,
     },
 }
 
@@ -152,11 +215,19 @@ impl Entry {
             .min()
     }
 
+    /// Every recipient delivered, none waiting for a success report of ours.
     fn all_delivered(&self) -> bool {
         self.meta
             .rcpts
             .iter()
-            .all(|r| matches!(r.status, Status::Delivered { .. }))
+            .zip(&self.env.rcpts)
+            .all(|(r, (_, p))| {
+                let wants_success = p.notify.is_some_and(|n| n.success);
+                match &r.status {
+                    Status::Delivered { action, .. } => !(wants_success && action.is_some()),
+                    Status::Queued { .. } | Status::Failed { .. } => false,
+                }
+            })
     }
 }
 
@@ -202,6 +273,8 @@ pub struct Summary {
     pub from: String,
     /// Held by the operator.
     pub held: bool,
+    /// Whether the sender may get delivery reports, and why.
+    pub trust: Trust,
     /// Recipients.
     pub rcpts: Vec<RcptSummary>,
 }
@@ -213,6 +286,43 @@ pub struct RcptSummary {
     pub addr: String,
     /// Its status.
     pub status: Status,
+    /// What became of its delivery report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+}
+
+/// A message's whole state, for deciding its delivery reports.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// Queue id.
+    pub id: String,
+    /// Arrival time.
+    pub arrived: u64,
+    /// Envelope sender.
+    pub from: ReversePath,
+    /// MAIL parameters (RET, ENVID, SMTPUTF8).
+    pub params: MailParams,
+    /// Whether the sender may get reports.
+    pub trust: Trust,
+    /// Report kinds already decided.
+    pub reports: Vec<String>,
+    /// Every recipient.
+    pub rcpts: Vec<RcptRecord>,
+    /// Being delivered right now (its statuses are about to change).
+    pub leased: bool,
+}
+
+/// One recipient's state, for deciding reports.
+#[derive(Clone, Debug)]
+pub struct RcptRecord {
+    /// The address.
+    pub mailbox: Mailbox,
+    /// Its DSN parameters (NOTIFY, ORCPT).
+    pub params: RcptParams,
+    /// Its status.
+    pub status: Status,
+    /// What became of its report, once decided.
+    pub report: Option<String>,
 }
 
 /// The message frame for `meta` and body `parts`, and where the body starts in it.
@@ -327,7 +437,10 @@ impl Index {
     /// Applies a change; false when the message is not (or no longer) queued.
     pub fn apply(&mut self, c: &Change) -> bool {
         let id = match c {
-            Change::Update { id, .. } | Change::Hold { id, .. } | Change::Delete { id } => id,
+            Change::Update { id, .. }
+            | Change::Hold { id, .. }
+            | Change::Delete { id }
+            | Change::Reported { id, .. } => id,
         };
         let Some(e) = self.msgs.get_mut(id) else {
             return false;
@@ -345,9 +458,28 @@ impl Index {
                 }
             }
             Change::Hold { held, .. } => e.meta.held = *held,
-            Change::Delete { .. } => {
+            Change::Delete { .. }
+            | Change::Reported {
+                done: true,
+                kind: _,
+                rcpts: _,
+                ..
+            } => {
                 self.remove(id);
                 return true;
+            }
+            Change::Reported {
+                kind,
+                rcpts,
+                done: false,
+                ..
+            } => {
+                e.meta.reports.extend(kind.iter().cloned());
+                for (i, note) in rcpts {
+                    if let Some(r) = e.meta.rcpts.get_mut(*i) {
+                        r.report = Some(note.clone());
+                    }
+                }
             }
         }
         self.schedule(id);
@@ -451,6 +583,11 @@ impl Index {
         n
     }
 
+    /// Where a message's body is.
+    pub fn body_of(&self, id: &str) -> Option<BodyLoc> {
+        self.msgs.get(id).map(|e| e.body)
+    }
+
     /// The stored form of a message.
     pub fn meta(&self, id: &str) -> Option<&Meta> {
         self.msgs.get(id).map(|e| &e.meta)
@@ -476,6 +613,7 @@ impl Index {
             size: e.body.len,
             from,
             held: e.meta.held,
+            trust: e.meta.trust.clone(),
             rcpts: e
                 .env
                 .rcpts
@@ -484,9 +622,73 @@ impl Index {
                 .map(|((m, _), r)| RcptSummary {
                     addr: m.to_string(),
                     status: r.status.clone(),
+                    report: r.report.clone(),
                 })
                 .collect(),
         })
+    }
+
+    /// A message's whole state.
+    pub fn record(&self, id: &str) -> Option<Record> {
+        let e = self.msgs.get(id)?;
+        Some(Record {
+            id: e.meta.id.clone(),
+            arrived: e.meta.arrived,
+            from: e.env.from.clone(),
+            params: e.env.params.clone(),
+            trust: e.meta.trust.clone(),
+            reports: e.meta.reports.clone(),
+            rcpts: e
+                .env
+                .rcpts
+                .iter()
+                .zip(&e.meta.rcpts)
+                .map(|((mailbox, params), r)| RcptRecord {
+                    mailbox: mailbox.clone(),
+                    params: params.clone(),
+                    status: r.status.clone(),
+                    report: r.report.clone(),
+                })
+                .collect(),
+            leased: e.leased,
+        })
+    }
+
+    /// Messages with a final recipient whose report is not decided yet (after a crash between
+    /// a delivery attempt and its report).
+    pub fn unreported(&self) -> Vec<String> {
+        self.msgs
+            .values()
+            .filter(|e| {
+                e.meta
+                    .rcpts
+                    .iter()
+                    .any(|r| r.status.is_final() && r.report.is_none())
+            })
+            .map(|e| e.meta.id.clone())
+            .collect()
+    }
+
+    /// Messages finished (every recipient final, every report decided) whose last recipient
+    /// ended before `before`: kept for the operator until then.
+    pub fn finished_before(&self, before: u64) -> Vec<String> {
+        self.msgs
+            .values()
+            .filter(|e| {
+                let mut last = 0;
+                for r in &e.meta.rcpts {
+                    match (&r.status, &r.report) {
+                        (Status::Delivered { at, .. } | Status::Failed { at, .. }, Some(_)) => {
+                            last = last.max(*at)
+                        }
+                        (Status::Delivered { .. } | Status::Failed { .. }, None)
+                        | (Status::Queued { .. }, _) => return false,
+                    }
+                }
+                !e.leased && last < before
+            })
+            .map(|e| e.meta.id.clone())
+            .collect()
     }
 
     fn oldest_sealed(&self) -> Option<u64> {

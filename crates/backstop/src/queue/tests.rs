@@ -33,6 +33,7 @@ fn message(id: &str, rcpts: &[&str], body: &[u8]) -> NewMessage {
             })
             .collect(),
         data: vec![b"Received: x\r\n".to_vec(), body.to_vec()],
+        trust: Trust::default(),
     }
 }
 
@@ -40,6 +41,8 @@ fn delivered(at: u64) -> Status {
     Status::Delivered {
         at,
         reply: "250 ok".into(),
+        action: None,
+        remote: None,
     }
 }
 
@@ -154,6 +157,8 @@ async fn a_torn_tail_is_ignored_and_the_spool_stays_usable() {
             mail: "MAIL FROM:<>".into(),
             rcpts: vec![],
             held: false,
+            trust: Trust::default(),
+            reports: Vec::new(),
         },
         &[b"body"],
     );

@@ -99,6 +99,39 @@ pub enum Event<'a> {
         /// The next hop's answer or what went wrong.
         detail: &'a str,
     },
+    /// A delivery report was queued for a message's sender.
+    ReportSent {
+        /// The original's queue id.
+        id: &'a str,
+        /// `first`, `last` or `delay`.
+        kind: &'static str,
+        /// The report's queue id.
+        report_id: &'a str,
+        /// The original's sender.
+        to: &'a Mailbox,
+        /// Recipients it reports on.
+        rcpts: usize,
+    },
+    /// A report was due but not sent: over budget.
+    ReportSuppressed {
+        /// The original's queue id.
+        id: &'a str,
+        /// `first`, `last` or `delay`.
+        kind: &'static str,
+        /// The original's sender.
+        to: &'a Mailbox,
+        /// Which budget.
+        why: &'a str,
+    },
+    /// A recipient failed and its sender gets no report (untrusted or null sender, NOTIFY).
+    NoReport {
+        /// The original's queue id.
+        id: &'a str,
+        /// The recipient that failed.
+        rcpt: &'a Mailbox,
+        /// Why no report.
+        why: &'a str,
+    },
 }
 
 impl Event<'_> {
@@ -167,6 +200,21 @@ impl Event<'_> {
                     attempts, detail
                 ),
             },
+            Event::ReportSent {
+                id,
+                kind,
+                report_id,
+                to,
+                rcpts,
+            } => tracing::info!(
+                target: "backstop::event", event = "report_sent", id, kind, report_id, %to, rcpts
+            ),
+            Event::ReportSuppressed { id, kind, to, why } => tracing::warn!(
+                target: "backstop::event", event = "report_suppressed", id, kind, %to, why
+            ),
+            Event::NoReport { id, rcpt, why } => tracing::info!(
+                target: "backstop::event", event = "no_report", id, %rcpt, why
+            ),
         }
     }
 }

@@ -74,16 +74,43 @@ pub struct Backstop {
     /// Where its config file is.
     pub config: PathBuf,
     log: Arc<Mutex<String>>,
+    dns: Option<dns::Dns>,
+}
+
+/// `config` with a loopback resolver: its own, or a new empty dnsmasq's (keep it alive as long
+/// as the gateway runs).
+pub fn with_resolver(config: &str) -> (String, Option<dns::Dns>) {
+    if config.contains("resolver") {
+        return (config.to_string(), None);
+    }
+    let dns = dns::Dns::start(&[]);
+    let line = format!("resolver = \"{}\"\n", dns.addr);
+    let config = match config.find("[delivery]\n") {
+        Some(at) => {
+            let at = at + "[delivery]\n".len();
+            format!("{}{line}{}", &config[..at], &config[at..])
+        }
+        None => format!("{config}\n[delivery]\n{line}"),
+    };
+    (config, Some(dns))
 }
 
 impl Backstop {
     /// Writes `config` to `dir/backstop.toml` and starts the gateway on it (`addr` in the
     /// config should use port 0; the bound port is read from the log).
+    ///
+    /// Tests must not ask any DNS server but their own: when `config` names no
+    /// `[delivery] resolver`, an empty dnsmasq on loopback is started for this gateway and
+    /// configured (so SPF/DKIM lookups for report eligibility stay on 127.0.0.1 and get
+    /// NXDOMAIN).
     pub fn start(dir: &Path, config: &str) -> Backstop {
+        let (config, dns) = with_resolver(config);
         let path = dir.join("backstop.toml");
         std::fs::write(&path, config).unwrap();
         let p = path.to_str().unwrap().to_string();
-        Backstop::start_with(dir, &["serve", "--config", &p], path)
+        let mut b = Backstop::start_with(dir, &["serve", "--config", &p], path);
+        b.dns = dns;
+        b
     }
 
     /// Starts `backstop ARGS...` in `cwd` and waits for its "listening on" line.
@@ -123,6 +150,7 @@ impl Backstop {
             addr,
             config,
             log,
+            dns: None,
         }
     }
 
@@ -284,6 +312,11 @@ pub struct Postfix {
 impl Postfix {
     /// Starts an internal server for `domain` with `users`, relaying to `sink_port`.
     pub fn internal(domain: &str, users: &[&str], sink_port: u16) -> Postfix {
+        Postfix::internal_with(domain, users, sink_port, "")
+    }
+
+    /// Like [`Postfix::internal`], with extra main.cf lines.
+    pub fn internal_with(domain: &str, users: &[&str], sink_port: u16, main_cf: &str) -> Postfix {
         let dir = world_dir();
         let users_file = dir.path().join("users");
         std::fs::write(
@@ -308,6 +341,7 @@ impl Postfix {
             ])
             .arg(&users_file)
             .arg(sink_port.to_string())
+            .env("PEER_MAIN_CF", main_cf)
             .status()
             .unwrap();
         assert!(status.success(), "postfix did not start");

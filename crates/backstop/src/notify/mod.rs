@@ -1,0 +1,324 @@
+//! Delivery reports (bounces) to senders, made safe: never to a forged sender, at most one per
+//! message (plus at most one more for recipients that fail after it), headers only, under a
+//! budget, and never twice (an idempotency key in the Store per message and report kind).
+//!
+//! Responsible for: deciding at acceptance whether a sender may ever get a report
+//! ([`eligibility`]), deciding after each delivery pass which report is due ([`plan`]),
+//! the budget, building the report (through `backstop_proto::dsn`) and queueing it like any
+//! other message, and recording what became of every recipient's report.
+//! Not responsible for: delivering the report (the queue and delivery do), or SPF/DKIM
+//! themselves (`auth`).
+//!
+//! Order of effects, so that nothing is sent twice: claim the key in the Store, then queue the
+//! report, then record it in the spool. A crash between the claim and the queueing loses that
+//! one report (logged at the claim); it never duplicates one.
+
+pub mod plan;
+mod report;
+
+pub use plan::{Kind, Plan, Rules, plan};
+
+use crate::auth::SenderAuth;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::ids::IdGen;
+use crate::queue::{Record, Spool, Status, Trust};
+use crate::store::{Store, StoreError, Window};
+use crate::telemetry::Event;
+use backstop_proto::address::{Mailbox, ReversePath};
+use backstop_proto::dsn::Action;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// How long an idempotency key is kept: longer than any message stays queued.
+const KEY_TTL: u64 = 60 * 86_400;
+/// The budget's window.
+const HOUR: u64 = 3600;
+
+/// Whether a message's sender may ever get a delivery report, decided when it is accepted.
+pub async fn eligibility(
+    auth: &SenderAuth,
+    from: &ReversePath,
+    relay_client: bool,
+    ip: IpAddr,
+    helo: &str,
+    message: &[u8],
+) -> Trust {
+    let no = |why: &str| Trust {
+        trusted: false,
+        why: why.into(),
+    };
+    let Some(sender) = from.mailbox() else {
+        return no("null sender");
+    };
+    if is_report(backstop_proto::dsn::header_section(message)) {
+        return no("a delivery report");
+    }
+    if relay_client {
+        return Trust {
+            trusted: true,
+            why: format!("relay client {ip}"),
+        };
+    }
+    let evidence = auth.check(ip, helo, sender, message).await;
+    Trust {
+        trusted: evidence.trusted(),
+        why: evidence.to_string(),
+    }
+}
+
+/// True for a header section of a delivery report (`multipart/report`).
+fn is_report(headers: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(headers).to_ascii_lowercase();
+    text.split("\r\n").any(|l| {
+        l.strip_prefix("content-type:")
+            .is_some_and(|v| v.trim_start().starts_with("multipart/report"))
+    })
+}
+
+/// What became of a report.
+enum Sent {
+    /// Queued under this id.
+    Queued(String),
+    /// Not sent: over budget.
+    Suppressed(String),
+    /// Claimed already: sent by another node, or before a restart.
+    Duplicate,
+}
+
+/// Sends the reports that are due.
+pub struct Notifier {
+    spool: Arc<Spool>,
+    store: Arc<dyn Store>,
+    cfg: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    ids: Arc<IdGen>,
+}
+
+impl Notifier {
+    /// A notifier for the messages of `spool`.
+    pub fn new(
+        spool: Arc<Spool>,
+        store: Arc<dyn Store>,
+        cfg: Arc<Config>,
+        clock: Arc<dyn Clock>,
+        ids: Arc<IdGen>,
+    ) -> Notifier {
+        Notifier {
+            spool,
+            store,
+            cfg,
+            clock,
+            ids,
+        }
+    }
+
+    fn rules(&self) -> Rules {
+        Rules {
+            delay_warning: self.cfg.reports.delay_warning.map(|d| d.as_secs()),
+            gather: self.cfg.reports.gather.as_secs(),
+        }
+    }
+
+    /// Decides and sends what is due for message `id` (after a delivery pass). Failures are
+    /// logged; the message is looked at again later.
+    pub async fn settle(&self, id: &str) {
+        if let Err(e) = self.try_settle(id).await {
+            tracing::warn!(%id, error = %e, "report not decided yet; tried again later");
+        }
+    }
+
+    /// Settles every message whose report was left undecided (after a crash or a store
+    /// failure).
+    pub async fn sweep(&self) {
+        for id in self.spool.unreported() {
+            self.settle(&id).await;
+        }
+    }
+
+    async fn try_settle(&self, id: &str) -> Result<(), NotifyError> {
+        let Some(rec) = self.spool.record(id) else {
+            return Ok(());
+        };
+        let now = self.clock.unix();
+        let Plan { report, mut notes } = plan(&rec, now, self.rules());
+        let kind = match report {
+            Some((kind, rcpts)) => {
+                let note = match self.send(&rec, kind, &rcpts, now).await? {
+                    Sent::Queued(rid) => format!("reported ({}, {rid})", kind.as_str()),
+                    Sent::Suppressed(why) => format!("suppressed: {why}"),
+                    Sent::Duplicate => format!(
+                        "reported ({}, by another node or before a restart)",
+                        kind.as_str()
+                    ),
+                };
+                if kind != Kind::Delay {
+                    notes.extend(rcpts.iter().map(|(i, _)| (*i, note.clone())));
+                }
+                Some(kind)
+            }
+            None => None,
+        };
+        if kind.is_none() && notes.is_empty() {
+            return Ok(());
+        }
+        log_unreported(&rec, &notes);
+        let done = finished(&rec, &notes);
+        self.spool
+            .reported(id, kind.map(Kind::as_str), notes, done)
+            .await?;
+        Ok(())
+    }
+
+    /// Claims, budgets, builds and queues one report.
+    async fn send(
+        &self,
+        rec: &Record,
+        kind: Kind,
+        rcpts: &[(usize, Action)],
+        now: u64,
+    ) -> Result<Sent, NotifyError> {
+        let to = rec.from.mailbox().ok_or(NotifyError::NoSender)?;
+        let key = format!("dsn:{}:{}", rec.id, kind.as_str());
+        if !self.store.claim(&key, now + KEY_TTL).await? {
+            return Ok(Sent::Duplicate);
+        }
+        let result = self.budget_then_queue(rec, kind, rcpts, to, now).await;
+        if result.is_err() {
+            // nothing went out: let a later pass try again
+            let _ = self.store.unclaim(&key).await;
+        }
+        result
+    }
+
+    async fn budget_then_queue(
+        &self,
+        rec: &Record,
+        kind: Kind,
+        rcpts: &[(usize, Action)],
+        to: &Mailbox,
+        now: u64,
+    ) -> Result<Sent, NotifyError> {
+        if let Some(why) = self.over_budget(to, now).await? {
+            Event::ReportSuppressed {
+                id: &rec.id,
+                kind: kind.as_str(),
+                to,
+                why: &why,
+            }
+            .emit();
+            return Ok(Sent::Suppressed(why));
+        }
+        let head = self
+            .spool
+            .head(&rec.id, report::HEAD_MAX)
+            .await
+            .map_err(|e| NotifyError::Spool(e.into()))?
+            .unwrap_or_default();
+        let rid = self.ids.next(now);
+        let writing = report::Writing {
+            hostname: &self.cfg.hostname,
+            report_id: &rid,
+            now,
+            retry_until: rec.arrived + self.cfg.delivery.max_age.as_secs(),
+        };
+        let message = report::build(&writing, rec, to, rcpts, &head);
+        self.spool
+            .enqueue(report::envelope(&rid, to, message, now))
+            .await?;
+        Event::ReportSent {
+            id: &rec.id,
+            kind: kind.as_str(),
+            report_id: &rid,
+            to,
+            rcpts: rcpts.len(),
+        }
+        .emit();
+        Ok(Sent::Queued(rid))
+    }
+
+    /// Counts the report against the budget; why it is over, if it is.
+    async fn over_budget(&self, to: &Mailbox, now: u64) -> Result<Option<String>, StoreError> {
+        let r = &self.cfg.reports;
+        let checks = [
+            (
+                format!("dsn-budget:rcpt:{}", to.key()),
+                r.per_recipient,
+                to.to_string(),
+            ),
+            (
+                format!("dsn-budget:domain:{}", to.domain()),
+                r.per_domain,
+                to.domain().to_string(),
+            ),
+            (
+                "dsn-budget:total".to_string(),
+                r.total,
+                "all destinations".into(),
+            ),
+        ];
+        for (key, limit, what) in checks {
+            let n = Window {
+                key: &key,
+                window: HOUR,
+            }
+            .hit(&*self.store, now)
+            .await?;
+            if n > limit {
+                return Ok(Some(format!(
+                    "over budget: {n} reports to {what} in the last hour (limit {limit})"
+                )));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The message can go: nothing left to try, every report decided, and every failure reported
+/// (failures without a report stay listed for the operator).
+fn finished(rec: &Record, notes: &[(usize, String)]) -> bool {
+    rec.rcpts.iter().enumerate().all(|(i, r)| {
+        let note = notes
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map(|(_, n)| n.as_str())
+            .or(r.report.as_deref());
+        match (&r.status, note) {
+            (Status::Queued { .. }, _) | (_, None) => false,
+            (Status::Delivered { .. }, Some(_)) => true,
+            (Status::Failed { .. }, Some(n)) => n.starts_with("reported"),
+        }
+    })
+}
+
+/// Logs failures that get no report (the operator finds them in `queue list --failed`).
+fn log_unreported(rec: &Record, notes: &[(usize, String)]) {
+    for (i, note) in notes {
+        let Some(r) = rec.rcpts.get(*i) else { continue };
+        if matches!(r.status, Status::Failed { .. }) && !note.starts_with("reported") {
+            Event::NoReport {
+                id: &rec.id,
+                rcpt: &r.mailbox,
+                why: note,
+            }
+            .emit();
+        }
+    }
+}
+
+/// Why a report could not be decided now.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The spool failed.
+    #[error(transparent)]
+    Spool(#[from] crate::queue::SpoolError),
+    /// A report was planned for a null sender (a bug: the plan refuses that).
+    #[error("no sender to report to")]
+    NoSender,
+}
+
+#[cfg(test)]
+mod tests;

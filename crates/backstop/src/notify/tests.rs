@@ -1,0 +1,386 @@
+//! Report rules (pure) and the notifier on a real spool and store: one report per message,
+//! none for untrusted senders, no duplicate across a restart or a second node, the budget.
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::queue::{NewMessage, RcptRecord};
+use crate::store::embedded::EmbeddedStore;
+use backstop_proto::smtp::command::{MailParams, Notify, RcptParams};
+
+const T0: u64 = 1_795_392_000;
+
+fn mailbox(s: &str) -> Mailbox {
+    Mailbox::parse(s, false).unwrap()
+}
+
+fn trusted() -> Trust {
+    Trust {
+        trusted: true,
+        why: "spf=pass (sender.test)".into(),
+    }
+}
+
+fn failed(at: u64) -> Status {
+    Status::Failed {
+        at,
+        reason: "550 5.1.1 <x>: unknown".into(),
+        code: Some("5.1.1".into()),
+        remote: Some("mx.example.test".into()),
+        diagnostic: Some("550 5.1.1 <x>: unknown".into()),
+    }
+}
+
+fn queued() -> Status {
+    Status::Queued {
+        attempts: 1,
+        next_attempt: T0 + 300,
+        last: Some("451 4.3.0 try later".into()),
+    }
+}
+
+fn delivered(action: Option<&str>) -> Status {
+    Status::Delivered {
+        at: T0,
+        reply: "250 2.0.0 ok".into(),
+        action: action.map(str::to_string),
+        remote: Some("mx.example.test".into()),
+    }
+}
+
+fn notify(words: &str) -> Option<Notify> {
+    let mut n = Notify::default();
+    for w in words.split(',') {
+        match w {
+            "NEVER" => n.never = true,
+            "SUCCESS" => n.success = true,
+            "FAILURE" => n.failure = true,
+            "DELAY" => n.delay = true,
+            _ => return None,
+        }
+    }
+    Some(n)
+}
+
+fn record(statuses: Vec<(Status, Option<Notify>)>) -> Record {
+    Record {
+        id: "A1".into(),
+        arrived: T0,
+        from: ReversePath::Mailbox(mailbox("user@sender.test")),
+        params: MailParams::default(),
+        trust: trusted(),
+        reports: Vec::new(),
+        rcpts: statuses
+            .into_iter()
+            .enumerate()
+            .map(|(i, (status, notify))| RcptRecord {
+                mailbox: mailbox(&format!("r{i}@example.test")),
+                params: RcptParams {
+                    notify,
+                    orcpt: None,
+                },
+                status,
+                report: None,
+            })
+            .collect(),
+        leased: false,
+    }
+}
+
+const NO_DELAY: Rules = Rules {
+    delay_warning: None,
+    gather: 0,
+};
+
+#[test]
+fn every_failure_known_goes_into_one_first_report() {
+    let rec = record(vec![
+        (failed(T0), None),
+        (failed(T0), None),
+        (queued(), None),
+    ]);
+    let p = plan(&rec, T0, NO_DELAY);
+    assert_eq!(
+        p.report,
+        Some((Kind::First, vec![(0, Action::Failed), (1, Action::Failed)]))
+    );
+    assert!(p.notes.is_empty());
+}
+
+#[test]
+fn while_others_are_tried_failures_gather_before_the_first_report() {
+    let rules = Rules {
+        delay_warning: None,
+        gather: 600,
+    };
+    let rec = record(vec![(failed(T0), None), (queued(), None)]);
+    assert!(plan(&rec, T0 + 599, rules).is_empty());
+    assert_eq!(
+        plan(&rec, T0 + 600, rules).report,
+        Some((Kind::First, vec![(0, Action::Failed)]))
+    );
+    // nothing left to try: no waiting
+    let rec = record(vec![(failed(T0), None), (failed(T0), None)]);
+    assert!(plan(&rec, T0, rules).report.is_some());
+}
+
+#[test]
+fn later_failures_wait_for_one_last_report_when_nothing_is_left() {
+    let mut rec = record(vec![
+        (failed(T0), None),
+        (failed(T0), None),
+        (queued(), None),
+    ]);
+    rec.reports = vec!["first".into()];
+    rec.rcpts[0].report = Some("reported (first, X)".into());
+    // still one recipient queued: a second failure waits
+    let p = plan(&rec, T0, NO_DELAY);
+    assert!(p.is_empty(), "{p:?}");
+    rec.rcpts[2].status = failed(T0 + 600);
+    let p = plan(&rec, T0 + 600, NO_DELAY);
+    assert_eq!(
+        p.report,
+        Some((Kind::Last, vec![(1, Action::Failed), (2, Action::Failed)]))
+    );
+    // and never a third
+    rec.reports.push("last".into());
+    rec.rcpts[1].report = None;
+    let p = plan(&rec, T0 + 700, NO_DELAY);
+    assert_eq!(p.report, None);
+}
+
+#[test]
+fn untrusted_and_null_senders_get_nothing_and_the_reason_is_noted() {
+    let mut rec = record(vec![(failed(T0), None), (failed(T0), None)]);
+    rec.trust = Trust {
+        trusted: false,
+        why: "spf=fail dkim=none".into(),
+    };
+    let p = plan(&rec, T0, NO_DELAY);
+    assert_eq!(p.report, None);
+    assert_eq!(
+        p.notes,
+        vec![
+            (
+                0,
+                "no report: sender not trusted (spf=fail dkim=none)".into()
+            ),
+            (
+                1,
+                "no report: sender not trusted (spf=fail dkim=none)".into()
+            )
+        ]
+    );
+    let mut rec = record(vec![(failed(T0), None)]);
+    rec.from = ReversePath::Null;
+    assert_eq!(
+        plan(&rec, T0, NO_DELAY).notes,
+        vec![(0, "no report: null sender".into())]
+    );
+}
+
+#[test]
+fn notify_is_honoured() {
+    let rec = record(vec![
+        (failed(T0), notify("NEVER")),
+        (delivered(Some("relayed")), notify("SUCCESS")),
+        (delivered(None), notify("SUCCESS")),
+        (delivered(Some("delivered")), None),
+        (failed(T0), notify("DELAY")),
+    ]);
+    let p = plan(&rec, T0, NO_DELAY);
+    assert_eq!(p.report, Some((Kind::First, vec![(1, Action::Relayed)])));
+    assert_eq!(
+        p.notes,
+        vec![
+            (0, "not requested (NOTIFY)".into()),
+            (2, "passed on: the next hop reports (DSN)".into()),
+            (3, "not requested (NOTIFY)".into()),
+            (4, "not requested (NOTIFY)".into()),
+        ]
+    );
+}
+
+#[test]
+fn one_delay_warning_after_the_configured_time() {
+    let rules = Rules {
+        delay_warning: Some(4 * 3600),
+        gather: 0,
+    };
+    let mut rec = record(vec![(queued(), None), (queued(), notify("FAILURE"))]);
+    assert!(plan(&rec, T0 + 3600, rules).is_empty());
+    let p = plan(&rec, T0 + 4 * 3600, rules);
+    assert_eq!(p.report, Some((Kind::Delay, vec![(0, Action::Delayed)])));
+    rec.reports.push("delay".into());
+    assert!(plan(&rec, T0 + 5 * 3600, rules).is_empty());
+}
+
+// --- the notifier on a real spool and store ---
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    spool: Arc<Spool>,
+    notifier: Notifier,
+}
+
+fn config(extra: &str) -> Arc<Config> {
+    let text = format!(
+        "hostname = \"gw.example.test\"\nstate_dir = \"/nonexistent\"\n{extra}\n\
+         [[listen]]\naddr = \"127.0.0.1:0\"\n\n[[domain]]\nname = \"example.test\"\n\
+         recipients = [\"callout:127.0.0.1:25\"]\nnext_hop = \"smtp:127.0.0.1:25\"\n"
+    );
+    Arc::new(Config::from_toml(&text, std::path::Path::new("/")).unwrap())
+}
+
+fn rig(store: Arc<dyn Store>, extra: &str) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("queue")).unwrap();
+    let notifier = Notifier::new(
+        spool.clone(),
+        store,
+        config(extra),
+        Arc::new(ManualClock::new(T0 + 60)),
+        Arc::new(IdGen::new(0)),
+    );
+    Rig {
+        _dir: dir,
+        spool,
+        notifier,
+    }
+}
+
+fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+    (dir, Arc::new(s))
+}
+
+/// Queues `id` from `from` to `n` recipients and fails them all.
+async fn failed_message(spool: &Spool, id: &str, from: &str, n: usize, trust: Trust) {
+    let rcpts = (0..n)
+        .map(|i| {
+            (
+                mailbox(&format!("u{i}@example.test")),
+                RcptParams::default(),
+            )
+        })
+        .collect();
+    spool
+        .enqueue(NewMessage {
+            id: id.into(),
+            arrived: T0,
+            from: ReversePath::Mailbox(mailbox(from)),
+            params: MailParams::default(),
+            rcpts,
+            data: vec![
+                b"Received: by gw.example.test\r\n".to_vec(),
+                b"Message-ID: <m1@sender.test>\r\nSubject: hi\r\n\r\nsecret body\r\n".to_vec(),
+            ],
+            trust,
+        })
+        .await
+        .unwrap();
+    let lease = spool
+        .take_due(T0, 10_000)
+        .into_iter()
+        .find(|l| l.id == id)
+        .unwrap();
+    let updates = lease
+        .rcpts
+        .iter()
+        .map(|r| (r.index, failed(T0 + 30)))
+        .collect();
+    spool.finish(lease, updates).await;
+}
+
+/// Reports in the spool: (queue id, recipient).
+fn reports(spool: &Spool) -> Vec<(String, String)> {
+    spool
+        .list()
+        .into_iter()
+        .filter(|m| m.from == "<>")
+        .map(|m| (m.id, m.rcpts[0].addr.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hundred_failures_make_exactly_one_report_with_headers_only() {
+    let (_s, store) = store();
+    let r = rig(store, "");
+    failed_message(&r.spool, "A1", "user@sender.test", 100, trusted()).await;
+    r.notifier.settle("A1").await;
+    r.notifier.settle("A1").await;
+    r.notifier.sweep().await;
+    let sent = reports(&r.spool);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].1, "user@sender.test");
+    // the original is finished: every failure reported, nothing kept
+    assert!(r.spool.show("A1").is_none());
+    let head = r.spool.head(&sent[0].0, u64::MAX).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&head);
+    assert_eq!(text.matches("Final-Recipient: rfc822;").count(), 100);
+    assert!(text.contains("In-Reply-To: <m1@sender.test>"), "{text}");
+    assert!(!text.contains("secret body"));
+}
+
+#[tokio::test]
+async fn an_untrusted_sender_gets_none_and_the_failure_stays_listed() {
+    let (_s, store) = store();
+    let r = rig(store, "");
+    let forged = Trust {
+        trusted: false,
+        why: "spf=fail dkim=none".into(),
+    };
+    failed_message(&r.spool, "A1", "victim@sender.test", 100, forged).await;
+    r.notifier.settle("A1").await;
+    assert!(reports(&r.spool).is_empty());
+    let m = r.spool.show("A1").unwrap();
+    assert!(
+        m.rcpts
+            .iter()
+            .all(|x| x.report.as_deref()
+                == Some("no report: sender not trusted (spf=fail dkim=none)"))
+    );
+    // kept for review until keep_failed has passed
+    assert_eq!(r.spool.purge_finished(T0).await.unwrap(), 0);
+    assert_eq!(r.spool.purge_finished(T0 + 31).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_second_node_or_a_lost_record_never_sends_it_again() {
+    let (_s, store) = store();
+    let a = rig(store.clone(), "");
+    let b = rig(store, "");
+    for r in [&a, &b] {
+        failed_message(&r.spool, "A1", "user@sender.test", 3, trusted()).await;
+    }
+    a.notifier.settle("A1").await;
+    b.notifier.settle("A1").await;
+    assert_eq!(reports(&a.spool).len(), 1);
+    assert!(reports(&b.spool).is_empty());
+    // B counts the report as sent (by A) and is done with the message
+    assert!(b.spool.show("A1").is_none());
+}
+
+#[tokio::test]
+async fn the_budget_caps_reports_to_one_domain() {
+    let (_s, store) = store();
+    let r = rig(store, "[reports]\nper_domain = 10\n");
+    for i in 0..1000 {
+        let id = format!("M{i}");
+        failed_message(&r.spool, &id, &format!("u{i}@sender.test"), 1, trusted()).await;
+        r.notifier.settle(&id).await;
+    }
+    assert_eq!(reports(&r.spool).len(), 10);
+    let suppressed = r
+        .spool
+        .list()
+        .into_iter()
+        .filter(|m| {
+            m.rcpts[0]
+                .report
+                .as_deref()
+                .is_some_and(|n| n.starts_with("suppressed: over budget"))
+        })
+        .count();
+    assert_eq!(suppressed, 990);
+}
