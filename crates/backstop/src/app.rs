@@ -243,6 +243,9 @@ async fn settle_reports(
     loop {
         tick.tick().await;
         notifier.sweep().await;
+        if let Err(e) = notifier.digest().await {
+            tracing::warn!(error = %e, "postmaster digest not sent yet; tried again later");
+        }
         let before = clock.unix().saturating_sub(keep.as_secs());
         match spool.purge_finished(before).await {
             Ok(0) => {}

@@ -86,6 +86,19 @@ fn modules_import_only_what_the_architecture_allows() {
             ],
         ),
         ("delivery", &["policy", "inbound", "control", "app", "cli"]),
+        (
+            "notify",
+            &[
+                "policy", "upstream", "relay", "inbound", "delivery", "control", "app", "cli",
+            ],
+        ),
+        (
+            "auth",
+            &[
+                "store", "policy", "upstream", "relay", "inbound", "delivery", "notify", "queue",
+                "control", "app", "cli",
+            ],
+        ),
         ("app", &["cli"]),
     ];
     let mut bad = Vec::new();

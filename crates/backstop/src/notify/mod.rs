@@ -13,6 +13,7 @@
 //! report, then record it in the spool. A crash between the claim and the queueing loses that
 //! one report (logged at the claim); it never duplicates one.
 
+pub mod digest;
 pub mod plan;
 mod report;
 
@@ -29,6 +30,7 @@ use backstop_proto::address::{Mailbox, ReversePath};
 use backstop_proto::dsn::Action;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How long an idempotency key is kept: longer than any message stays queued.
 const KEY_TTL: u64 = 60 * 86_400;
@@ -93,6 +95,8 @@ pub struct Notifier {
     cfg: Arc<Config>,
     clock: Arc<dyn Clock>,
     ids: Arc<IdGen>,
+    /// The last day whose digest is done, plus one (0: none yet).
+    digest_done: AtomicU64,
 }
 
 impl Notifier {
@@ -110,7 +114,44 @@ impl Notifier {
             cfg,
             clock,
             ids,
+            digest_done: AtomicU64::new(0),
         }
+    }
+
+    /// Sends the postmaster's digest of yesterday's (UTC) failures that got no report, once
+    /// (one claim per day in the Store), when `[reports] digest` is set and there are any.
+    pub async fn digest(&self) -> Result<(), NotifyError> {
+        let Some(to) = &self.cfg.reports.digest else {
+            return Ok(());
+        };
+        let now = self.clock.unix();
+        let Some(day) = (now / 86_400).checked_sub(1) else {
+            return Ok(());
+        };
+        if self.digest_done.load(Ordering::Relaxed) == day + 1 {
+            return Ok(());
+        }
+        let entries = digest::entries(&self.spool.list(), day);
+        let key = format!("digest:{day}");
+        if !entries.is_empty() && self.store.claim(&key, now + KEY_TTL).await? {
+            let id = self.ids.next(now);
+            let text =
+                digest::message(&self.cfg.hostname, &to.to_string(), day, &entries, now, &id);
+            if let Err(e) = self
+                .spool
+                .enqueue(report::envelope(&id, to, text, now))
+                .await
+            {
+                let _ = self.store.unclaim(&key).await;
+                return Err(e.into());
+            }
+            tracing::info!(
+                target: "backstop::event", event = "digest_sent", id, %to, day,
+                failures = entries.len()
+            );
+        }
+        self.digest_done.store(day + 1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn rules(&self) -> Rules {

@@ -143,7 +143,7 @@ pub fn build(
     })
 }
 
-/// The report as a message to queue: null sender, to the original's sender.
+/// A report (or the digest) as a message to queue: null sender, so nothing ever answers it.
 pub fn envelope(report_id: &str, to: &Mailbox, message: Vec<u8>, now: u64) -> NewMessage {
     let eight_bit = !message.is_ascii();
     NewMessage {
@@ -159,7 +159,7 @@ pub fn envelope(report_id: &str, to: &Mailbox, message: Vec<u8>, now: u64) -> Ne
         data: vec![message],
         trust: Trust {
             trusted: false,
-            why: "a delivery report".into(),
+            why: "a report from this gateway".into(),
         },
     }
 }

@@ -384,3 +384,44 @@ async fn the_budget_caps_reports_to_one_domain() {
         .count();
     assert_eq!(suppressed, 990);
 }
+
+#[tokio::test]
+async fn the_postmaster_gets_one_digest_of_yesterdays_unreported_failures() {
+    let (_s, store) = store();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("queue")).unwrap();
+    let clock = Arc::new(ManualClock::new(T0 + 60));
+    let notifier = Notifier::new(
+        spool.clone(),
+        store,
+        config("[reports]\ndigest = \"postmaster@example.test\"\n"),
+        clock.clone(),
+        Arc::new(IdGen::new(0)),
+    );
+    let forged = Trust {
+        trusted: false,
+        why: "spf=fail dkim=none".into(),
+    };
+    failed_message(&spool, "A1", "victim@sender.test", 2, forged).await;
+    notifier.settle("A1").await;
+    // the day is not over: nothing yet
+    notifier.digest().await.unwrap();
+    assert!(reports(&spool).is_empty());
+    clock.advance(std::time::Duration::from_secs(86_400));
+    notifier.digest().await.unwrap();
+    notifier.digest().await.unwrap();
+    let sent = reports(&spool);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].1, "postmaster@example.test");
+    let text = spool.head(&sent[0].0, u64::MAX).await.unwrap().unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("Subject: backstop at gw.example.test: 2 failed deliveries without a report (Mon, 23 Nov 2026)"), "{text}");
+    assert!(
+        text.contains("A1 from <victim@sender.test> to <u1@example.test>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no report: sender not trusted (spf=fail dkim=none)"),
+        "{text}"
+    );
+}
