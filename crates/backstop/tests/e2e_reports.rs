@@ -11,7 +11,7 @@ mod support;
 
 use std::path::Path;
 use support::dns::Dns;
-use support::{Backstop, Postfix, Sink, list_config, swaks, wait_until, world_dir};
+use support::{Backstop, Postfix, Sink, free_port, list_config, swaks, wait_until, world_dir};
 
 const USERS: usize = 100;
 
@@ -143,4 +143,58 @@ fn a_hundred_failures_make_one_report_for_a_real_sender_and_none_for_a_forged_on
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(reports.messages().len(), 1, "{}", b.log());
     assert_eq!(b.count(&["event=\"report_sent\""]), 0, "{}", b.log());
+}
+
+/// The budget: 1000 messages from one domain's users relayed to a domain that does not exist
+/// (NXDOMAIN: each fails at once) get at most `per_domain` reports; the rest are suppressed and
+/// logged.
+#[test]
+fn a_thousand_failures_to_one_domain_get_at_most_the_budget() {
+    let dns = Dns::start(&[]);
+    let reports = Sink::start();
+    let dir = world_dir();
+    let relay_port = free_port();
+    let base = list_config(
+        dir.path(),
+        &["someone@example.test"],
+        "smtp:127.0.0.1:9",
+        "",
+    );
+    let text = format!(
+        "{base}relay = \"queue\"\n\n[[listen]]\naddr = \"127.0.0.1:{relay_port}\"\n\
+         relay_from = [\"127.0.0.0/8\"]\n\n[[route]]\ndomain = \"sender.test\"\n\
+         next_hop = \"smtp:127.0.0.1:{}\"\n\n[delivery]\nresolver = \"{}\"\n\n\
+         [reports]\nper_recipient = 1000\nper_domain = 10\n",
+        reports.port, dns.addr
+    );
+    let b = Backstop::start(dir.path(), &text);
+    let out = std::process::Command::new("/usr/sbin/smtp-source")
+        .args(["-c", "-s", "10", "-m", "1000", "-l", "512"])
+        .args(["-f", "user@sender.test", "-t", "x@nowhere.test"])
+        .arg(format!("127.0.0.1:{relay_port}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decided =
+        || b.count(&["event=\"report_sent\""]) + b.count(&["event=\"report_suppressed\""]);
+    assert!(
+        wait_until(120, || decided() >= 1000),
+        "{} decided\n{}",
+        decided(),
+        b.log()
+    );
+    assert_eq!(b.count(&["event=\"report_sent\""]), 10);
+    assert_eq!(
+        b.count(&[
+            "event=\"report_suppressed\"",
+            "reports to sender.test in the last hour (limit 10)"
+        ]),
+        990
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(reports.wait_for(10).len(), 10);
 }
