@@ -425,3 +425,60 @@ async fn the_postmaster_gets_one_digest_of_yesterdays_unreported_failures() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn one_delay_warning_through_the_queue() {
+    let (_s, store) = store();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("queue")).unwrap();
+    let clock = Arc::new(ManualClock::new(T0 + 2 * 3600));
+    let notifier = Notifier::new(
+        spool.clone(),
+        store,
+        config("[reports]\ndelay_warning = \"1h\"\n"),
+        clock,
+        Arc::new(IdGen::new(0)),
+    );
+    failed_message(&spool, "A1", "user@sender.test", 1, trusted()).await;
+    // a second message whose recipient is only deferred
+    spool
+        .enqueue(NewMessage {
+            id: "B1".into(),
+            arrived: T0,
+            from: ReversePath::Mailbox(mailbox("user@sender.test")),
+            params: MailParams::default(),
+            rcpts: vec![(mailbox("slow@example.test"), RcptParams::default())],
+            data: vec![b"Subject: slow\r\n\r\nbody\r\n".to_vec()],
+            trust: trusted(),
+        })
+        .await
+        .unwrap();
+    let lease = spool
+        .take_due(T0, 10)
+        .into_iter()
+        .find(|l| l.id == "B1")
+        .unwrap();
+    spool.finish(lease, vec![(0, queued())]).await;
+    for _ in 0..3 {
+        notifier.settle("B1").await;
+    }
+    let sent: Vec<_> = reports(&spool)
+        .into_iter()
+        .filter(|(_, to)| to == "user@sender.test")
+        .collect();
+    // (A1 has not been settled: only B1's delay warning is there)
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let text = spool.head(&sent[0].0, u64::MAX).await.unwrap().unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("Subject: Delayed Mail (still being retried)"),
+        "{text}"
+    );
+    assert!(text.contains("Action: delayed"), "{text}");
+    assert!(text.contains("Status: 4.3.0"), "{text}");
+    assert!(
+        text.contains("Will-Retry-Until: Sat, 28 Nov 2026 00:00:00 +0000"),
+        "{text}"
+    );
+    assert!(spool.show("B1").is_some());
+}

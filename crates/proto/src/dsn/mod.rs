@@ -6,7 +6,7 @@
 //! for SMTPUTF8 mail to non-ASCII recipients) and the original's headers (`text/rfc822-headers`,
 //! or `message/global-headers`); sanitising every value that came from a peer so that it cannot
 //! add a header field, end a part or pass the line length limit.
-//! Not responsible for: deciding when a report is due or to whom (the delivery engine), the
+//! Not responsible for: deciding when a report is due or to whom (the gateway's notify), the
 //! clock, ids and the MIME boundary (passed in), or queueing the report.
 //!
 //! Never returns the original's body: RET=FULL is treated as RET=HDRS (RFC 3461 §4.3 asks for
