@@ -28,9 +28,10 @@ use crate::store::{Store, StoreError, Window};
 use crate::telemetry::Event;
 use backstop_proto::address::{Mailbox, ReversePath};
 use backstop_proto::dsn::Action;
+use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// How long an idempotency key is kept: longer than any message stays queued.
 const KEY_TTL: u64 = 60 * 86_400;
@@ -97,6 +98,8 @@ pub struct Notifier {
     ids: Arc<IdGen>,
     /// The last day whose digest is done, plus one (0: none yet).
     digest_done: AtomicU64,
+    /// Messages being settled right now (by the engine or the sweep): one at a time each.
+    busy: Mutex<HashSet<String>>,
 }
 
 impl Notifier {
@@ -115,6 +118,7 @@ impl Notifier {
             clock,
             ids,
             digest_done: AtomicU64::new(0),
+            busy: Mutex::new(HashSet::new()),
         }
     }
 
@@ -164,9 +168,18 @@ impl Notifier {
     /// Decides and sends what is due for message `id` (after a delivery pass). Failures are
     /// logged; the message is looked at again later.
     pub async fn settle(&self, id: &str) {
+        if !self.lock_busy().insert(id.to_string()) {
+            // being settled already; what that misses, the next sweep finds
+            return;
+        }
         if let Err(e) = self.try_settle(id).await {
             tracing::warn!(%id, error = %e, "report not decided yet; tried again later");
         }
+        self.lock_busy().remove(id);
+    }
+
+    fn lock_busy(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Settles every message whose report was left undecided (after a crash or a store
