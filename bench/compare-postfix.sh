@@ -26,7 +26,10 @@
 # Each round runs ceiling, backstop, Postfix in turn; medians are over the rounds.
 # A run ends when the side's sink has counted all N messages (for Postfix: the queue has
 # drained; for backstop in queue mode: its queue has drained), not when smtp-source finishes.
-# Needs root, postfix (smtp-source, smtp-sink), swaks.
+# In queue mode backstop checks each message's sender (SPF, then DKIM) to decide whether it may
+# ever get a delivery report: its resolver is a dnsmasq on loopback started here, with an SPF
+# record for the sender's domain that passes (so every message costs one SPF evaluation).
+# Needs root, postfix (smtp-source, smtp-sink), swaks, dnsmasq (Debian dnsmasq-base).
 set -eu
 
 MODE=${MODE:-in-session}
@@ -55,7 +58,7 @@ PEER=$ROOT/tests/support/postfix-peer.sh
 SOURCE=/usr/sbin/smtp-source
 SINK=/usr/sbin/smtp-sink
 
-for t in "$SOURCE" "$SINK" swaks python3 postfix; do
+for t in "$SOURCE" "$SINK" swaks python3 postfix /usr/sbin/dnsmasq; do
   command -v "$t" >/dev/null || { echo "compare-postfix: $t is needed" >&2; exit 2; }
 done
 [ "$(id -u)" = 0 ] || { echo "compare-postfix: must run as root (Postfix peers)" >&2; exit 2; }
@@ -180,6 +183,16 @@ PEERS+=("$W/pf-int")
 PEERS+=("$W/pf-gw")
 "$PEER" start "$W/pf-gw" "$P_PF" gateway example.test "$S_PF" verify
 
+# --- the DNS server backstop asks (SPF of the sender's domain) ---------------------------------
+P_DNS=$(python3 -c '
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+/usr/sbin/dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+  --local=/test/ --listen-address=127.0.0.1 --bind-interfaces --pid-file= --log-facility=- \
+  --port="$P_DNS" --txt-record="${FROM#*@},v=spf1 ip4:127.0.0.1 -all" >"$W/dnsmasq.out" 2>&1 &
+PIDS+=($!)
+echo "dns: dnsmasq on 127.0.0.1:$P_DNS (SPF for ${FROM#*@}: v=spf1 ip4:127.0.0.1 -all)"
+
 # --- backstop ----------------------------------------------------------------------------------
 cat >"$W/backstop.toml" <<EOF
 hostname = "gw.example.test"
@@ -193,6 +206,9 @@ name = "example.test"
 recipients = ["callout:127.0.0.1:$P_INT"]
 next_hop = "smtp:127.0.0.1:$S_BS"
 relay = "$MODE"
+
+[delivery]
+resolver = "127.0.0.1:$P_DNS"
 EOF
 if [ "$MODE" = queue ]; then # the delivery settings in force (all defaults)
   echo "backstop [delivery] (defaults): $("$BIN" check-config "$W/backstop.toml" |
