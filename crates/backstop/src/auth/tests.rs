@@ -61,6 +61,11 @@ impl Zone {
         SenderAuth::new(Some(self.dns.addr), TIMEOUT).unwrap()
     }
 
+    /// The evidence for `from` sending `message` from `client` (HELO [`HELO`]).
+    async fn check(&self, client: &str, from: &Mailbox, message: &[u8]) -> Evidence {
+        self.auth().check(ip(client), HELO, from, message).await
+    }
+
     /// `message` with a DKIM-Signature of `domain` (selector `sel`) over `headers` prepended.
     fn sign(&self, domain: &str, headers: &[&str], message: &[u8]) -> Vec<u8> {
         let (_, der) = self.keys.iter().find(|(d, _)| *d == domain).unwrap();
@@ -128,10 +133,7 @@ const SIGNED: &[&str] = &["From", "To", "Subject", "Message-ID"];
 async fn spf_pass_is_trusted() {
     let zone = Zone::start();
     let from = mailbox("user@example.test");
-    let got = zone
-        .auth()
-        .check(ip(CLIENT), HELO, &from, MESSAGE.as_bytes())
-        .await;
+    let got = zone.check(CLIENT, &from, MESSAGE.as_bytes()).await;
     let want = Evidence::SpfPass {
         domain: "example.test".to_string(),
     };
@@ -156,10 +158,7 @@ async fn spf_pass_for_an_ipv4_mapped_client_address() {
 async fn spf_fail_without_dkim_is_untrusted() {
     let zone = Zone::start();
     let from = mailbox("user@example.test");
-    let got = zone
-        .auth()
-        .check(ip(OTHER_CLIENT), HELO, &from, MESSAGE.as_bytes())
-        .await;
+    let got = zone.check(OTHER_CLIENT, &from, MESSAGE.as_bytes()).await;
     assert_eq!(got, untrusted("fail", "none"));
     assert!(!got.trusted());
     assert_eq!(got.to_string(), "spf=fail dkim=none");
@@ -169,10 +168,7 @@ async fn spf_fail_without_dkim_is_untrusted() {
 async fn spf_softfail_is_untrusted() {
     let zone = Zone::start();
     let from = mailbox("user@soft.test");
-    let got = zone
-        .auth()
-        .check(ip(CLIENT), HELO, &from, MESSAGE.as_bytes())
-        .await;
+    let got = zone.check(CLIENT, &from, MESSAGE.as_bytes()).await;
     assert_eq!(got, untrusted("softfail", "none"));
 }
 
@@ -180,10 +176,7 @@ async fn spf_softfail_is_untrusted() {
 async fn no_spf_record_and_no_dkim_is_untrusted() {
     let zone = Zone::start();
     let from = mailbox("user@nospf.test");
-    let got = zone
-        .auth()
-        .check(ip(CLIENT), HELO, &from, MESSAGE.as_bytes())
-        .await;
+    let got = zone.check(CLIENT, &from, MESSAGE.as_bytes()).await;
     assert_eq!(got, untrusted("none", "none"));
 }
 
@@ -192,10 +185,7 @@ async fn aligned_dkim_is_trusted_when_spf_fails() {
     let zone = Zone::start();
     let message = zone.sign("example.test", SIGNED, MESSAGE.as_bytes());
     let from = mailbox("user@example.test");
-    let got = zone
-        .auth()
-        .check(ip(OTHER_CLIENT), HELO, &from, &message)
-        .await;
+    let got = zone.check(OTHER_CLIENT, &from, &message).await;
     let want = Evidence::DkimAligned {
         domain: "example.test".to_string(),
     };
@@ -210,7 +200,7 @@ async fn dkim_of_a_parent_domain_is_aligned() {
     let message = zone.sign("example.test", SIGNED, MESSAGE.as_bytes());
     // No SPF record for the subdomain (NXDOMAIN): spf=none, then DKIM.
     let from = mailbox("bounces+x=y@lists.example.test");
-    let got = zone.auth().check(ip(CLIENT), HELO, &from, &message).await;
+    let got = zone.check(CLIENT, &from, &message).await;
     let want = Evidence::DkimAligned {
         domain: "example.test".to_string(),
     };
@@ -222,10 +212,7 @@ async fn unaligned_dkim_pass_is_untrusted() {
     let zone = Zone::start();
     let message = zone.sign("other.test", SIGNED, MESSAGE.as_bytes());
     let from = mailbox("user@example.test");
-    let got = zone
-        .auth()
-        .check(ip(OTHER_CLIENT), HELO, &from, &message)
-        .await;
+    let got = zone.check(OTHER_CLIENT, &from, &message).await;
     assert_eq!(got, untrusted("fail", "pass d=other.test (not aligned)"));
 }
 
@@ -237,10 +224,7 @@ async fn dkim_with_body_altered_after_signing_is_untrusted() {
         .unwrap()
         .replace("Hello.", "Hello, send money.");
     let from = mailbox("user@example.test");
-    let got = zone
-        .auth()
-        .check(ip(OTHER_CLIENT), HELO, &from, altered.as_bytes())
-        .await;
+    let got = zone.check(OTHER_CLIENT, &from, altered.as_bytes()).await;
     let Evidence::None { spf, dkim } = &got else {
         panic!("trusted: {got}");
     };
@@ -257,10 +241,7 @@ async fn dkim_with_a_header_altered_after_signing_is_untrusted() {
         .unwrap()
         .replace("Subject: hello", "Subject: invoice");
     let from = mailbox("user@example.test");
-    let got = zone
-        .auth()
-        .check(ip(OTHER_CLIENT), HELO, &from, altered.as_bytes())
-        .await;
+    let got = zone.check(OTHER_CLIENT, &from, altered.as_bytes()).await;
     let Evidence::None { dkim, .. } = &got else {
         panic!("trusted: {got}");
     };
@@ -272,10 +253,7 @@ async fn dkim_signature_without_from_is_ignored() {
     let zone = Zone::start();
     let message = zone.sign("example.test", &["To", "Subject"], MESSAGE.as_bytes());
     let from = mailbox("user@example.test");
-    let got = zone
-        .auth()
-        .check(ip(OTHER_CLIENT), HELO, &from, &message)
-        .await;
+    let got = zone.check(OTHER_CLIENT, &from, &message).await;
     assert_eq!(
         got,
         untrusted("fail", "permerror d=example.test (From not signed)")
@@ -287,7 +265,7 @@ async fn dkim_key_in_testing_mode_does_not_count() {
     let zone = Zone::start();
     let message = zone.sign("testing.test", SIGNED, MESSAGE.as_bytes());
     let from = mailbox("user@testing.test");
-    let got = zone.auth().check(ip(CLIENT), HELO, &from, &message).await;
+    let got = zone.check(CLIENT, &from, &message).await;
     let want = untrusted("none", "pass d=testing.test (key in testing mode, t=y)");
     assert_eq!(got, want);
 }
@@ -298,7 +276,7 @@ async fn dkim_key_missing_is_a_permerror() {
     let key = Ed25519Key::generate_pkcs8().unwrap();
     let message = sign(&key, "nokey.test", SIGNED, MESSAGE.as_bytes());
     let from = mailbox("user@nokey.test");
-    let got = zone.auth().check(ip(CLIENT), HELO, &from, &message).await;
+    let got = zone.check(CLIENT, &from, &message).await;
     let Evidence::None { spf, dkim } = &got else {
         panic!("trusted: {got}");
     };
@@ -314,10 +292,7 @@ async fn aligned_signature_is_verified_first_among_many() {
         message = zone.sign("other.test", SIGNED, &message);
     }
     let from = mailbox("user@example.test");
-    let got = zone
-        .auth()
-        .check(ip(OTHER_CLIENT), HELO, &from, &message)
-        .await;
+    let got = zone.check(OTHER_CLIENT, &from, &message).await;
     let want = Evidence::DkimAligned {
         domain: "example.test".to_string(),
     };
@@ -332,10 +307,7 @@ async fn signatures_beyond_the_limit_are_not_verified() {
         message = zone.sign("other.test", SIGNED, &message);
     }
     let from = mailbox("user@example.test");
-    let got = zone
-        .auth()
-        .check(ip(OTHER_CLIENT), HELO, &from, &message)
-        .await;
+    let got = zone.check(OTHER_CLIENT, &from, &message).await;
     let Evidence::None { dkim, .. } = &got else {
         panic!("trusted: {got}");
     };
@@ -354,10 +326,7 @@ async fn large_signed_message_is_verified() {
     }
     let message = zone.sign("example.test", SIGNED, &message);
     let from = mailbox("user@example.test");
-    let got = zone
-        .auth()
-        .check(ip(OTHER_CLIENT), HELO, &from, &message)
-        .await;
+    let got = zone.check(OTHER_CLIENT, &from, &message).await;
     assert!(matches!(got, Evidence::DkimAligned { .. }), "{got}");
 }
 
@@ -365,7 +334,7 @@ async fn large_signed_message_is_verified() {
 async fn message_without_headers_has_no_dkim() {
     let zone = Zone::start();
     let from = mailbox("user@example.test");
-    let got = zone.auth().check(ip(OTHER_CLIENT), HELO, &from, b"").await;
+    let got = zone.check(OTHER_CLIENT, &from, b"").await;
     assert_eq!(got, untrusted("fail", "none"));
 }
 
