@@ -161,38 +161,7 @@ impl Handler {
             unix,
         );
         let result = match &mode {
-            Mode::Queue => {
-                let helo = session.helo().map_or("", |h| h.name.as_str());
-                let trust = crate::notify::eligibility(
-                    &self.ctx.auth,
-                    &tx.from,
-                    self.may_relay,
-                    self.peer.ip(),
-                    helo,
-                    &body,
-                )
-                .await;
-                let reports = match trust.trusted {
-                    true => format!("queued; reports allowed: {}", trust.why),
-                    false => format!("queued; no reports: {}", trust.why),
-                };
-                let m = NewMessage {
-                    id: id.clone(),
-                    arrived: unix,
-                    from: tx.from.clone(),
-                    params: MailParams {
-                        size: None,
-                        ..tx.params.clone()
-                    },
-                    rcpts: self.txn.rcpts.clone(),
-                    data: vec![trace.into_bytes(), body],
-                    trust,
-                };
-                match self.ctx.spool.enqueue(m).await {
-                    Ok(()) => Ok(reports),
-                    Err(e) => Err((spool_failure(&e), e.to_string())),
-                }
-            }
+            Mode::Queue => self.queue(&id, unix, session, trace, body).await,
             Mode::Direct(NextHop::Smtp(_)) => match self.txn.relay.take() {
                 Some(relay) => relay
                     .message(trace.as_bytes(), &body)
@@ -225,6 +194,46 @@ impl Handler {
             Mode::Direct(NextHop::Mx) => Err((local_failure(), "no direct MX delivery".into())),
         };
         self.report(&id, &mode, size, result)
+    }
+
+    /// Decides whether the sender may ever get a delivery report, then makes the message
+    /// durable; the detail for the log.
+    async fn queue(
+        &self,
+        id: &str,
+        unix: u64,
+        session: &Session,
+        trace: String,
+        body: Vec<u8>,
+    ) -> Result<String, (Reply, String)> {
+        let Some(tx) = session.transaction() else {
+            return Err((lost(), "no transaction".into()));
+        };
+        let helo = session.helo().map_or("", |h| h.name.as_str());
+        let ip = self.peer.ip();
+        let trust =
+            crate::notify::eligibility(&self.ctx.auth, &tx.from, self.may_relay, ip, helo, &body)
+                .await;
+        let detail = match trust.trusted {
+            true => format!("queued; reports allowed: {}", trust.why),
+            false => format!("queued; no reports: {}", trust.why),
+        };
+        let m = NewMessage {
+            id: id.to_string(),
+            arrived: unix,
+            from: tx.from.clone(),
+            params: MailParams {
+                size: None,
+                ..tx.params.clone()
+            },
+            rcpts: self.txn.rcpts.clone(),
+            data: vec![trace.into_bytes(), body],
+            trust,
+        };
+        match self.ctx.spool.enqueue(m).await {
+            Ok(()) => Ok(detail),
+            Err(e) => Err((spool_failure(&e), e.to_string())),
+        }
     }
 
     fn report(
