@@ -61,6 +61,23 @@ enum Cmd {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Read bounces written by other servers.
+    Bounce {
+        #[command(subcommand)]
+        action: BounceCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BounceCmd {
+    /// Print one JSON object per failed recipient (who, status, reply code, reason, hard or
+    /// soft, diagnostic, and the original message as far as quoted) for every message in FILEs:
+    /// message files, Maildirs, mboxes, directories of messages; `-` reads standard input.
+    Parse {
+        /// Files, directories or `-`.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +198,12 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = load(config.as_ref())?;
             runtime()?.block_on(queue(cfg, &action, json))
+        }
+        Cmd::Bounce {
+            action: BounceCmd::Parse { files },
+        } => {
+            crate::bounces::run(&files)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

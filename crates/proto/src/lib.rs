@@ -1,7 +1,8 @@
 //! backstop-proto: everything in backstop that is deterministic.
 //!
 //! Responsible for: mail addresses, the SMTP wire format, the sans-IO SMTP server session and
-//! client state machines that the gateway drives, and delivery reports (RFC 3464 bounces).
+//! client state machines that the gateway drives, delivery reports (RFC 3464 bounces) we write,
+//! and reading the bounces others write.
 //! Not responsible for: anything effectful. This crate has no async runtime, no sockets, no clock
 //! reads and no randomness that is not passed in; peer input never panics and never yields a Rust
 //! error, only replies and closes.
@@ -10,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod bounce;
 pub mod datetime;
 pub mod dsn;
 pub mod smtp;

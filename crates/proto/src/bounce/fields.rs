@@ -1,0 +1,174 @@
+//! Small text tools shared by the bounce readers: header-style field blocks, addresses, status
+//! and reply codes found in free text.
+//!
+//! Responsible for: finding things in text, linearly and without panics.
+//! Not responsible for: deciding what they mean.
+
+/// Field blocks of a `message/delivery-status` body: blocks split on empty lines, folded
+/// lines unfolded, names lower-cased.
+pub fn blocks(text: &str) -> Vec<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut block: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            if !block.is_empty() {
+                out.push(std::mem::take(&mut block));
+            }
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = block.last_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            block.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    if !block.is_empty() {
+        out.push(block);
+    }
+    out
+}
+
+/// The value of field `name` in a block.
+pub fn field<'a>(block: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    block
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// `type; value` -> `value` (as in `rfc822; a@b`, `smtp; 550 ...`).
+pub fn typed_value(v: &str) -> &str {
+    match v.split_once(';') {
+        Some((t, rest)) if !t.contains(' ') && t.len() < 20 => rest.trim(),
+        Some(_) | None => v.trim(),
+    }
+}
+
+/// The first mail address in `s` (inside `<>` preferred), lower-cased domain.
+pub fn address(s: &str) -> Option<String> {
+    if let Some(start) = s.find('<') {
+        let rest = &s[start + 1..];
+        if let Some(end) = rest.find('>') {
+            let a = clean_address(&rest[..end]);
+            if a.is_some() {
+                return a;
+            }
+        }
+    }
+    s.split(|c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '<' | '>' | '(' | ')' | ',' | ';' | '"' | '\'' | '[' | ']'
+            )
+    })
+    .find_map(clean_address)
+}
+
+fn clean_address(s: &str) -> Option<String> {
+    let s = s
+        .trim()
+        .trim_start_matches("mailto:")
+        .trim_end_matches(['.', ':']);
+    let (local, domain) = s.rsplit_once('@')?;
+    let local = local.trim_start_matches(['<', '"']);
+    let ok_domain = domain.contains('.')
+        && domain
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    let ok_local =
+        !local.is_empty() && !local.contains(char::is_whitespace) && !local.contains('@');
+    (ok_domain && ok_local).then(|| format!("{local}@{}", domain.to_ascii_lowercase()))
+}
+
+/// The first RFC 3463 status (`5.1.1`) in `s`.
+pub fn status_in(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    for i in 0..b.len() {
+        if !matches!(b[i], b'2' | b'4' | b'5')
+            || (i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.'))
+        {
+            continue;
+        }
+        let rest = &s[i..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let cand = rest[..end].trim_end_matches('.');
+        let parts: Vec<&str> = cand.split('.').collect();
+        if parts.len() == 3
+            && parts[0].len() == 1
+            && (1..=3).contains(&parts[1].len())
+            && (1..=3).contains(&parts[2].len())
+        {
+            return Some(cand.to_string());
+        }
+    }
+    None
+}
+
+/// The first SMTP reply code (`550`) in `s`: three digits 2xx/4xx/5xx standing alone.
+pub fn reply_code_in(s: &str) -> Option<u16> {
+    let b = s.as_bytes();
+    for i in 0..b.len().saturating_sub(2) {
+        let w = &b[i..i + 3];
+        let before_ok = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.');
+        let after_ok = b
+            .get(i + 3)
+            .is_none_or(|c| matches!(c, b' ' | b'-' | b'\t' | b'\r' | b'\n' | b')' | b'"'));
+        if before_ok
+            && after_ok
+            && matches!(w[0], b'4' | b'5')
+            && w[1].is_ascii_digit()
+            && w[2].is_ascii_digit()
+            && w[1] <= b'5'
+        {
+            return std::str::from_utf8(w).ok()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// `s` on one line, runs of white space as one space, at most `max` bytes.
+pub fn one_line(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for w in s.split_whitespace() {
+        if out.len() + w.len() + 1 > max {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(w);
+    }
+    out
+}
+
+/// The SMTP command a refusal answered, when the text says (`... in reply to end of DATA
+/// command`, `after RCPT TO:<...>`, `MAIL FROM ... said`).
+pub fn command_in(s: &str) -> Option<&'static str> {
+    let t = s.to_ascii_lowercase();
+    let data = [
+        "end of data",
+        "after data",
+        "final data",
+        "data command",
+        "reply to data",
+    ];
+    if data.iter().any(|p| t.contains(p)) {
+        return Some("DATA");
+    }
+    if t.contains("rcpt to") {
+        return Some("RCPT");
+    }
+    if t.contains("mail from") {
+        return Some("MAIL");
+    }
+    None
+}

@@ -1,0 +1,414 @@
+//! Reading bounces written by other servers: is a message a delivery report at all, who failed,
+//! why, and which message of ours it answers.
+//!
+//! Responsible for: turning any raw message into a [`Bounce`]: its [`Kind`], one [`Failure`]
+//! per failed recipient (address, RFC 3463 status, SMTP reply code, diagnostic text, action,
+//! remote MTA, [`Reason`], hard or soft), and the quoted original ([`Original`]). Standard
+//! RFC 3464 reports are read from their `message/delivery-status` part; the many other shapes
+//! (Postfix, Sendmail, Exim, qmail, Exchange, Gmail, ...) from their human-readable text.
+//! Not responsible for: deciding what to do about a bounce (the gateway's policy), or I/O.
+//!
+//! Never panics, and the work is bounded on any input: only the first [`MAX_INPUT`] bytes are
+//! read, and every scan is linear in them.
+
+pub mod reason;
+
+pub use reason::Reason;
+
+/// Input beyond this many bytes is not read (bounces carry at most a quoted message).
+pub const MAX_INPUT: usize = 1 << 20;
+
+/// What a message is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A delivery report: some recipients failed (or were delayed).
+    Bounce,
+    /// An automatic reply (vacation, out of office; RFC 3834).
+    AutoReply,
+    /// A feedback-loop (abuse) report (ARF, RFC 5965).
+    Feedback,
+    /// A challenge-response request.
+    Challenge,
+    /// Ordinary mail.
+    Other,
+}
+
+/// One failed recipient.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failure {
+    /// The address that failed (lower-cased domain).
+    pub recipient: String,
+    /// RFC 3463 status such as `5.1.1`, if known.
+    pub status: Option<String>,
+    /// The SMTP reply code such as `550`, if known.
+    pub reply_code: Option<u16>,
+    /// The remote server's words (one line).
+    pub diagnostic: String,
+    /// RFC 3464 Action (`failed`, `delayed`, ...), if given.
+    pub action: Option<String>,
+    /// The server that refused, if named.
+    pub remote_mta: Option<String>,
+    /// The SMTP command the refusal answered (`MAIL`, `RCPT`, `DATA`), when the bounce says.
+    pub command: Option<String>,
+    /// Why, as a class.
+    pub reason: Reason,
+    /// Permanent (true) or temporary.
+    pub hard: bool,
+}
+
+/// The original message, as far as the bounce quotes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Original {
+    /// Its Message-ID, without `<>`.
+    pub message_id: Option<String>,
+    /// Its From: header's address.
+    pub from: Option<String>,
+    /// Its envelope sender (Return-Path), if quoted.
+    pub envelope_sender: Option<String>,
+    /// Its Date: header.
+    pub date: Option<String>,
+    /// Its Subject.
+    pub subject: Option<String>,
+    /// Its `Received:` headers, top first.
+    pub received: Vec<String>,
+}
+
+/// What the parser found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bounce {
+    /// What the message is.
+    pub kind: Kind,
+    /// The failed recipients (empty unless a bounce, a feedback report or an auto-reply).
+    pub failures: Vec<Failure>,
+    /// The quoted original.
+    pub original: Original,
+}
+
+mod fields;
+mod text;
+
+use fields::{address, blocks, field, one_line, reply_code_in, status_in, typed_value};
+use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+
+/// Reads a raw message (any line ends: CRLF, LF or CR only). Never panics.
+pub fn parse(raw: &[u8]) -> Bounce {
+    let raw = &raw[..raw.len().min(MAX_INPUT)];
+    let norm = normalize(raw);
+    let nothing = Bounce {
+        kind: Kind::Other,
+        failures: Vec::new(),
+        original: Original::default(),
+    };
+    let Some(msg) = MessageParser::default().parse(&norm[..]) else {
+        return nothing;
+    };
+    let view = View::of(&msg);
+    let original = view.original();
+    let kind = view.kind();
+    let failures = match kind {
+        Kind::Bounce => view.failures(&original),
+        Kind::Feedback => view.feedback(&original),
+        Kind::AutoReply => view.auto_reply(),
+        Kind::Challenge | Kind::Other => Vec::new(),
+    };
+    Bounce {
+        kind,
+        failures,
+        original,
+    }
+}
+
+/// CR-only line ends become LF (mail-parser reads LF and CRLF).
+fn normalize(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, &b) in raw.iter().enumerate() {
+        if b == b'\r' && raw.get(i + 1) != Some(&b'\n') {
+            out.push(b'\n');
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The parts of a message that matter, found once.
+struct View<'m> {
+    msg: &'m Message<'m>,
+    /// The `message/delivery-status` body.
+    dsn: Option<String>,
+    /// The `message/feedback-report` body.
+    feedback: Option<String>,
+    /// The human-readable text (first text part outside the returned message).
+    text: String,
+    /// The returned original: a whole message or its header section.
+    returned: Option<Vec<u8>>,
+}
+
+impl<'m> View<'m> {
+    fn of(msg: &'m Message<'m>) -> View<'m> {
+        let mut v = View {
+            msg,
+            dsn: None,
+            feedback: None,
+            text: String::new(),
+            returned: None,
+        };
+        for part in msg
+            .parts
+            .iter()
+            .skip(1)
+            .chain(msg.parts.first().filter(|_| msg.parts.len() == 1))
+        {
+            let (ctype, sub) = part
+                .content_type()
+                .map(|c| {
+                    (
+                        c.ctype().to_ascii_lowercase(),
+                        c.subtype().unwrap_or("").to_ascii_lowercase(),
+                    )
+                })
+                .unwrap_or_else(|| ("text".into(), "plain".into()));
+            let body = || String::from_utf8_lossy(part.contents()).into_owned();
+            match (ctype.as_str(), sub.as_str()) {
+                ("message", "delivery-status" | "global-delivery-status") => {
+                    v.dsn.get_or_insert_with(body);
+                }
+                ("message", "feedback-report") => {
+                    v.feedback.get_or_insert_with(body);
+                }
+                ("message", "rfc822" | "global" | "partial")
+                | ("text", "rfc822-headers")
+                | ("message", "global-headers")
+                    if v.returned.is_none() =>
+                {
+                    v.returned = Some(match &part.body {
+                        PartType::Message(m) => m.raw_message().to_vec(),
+                        _ => part.contents().to_vec(),
+                    });
+                }
+                ("text", _) if v.text.is_empty() && v.returned.is_none() => {
+                    v.text = part
+                        .text_contents()
+                        .map(str::to_string)
+                        .unwrap_or_else(body);
+                }
+                _ => {}
+            }
+        }
+        v
+    }
+
+    fn header(&self, name: &str) -> String {
+        self.msg.header_raw(name).unwrap_or("").trim().to_string()
+    }
+
+    fn kind(&self) -> Kind {
+        let ctype = self.header("Content-Type").to_ascii_lowercase();
+        if self.feedback.is_some() || ctype.contains("feedback-report") {
+            return Kind::Feedback;
+        }
+        if self.dsn.is_some() {
+            return Kind::Bounce;
+        }
+        let from = self.header("From").to_ascii_lowercase();
+        let subject = self.header("Subject").to_ascii_lowercase();
+        if text::looks_like_bounce(&from, &subject, &self.text) {
+            return Kind::Bounce;
+        }
+        if text::looks_like_auto_reply(&subject, &self.header("Auto-Submitted"), self.msg) {
+            return Kind::AutoReply;
+        }
+        Kind::Other
+    }
+
+    fn original(&self) -> Original {
+        let bytes = match &self.returned {
+            Some(b) => b.clone(),
+            None => text::quoted_original(&self.text).into_bytes(),
+        };
+        text::original_of(&bytes)
+    }
+
+    fn failures(&self, original: &Original) -> Vec<Failure> {
+        let mut out = match &self.dsn {
+            Some(dsn) => from_dsn(dsn, &self.text),
+            None => Vec::new(),
+        };
+        if out.is_empty() {
+            out = self.failed_recipients_header();
+        }
+        // addresses that are not recipients: the bounce's own, the original's sender
+        let own = [
+            address(&self.header("From")),
+            address(&self.header("To")),
+            original.from.clone(),
+            original.envelope_sender.clone(),
+        ];
+        if out.is_empty() {
+            out = text::failures(&self.text, &own);
+        }
+        if out.is_empty() {
+            out = text::bracketed(&self.text, &own);
+        }
+        if out.is_empty()
+            && let Some(to) = self.returned_to()
+        {
+            out.push(Failure {
+                recipient: to,
+                diagnostic: one_line(text::human(&self.text), 500),
+                ..Failure::default()
+            });
+        }
+        let fallback = one_line(text::human(&self.text), 1000);
+        for f in out.iter_mut().filter(|f| f.diagnostic.is_empty()) {
+            f.diagnostic = fallback.clone();
+        }
+        out.into_iter().map(finish).collect()
+    }
+
+    /// Exim's `X-Failed-Recipients:`, each with its paragraph of the text.
+    fn failed_recipients_header(&self) -> Vec<Failure> {
+        let value = self.header("X-Failed-Recipients");
+        let mut out: Vec<Failure> = Vec::new();
+        for part in value.split(',') {
+            let Some(recipient) = address(part) else {
+                continue;
+            };
+            if out.iter().any(|f| f.recipient == recipient) {
+                continue;
+            }
+            let diagnostic = text::about(&self.text, &recipient);
+            out.push(Failure {
+                recipient,
+                diagnostic,
+                ..Failure::default()
+            });
+        }
+        out
+    }
+
+    /// The returned original's To: address.
+    fn returned_to(&self) -> Option<String> {
+        let bytes = self
+            .returned
+            .clone()
+            .unwrap_or_else(|| text::quoted_original(&self.text).into_bytes());
+        let m = MessageParser::default().parse_headers(&bytes[..])?;
+        address(m.header_raw("To")?)
+    }
+
+    fn feedback(&self, original: &Original) -> Vec<Failure> {
+        let blocks = self.feedback.as_deref().map(blocks).unwrap_or_default();
+        let fields: Vec<(String, String)> = blocks.into_iter().flatten().collect();
+        let kind = one_line(field(&fields, "feedback-type").unwrap_or(""), 200);
+        let mut rcpts: Vec<String> = Vec::new();
+        for (name, value) in &fields {
+            if (name == "original-rcpt-to" || name == "removal-recipient")
+                && let Some(a) = address(value)
+                && !rcpts.contains(&a)
+            {
+                rcpts.push(a);
+            }
+        }
+        if rcpts.is_empty() {
+            rcpts.extend(self.returned_to().or_else(|| original.from.clone()));
+        }
+        rcpts
+            .into_iter()
+            .map(|recipient| Failure {
+                recipient,
+                reason: Reason::Feedback,
+                diagnostic: kind.clone(),
+                ..Failure::default()
+            })
+            .collect()
+    }
+
+    fn auto_reply(&self) -> Vec<Failure> {
+        address(&self.header("From"))
+            .map(|recipient| Failure {
+                recipient,
+                reason: Reason::Vacation,
+                diagnostic: one_line(&self.text, 300),
+                ..Failure::default()
+            })
+            .into_iter()
+            .collect()
+    }
+}
+
+/// One failure per recipient block of a delivery-status body; diagnostics missing there are
+/// looked for in the human text.
+fn from_dsn(dsn: &str, human: &str) -> Vec<Failure> {
+    let blocks = blocks(dsn);
+    let per_message = blocks.first().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for b in &blocks {
+        let Some(recipient) = field(b, "final-recipient")
+            .or_else(|| field(b, "original-recipient"))
+            .and_then(|v| address(typed_value(v)))
+        else {
+            continue;
+        };
+        let mut diagnostic = field(b, "diagnostic-code")
+            .map(typed_value)
+            .unwrap_or("")
+            .to_string();
+        let about = text::about(human, &recipient);
+        if diagnostic.is_empty() {
+            diagnostic = about.clone();
+        }
+        if diagnostic.is_empty() {
+            diagnostic = one_line(text::human(human), 1000);
+        }
+        let command = fields::command_in(&diagnostic).or_else(|| fields::command_in(&about));
+        out.push(Failure {
+            status: field(b, "status").and_then(status_in),
+            reply_code: reply_code_in(&diagnostic),
+            action: field(b, "action").map(|a| a.to_ascii_lowercase()),
+            remote_mta: field(b, "remote-mta")
+                .or_else(|| field(&per_message, "reporting-mta"))
+                .map(|v| typed_value(v).to_string()),
+            diagnostic: one_line(&diagnostic, 1000),
+            command: command.map(str::to_string),
+            recipient,
+            ..Failure::default()
+        });
+    }
+    out
+}
+
+/// Fills in status, reason and hard/soft from what was found.
+fn finish(mut f: Failure) -> Failure {
+    if f.status.is_none() {
+        f.status = status_in(&f.diagnostic);
+    }
+    if f.reply_code.is_none() {
+        f.reply_code = reply_code_in(&f.diagnostic);
+    }
+    if f.command.is_none() {
+        f.command = fields::command_in(&f.diagnostic).map(str::to_string);
+    }
+    if f.reason == Reason::Undefined {
+        f.reason = reason::classify(
+            f.status.as_deref(),
+            f.reply_code,
+            &f.diagnostic,
+            f.action.as_deref(),
+        );
+        // "user unknown" for a message the server has already taken in is a filter's answer
+        if f.reason == Reason::UserUnknown && f.command.as_deref() == Some("DATA") {
+            f.reason = Reason::Filtered;
+        }
+    }
+    let temporary = f.status.as_deref().is_some_and(|s| s.starts_with('4'))
+        || f.reply_code.is_some_and(|c| c / 100 == 4);
+    if f.status.is_none() {
+        f.status = Some(match f.reply_code {
+            Some(c) => format!("{}.0.0", c / 100),
+            None => text::internal_status(f.reason, temporary),
+        });
+    }
+    f.hard = f.reason.is_hard(f.status.as_deref(), f.reply_code);
+    f
+}

@@ -1,0 +1,316 @@
+//! Bounces that are not (only) RFC 3464: what their human-readable text says, and where the
+//! original message starts in it.
+//!
+//! Responsible for: recognising a bounce or an auto-reply by its sender, subject and wording;
+//! finding failed recipients and their paragraphs in free text; the quoted original's headers.
+//! Not responsible for: classifying reasons (`reason`).
+
+use super::fields::{address, one_line};
+use super::{Original, Reason};
+use mail_parser::{Message, MessageParser};
+
+/// Lines that start the returned message in the text of a bounce: lower-case prefixes of the
+/// line once its framing (dashes, spaces, `=`, `*`) is trimmed.
+const ORIGINAL_MARKERS: &[&str] = &[
+    "this is a copy of the message",
+    "below this line is a copy of the message",
+    "original message",
+    "returned message",
+    "unsent message follows",
+    "the header of the original message",
+    "received message",
+    "content-type: message/rfc822",
+    "below this line is the original message",
+    "enclosed are the original headers",
+    "the following is a copy of the message",
+    "message header follows",
+    "message headers follow",
+    "original headers",
+];
+
+/// Senders (lower-case substrings of From:) of bounces.
+const BOUNCE_SENDERS: &[&str] = &[
+    "mailer-daemon",
+    "postmaster",
+    "mail delivery",
+    "mail-daemon",
+    "mailerdaemon",
+    "mail administrator",
+    "mdaemon",
+    "bounce",
+    "microsoftexchange",
+    "mailer_daemon",
+];
+
+/// Subjects (lower-case substrings) of bounces.
+const BOUNCE_SUBJECTS: &[&str] = &[
+    "undeliver",
+    "returned mail",
+    "delivery status notification",
+    "delivery failure",
+    "failure notice",
+    "mail delivery failed",
+    "delivery has failed",
+    "non remis",
+    "non-delivery",
+    "nondeliverable",
+    "could not be delivered",
+    "delivery notification",
+    "mail system error",
+    "delivery problem",
+    "warning: could not send",
+    "undelivered",
+    "delivery failed",
+    "rejected",
+    "permanent error",
+];
+
+/// Subjects (lower-case substrings) of auto-replies.
+const AUTO_REPLY_SUBJECTS: &[&str] = &[
+    "out of office",
+    "out of the office",
+    "auto reply",
+    "auto-reply",
+    "autoreply",
+    "automatic reply",
+    "vacation",
+    "abwesenheit",
+    "away from",
+    "on leave",
+];
+
+/// True when sender, subject or wording say "delivery failed".
+pub fn looks_like_bounce(from: &str, subject: &str, text: &str) -> bool {
+    BOUNCE_SENDERS.iter().any(|s| from.contains(s))
+        || BOUNCE_SUBJECTS.iter().any(|s| subject.contains(s))
+        || {
+            let t = human(text).to_ascii_lowercase();
+            t.contains("could not be delivered") || t.contains("permanent fatal errors")
+        }
+}
+
+/// True for an automatic reply (RFC 3834 `Auto-Submitted: auto-replied`, or its usual
+/// subjects and headers).
+pub fn looks_like_auto_reply(subject: &str, auto_submitted: &str, msg: &Message<'_>) -> bool {
+    auto_submitted
+        .to_ascii_lowercase()
+        .starts_with("auto-replied")
+        || AUTO_REPLY_SUBJECTS.iter().any(|s| subject.contains(s))
+        || msg.header_raw("X-Autoreply").is_some()
+        || msg.header_raw("X-Autorespond").is_some()
+}
+
+/// Where the original starts in `text` (byte offset of its marker line), if it is quoted.
+fn marker_at(text: &str) -> Option<usize> {
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let l = line
+            .trim()
+            .trim_matches(['-', ' ', '=', '*', '_'])
+            .to_ascii_lowercase();
+        // "original message was received at ..." (Sendmail) is part of the explanation
+        if ORIGINAL_MARKERS.iter().any(|m| l.starts_with(m)) && !l.contains("was received") {
+            return Some(at);
+        }
+        at += line.len();
+    }
+    None
+}
+
+/// The human part of a bounce's text: up to the quoted original.
+pub fn human(text: &str) -> &str {
+    &text[..marker_at(text).unwrap_or(text.len())]
+}
+
+/// The quoted original in `text`: from the first header-looking line after the marker.
+pub fn quoted_original(text: &str) -> String {
+    let Some(at) = marker_at(text) else {
+        return String::new();
+    };
+    let rest = &text[at..];
+    let mut lines = rest.lines().skip(1).skip_while(|l| !is_header_line(l));
+    let mut out = String::new();
+    for l in lines.by_ref() {
+        out.push_str(l.trim_start_matches('>').trim_start_matches(' ').trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn is_header_line(l: &str) -> bool {
+    let l = l.trim_start_matches(['>', ' ']);
+    match l.split_once(':') {
+        Some((name, _)) => {
+            !name.is_empty()
+                && name.len() < 40
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        }
+        None => false,
+    }
+}
+
+/// The original's fields, from a whole message or its header section.
+pub fn original_of(bytes: &[u8]) -> Original {
+    let Some(m) = MessageParser::default().parse_headers(bytes) else {
+        return Original::default();
+    };
+    let h = |name: &str| {
+        m.header_raw(name)
+            .map(|v| one_line(v, 998))
+            .filter(|v| !v.is_empty())
+    };
+    Original {
+        message_id: h("Message-ID").map(|v| v.trim_matches(['<', '>', ' ']).to_string()),
+        from: h("From").and_then(|v| address(&v)),
+        envelope_sender: h("Return-Path").and_then(|v| address(&v)),
+        date: h("Date"),
+        subject: h("Subject"),
+        received: m
+            .headers_raw()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("received"))
+            .map(|(_, v)| one_line(v, 998))
+            .collect(),
+    }
+}
+
+/// Failed recipients named in the human text: a line that starts with an address (bare, in
+/// `<>`, or followed by `:`), with the lines after it up to the next such line as diagnostic.
+pub fn failures(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
+    let human = human(text);
+    let lines: Vec<&str> = human.lines().collect();
+    let mut starts: Vec<(usize, String)> = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(a) = leading_address(l)
+            && !own.iter().any(|o| o.as_ref() == Some(&a))
+            && !starts.iter().any(|(_, x)| *x == a)
+        {
+            starts.push((i, a));
+        }
+    }
+    let mut out = Vec::new();
+    for (k, (i, a)) in starts.iter().enumerate() {
+        let end = starts
+            .get(k + 1)
+            .map_or(lines.len(), |(j, _)| *j)
+            .min(i + 12);
+        let para = lines[*i..end].join(" ");
+        let rest = para
+            .split_once(a.as_str())
+            .map_or(para.as_str(), |(_, r)| r);
+        let mut diagnostic = one_line(rest.trim_start_matches(['>', ':', ' ']), 1000);
+        if diagnostic.is_empty() {
+            diagnostic = one_line(&lines[..*i].join(" "), 1000);
+        }
+        out.push(super::Failure {
+            recipient: a.clone(),
+            diagnostic,
+            ..super::Failure::default()
+        });
+    }
+    out
+}
+
+/// Every `<address>` of the human text that is not the bounce's own (From/To), each once, with
+/// its paragraph as diagnostic.
+pub fn bracketed(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
+    let human = human(text);
+    let mut out: Vec<super::Failure> = Vec::new();
+    let mut rest = human;
+    while let Some(start) = rest.find('<') {
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('>') else { break };
+        if let Some(a) = address(&after[..end])
+            && !own.iter().any(|o| o.as_ref() == Some(&a))
+            && !out.iter().any(|f| f.recipient == a)
+        {
+            let diagnostic = about(text, &a);
+            out.push(super::Failure {
+                recipient: a,
+                diagnostic,
+                ..super::Failure::default()
+            });
+        }
+        rest = &after[end..];
+    }
+    out
+}
+
+/// The address a line starts with (after indentation, `<`, quotes), if it does.
+fn leading_address(line: &str) -> Option<String> {
+    let t = line.trim_start_matches(|c: char| c.is_whitespace() || c == '>' || c == '*');
+    let lower = t.to_ascii_lowercase();
+    if [
+        "from:",
+        "to:",
+        "cc:",
+        "reply-to:",
+        "sender:",
+        "return-path:",
+        "message-id:",
+    ]
+    .iter()
+    .any(|p| lower.starts_with(p))
+    {
+        return None;
+    }
+    let first = t.split_whitespace().next()?;
+    // the whole first word is the address (nothing else glued to it)
+    let cand = first
+        .trim_start_matches(['<', '"', '\''])
+        .trim_end_matches(['>', ':', ',', '.', ';', '"', '\'']);
+    if !cand.contains('@') || cand.contains(['<', '>', '(', '[']) {
+        return None;
+    }
+    address(cand)
+}
+
+/// The paragraph of the human text that mentions `rcpt`, on one line ("" when none does).
+pub fn about(text: &str, rcpt: &str) -> String {
+    let human = human(text);
+    let lower = human.to_ascii_lowercase();
+    let Some(at) = lower.find(&rcpt.to_ascii_lowercase()) else {
+        return String::new();
+    };
+    let start = lower[..at].rfind("\n\n").map_or(0, |p| p + 2);
+    let end = lower[at..].find("\n\n").map_or(lower.len(), |p| at + p);
+    let para = &human[start..end];
+    let after = para
+        .to_ascii_lowercase()
+        .find(&rcpt.to_ascii_lowercase())
+        .map_or(para, |p| &para[p + rcpt.len()..]);
+    one_line(after.trim_start_matches(['>', ':', ' ']), 1000)
+}
+
+/// sisimai's internal status for a reason when the bounce gives none (`5.0.911` for an unknown
+/// user): class 4 or 5, subject 0, detail by reason.
+pub fn internal_status(reason: Reason, temporary: bool) -> String {
+    let detail = match reason.as_str() {
+        "blocked" | "virusdetected" => 971,
+        "contenterror" => 960,
+        "exceedlimit" => 923,
+        "expired" => 947,
+        "filtered" if temporary => 924,
+        "filtered" => 910,
+        "hasmoved" => 916,
+        "hostunknown" => 912,
+        "mailboxfull" => 922,
+        "mailererror" => 939,
+        "mesgtoobig" => 934,
+        "networkerror" => 944,
+        "norelaying" => 909,
+        "notaccept" => 932,
+        "onhold" => 901,
+        "policyviolation" => 972,
+        "rejected" => 918,
+        "securityerror" => 970,
+        "spamdetected" => 980,
+        "suspend" => 921,
+        "systemerror" => 930,
+        "systemfull" => 931,
+        "syntaxerror" => 902,
+        "toomanyconn" => 945,
+        "userunknown" => 911,
+        _ => 900,
+    };
+    format!("{}.0.{detail}", if temporary { 4 } else { 5 })
+}
