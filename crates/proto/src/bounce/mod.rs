@@ -396,17 +396,26 @@ fn finish(mut f: Failure) -> Failure {
             &f.diagnostic,
             f.action.as_deref(),
         );
-        // "user unknown" for a message the server has already taken in is a filter's answer
-        if f.reason == Reason::UserUnknown && f.command.as_deref() == Some("DATA") {
-            f.reason = Reason::Filtered;
-        }
+        f.reason = match (f.reason, f.command.as_deref()) {
+            // "user unknown" for a message the server has already taken in: a filter's answer
+            (Reason::UserUnknown, Some("DATA")) => Reason::Filtered,
+            // refused at MAIL FROM: the sender was refused
+            (
+                Reason::SecurityError
+                | Reason::PolicyViolation
+                | Reason::UserUnknown
+                | Reason::Undefined,
+                Some("MAIL"),
+            ) => Reason::Rejected,
+            (r, _) => r,
+        };
     }
     let temporary = f.status.as_deref().is_some_and(|s| s.starts_with('4'))
         || f.reply_code.is_some_and(|c| c / 100 == 4);
     if f.status.is_none() {
-        f.status = Some(match f.reply_code {
-            Some(c) => format!("{}.0.0", c / 100),
-            None => text::internal_status(f.reason, temporary),
+        f.status = Some(match (f.reason, f.reply_code) {
+            (Reason::Undefined, Some(c)) => format!("{}.0.0", c / 100),
+            (r, _) => text::internal_status(r, temporary),
         });
     }
     f.hard = f.reason.is_hard(f.status.as_deref(), f.reply_code);

@@ -615,12 +615,14 @@ pub fn classify(
         return r;
     }
     let text = diagnostic.to_ascii_lowercase();
-    let filtered_status = status.is_some_and(|s| s.get(1..4) == Some(".2."));
+    let temporary = status.is_some_and(|s| s.starts_with('4'));
     for (reason, phrases) in PHRASES {
         if phrases.iter().any(|p| text.contains(p)) {
-            // "user unknown" with a 5.2.x status: the mailbox exists and refused (a filter)
             return match reason {
-                Reason::UserUnknown if filtered_status => Reason::Filtered,
+                // a DNS answer that may change ("try again", 4xx) is a network problem
+                Reason::HostUnknown if temporary || text.contains("try again") => {
+                    Reason::NetworkError
+                }
                 r => *r,
             };
         }
@@ -628,6 +630,10 @@ pub fn classify(
     let by_code = status.map(by_status).unwrap_or_default();
     if by_code != Reason::Undefined && status.is_some_and(|s| !s.ends_with(".0.0")) {
         return by_code;
+    }
+    // failed with a temporary status and nothing said why: retried until given up
+    if action.is_some_and(|a| a.eq_ignore_ascii_case("failed")) && temporary {
+        return Reason::Expired;
     }
     match reply_code {
         Some(552) => Reason::MailboxFull,
