@@ -160,8 +160,14 @@ const PHRASES: &[(Reason, &[&str])] = &[
         &["virus", "malware", "infected", "trojan"],
     ),
     (
+        Reason::PolicyViolation,
+        &["content presents a potential", "denied by policy"],
+    ),
+    (
         Reason::SpamDetected,
         &[
+            "content rejected",
+            " ube,",
             "spam",
             "junk mail",
             "bulk mail",
@@ -172,9 +178,10 @@ const PHRASES: &[(Reason, &[&str])] = &[
     (
         Reason::Expired,
         &[
+            "giving up.",
+            "could not deliver for",
             "delivery time expired",
             "retry time",
-            "giving up",
             "gave up",
             "message expired",
             "queue expired",
@@ -284,6 +291,8 @@ const PHRASES: &[(Reason, &[&str])] = &[
     (
         Reason::Suspend,
         &[
+            "temporary locked",
+            "frozen",
             "suspended",
             "disabled",
             "inactive",
@@ -368,6 +377,9 @@ const PHRASES: &[(Reason, &[&str])] = &[
     (
         Reason::Rejected,
         &[
+            "not have permission",
+            "permission to post",
+            "purported responsible address",
             "permission to post",
             "don't have permission",
             "google groups",
@@ -394,6 +406,8 @@ const PHRASES: &[(Reason, &[&str])] = &[
     (
         Reason::Blocked,
         &[
+            "after initial connection",
+            "blacklisted",
             "blocked",
             "blacklist",
             "blocklist",
@@ -407,15 +421,15 @@ const PHRASES: &[(Reason, &[&str])] = &[
             "your ip",
             "banned",
             "not allowed to send",
-            "access denied",
             "connection refused",
-            "denied by",
             "rejected due to",
         ],
     ),
     (
         Reason::SecurityError,
         &[
+            "access denied",
+            "unauthenticated senders",
             "authentication required",
             "must authenticate",
             "tls required",
@@ -481,6 +495,8 @@ const PHRASES: &[(Reason, &[&str])] = &[
     (
         Reason::ExceedLimit,
         &[
+            "recipsizelimit",
+            "exceeds limit set by recipient",
             "exceeds the limit",
             "recipient limit",
             "too many recipients",
