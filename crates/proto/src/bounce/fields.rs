@@ -156,6 +156,7 @@ pub fn command_in(s: &str) -> Option<&'static str> {
     let t = s.to_ascii_lowercase();
     let data = [
         "end of data",
+        "smtp command data",
         "after data",
         "final data",
         "data command",

@@ -399,6 +399,15 @@ fn finish(mut f: Failure) -> Failure {
         f.reason = match (f.reason, f.command.as_deref()) {
             // "user unknown" for a message the server has already taken in: a filter's answer
             (Reason::UserUnknown, Some("DATA")) => Reason::Filtered,
+            // a 5.2.x "user unknown" not at RCPT: the mailbox exists and refused (a filter)
+            (Reason::UserUnknown, cmd)
+                if cmd != Some("RCPT")
+                    && f.status
+                        .as_deref()
+                        .is_some_and(|s| s.get(1..4) == Some(".2.")) =>
+            {
+                Reason::Filtered
+            }
             // refused at MAIL FROM: the sender was refused
             (
                 Reason::SecurityError

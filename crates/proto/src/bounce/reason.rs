@@ -446,6 +446,7 @@ const PHRASES: &[(Reason, &[&str])] = &[
     (
         Reason::Filtered,
         &[
+            "recipient preferences",
             "filtered",
             "filter",
             "refuses",
