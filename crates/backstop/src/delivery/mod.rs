@@ -217,7 +217,7 @@ impl Engine {
         for (i, hop, outcome) in results {
             let r = &lease.rcpts[i];
             let detail = outcome.detail();
-            let (status, result) = self.status(&outcome, r.attempts + 1, expired, now);
+            let (status, result) = self.status(&outcome, &detail, r.attempts + 1, expired, now);
             Event::Attempt {
                 id: &lease.id,
                 rcpt: &r.mailbox,
@@ -234,17 +234,18 @@ impl Engine {
         self.notifier.settle(&id).await;
     }
 
-    /// A recipient's new status after its `attempts`-th attempt ended in `outcome`, and the
-    /// word for the log.
+    /// A recipient's new status after its `attempts`-th attempt ended in `outcome` (described
+    /// by `detail`), and the word for the log.
     fn status(
         &self,
         outcome: &Outcome,
+        detail: &str,
         attempts: u32,
         expired: bool,
         now: u64,
     ) -> (Status, &'static str) {
         let d = &self.cfg.delivery;
-        let detail = outcome.detail();
+        let detail = detail.to_string();
         let diagnosis = diagnose(outcome);
         let failed = |reason: String, code: Enhanced| Status::Failed {
             at: now,

@@ -11,7 +11,7 @@ use crate::telemetry::Event;
 use backstop_proto::address::{ForwardPath, Mailbox};
 use backstop_proto::smtp::command::{MailParams, RcptParams};
 use backstop_proto::smtp::reply::{Enhanced, Reply};
-use backstop_proto::smtp::server::{Check, Session};
+use backstop_proto::smtp::server::{Check, Session, Transaction};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -161,7 +161,7 @@ impl Handler {
             unix,
         );
         let result = match &mode {
-            Mode::Queue => self.queue(&id, unix, session, trace, body).await,
+            Mode::Queue => self.queue(&id, unix, session, tx, trace, body).await,
             Mode::Direct(NextHop::Smtp(_)) => match self.txn.relay.take() {
                 Some(relay) => relay
                     .message(trace.as_bytes(), &body)
@@ -203,12 +203,10 @@ impl Handler {
         id: &str,
         unix: u64,
         session: &Session,
+        tx: &Transaction,
         trace: String,
         body: Vec<u8>,
     ) -> Result<String, (Reply, String)> {
-        let Some(tx) = session.transaction() else {
-            return Err((lost(), "no transaction".into()));
-        };
         let helo = session.helo().map_or("", |h| h.name.as_str());
         let ip = self.peer.ip();
         let trust =

@@ -4,6 +4,8 @@
 //! Responsible for: finding things in text, linearly and without panics.
 //! Not responsible for: deciding what they mean.
 
+use crate::smtp::reply::Enhanced;
+
 /// Field blocks of a `message/delivery-status` body: blocks split on empty lines, folded
 /// lines unfolded, names lower-cased.
 pub fn blocks(text: &str) -> Vec<Vec<(String, String)>> {
@@ -87,7 +89,8 @@ fn clean_address(s: &str) -> Option<String> {
     (ok_domain && ok_local).then(|| format!("{local}@{}", domain.to_ascii_lowercase()))
 }
 
-/// The first RFC 3463 status (`5.1.1`) in `s`.
+/// The first RFC 3463 status (`5.1.1`) in `s`: a run of digits and dots starting with 2, 4 or
+/// 5 after a non-word character, that [`Enhanced::parse`] accepts.
 pub fn status_in(s: &str) -> Option<String> {
     let b = s.as_bytes();
     for i in 0..b.len() {
@@ -101,12 +104,7 @@ pub fn status_in(s: &str) -> Option<String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         let cand = rest[..end].trim_end_matches('.');
-        let parts: Vec<&str> = cand.split('.').collect();
-        if parts.len() == 3
-            && parts[0].len() == 1
-            && (1..=3).contains(&parts[1].len())
-            && (1..=3).contains(&parts[2].len())
-        {
+        if cand.split('.').count() == 3 && Enhanced::parse(cand).is_some() {
             return Some(cand.to_string());
         }
     }

@@ -140,7 +140,7 @@ struct View<'m> {
     feedback: Option<String>,
     /// The human-readable text (first text part outside the returned message).
     text: String,
-    /// The returned original: a whole message or its header section.
+    /// The returned original: a whole message or its header section, attached or quoted.
     returned: Option<Vec<u8>>,
 }
 
@@ -195,6 +195,11 @@ impl<'m> View<'m> {
                 _ => {}
             }
         }
+        if v.returned.is_none() {
+            // no attached original: the copy quoted in the text, if any
+            let quoted = text::quoted_original(&v.text);
+            v.returned = (!quoted.is_empty()).then(|| quoted.into_bytes());
+        }
         v
     }
 
@@ -222,11 +227,7 @@ impl<'m> View<'m> {
     }
 
     fn original(&self) -> Original {
-        let bytes = match &self.returned {
-            Some(b) => b.clone(),
-            None => text::quoted_original(&self.text).into_bytes(),
-        };
-        text::original_of(&bytes)
+        text::original_of(self.returned.as_deref().unwrap_or_default())
     }
 
     fn failures(&self, original: &Original) -> Vec<Failure> {
@@ -289,11 +290,7 @@ impl<'m> View<'m> {
 
     /// The returned original's To: address.
     fn returned_to(&self) -> Option<String> {
-        let bytes = self
-            .returned
-            .clone()
-            .unwrap_or_else(|| text::quoted_original(&self.text).into_bytes());
-        let m = MessageParser::default().parse_headers(&bytes[..])?;
+        let m = MessageParser::default().parse_headers(self.returned.as_deref()?)?;
         address(m.header_raw("To")?)
     }
 
