@@ -63,6 +63,9 @@ pub fn address(s: &str) -> Option<String> {
             }
         }
     }
+    if let Some(a) = quoted_address(s) {
+        return Some(a);
+    }
     s.split(|c: char| {
         c.is_whitespace()
             || matches!(
@@ -73,19 +76,34 @@ pub fn address(s: &str) -> Option<String> {
     .find_map(clean_address)
 }
 
+/// An address whose local part is quoted (`"john..doe"@example.test`), quotes kept.
+fn quoted_address(s: &str) -> Option<String> {
+    let at = s.find("\"@")?;
+    let open = s[..at].rfind('"')?;
+    let end = s[at + 2..]
+        .find(|c: char| !(c.is_alphanumeric() || matches!(c, '.' | '-' | '_')))
+        .map_or(s.len(), |e| at + 2 + e);
+    clean_address(&s[open..end])
+}
+
 fn clean_address(s: &str) -> Option<String> {
     let s = s
         .trim()
         .trim_start_matches("mailto:")
         .trim_end_matches(['.', ':']);
     let (local, domain) = s.rsplit_once('@')?;
-    let local = local.trim_start_matches(['<', '"']);
+    let quoted = local.len() > 2 && local.starts_with('"') && local.ends_with('"');
+    let local = if quoted {
+        local
+    } else {
+        local.trim_start_matches(['<', '"'])
+    };
     let ok_domain = domain.contains('.')
         && domain
             .chars()
             .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    let ok_local =
-        !local.is_empty() && !local.contains(char::is_whitespace) && !local.contains('@');
+    let ok_local = !local.is_empty()
+        && (quoted || !local.contains(char::is_whitespace) && !local.contains('@'));
     (ok_domain && ok_local).then(|| format!("{local}@{}", domain.to_ascii_lowercase()))
 }
 
@@ -109,6 +127,55 @@ pub fn status_in(s: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Which of two RFC 3463 statuses to believe: `field`, the report's `Status:`, or `said`, the
+/// code in the remote server's own words (with its `reply` code, if any). A report generator
+/// often writes a generic status where the server gave a precise one. The server's code wins
+/// when: it alone agrees with the reply code's class; the field is generic (`X.0.0`, or has a
+/// zero part while the server's code has none); or the field is one generators use for many
+/// causes (`4.4.7` expired, `4.7.0`, `5.3.x` system, `X.5.x` protocol; `5.1.1` when the server
+/// names another non-protocol cause; `5.1.3` when the server names a `5.7.x` refusal).
+/// Otherwise the field. (The same preference sisimai applies.)
+pub fn prefer(field: Option<String>, said: Option<String>, reply: Option<u16>) -> Option<String> {
+    let (field, said) = match (field, said) {
+        (Some(f), Some(s)) if f.len() >= 5 && s.len() >= 5 => (f, s),
+        (f, s) => return f.filter(|f| f.len() >= 5).or(s),
+    };
+    let class = |s: &str| s.as_bytes()[0];
+    if let Some(c) = reply.map(|r| b'0' + (r / 100) as u8)
+        && class(&field) != class(&said)
+    {
+        if c == class(&field) {
+            return Some(field);
+        }
+        if c == class(&said) {
+            return Some(said);
+        }
+    }
+    let generic = |s: &str| s.contains(".0.0");
+    let has_zero = |s: &str| s.contains(".0");
+    let pick_said = if field == said {
+        false
+    } else if generic(&field) {
+        !generic(&said)
+    } else if has_zero(&field) && !has_zero(&said) {
+        true
+    } else if generic(&said) {
+        false
+    } else if matches!(field.as_str(), "4.4.7" | "4.7.0")
+        || field.starts_with("5.3.")
+        || field
+            .get(1..5)
+            .is_some_and(|p| [".5.1", ".5.2", ".5.4", ".5.5"].contains(&p))
+    {
+        true
+    } else if field == "5.1.1" {
+        !has_zero(&said) && !said.starts_with("5.5.")
+    } else {
+        field == "5.1.3" && said.starts_with("5.7.")
+    };
+    Some(if pick_said { said } else { field })
 }
 
 /// The first SMTP reply code (`550`) in `s`: three digits 2xx/4xx/5xx standing alone.
@@ -170,4 +237,41 @@ pub fn command_in(s: &str) -> Option<&'static str> {
         return Some("MAIL");
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+
+    #[test]
+    fn the_servers_precise_code_beats_a_generic_status_field() {
+        // "Status: 5.0.0" with "550 5.7.1 ... Relay access denied"
+        assert_eq!(prefer(s("5.0.0"), s("5.7.1"), Some(550)), s("5.7.1"));
+        // a 4.4.7 (expired) field says less than the last refusal
+        assert_eq!(prefer(s("4.4.7"), s("4.7.1"), Some(450)), s("4.7.1"));
+        // a specific field stands against a generic code in the text
+        assert_eq!(prefer(s("5.1.1"), s("5.0.0"), Some(550)), s("5.1.1"));
+        // the class the reply code agrees with wins
+        assert_eq!(prefer(s("4.2.2"), s("5.2.2"), Some(452)), s("4.2.2"));
+        assert_eq!(prefer(None, s("5.2.2"), None), s("5.2.2"));
+        assert_eq!(prefer(s("5.1.1"), None, None), s("5.1.1"));
+        assert_eq!(prefer(s("5.2.1"), s("5.7.1"), Some(550)), s("5.2.1"));
+    }
+
+    #[test]
+    fn quoted_local_parts_are_kept_whole() {
+        assert_eq!(
+            address(r#"rfc822; "john..doe"@Example.TEST"#),
+            s(r#""john..doe"@example.test"#)
+        );
+        assert_eq!(
+            address(r#"<"a b"@example.test>... User unknown"#),
+            s(r#""a b"@example.test"#)
+        );
+        assert_eq!(address("user@example.test"), s("user@example.test"));
+    }
 }

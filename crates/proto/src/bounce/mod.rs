@@ -195,6 +195,13 @@ impl<'m> View<'m> {
                 _ => {}
             }
         }
+        if v.text.is_empty()
+            && msg.parts.len() == 1
+            && let Some(part) = msg.parts.first()
+        {
+            // a multipart body whose boundary never occurs (broken by a relay): its raw text
+            v.text = String::from_utf8_lossy(part.contents()).into_owned();
+        }
         if v.returned.is_none() {
             // no attached original: the copy quoted in the text, if any
             let quoted = text::quoted_original(&v.text);
@@ -246,7 +253,14 @@ impl<'m> View<'m> {
             original.envelope_sender.clone(),
         ];
         if out.is_empty() {
-            out = text::failures(&self.text, &own);
+            // a delivery-status report written into the text itself (no MIME structure)
+            out = text::inline_dsn(&self.text)
+                .map(|dsn| from_dsn(dsn, &self.text))
+                .unwrap_or_default();
+        }
+        if out.is_empty() {
+            // (the bounce's To: too may have failed: a message to oneself)
+            out = text::failures(&self.text, &own[..1]);
         }
         if out.is_empty() {
             out = text::bracketed(&self.text, &own);
@@ -375,14 +389,26 @@ fn from_dsn(dsn: &str, human: &str) -> Vec<Failure> {
     out
 }
 
+/// Whether the server's words are about a temporary failure: the first code they carry (the
+/// reply code, else an RFC 3463 status or a reply code in the text) is of class 4, or they say
+/// "temporary" or "persistent" (RFC 3463's "persistent transient failure").
+fn says_temporary(reply_code: Option<u16>, diagnostic: &str) -> bool {
+    let class = match reply_code {
+        Some(c) => Some(c / 100),
+        None => status_in(diagnostic)
+            .and_then(|s| s[..1].parse().ok())
+            .or_else(|| reply_code_in(diagnostic).map(|c| c / 100)),
+    };
+    let lower = diagnostic.to_ascii_lowercase();
+    class == Some(4) || lower.contains(" temporar") || lower.contains(" persistent")
+}
+
 /// Fills in status, reason and hard/soft from what was found.
 fn finish(mut f: Failure) -> Failure {
-    if f.status.is_none() {
-        f.status = status_in(&f.diagnostic);
-    }
     if f.reply_code.is_none() {
         f.reply_code = reply_code_in(&f.diagnostic);
     }
+    f.status = fields::prefer(f.status.take(), status_in(&f.diagnostic), f.reply_code);
     if f.command.is_none() {
         f.command = fields::command_in(&f.diagnostic).map(str::to_string);
     }
@@ -416,12 +442,11 @@ fn finish(mut f: Failure) -> Failure {
             (r, _) => r,
         };
     }
-    let temporary = f.status.as_deref().is_some_and(|s| s.starts_with('4'))
-        || f.reply_code.is_some_and(|c| c / 100 == 4);
+    let temporary = says_temporary(f.reply_code, &f.diagnostic);
     if f.status.is_none() {
         f.status = Some(match (f.reason, f.reply_code) {
             (Reason::Undefined, Some(c)) => format!("{}.0.0", c / 100),
-            (r, _) => text::internal_status(r, temporary),
+            (r, _) => reason::internal_status(r, temporary),
         });
     }
     f.hard = f.reason.is_hard(f.status.as_deref(), f.reply_code);

@@ -436,6 +436,9 @@ const FILTERED: &[&str] = &[
     "user refuses to receive this mail",
     "user reject",
     "you have been blocked by the recipient",
+    // au (ezweb.ne.jp)'s per-user domain filter answers "user unknown" without an address
+    "550 : user unknown",
+    "550: : user unknown",
 ];
 
 /// Our IP address has no (matching) reverse DNS.
@@ -1281,6 +1284,20 @@ const INTERNAL_TABLE: &[(u16, Reason)] = &[
     (981, Reason::VirusDetected),
 ];
 
+/// The status for a reason when the bounce gives none, in sisimai's own scheme (which other
+/// tools copy): class 4 or 5, subject 0, the reason's number from [`INTERNAL_TABLE`]
+/// (`5.0.911` for an unknown user; a temporary filter refusal is `4.0.924`).
+pub fn internal_status(reason: Reason, temporary: bool) -> String {
+    let detail = match (reason, temporary) {
+        (Reason::Filtered, true) => 924,
+        _ => INTERNAL_TABLE
+            .iter()
+            .find(|(_, r)| *r == reason)
+            .map_or(900, |(n, _)| *n),
+    };
+    format!("{}.0.{detail}", if temporary { 4 } else { 5 })
+}
+
 /// The reason an SMTP reply code names by itself, when nothing more specific was said.
 fn reply_reason(code: u16) -> Option<Reason> {
     Some(match code {
@@ -1297,7 +1314,7 @@ fn reply_reason(code: u16) -> Option<Reason> {
 
 /// The reason a status code names by itself, if any (`None` for `X.0.0`, unknown codes and
 /// anything that is not a status).
-fn status_reason(status: &str) -> Option<Reason> {
+pub fn status_reason(status: &str) -> Option<Reason> {
     let (class, rest) = status.split_once('.')?;
     if !matches!(class, "2" | "4" | "5") {
         return None;

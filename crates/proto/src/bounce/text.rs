@@ -5,8 +5,8 @@
 //! finding failed recipients and their paragraphs in free text; the quoted original's headers.
 //! Not responsible for: classifying reasons (`reason`).
 
+use super::Original;
 use super::fields::{address, one_line};
-use super::{Original, Reason};
 use mail_parser::{Message, MessageParser};
 
 /// Lines that start the returned message in the text of a bounce: lower-case prefixes of the
@@ -210,6 +210,21 @@ pub fn failures(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
     out
 }
 
+/// The delivery-status fields of a report pasted into the text (a message whose MIME
+/// structure was lost): the text from the line that starts `Reporting-MTA:` or
+/// `Final-Recipient:`, if any line does.
+pub fn inline_dsn(text: &str) -> Option<&str> {
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let l = line.trim_start().to_ascii_lowercase();
+        if l.starts_with("reporting-mta:") || l.starts_with("final-recipient:") {
+            return Some(&text[at..]);
+        }
+        at += line.len();
+    }
+    None
+}
+
 /// Every `<address>` of the human text that is not the bounce's own (From/To), each once, with
 /// its paragraph as diagnostic.
 pub fn bracketed(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
@@ -279,38 +294,4 @@ pub fn about(text: &str, rcpt: &str) -> String {
         .find(&rcpt.to_ascii_lowercase())
         .map_or(para, |p| &para[p + rcpt.len()..]);
     one_line(after.trim_start_matches(['>', ':', ' ']), 1000)
-}
-
-/// sisimai's internal status for a reason when the bounce gives none (`5.0.911` for an unknown
-/// user): class 4 or 5, subject 0, detail by reason.
-pub fn internal_status(reason: Reason, temporary: bool) -> String {
-    let detail = match reason.as_str() {
-        "blocked" | "virusdetected" => 971,
-        "contenterror" => 960,
-        "exceedlimit" => 923,
-        "expired" => 947,
-        "filtered" if temporary => 924,
-        "filtered" => 910,
-        "hasmoved" => 916,
-        "hostunknown" => 912,
-        "mailboxfull" => 922,
-        "mailererror" => 939,
-        "mesgtoobig" => 934,
-        "networkerror" => 944,
-        "norelaying" => 909,
-        "notaccept" => 932,
-        "onhold" => 901,
-        "policyviolation" => 972,
-        "rejected" => 918,
-        "securityerror" => 970,
-        "spamdetected" => 980,
-        "suspend" => 921,
-        "systemerror" => 930,
-        "systemfull" => 931,
-        "syntaxerror" => 902,
-        "toomanyconn" => 945,
-        "userunknown" => 911,
-        _ => 900,
-    };
-    format!("{}.0.{detail}", if temporary { 4 } else { 5 })
 }
