@@ -156,6 +156,8 @@ fn all_files() -> Vec<PathBuf> {
 
 #[test]
 fn no_message_panics_or_takes_long_in_any_line_end_variant() {
+    // the first call builds the phrase tables' matchers once for the process: not a message's cost
+    parse(b"Subject: warm-up\r\n\r\nx\r\n");
     let mut slowest = (Duration::ZERO, PathBuf::new());
     let mut bounces = 0;
     for p in all_files() {

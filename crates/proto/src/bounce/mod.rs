@@ -85,10 +85,13 @@ pub struct Bounce {
 }
 
 mod fields;
+mod matcher;
 mod text;
 
 use fields::{address, blocks, field, one_line, reply_code_in, status_in, typed_value};
-use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{HeaderName, Message, MessageParser, MimeHeaders, PartType};
+use std::borrow::Cow;
+use std::sync::OnceLock;
 
 /// Reads a raw message (any line ends: CRLF, LF or CR only). Never panics.
 pub fn parse(raw: &[u8]) -> Bounce {
@@ -99,7 +102,7 @@ pub fn parse(raw: &[u8]) -> Bounce {
         failures: Vec::new(),
         original: Original::default(),
     };
-    let Some(msg) = MessageParser::default().parse(&norm[..]) else {
+    let Some(msg) = mime_parser().parse(&norm[..]) else {
         return nothing;
     };
     let view = View::of(&msg);
@@ -118,8 +121,37 @@ pub fn parse(raw: &[u8]) -> Bounce {
     }
 }
 
-/// CR-only line ends become LF (mail-parser reads LF and CRLF).
-fn normalize(raw: &[u8]) -> Vec<u8> {
+/// mail-parser structuring only the MIME headers (all the parts need); every other header is
+/// kept raw and read with `header_raw`, so `Received:` chains and address lists cost nothing.
+fn mime_parser() -> &'static MessageParser {
+    static PARSER: OnceLock<MessageParser> = OnceLock::new();
+    PARSER.get_or_init(|| {
+        MessageParser::new()
+            .with_mime_headers()
+            .default_header_raw()
+    })
+}
+
+/// mail-parser keeping every header raw (for the returned original's header section).
+fn raw_parser() -> &'static MessageParser {
+    static PARSER: OnceLock<MessageParser> = OnceLock::new();
+    PARSER.get_or_init(|| {
+        MessageParser::new()
+            .header_raw(HeaderName::Received)
+            .default_header_raw()
+    })
+}
+
+/// CR-only line ends become LF (mail-parser reads LF and CRLF); input without them is used
+/// as it is.
+fn normalize(raw: &[u8]) -> Cow<'_, [u8]> {
+    let bare_cr = raw
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && raw.get(i + 1) != Some(&b'\n'));
+    if !bare_cr {
+        return Cow::Borrowed(raw);
+    }
     let mut out = Vec::with_capacity(raw.len());
     for (i, &b) in raw.iter().enumerate() {
         if b == b'\r' && raw.get(i + 1) != Some(&b'\n') {
@@ -128,7 +160,7 @@ fn normalize(raw: &[u8]) -> Vec<u8> {
             out.push(b);
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 /// The parts of a message that matter, found once.
@@ -304,7 +336,7 @@ impl<'m> View<'m> {
 
     /// The returned original's To: address.
     fn returned_to(&self) -> Option<String> {
-        let m = MessageParser::default().parse_headers(self.returned.as_deref()?)?;
+        let m = raw_parser().parse_headers(self.returned.as_deref()?)?;
         address(m.header_raw("To")?)
     }
 

@@ -13,6 +13,10 @@
 //! Pure: no I/O, no clock. [`classify`] never panics and is linear in the diagnostic's length
 //! (one lower-casing pass, then a fixed set of substring searches).
 
+use super::matcher::PhraseSet;
+use aho_corasick::{AhoCorasick, MatchKind};
+use std::sync::OnceLock;
+
 macro_rules! reasons {
     ($($(#[$doc:meta])* $v:ident = $name:literal,)*) => {
         /// Why a delivery failed. Closed set; names as sisimai writes them ([`Reason::as_str`]).
@@ -1393,16 +1397,17 @@ struct Facts<'a> {
     stage: Option<Stage>,
     /// The RFC 3464 action, lower-case.
     action: String,
+    /// The phrase tables the text matches ([`phrase_set`]'s bits).
+    found: u64,
 }
 
 impl Facts<'_> {
     /// The text has one of the phrases of `reason`.
     fn says(&self, reason: Reason) -> bool {
-        let text = self.text.as_str();
-        match reason {
-            Reason::Rejected => has(text, REJECTED) && !has(text, REJECTED_NOT),
-            r => phrases(r).is_some_and(|table| has(text, table)),
-        }
+        let Some(bit) = table_bit(reason) else {
+            return false;
+        };
+        self.found & bit != 0 && (reason != Reason::Rejected || self.found & REJECTED_NOT_BIT == 0)
     }
 
     /// The status names `reason`.
@@ -1416,62 +1421,62 @@ impl Facts<'_> {
     }
 }
 
-/// The phrase table of a reason, if it has one.
-fn phrases(reason: Reason) -> Option<&'static [&'static str]> {
-    Some(match reason {
-        Reason::MailboxFull => MAILBOX_FULL,
-        Reason::MesgTooBig => MESG_TOO_BIG,
-        Reason::ExceedLimit => EXCEED_LIMIT,
-        Reason::Suspend => SUSPEND,
-        Reason::HasMoved => HAS_MOVED,
-        Reason::NoRelaying => NO_RELAYING,
-        Reason::AuthFailure => AUTH_FAILURE,
-        Reason::UserUnknown => USER_UNKNOWN,
-        Reason::Filtered => FILTERED,
-        Reason::RequirePtr => REQUIRE_PTR,
-        Reason::NotCompliantRfc => NOT_COMPLIANT,
-        Reason::BadReputation => BAD_REPUTATION,
-        Reason::ContentError => CONTENT_ERROR,
-        Reason::Rejected => REJECTED,
-        Reason::HostUnknown => HOST_UNKNOWN,
-        Reason::SpamDetected => SPAM,
-        Reason::Speeding => SPEEDING,
-        Reason::TooManyConn => TOO_MANY_CONN,
-        Reason::Blocked => BLOCKED,
-        Reason::VirusDetected => VIRUS,
-        Reason::PolicyViolation => POLICY,
-        Reason::SystemError => SYSTEM_ERROR,
-        Reason::NetworkError => NETWORK,
-        Reason::SystemFull => SYSTEM_FULL,
-        Reason::NotAccept => NOT_ACCEPT,
-        Reason::Expired => EXPIRED,
-        Reason::FailedStartTls => STARTTLS,
-        Reason::SecurityError => SECURITY,
-        Reason::MailerError => MAILER_ERROR,
-        Reason::Vacation => VACATION,
-        Reason::Feedback => FEEDBACK,
-        Reason::Undefined | Reason::SyntaxError | Reason::OnHold | Reason::Delivered => {
-            return None;
-        }
+/// The phrase table of each reason that has one.
+const TABLED: &[(Reason, &[&str])] = &[
+    (Reason::MailboxFull, MAILBOX_FULL),
+    (Reason::MesgTooBig, MESG_TOO_BIG),
+    (Reason::ExceedLimit, EXCEED_LIMIT),
+    (Reason::Suspend, SUSPEND),
+    (Reason::HasMoved, HAS_MOVED),
+    (Reason::NoRelaying, NO_RELAYING),
+    (Reason::AuthFailure, AUTH_FAILURE),
+    (Reason::UserUnknown, USER_UNKNOWN),
+    (Reason::Filtered, FILTERED),
+    (Reason::RequirePtr, REQUIRE_PTR),
+    (Reason::NotCompliantRfc, NOT_COMPLIANT),
+    (Reason::BadReputation, BAD_REPUTATION),
+    (Reason::ContentError, CONTENT_ERROR),
+    (Reason::Rejected, REJECTED),
+    (Reason::HostUnknown, HOST_UNKNOWN),
+    (Reason::SpamDetected, SPAM),
+    (Reason::Speeding, SPEEDING),
+    (Reason::TooManyConn, TOO_MANY_CONN),
+    (Reason::Blocked, BLOCKED),
+    (Reason::VirusDetected, VIRUS),
+    (Reason::PolicyViolation, POLICY),
+    (Reason::SystemError, SYSTEM_ERROR),
+    (Reason::NetworkError, NETWORK),
+    (Reason::SystemFull, SYSTEM_FULL),
+    (Reason::NotAccept, NOT_ACCEPT),
+    (Reason::Expired, EXPIRED),
+    (Reason::FailedStartTls, STARTTLS),
+    (Reason::SecurityError, SECURITY),
+    (Reason::MailerError, MAILER_ERROR),
+    (Reason::Vacation, VACATION),
+    (Reason::Feedback, FEEDBACK),
+];
+
+/// Every phrase table compiled into one matcher: bit `i` for `TABLED[i]`, then
+/// [`REJECTED_NOT`] (the wordings that cancel "rejected").
+fn phrase_set() -> &'static PhraseSet {
+    static SET: OnceLock<PhraseSet> = OnceLock::new();
+    SET.get_or_init(|| {
+        let mut tables: Vec<&[&str]> = TABLED.iter().map(|(_, t)| *t).collect();
+        tables.push(REJECTED_NOT);
+        PhraseSet::new(&tables)
     })
 }
 
-/// `text` contains one of `table`'s entries (pieces split by `…` in order).
-fn has(text: &str, table: &[&str]) -> bool {
-    table.iter().any(|entry| in_order(text, entry))
+/// The bit of `reason`'s table in [`phrase_set`]'s answer, if it has a table.
+fn table_bit(reason: Reason) -> Option<u64> {
+    TABLED
+        .iter()
+        .position(|(r, _)| *r == reason)
+        .map(|i| 1 << i)
 }
 
-/// The `…`-separated pieces of `entry` occur in `text` in that order, without overlapping.
-fn in_order(text: &str, entry: &str) -> bool {
-    let mut rest = text;
-    for piece in entry.split('…') {
-        match rest.find(piece) {
-            Some(at) => rest = &rest[at + piece.len()..],
-            None => return false,
-        }
-    }
-    true
-}
+/// The bit of [`REJECTED_NOT`].
+const REJECTED_NOT_BIT: u64 = 1 << TABLED.len();
 
 /// Lower-case, every run of whitespace as one space, trimmed.
 fn normalise(text: &str) -> String {
@@ -1487,11 +1492,16 @@ fn normalise(text: &str) -> String {
 
 /// The stage the text names (the earliest mark).
 fn stage_in(text: &str) -> Option<Stage> {
-    STAGE_MARKS
-        .iter()
-        .filter_map(|(mark, stage)| text.find(mark).map(|at| (at, *stage)))
-        .min_by_key(|(at, _)| *at)
-        .map(|(_, stage)| stage)
+    static MARKS: OnceLock<AhoCorasick> = OnceLock::new();
+    let marks = MARKS.get_or_init(|| {
+        AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(STAGE_MARKS.iter().map(|(mark, _)| mark))
+            .expect("stage marks compile")
+    });
+    marks
+        .find(text)
+        .map(|m| STAGE_MARKS[m.pattern().as_usize()].1)
 }
 
 /// The classes the first round tries, in order: each is decided by its status code or its own
@@ -1695,7 +1705,9 @@ pub fn classify(
     }
     let text = normalise(diagnostic);
     let stage = stage_in(&text);
+    let found = phrase_set().matches(&text);
     let f = Facts {
+        found,
         text,
         status,
         named,

@@ -7,7 +7,7 @@
 
 use super::Original;
 use super::fields::{address, one_line};
-use mail_parser::{Message, MessageParser};
+use mail_parser::Message;
 
 /// Lines that start the returned message in the text of a bounce: lower-case prefixes of the
 /// line once its framing (dashes, spaces, `=`, `*`) is trimmed.
@@ -104,12 +104,12 @@ pub fn looks_like_auto_reply(subject: &str, auto_submitted: &str, msg: &Message<
 fn marker_at(text: &str) -> Option<usize> {
     let mut at = 0;
     for line in text.split_inclusive('\n') {
-        let l = line
-            .trim()
-            .trim_matches(['-', ' ', '=', '*', '_'])
-            .to_ascii_lowercase();
+        let l = line.trim().trim_matches(['-', ' ', '=', '*', '_']);
+        let starts = |m: &str| l.get(..m.len()).is_some_and(|p| p.eq_ignore_ascii_case(m));
         // "original message was received at ..." (Sendmail) is part of the explanation
-        if ORIGINAL_MARKERS.iter().any(|m| l.starts_with(m)) && !l.contains("was received") {
+        if ORIGINAL_MARKERS.iter().any(|m| starts(m))
+            && !l.to_ascii_lowercase().contains("was received")
+        {
             return Some(at);
         }
         at += line.len();
@@ -151,7 +151,7 @@ fn is_header_line(l: &str) -> bool {
 
 /// The original's fields, from a whole message or its header section.
 pub fn original_of(bytes: &[u8]) -> Original {
-    let Some(m) = MessageParser::default().parse_headers(bytes) else {
+    let Some(m) = super::raw_parser().parse_headers(bytes) else {
         return Original::default();
     };
     let h = |name: &str| {
