@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Floors, in percent of labelled rows (gold rows only).
-const MIN_RECIPIENT: f64 = 94.5;
-const MIN_STATUS: f64 = 87.5;
-const MIN_REASON: f64 = 83.5;
-const MIN_HARD: f64 = 90.0;
+const MIN_RECIPIENT: f64 = 95.5;
+const MIN_STATUS: f64 = 88.5;
+const MIN_REASON: f64 = 85.0;
+const MIN_HARD: f64 = 91.5;
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sisimai")
@@ -156,8 +156,8 @@ fn all_files() -> Vec<PathBuf> {
 
 #[test]
 fn no_message_panics_or_takes_long_in_any_line_end_variant() {
-    // the first call builds the phrase tables' matchers once for the process: not a message's cost
-    parse(b"Subject: warm-up\r\n\r\nx\r\n");
+    // the first bounce builds the phrase tables' matchers once for the process: not its cost
+    parse(&std::fs::read(corpus().join("maildir/bsd/lhost-postfix-01.eml")).unwrap());
     let mut slowest = (Duration::ZERO, PathBuf::new());
     let mut bounces = 0;
     for p in all_files() {

@@ -86,6 +86,7 @@ pub struct Bounce {
 
 mod fields;
 mod matcher;
+mod ses;
 mod text;
 
 use fields::{address, blocks, field, one_line, reply_code_in, status_in, typed_value};
@@ -106,6 +107,20 @@ pub fn parse(raw: &[u8]) -> Bounce {
         return nothing;
     };
     let view = View::of(&msg);
+    if let Some(mut ses) = ses::read(&view.text) {
+        ses.failures = ses
+            .failures
+            .into_iter()
+            .map(|f| {
+                if f.reason == Reason::Feedback {
+                    f
+                } else {
+                    finish(f)
+                }
+            })
+            .collect();
+        return ses;
+    }
     let original = view.original();
     let kind = view.kind();
     let failures = match kind {
@@ -248,7 +263,7 @@ impl<'m> View<'m> {
 
     fn kind(&self) -> Kind {
         let ctype = self.header("Content-Type").to_ascii_lowercase();
-        if self.feedback.is_some() || ctype.contains("feedback-report") {
+        if self.feedback.is_some() || ctype.contains("feedback-report") || self.is_jmrp() {
             return Kind::Feedback;
         }
         if self.dsn.is_some() {
@@ -263,6 +278,15 @@ impl<'m> View<'m> {
             return Kind::AutoReply;
         }
         Kind::Other
+    }
+
+    /// Microsoft's complaint report (JMRP): no feedback-report part, the complained-of message
+    /// attached, its original recipient in `X-HmXmrOriginalRecipient:`.
+    fn is_jmrp(&self) -> bool {
+        self.header("Subject")
+            .to_ascii_lowercase()
+            .starts_with("complaint about message from")
+            && self.returned_header("X-HmXmrOriginalRecipient").is_some()
     }
 
     fn original(&self) -> Original {
@@ -336,14 +360,19 @@ impl<'m> View<'m> {
 
     /// The returned original's To: address.
     fn returned_to(&self) -> Option<String> {
+        address(&self.returned_header("To")?)
+    }
+
+    /// A header of the returned original.
+    fn returned_header(&self, name: &str) -> Option<String> {
         let m = raw_parser().parse_headers(self.returned.as_deref()?)?;
-        address(m.header_raw("To")?)
+        m.header_raw(name).map(str::to_string)
     }
 
     fn feedback(&self, original: &Original) -> Vec<Failure> {
         let blocks = self.feedback.as_deref().map(blocks).unwrap_or_default();
         let fields: Vec<(String, String)> = blocks.into_iter().flatten().collect();
-        let kind = one_line(field(&fields, "feedback-type").unwrap_or(""), 200);
+        let kind = one_line(field(&fields, "feedback-type").unwrap_or("abuse"), 200);
         let mut rcpts: Vec<String> = Vec::new();
         for (name, value) in &fields {
             if (name == "original-rcpt-to" || name == "removal-recipient")
@@ -354,7 +383,12 @@ impl<'m> View<'m> {
             }
         }
         if rcpts.is_empty() {
-            rcpts.extend(self.returned_to().or_else(|| original.from.clone()));
+            let jmrp = self.returned_header("X-HmXmrOriginalRecipient");
+            rcpts.extend(
+                jmrp.and_then(|r| address(&r))
+                    .or_else(|| self.returned_to())
+                    .or_else(|| original.from.clone()),
+            );
         }
         rcpts
             .into_iter()
