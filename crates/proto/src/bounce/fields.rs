@@ -230,7 +230,13 @@ pub fn command_in(s: &str) -> Option<&'static str> {
     if data.iter().any(|p| t.contains(p)) {
         return Some("DATA");
     }
-    if t.contains("rcpt to") {
+    let rcpt = [
+        "rcpt to",
+        "rcpt command",
+        "[rcpt_to]",
+        "does not like recipient",
+    ];
+    if rcpt.iter().any(|p| t.contains(p)) {
         return Some("RCPT");
     }
     if t.contains("mail from") {

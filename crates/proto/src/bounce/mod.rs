@@ -479,15 +479,19 @@ fn finish(mut f: Failure) -> Failure {
         f.command = fields::command_in(&f.diagnostic).map(str::to_string);
     }
     if f.reason == Reason::Undefined {
-        f.reason = reason::classify(
+        let names_unknown =
+            f.status.as_deref().and_then(reason::status_reason) == Some(Reason::UserUnknown);
+        f.reason = reason::classify_after(
             f.status.as_deref(),
             f.reply_code,
             &f.diagnostic,
             f.action.as_deref(),
+            f.command.as_deref(),
         );
         f.reason = match (f.reason, f.command.as_deref()) {
             // "user unknown" for a message the server has already taken in: a filter's answer
-            (Reason::UserUnknown, Some("DATA")) => Reason::Filtered,
+            // (unless the status itself says the mailbox does not exist)
+            (Reason::UserUnknown, Some("DATA")) if !names_unknown => Reason::Filtered,
             // a 5.2.x "user unknown" not at RCPT: the mailbox exists and refused (a filter)
             (Reason::UserUnknown, cmd)
                 if cmd != Some("RCPT")

@@ -1690,6 +1690,19 @@ pub fn classify(
     diagnostic: &str,
     action: Option<&str>,
 ) -> Reason {
+    classify_after(status, reply_code, diagnostic, action, None)
+}
+
+/// [`classify`], knowing which SMTP `command` (`"MAIL"`, `"RCPT"`, `"DATA"`) the refusal
+/// answered when the bounce says so elsewhere than in the diagnostic (a transcript, the
+/// bounce's own wording); the diagnostic's own words about the stage come first.
+pub fn classify_after(
+    status: Option<&str>,
+    reply_code: Option<u16>,
+    diagnostic: &str,
+    action: Option<&str>,
+    command: Option<&str>,
+) -> Reason {
     let status = status.map(str::trim).filter(|s| s.len() >= 5);
     let named = status.and_then(status_reason);
     let action = action
@@ -1704,7 +1717,12 @@ pub fn classify(
         return Reason::Delivered;
     }
     let text = normalise(diagnostic);
-    let stage = stage_in(&text);
+    let stage = stage_in(&text).or(match command {
+        Some("MAIL") => Some(Stage::Mail),
+        Some("RCPT") => Some(Stage::Rcpt),
+        Some("DATA") => Some(Stage::Data),
+        _ => None,
+    });
     let found = phrase_set().matches(&text);
     let f = Facts {
         found,
