@@ -6,7 +6,7 @@
 //! Not responsible for: classifying reasons (`reason`).
 
 use super::Original;
-use super::fields::{address, one_line};
+use super::fields::{address, one_line, reply_code_in};
 use mail_parser::Message;
 
 /// Lines that start the returned message in the text of a bounce: lower-case prefixes of the
@@ -253,6 +253,11 @@ pub fn bracketed(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
 /// The address a line starts with (after indentation, `<`, quotes), if it does.
 fn leading_address(line: &str) -> Option<String> {
     let t = line.trim_start_matches(|c: char| c.is_whitespace() || c == '>' || c == '*');
+    // Sendmail's transcript: "554 <user@example.test>... reason"
+    let t = match t.split_at_checked(4) {
+        Some((code, rest)) if rest.starts_with('<') && reply_code_in(code).is_some() => rest,
+        _ => t,
+    };
     let lower = t.to_ascii_lowercase();
     if [
         "from:",
