@@ -18,8 +18,7 @@
 //! `backstop files=F rounds=K messages=N seconds=S rate=R` (N = F × K parsed messages,
 //! R = N / S messages per second).
 
-use backstop_proto::bounce::{Kind, parse};
-use mail_parser::MessageParser;
+use backstop_proto::bounce::{Kind, mime_parser, parse};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -144,10 +143,8 @@ fn main() {
     );
 
     // The floor under any parser built on mail-parser: MIME parsing alone, configured as
-    // `bounce::parse` configures it (MIME headers structured, every other header raw).
-    let mime = MessageParser::new()
-        .with_mime_headers()
-        .default_header_raw();
+    // `bounce::parse` configures it (`bounce::mime_parser`).
+    let mime = mime_parser();
     let (rounds, seconds, _) = measure(&messages, fixed_rounds, min_time, |raw| {
         mime.parse(raw).map_or(0, |m| black_box(m).parts.len())
     });

@@ -121,24 +121,25 @@ pub fn parse(raw: &[u8]) -> Bounce {
             .collect();
         return ses;
     }
-    let original = view.original();
     let kind = view.kind();
     let failures = match kind {
-        Kind::Bounce => view.failures(&original),
-        Kind::Feedback => view.feedback(&original),
+        Kind::Bounce => view.failures(),
+        Kind::Feedback => view.feedback(),
         Kind::AutoReply => view.auto_reply(),
         Kind::Challenge | Kind::Other => Vec::new(),
     };
     Bounce {
         kind,
         failures,
-        original,
+        original: view.returned.original,
     }
 }
 
-/// mail-parser structuring only the MIME headers (all the parts need); every other header is
-/// kept raw and read with `header_raw`, so `Received:` chains and address lists cost nothing.
-fn mime_parser() -> &'static MessageParser {
+/// The mail-parser configuration [`parse`] uses: only the MIME headers are structured (all the
+/// parts need); every other header is kept raw and read with `header_raw`, so `Received:`
+/// chains and address lists cost nothing. Public so that benchmarks can time MIME parsing
+/// alone exactly as [`parse`] does it.
+pub fn mime_parser() -> &'static MessageParser {
     static PARSER: OnceLock<MessageParser> = OnceLock::new();
     PARSER.get_or_init(|| {
         MessageParser::new()
@@ -187,8 +188,8 @@ struct View<'m> {
     feedback: Option<String>,
     /// The human-readable text (first text part outside the returned message).
     text: String,
-    /// The returned original: a whole message or its header section, attached or quoted.
-    returned: Option<Vec<u8>>,
+    /// The returned original (attached, or quoted in the text), read.
+    returned: text::Returned,
 }
 
 impl<'m> View<'m> {
@@ -198,8 +199,10 @@ impl<'m> View<'m> {
             dsn: None,
             feedback: None,
             text: String::new(),
-            returned: None,
+            returned: text::Returned::default(),
         };
+        // the returned original: a whole message or its header section
+        let mut returned: Option<Vec<u8>> = None;
         for part in msg
             .parts
             .iter()
@@ -226,14 +229,14 @@ impl<'m> View<'m> {
                 ("message", "rfc822" | "global" | "partial")
                 | ("text", "rfc822-headers")
                 | ("message", "global-headers")
-                    if v.returned.is_none() =>
+                    if returned.is_none() =>
                 {
-                    v.returned = Some(match &part.body {
+                    returned = Some(match &part.body {
                         PartType::Message(m) => m.raw_message().to_vec(),
                         _ => part.contents().to_vec(),
                     });
                 }
-                ("text", _) if v.text.is_empty() && v.returned.is_none() => {
+                ("text", _) if v.text.is_empty() && returned.is_none() => {
                     v.text = part
                         .text_contents()
                         .map(str::to_string)
@@ -249,11 +252,12 @@ impl<'m> View<'m> {
             // a multipart body whose boundary never occurs (broken by a relay): its raw text
             v.text = String::from_utf8_lossy(part.contents()).into_owned();
         }
-        if v.returned.is_none() {
+        if returned.is_none() {
             // no attached original: the copy quoted in the text, if any
             let quoted = text::quoted_original(&v.text);
-            v.returned = (!quoted.is_empty()).then(|| quoted.into_bytes());
+            returned = (!quoted.is_empty()).then(|| quoted.into_bytes());
         }
+        v.returned = text::read_returned(returned.as_deref().unwrap_or_default());
         v
     }
 
@@ -286,14 +290,11 @@ impl<'m> View<'m> {
         self.header("Subject")
             .to_ascii_lowercase()
             .starts_with("complaint about message from")
-            && self.returned_header("X-HmXmrOriginalRecipient").is_some()
+            && self.returned.complained.is_some()
     }
 
-    fn original(&self) -> Original {
-        text::original_of(self.returned.as_deref().unwrap_or_default())
-    }
-
-    fn failures(&self, original: &Original) -> Vec<Failure> {
+    fn failures(&self) -> Vec<Failure> {
+        let original = &self.returned.original;
         let mut out = match &self.dsn {
             Some(dsn) => from_dsn(dsn, &self.text),
             None => Vec::new(),
@@ -322,10 +323,10 @@ impl<'m> View<'m> {
             out = text::bracketed(&self.text, &own);
         }
         if out.is_empty()
-            && let Some(to) = self.returned_to()
+            && let Some(to) = &self.returned.to
         {
             out.push(Failure {
-                recipient: to,
+                recipient: to.clone(),
                 diagnostic: one_line(text::human(&self.text), 500),
                 ..Failure::default()
             });
@@ -358,18 +359,7 @@ impl<'m> View<'m> {
         out
     }
 
-    /// The returned original's To: address.
-    fn returned_to(&self) -> Option<String> {
-        address(&self.returned_header("To")?)
-    }
-
-    /// A header of the returned original.
-    fn returned_header(&self, name: &str) -> Option<String> {
-        let m = raw_parser().parse_headers(self.returned.as_deref()?)?;
-        m.header_raw(name).map(str::to_string)
-    }
-
-    fn feedback(&self, original: &Original) -> Vec<Failure> {
+    fn feedback(&self) -> Vec<Failure> {
         let blocks = self.feedback.as_deref().map(blocks).unwrap_or_default();
         let fields: Vec<(String, String)> = blocks.into_iter().flatten().collect();
         let kind = one_line(field(&fields, "feedback-type").unwrap_or("abuse"), 200);
@@ -383,11 +373,12 @@ impl<'m> View<'m> {
             }
         }
         if rcpts.is_empty() {
-            let jmrp = self.returned_header("X-HmXmrOriginalRecipient");
+            let r = &self.returned;
             rcpts.extend(
-                jmrp.and_then(|r| address(&r))
-                    .or_else(|| self.returned_to())
-                    .or_else(|| original.from.clone()),
+                (r.complained.as_ref())
+                    .or(r.to.as_ref())
+                    .or(r.original.from.as_ref())
+                    .cloned(),
             );
         }
         rcpts

@@ -149,17 +149,28 @@ fn is_header_line(l: &str) -> bool {
     }
 }
 
-/// The original's fields, from a whole message or its header section.
-pub fn original_of(bytes: &[u8]) -> Original {
+/// What the returned original's header section tells, read once.
+#[derive(Default)]
+pub struct Returned {
+    /// Its fields.
+    pub original: Original,
+    /// Its `To:` address.
+    pub to: Option<String>,
+    /// The recipient a Microsoft complaint (JMRP) names: `X-HmXmrOriginalRecipient:`.
+    pub complained: Option<String>,
+}
+
+/// The returned original (a whole message or its header section), read once.
+pub fn read_returned(bytes: &[u8]) -> Returned {
     let Some(m) = super::raw_parser().parse_headers(bytes) else {
-        return Original::default();
+        return Returned::default();
     };
     let h = |name: &str| {
         m.header_raw(name)
             .map(|v| one_line(v, 998))
             .filter(|v| !v.is_empty())
     };
-    Original {
+    let original = Original {
         message_id: h("Message-ID").map(|v| v.trim_matches(['<', '>', ' ']).to_string()),
         from: h("From").and_then(|v| address(&v)),
         envelope_sender: h("Return-Path").and_then(|v| address(&v)),
@@ -170,6 +181,11 @@ pub fn original_of(bytes: &[u8]) -> Original {
             .filter(|(n, _)| n.eq_ignore_ascii_case("received"))
             .map(|(_, v)| one_line(v, 998))
             .collect(),
+    };
+    Returned {
+        original,
+        to: h("To").and_then(|v| address(&v)),
+        complained: h("X-HmXmrOriginalRecipient").and_then(|v| address(&v)),
     }
 }
 
