@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod batv;
 pub mod bounce;
 pub mod datetime;
 pub mod dsn;
