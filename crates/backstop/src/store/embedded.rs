@@ -14,6 +14,8 @@ const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("callout_cache"
 const CLAIMS: TableDefinition<&str, u64> = TableDefinition::new("claims");
 /// Counter key -> (value, expiry).
 const COUNTERS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("counters");
+/// Value key -> (value, expiry; `u64::MAX`: none).
+const VALUES: TableDefinition<&str, (&str, u64)> = TableDefinition::new("values");
 
 /// The embedded backend.
 #[derive(Clone)]
@@ -39,6 +41,7 @@ impl EmbeddedStore {
         tx.open_table(CACHE).map_err(backend)?;
         tx.open_table(CLAIMS).map_err(backend)?;
         tx.open_table(COUNTERS).map_err(backend)?;
+        tx.open_table(VALUES).map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -106,6 +109,11 @@ impl Store for EmbeddedStore {
                 n += usize::from(expire <= now);
                 expire > now
             })?;
+            let mut values = tx.open_table(VALUES)?;
+            values.retain(|_, (_, expire)| {
+                n += usize::from(expire <= now);
+                expire > now
+            })?;
             Ok(n)
         })
         .await
@@ -145,6 +153,52 @@ impl Store for EmbeddedStore {
             let new = old.saturating_add(n);
             t.insert(key.as_str(), (new, expire))?;
             Ok(new)
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, value: &str, expire_at: Option<u64>) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        let expire = expire_at.unwrap_or(u64::MAX);
+        self.write(move |tx| {
+            tx.open_table(VALUES)?
+                .insert(key.as_str(), (value.as_str(), expire))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str, now: u64) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(VALUES).map_err(backend)?;
+        let v = t.get(key).map_err(backend)?;
+        Ok(v.and_then(|v| {
+            let (value, expire) = v.value();
+            (expire > now).then(|| value.to_string())
+        }))
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+        expire_at: Option<u64>,
+        now: u64,
+    ) -> Result<String, StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        let expire = expire_at.unwrap_or(u64::MAX);
+        // one writer at a time: the read and the insert are atomic
+        self.write(move |tx| {
+            let mut t = tx.open_table(VALUES)?;
+            let held = t.get(key.as_str())?.and_then(|v| {
+                let (value, expire) = v.value();
+                (expire > now).then(|| value.to_string())
+            });
+            if let Some(held) = held {
+                return Ok(held);
+            }
+            t.insert(key.as_str(), (value.as_str(), expire))?;
+            Ok(value)
         })
         .await
     }

@@ -1,5 +1,5 @@
-//! Shared state behind one trait: the call-out cache, claims (idempotency keys) and counters;
-//! the sent log and BATV keys as later features need them.
+//! Shared state behind one trait: the call-out cache, claims (idempotency keys), counters and
+//! values with an expiry (the sent log, BATV keys).
 //!
 //! Responsible for: the [`Store`] trait, its value types, and the embedded backend
 //! ([`embedded::EmbeddedStore`], one redb file in `state_dir`, nothing to run).
@@ -87,6 +87,20 @@ pub trait Store: Send + Sync + 'static {
     async fn add(&self, key: &str, n: u64, expire_at: u64, now: u64) -> Result<u64, StoreError>;
     /// A counter's value (0 when missing or expired at `now`).
     async fn count(&self, key: &str, now: u64) -> Result<u64, StoreError>;
+    /// Stores a value (the sent log, BATV keys, when a feature was turned on) until
+    /// `expire_at` (unix seconds; `None`: kept until replaced), replacing any earlier one.
+    async fn put(&self, key: &str, value: &str, expire_at: Option<u64>) -> Result<(), StoreError>;
+    /// A value (`None` when missing or expired at `now`).
+    async fn get(&self, key: &str, now: u64) -> Result<Option<String>, StoreError>;
+    /// Stores `value` unless the key already holds one (expired ones do not count at `now`);
+    /// returns the value the key holds afterwards. Atomic: racing callers all get the same one.
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+        expire_at: Option<u64>,
+        now: u64,
+    ) -> Result<String, StoreError>;
 }
 
 /// A counter over a sliding window of `window` seconds, kept as two fixed buckets (the

@@ -74,3 +74,52 @@ async fn a_window_weighs_the_previous_bucket_by_its_overlap() {
     // once a whole hour has passed since, nothing of it is left
     assert_eq!(w.hit(&*s, 14_400).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn values_expire_and_are_purged() {
+    let (_d, s) = embedded();
+    s.put("sent:<a@example.test>", "1000", Some(2000))
+        .await
+        .unwrap();
+    s.put("batv:key:0", "secret", None).await.unwrap();
+    assert_eq!(
+        s.get("sent:<a@example.test>", 1999)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("1000")
+    );
+    assert_eq!(s.get("sent:<a@example.test>", 2000).await.unwrap(), None);
+    assert_eq!(s.get("missing", 0).await.unwrap(), None);
+    assert_eq!(s.purge_expired(2000).await.unwrap(), 1);
+    // no expiry: kept
+    assert_eq!(
+        s.get("batv:key:0", u64::MAX - 1).await.unwrap().as_deref(),
+        Some("secret")
+    );
+}
+
+#[tokio::test]
+async fn of_racing_first_values_all_callers_get_the_same_one() {
+    let (_d, s) = embedded();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.put_if_absent("since", &i.to_string(), None, 0)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(s.get("since", 0).await.unwrap(), Some(seen[0].clone()));
+    // an expired value is replaced
+    s.put("old", "a", Some(10)).await.unwrap();
+    assert_eq!(s.put_if_absent("old", "b", None, 10).await.unwrap(), "b");
+}
