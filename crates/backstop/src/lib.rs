@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backscatter;
 pub mod bounces;
 pub mod cli;
 pub mod clock;

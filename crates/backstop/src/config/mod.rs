@@ -78,6 +78,82 @@ pub struct Config {
     pub delivery: Delivery,
     /// Delivery reports (bounces) to senders.
     pub reports: Reports,
+    /// BATV signing and checking (`[batv]`).
+    pub batv: Batv,
+    /// Incoming bounces (`[bounces]`).
+    pub bounces: Bounces,
+}
+
+/// BATV (`[batv]`): keys and timing shared by every domain that signs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Batv {
+    /// Keys: the first signs, all verify (rotation: put the new key first, keep the old one
+    /// until its tags have expired). None: a key generated into the store at first start.
+    #[serde(serialize_with = "serialize_keys")]
+    pub keys: Vec<BatvKey>,
+    /// How long a tag stays valid (whole days, 1 to 30).
+    #[serde(serialize_with = "duration::serialize")]
+    pub validity: Duration,
+    /// After enforcement is first turned on for a domain, untagged bounces are still let
+    /// through (and counted) this long: mail sent before then can still bounce back.
+    #[serde(serialize_with = "duration::serialize")]
+    pub warmup: Duration,
+    /// Senders never signed (mailing-list software, VERP): `*` wildcards over the whole
+    /// address, case ignored.
+    pub exempt: Vec<String>,
+}
+
+/// One configured BATV key.
+#[derive(Clone, Debug)]
+pub struct BatvKey {
+    /// Its number, carried in every tag (0–9).
+    pub number: u8,
+    /// Its secret (1–64 bytes).
+    pub secret: String,
+}
+
+fn serialize_keys<S: serde::Serializer>(v: &[BatvKey], s: S) -> Result<S::Ok, S::Error> {
+    // the secrets are never printed
+    s.collect_seq(v.iter().map(|k| format!("{}:(secret)", k.number)))
+}
+
+/// Incoming bounces (`[bounces]`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Bounces {
+    /// Most bounces one local recipient may receive per hour; more get `450 4.7.1`.
+    pub per_recipient: u64,
+    /// How long the Message-ID of mail sent out is remembered (the sent log).
+    #[serde(serialize_with = "duration::serialize")]
+    pub sent_log: Duration,
+    /// Host names of our relays: a bounce whose quoted original passed one of them answers
+    /// mail that left here. Default: `hostname`.
+    pub relay_hosts: Vec<String>,
+}
+
+/// BATV for one domain (`batv` in its `[[domain]]` table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatvMode {
+    /// Not signed, tags not checked.
+    Off,
+    /// Outbound senders signed; bounces to untagged addresses counted, not refused.
+    Sign,
+    /// Signed, and bounces to untagged addresses refused after the warm-up.
+    Enforce,
+}
+
+/// What a bounce judged to be backscatter gets (`backscatter` in a `[[domain]]` table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackscatterAction {
+    /// Delivered as is (reasons logged and counted only).
+    Accept,
+    /// Delivered with `X-Backstop-Bounce: backscatter; reasons=...`.
+    Tag,
+    /// Kept under `state_dir/quarantine`, not delivered; `backstop quarantine list`.
+    Quarantine,
+    /// Refused at the end of DATA with `550 5.7.1`.
+    Reject,
 }
 
 /// Delivery reports (`[reports]`): who may get one, and how many.
@@ -333,6 +409,10 @@ pub struct DomainConfig {
     pub next_hop: NextHop,
     /// How.
     pub relay: RelayMode,
+    /// BATV for its senders and its bounces.
+    pub batv: BatvMode,
+    /// What a bounce to it that answers no mail of ours gets.
+    pub backscatter: BackscatterAction,
 }
 
 fn serialize_display<T: fmt::Display, S: serde::Serializer>(

@@ -1,8 +1,9 @@
 //! The configuration file as written: serde types with optional fields, and their validation.
 
 use super::{
-    CatchAllPolicy, Config, ConfigError, Delivery, DomainConfig, HostPort, Limits, Listener,
-    NextHop, RelayMode, Reports, Route, Source, invalid, parse_duration,
+    BackscatterAction, Batv, BatvKey, BatvMode, Bounces, CatchAllPolicy, Config, ConfigError,
+    Delivery, DomainConfig, HostPort, Limits, Listener, NextHop, RelayMode, Reports, Route, Source,
+    invalid, parse_duration,
 };
 use backstop_proto::address::{Domain, Mailbox};
 use serde::Deserialize;
@@ -29,6 +30,103 @@ pub struct RawConfig {
     delivery: RawDelivery,
     #[serde(default)]
     reports: RawReports,
+    #[serde(default)]
+    batv: RawBatv,
+    #[serde(default)]
+    bounces: RawBounces,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatv {
+    #[serde(default)]
+    keys: Vec<String>,
+    validity: Option<String>,
+    warmup: Option<String>,
+    exempt: Option<Vec<String>>,
+}
+
+/// Senders that are not signed unless `[batv] exempt` says otherwise: mailing-list software
+/// (its own bounce handling) and VERP return paths.
+const DEFAULT_EXEMPT: [&str; 5] = [
+    "owner-*@*",
+    "*-owner@*",
+    "*-request@*",
+    "*-bounces@*",
+    "*-bounces+*@*",
+];
+
+impl RawBatv {
+    fn validate(&self) -> Result<Batv, ConfigError> {
+        let mut keys: Vec<BatvKey> = Vec::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            let key = format!("batv.keys[{i}]");
+            let (n, secret) = k
+                .split_once(':')
+                .ok_or_else(|| invalid(&key, "expected \"N:SECRET\" (N a key number 0 to 9)"))?;
+            let number: u8 = n
+                .parse()
+                .ok()
+                .filter(|n| *n <= 9)
+                .ok_or_else(|| invalid(&key, format!("{n:?} is not a key number 0 to 9")))?;
+            backstop_proto::batv::Key::new(number, secret.as_bytes())
+                .map_err(|e| invalid(&key, e.to_string()))?;
+            if keys.iter().any(|o| o.number == number) {
+                return Err(invalid(&key, format!("key number {number} is used twice")));
+            }
+            keys.push(BatvKey {
+                number,
+                secret: secret.to_string(),
+            });
+        }
+        let validity = duration("batv.validity", &self.validity, "7d")?;
+        let days = validity.as_secs() / 86_400;
+        if validity.as_secs() % 86_400 != 0 || !(1..=30).contains(&days) {
+            return Err(invalid("batv.validity", "must be whole days, 1d to 30d"));
+        }
+        let exempt = match &self.exempt {
+            Some(v) => v.iter().map(|p| p.to_ascii_lowercase()).collect(),
+            None => DEFAULT_EXEMPT.iter().map(|p| p.to_string()).collect(),
+        };
+        Ok(Batv {
+            keys,
+            validity,
+            warmup: duration("batv.warmup", &self.warmup, "7d")?,
+            exempt,
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBounces {
+    per_recipient: Option<u64>,
+    sent_log: Option<String>,
+    relay_hosts: Option<Vec<String>>,
+}
+
+impl RawBounces {
+    fn validate(&self, hostname: &str) -> Result<Bounces, ConfigError> {
+        let relay_hosts = match &self.relay_hosts {
+            None => vec![hostname.to_ascii_lowercase()],
+            Some(v) => {
+                for (i, h) in v.iter().enumerate() {
+                    Domain::parse(h, false).map_err(|e| {
+                        invalid(
+                            format!("bounces.relay_hosts[{i}]"),
+                            format!("{h:?} is not a host name: {e}"),
+                        )
+                    })?;
+                }
+                v.iter().map(|h| h.to_ascii_lowercase()).collect()
+            }
+        };
+        Ok(Bounces {
+            per_recipient: positive("bounces.per_recipient", self.per_recipient, 50)?,
+            sent_log: duration("bounces.sent_log", &self.sent_log, "14d")?,
+            relay_hosts,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +233,8 @@ struct RawDomain {
     recipients: Vec<String>,
     next_hop: String,
     relay: Option<String>,
+    batv: Option<String>,
+    backscatter: Option<String>,
 }
 
 fn duration(key: &str, v: &Option<String>, default: &str) -> Result<Duration, ConfigError> {
@@ -230,6 +330,8 @@ impl RawConfig {
             routes,
             delivery: self.delivery.validate()?,
             reports: self.reports.validate()?,
+            batv: self.batv.validate()?,
+            bounces: self.bounces.validate(&self.hostname)?,
         })
     }
 }
@@ -412,11 +514,38 @@ impl RawDomain {
                 ));
             }
         };
+        let batv = match self.batv.as_deref().unwrap_or("off") {
+            "off" => BatvMode::Off,
+            "sign" => BatvMode::Sign,
+            "enforce" => BatvMode::Enforce,
+            other => {
+                return Err(invalid(
+                    key("batv"),
+                    format!("{other:?}: expected \"off\", \"sign\" or \"enforce\""),
+                ));
+            }
+        };
+        let backscatter = match self.backscatter.as_deref().unwrap_or("tag") {
+            "accept" => BackscatterAction::Accept,
+            "tag" => BackscatterAction::Tag,
+            "quarantine" => BackscatterAction::Quarantine,
+            "reject" => BackscatterAction::Reject,
+            other => {
+                return Err(invalid(
+                    key("backscatter"),
+                    format!(
+                        "{other:?}: expected \"accept\", \"tag\", \"quarantine\" or \"reject\""
+                    ),
+                ));
+            }
+        };
         Ok(DomainConfig {
             name,
             sources,
             next_hop,
             relay,
+            batv,
+            backscatter,
         })
     }
 }
