@@ -3,6 +3,7 @@
 //! stop on SIGTERM.
 
 use crate::auth::SenderAuth;
+use crate::backscatter::{Guard, Tags};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::delivery::Engine;
@@ -106,6 +107,15 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         .context("delivery.resolver")?;
     let auth = SenderAuth::new(cfg.delivery.resolver, DNS_TIMEOUT.min(cfg.delivery.timeout))
         .context("delivery.resolver")?;
+    let now = parts.clock.unix();
+    let tags = Tags::load(&cfg, parts.store.as_ref(), now, rand::random::<[u8; 16]>)
+        .await
+        .context("BATV keys")?;
+    let tags = Arc::new(tags);
+    let guard = Guard::new(cfg.clone(), parts.store.clone(), tags.clone(), now)
+        .await
+        .context("BATV enforcement")?;
+    let guard = Arc::new(guard);
     let ids = Arc::new(IdGen::new(rand::random::<u64>()));
     let notifier = Arc::new(Notifier::new(
         spool.clone(),
@@ -120,6 +130,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         parts.clock.clone(),
         resolver,
         notifier.clone(),
+        tags,
     ));
     let ctx = Arc::new(Context {
         cfg: cfg.clone(),
@@ -129,6 +140,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         ids,
         auth: Arc::new(auth),
         spool: spool.clone(),
+        guard: guard.clone(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tracing::info!(messages = queued, "queue loaded");

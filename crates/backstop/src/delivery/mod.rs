@@ -12,6 +12,7 @@ pub mod classify;
 pub mod mx;
 pub mod smtp;
 
+use crate::backscatter::Tags;
 use crate::clock::Clock;
 use crate::config::{Config, NextHop};
 use crate::notify::Notifier;
@@ -57,6 +58,7 @@ pub struct Engine {
     dests: Destinations,
     inflight: Arc<Semaphore>,
     notifier: Arc<Notifier>,
+    tags: Arc<Tags>,
 }
 
 impl Engine {
@@ -67,6 +69,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         resolver: mx::MxResolver,
         notifier: Arc<Notifier>,
+        tags: Arc<Tags>,
     ) -> Engine {
         let d = &cfg.delivery;
         let settings = Settings {
@@ -83,6 +86,7 @@ impl Engine {
             cfg,
             clock,
             notifier,
+            tags,
         }
     }
 
@@ -145,12 +149,18 @@ impl Engine {
         for (i, r) in lease.rcpts.iter().enumerate() {
             groups.entry(self.hop(r)).or_default().push(i);
         }
+        // mail that leaves carries a BATV-signed return path where the sender's domain signs
+        let signed = self.tags.sign(&self.cfg, &lease.from, self.clock.unix());
         let attempts = groups.into_iter().map(|(hop, positions)| {
-            let (lease, body) = (&lease, &body);
+            let (lease, body, signed) = (&lease, &body, &signed);
             async move {
                 let rcpts: Vec<&LeasedRcpt> = positions.iter().map(|&i| &lease.rcpts[i]).collect();
+                let leaves = rcpts
+                    .iter()
+                    .any(|r| self.cfg.domain(r.mailbox.domain()).is_none());
+                let from = if leaves { signed } else { &lease.from };
                 let outcomes = match &hop {
-                    Hop::Smtp(dest) => self.dests.deliver(dest, lease, &rcpts, body).await,
+                    Hop::Smtp(dest) => self.dests.deliver(dest, lease, from, &rcpts, body).await,
                     Hop::Maildir(dir) => self.to_maildir(dir, lease, &rcpts, body).await,
                 };
                 let name = hop.to_string();

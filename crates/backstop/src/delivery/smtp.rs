@@ -12,7 +12,7 @@ use super::mx::MxResolver;
 use crate::config::HostPort;
 use crate::queue::{Lease, LeasedRcpt};
 use crate::upstream::{Connection, Slots, StartTlsError, UpstreamError};
-use backstop_proto::address::{Domain, ForwardPath};
+use backstop_proto::address::{Domain, ForwardPath, ReversePath};
 use backstop_proto::smtp::command::MailParams;
 use backstop_proto::smtp::reply::Reply;
 use std::collections::HashMap;
@@ -97,6 +97,7 @@ impl Destinations {
         &self,
         dest: &Dest,
         lease: &Lease,
+        from: &ReversePath,
         rcpts: &[&LeasedRcpt],
         body: &[u8],
     ) -> Vec<Outcome> {
@@ -109,14 +110,14 @@ impl Destinations {
                 Err(o) => return fan_out(o, rcpts.len()),
             },
         };
-        let mut result = transaction(&mut conn, lease, rcpts, body).await;
+        let mut result = transaction(&mut conn, lease, from, rcpts, body).await;
         if reused && matches!(result, Err(Early::Stale(_))) {
             // the server closed the kept connection meanwhile: nothing was taken, so a fresh
             // connection is safe
             match self.connect(dest).await {
                 Ok(c) => {
                     conn = c;
-                    result = transaction(&mut conn, lease, rcpts, body).await;
+                    result = transaction(&mut conn, lease, from, rcpts, body).await;
                 }
                 Err(o) => return fan_out(o, rcpts.len()),
             }
@@ -237,6 +238,7 @@ fn partial(answers: Vec<Outcome>, e: UpstreamError, n: usize) -> Early {
 async fn transaction(
     conn: &mut Connection,
     lease: &Lease,
+    from: &ReversePath,
     rcpts: &[&LeasedRcpt],
     body: &[u8],
 ) -> Result<Vec<Outcome>, Early> {
@@ -250,7 +252,7 @@ async fn transaction(
         dsn: conn.capabilities().dsn,
     });
     let answer = |r: Reply| Outcome::Reply(r, remote.clone());
-    conn.client().mail(&lease.from, &params);
+    conn.client().mail(from, &params);
     if !pipelining {
         let m = conn.reply().await.map_err(Early::Stale)?;
         if !m.is_success() {

@@ -8,7 +8,10 @@ use crate::queue::{NewMessage, SpoolError};
 use crate::relay::maildir::{self, Delivery};
 use crate::relay::smtp::InSession;
 use crate::telemetry::Event;
-use backstop_proto::address::{ForwardPath, Mailbox};
+use crate::backscatter::verdict::{BatvEvidence, Verdict};
+use crate::backscatter::{RcptBatv, quarantine};
+use crate::config::BackscatterAction;
+use backstop_proto::address::{ForwardPath, Mailbox, ReversePath};
 use backstop_proto::smtp::command::{MailParams, RcptParams};
 use backstop_proto::smtp::reply::{Enhanced, Reply};
 use backstop_proto::smtp::server::{Check, Session, Transaction};
@@ -39,6 +42,16 @@ struct Txn {
     mode: Option<Mode>,
     relay: Option<InSession>,
     rcpts: Vec<(Mailbox, RcptParams)>,
+    /// The weakest BATV evidence of the recipients (none where no domain signs).
+    batv: Option<BatvEvidence>,
+}
+
+/// What the verdict on a message leaves to do.
+enum Judged {
+    /// Deliver it, with this header first.
+    Deliver(Option<String>),
+    /// Answer the client with this and deliver nothing.
+    Answer(Reply),
 }
 
 /// Per-connection check resolver.
@@ -71,7 +84,7 @@ impl Handler {
                 Reply::new(250, Enhanced::new(2, 1, 0), "Ok")
             }
             Check::Rcpt { to, params } => self.rcpt(to, &params, session).await,
-            Check::Data => Reply::plain(354, "End data with <CR><LF>.<CR><LF>"),
+            Check::Data => self.data(session),
             Check::Message { body } => {
                 let reply = self.message(body, session).await;
                 self.end_transaction();
@@ -92,6 +105,13 @@ impl Handler {
             ForwardPath::Postmaster => self.ctx.verifier.postmaster().clone(),
             ForwardPath::Mailbox(m) => m,
         };
+        let Some(from) = session.transaction().map(|t| t.from.clone()) else {
+            return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need MAIL command");
+        };
+        let (rcpt, batv) = match self.batv(&from, rcpt) {
+            Ok(checked) => checked,
+            Err(reply) => return reply,
+        };
         let decision = self
             .ctx
             .verifier
@@ -106,6 +126,12 @@ impl Handler {
         let reply = decision.reply(&rcpt);
         if !reply.is_success() {
             return reply;
+        }
+        if from == ReversePath::Null
+            && self.ctx.cfg.domain(rcpt.domain()).is_some()
+            && let Some(refusal) = self.bounce_rate(&rcpt).await
+        {
+            return refusal;
         }
         let mode = match self.ctx.cfg.domain(rcpt.domain()) {
             Some(d) if d.relay == RelayMode::InSession => Mode::Direct(d.next_hop.clone()),
@@ -142,7 +168,90 @@ impl Handler {
         }
         self.txn.mode = Some(mode);
         self.txn.rcpts.push((rcpt, params.clone()));
+        self.txn.batv = self.txn.batv.max(batv);
         reply
+    }
+
+    /// Checks and strips a BATV tag: the address to verify and what its tag said, or the
+    /// refusal.
+    fn batv(
+        &self,
+        from: &ReversePath,
+        rcpt: Mailbox,
+    ) -> Result<(Mailbox, Option<BatvEvidence>), Reply> {
+        let now = self.ctx.clock.unix();
+        match self.ctx.guard.rcpt(from, &rcpt, now) {
+            RcptBatv::Untouched => Ok((rcpt, None)),
+            RcptBatv::Checked { address, evidence } => {
+                Event::Batv {
+                    peer: self.peer.ip(),
+                    rcpt: &rcpt,
+                    result: evidence.as_str(),
+                    refused: false,
+                }
+                .emit();
+                Ok((address, Some(evidence)))
+            }
+            RcptBatv::Refused { reply, evidence } => {
+                Event::Batv {
+                    peer: self.peer.ip(),
+                    rcpt: &rcpt,
+                    result: evidence.as_str(),
+                    refused: true,
+                }
+                .emit();
+                Err(reply)
+            }
+        }
+    }
+
+    /// `450 4.7.1` when a local recipient has had too many bounces this hour.
+    async fn bounce_rate(&self, rcpt: &Mailbox) -> Option<Reply> {
+        match self.ctx.guard.over_rate(rcpt, self.ctx.clock.unix()).await {
+            Ok(false) => None,
+            Ok(true) => {
+                Event::BounceRateExceeded {
+                    peer: self.peer.ip(),
+                    rcpt,
+                }
+                .emit();
+                Some(Reply::new(
+                    450,
+                    Enhanced::new(4, 7, 1),
+                    format!("<{rcpt}>: too many bounces for this recipient, try again later"),
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "bounce rate not counted: store failed");
+                Some(Reply::new(
+                    451,
+                    Enhanced::new(4, 3, 0),
+                    "Error: temporary local problem, try again later",
+                ))
+            }
+        }
+    }
+
+    /// A bounce goes to one recipient: more than one (from outside the relay networks) is
+    /// the shape of backscatter.
+    fn data(&self, session: &Session) -> Reply {
+        let bounce = session
+            .transaction()
+            .is_some_and(|t| t.from == ReversePath::Null);
+        if bounce && !self.may_relay && self.txn.rcpts.len() > 1 {
+            Event::BounceRefused {
+                peer: self.peer.ip(),
+                id: "",
+                reasons: "rcpts>1",
+            }
+            .emit();
+            return Reply::new(
+                550,
+                Enhanced::new(5, 7, 1),
+                "Error: a bounce has one recipient; this one has several",
+            );
+        }
+        Reply::plain(354, "End data with <CR><LF>.<CR><LF>")
     }
 
     async fn message(&mut self, body: Vec<u8>, session: &Session) -> Reply {
@@ -152,7 +261,7 @@ impl Handler {
         let (unix, size) = (self.ctx.clock.unix(), body.len());
         let id = self.ctx.ids.next(unix);
         let rcpts: Vec<Mailbox> = self.txn.rcpts.iter().map(|(m, _)| m.clone()).collect();
-        let trace = super::received(
+        let mut trace = super::received(
             &self.ctx.cfg.hostname,
             session,
             self.peer,
@@ -160,6 +269,13 @@ impl Handler {
             &rcpts,
             unix,
         );
+        match self.judge(&id, &tx.from, &rcpts, &trace, &body, unix).await {
+            Judged::Deliver(None) => {}
+            Judged::Deliver(Some(header)) => trace.insert_str(0, &header),
+            Judged::Answer(reply) => return reply,
+        }
+        let sent_out = self.may_relay && rcpts.iter().any(|r| self.ctx.cfg.domain(r.domain()).is_none());
+        let sent_log = sent_out.then(|| backstop_proto::dsn::header_section(&body).to_vec());
         let result = match &mode {
             Mode::Queue => self.queue(&id, unix, session, tx, trace, body).await,
             Mode::Direct(NextHop::Smtp(_)) => match self.txn.relay.take() {
@@ -193,7 +309,124 @@ impl Handler {
             }
             Mode::Direct(NextHop::Mx) => Err((local_failure(), "no direct MX delivery".into())),
         };
-        self.report(&id, &mode, size, result)
+        let reply = self.report(&id, &mode, size, result);
+        if let Some(head) = sent_log
+            && reply.is_success()
+            && let Err(e) = self.ctx.guard.record_sent(&head, unix).await
+        {
+            tracing::warn!(error = %e, id, "message not recorded in the sent log");
+        }
+        reply
+    }
+
+    /// The verdict on a message from outside the relay networks: delivered (with a header
+    /// to add, when tagged as backscatter) or answered here (refused, or quarantined).
+    async fn judge(
+        &mut self,
+        id: &str,
+        from: &ReversePath,
+        rcpts: &[Mailbox],
+        trace: &str,
+        body: &[u8],
+        now: u64,
+    ) -> Judged {
+        if self.may_relay {
+            return Judged::Deliver(None);
+        }
+        let null = *from == ReversePath::Null;
+        let evidence = match self.ctx.guard.evidence(null, self.txn.batv, body, now).await {
+            Ok(e) => e,
+            Err(e) if null => {
+                tracing::warn!(error = %e, "bounce not judged: store failed");
+                return Judged::Answer(Reply::new(
+                    451,
+                    Enhanced::new(4, 3, 0),
+                    "Error: temporary local problem, try again later",
+                ));
+            }
+            Err(_) => return Judged::Deliver(None),
+        };
+        if !evidence.bounce {
+            return Judged::Deliver(None);
+        }
+        let verdict = evidence.verdict();
+        let action = match verdict {
+            Verdict::Genuine => BackscatterAction::Accept,
+            Verdict::Backscatter => rcpts
+                .first()
+                .and_then(|r| self.ctx.cfg.domain(r.domain()))
+                .map_or(BackscatterAction::Accept, |d| d.backscatter),
+        };
+        let reasons = evidence.to_string();
+        Event::BounceVerdict {
+            peer: self.peer.ip(),
+            id,
+            verdict: verdict.as_str(),
+            reasons: &reasons,
+            action,
+        }
+        .emit();
+        match action {
+            BackscatterAction::Accept => Judged::Deliver(None),
+            BackscatterAction::Tag => Judged::Deliver(Some(format!(
+                "X-Backstop-Bounce: backscatter; reasons={reasons}\r\n"
+            ))),
+            BackscatterAction::Reject => Judged::Answer(Reply::new(
+                550,
+                Enhanced::new(5, 7, 1),
+                "Error: bounce not for mail sent from here",
+            )),
+            BackscatterAction::Quarantine => {
+                let answer = self.quarantine(id, from, rcpts, &reasons, trace, body, now).await;
+                Judged::Answer(answer)
+            }
+        }
+    }
+
+    /// Keeps a message under `state_dir/quarantine`; `250` once it is on disk.
+    #[allow(clippy::too_many_arguments)]
+    async fn quarantine(
+        &mut self,
+        id: &str,
+        from: &ReversePath,
+        rcpts: &[Mailbox],
+        reasons: &str,
+        trace: &str,
+        body: &[u8],
+        now: u64,
+    ) -> Reply {
+        let dir = quarantine::dir(&self.ctx.cfg.state_dir);
+        let (id2, from) = (id.to_string(), from.to_string());
+        let to: Vec<String> = rcpts.iter().map(ToString::to_string).collect();
+        let (reasons, trace, body) = (reasons.to_string(), trace.to_string(), body.to_vec());
+        let kept = tokio::task::spawn_blocking(move || {
+            quarantine::keep(
+                &dir,
+                &quarantine::Kept {
+                    id: &id2,
+                    arrived: now,
+                    from: &from,
+                    to: &to,
+                    reasons: &reasons,
+                    trace: trace.as_bytes(),
+                    body: &body,
+                },
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        match kept {
+            Ok(path) => {
+                self.messages += 1;
+                tracing::info!(id, file = %path.display(), "bounce quarantined");
+                Reply::new(250, Enhanced::new(2, 0, 0), format!("Ok: queued as {id}"))
+            }
+            Err(e) => {
+                tracing::error!(id, error = %e, "quarantine write failed");
+                local_failure()
+            }
+        }
     }
 
     /// Decides whether the sender may ever get a delivery report, then makes the message

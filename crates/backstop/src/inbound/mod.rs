@@ -10,6 +10,7 @@ mod handler;
 pub mod tls;
 
 use crate::auth::SenderAuth;
+use crate::backscatter::Guard;
 use crate::clock::Clock;
 use crate::config::{Config, Listener};
 use crate::ids::IdGen;
@@ -40,6 +41,8 @@ pub struct Context {
     pub auth: Arc<SenderAuth>,
     /// The durable queue.
     pub spool: Arc<Spool>,
+    /// BATV checks, bounce rates, the sent log and the verdict on bounces.
+    pub guard: Arc<Guard>,
 }
 
 /// A bound listener, ready to accept.

@@ -4,7 +4,7 @@
 //! Responsible for: the event types and how each is logged (target `backstop::event`, with an
 //! `event` field naming it). Not responsible for: deciding anything.
 
-use crate::config::HostPort;
+use crate::config::{BackscatterAction, HostPort};
 use crate::policy::Decision;
 use crate::policy::probe::ProbeAnswer;
 use backstop_proto::address::Mailbox;
@@ -132,6 +132,46 @@ pub enum Event<'a> {
         /// Why no report.
         why: &'a str,
     },
+    /// A bounce's recipient carried a BATV tag, or lacked one on a domain that signs.
+    Batv {
+        /// The client.
+        peer: IpAddr,
+        /// The recipient as given.
+        rcpt: &'a Mailbox,
+        /// `valid`, `missing`, `expired` or `invalid`.
+        result: &'static str,
+        /// True when the recipient was refused for it.
+        refused: bool,
+    },
+    /// A local recipient got more bounces this hour than `[bounces] per_recipient`.
+    BounceRateExceeded {
+        /// The client.
+        peer: IpAddr,
+        /// The recipient.
+        rcpt: &'a Mailbox,
+    },
+    /// A bounce was refused before its content was seen.
+    BounceRefused {
+        /// The client.
+        peer: IpAddr,
+        /// Our id, when one was given.
+        id: &'a str,
+        /// Why (`rcpts>1`).
+        reasons: &'a str,
+    },
+    /// The verdict on a bounce, with its evidence.
+    BounceVerdict {
+        /// The client.
+        peer: IpAddr,
+        /// Our id.
+        id: &'a str,
+        /// `genuine` or `backscatter`.
+        verdict: &'static str,
+        /// `batv=...,msgid=...,relay=...`.
+        reasons: &'a str,
+        /// What was done.
+        action: BackscatterAction,
+    },
 }
 
 impl Event<'_> {
@@ -214,6 +254,30 @@ impl Event<'_> {
             ),
             Event::NoReport { id, rcpt, why } => tracing::info!(
                 target: "backstop::event", event = "no_report", id, %rcpt, why
+            ),
+            Event::Batv {
+                peer,
+                rcpt,
+                result,
+                refused,
+            } => tracing::info!(
+                target: "backstop::event", event = "batv", %peer, %rcpt, batv = result, refused
+            ),
+            Event::BounceRateExceeded { peer, rcpt } => tracing::warn!(
+                target: "backstop::event", event = "bounce_rate_exceeded", %peer, %rcpt
+            ),
+            Event::BounceRefused { peer, id, reasons } => tracing::info!(
+                target: "backstop::event", event = "bounce_refused", %peer, id, reasons
+            ),
+            Event::BounceVerdict {
+                peer,
+                id,
+                verdict,
+                reasons,
+                action,
+            } => tracing::info!(
+                target: "backstop::event", event = "bounce_verdict", %peer, id, verdict,
+                reasons, action = ?action
             ),
         }
     }
