@@ -89,6 +89,19 @@ pub fn build(cfg: Config) -> anyhow::Result<Parts> {
     })
 }
 
+/// The BATV keys (generated into the store on first use) and the bounce guard.
+pub async fn guard(parts: &Parts) -> anyhow::Result<Arc<Guard>> {
+    let now = parts.clock.unix();
+    let store = parts.store.as_ref();
+    let tags = Tags::load(&parts.cfg, store, now, rand::random::<[u8; 16]>)
+        .await
+        .context("BATV keys")?;
+    let guard = Guard::new(parts.cfg.clone(), parts.store.clone(), Arc::new(tags), now)
+        .await
+        .context("BATV enforcement")?;
+    Ok(Arc::new(guard))
+}
+
 /// Runs the gateway until SIGTERM or SIGINT, then stops gracefully. `ready` gets the bound
 /// listener addresses once clients can connect.
 pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Result<()> {
@@ -107,15 +120,8 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         .context("delivery.resolver")?;
     let auth = SenderAuth::new(cfg.delivery.resolver, DNS_TIMEOUT.min(cfg.delivery.timeout))
         .context("delivery.resolver")?;
-    let now = parts.clock.unix();
-    let tags = Tags::load(&cfg, parts.store.as_ref(), now, rand::random::<[u8; 16]>)
-        .await
-        .context("BATV keys")?;
-    let tags = Arc::new(tags);
-    let guard = Guard::new(cfg.clone(), parts.store.clone(), tags.clone(), now)
-        .await
-        .context("BATV enforcement")?;
-    let guard = Arc::new(guard);
+    let guard = guard(&parts).await?;
+    let tags = guard.tags().clone();
     let ids = Arc::new(IdGen::new(rand::random::<u64>()));
     let notifier = Arc::new(Notifier::new(
         spool.clone(),
@@ -166,6 +172,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     let control = crate::control::serve(
         &control_path,
         parts.verifier.clone(),
+        guard.clone(),
         spool.clone(),
         parts.clock.clone(),
     )

@@ -1,10 +1,10 @@
-//! Command line: `serve`, `check-config`, `verify`, `queue`. Errors become exit codes here and only here:
+//! Command line: `serve`, `check-config`, `verify`, `queue`, `quarantine`, `bounce`. Errors become exit codes here and only here:
 //! 0 success; 1 `verify` says the recipient would be refused; 2 an error (bad configuration,
 //! cannot listen, ...).
 
 use crate::config::Config;
 use crate::config::ago;
-use crate::control::{self, VerifyAnswer};
+use crate::control;
 use crate::queue::{Status, Summary};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::fmt::Write as _;
@@ -45,6 +45,9 @@ enum Cmd {
     Verify {
         /// The address (user@domain).
         address: String,
+        /// The envelope sender: `<>` asks what a bounce to the address gets (BATV).
+        #[arg(long)]
+        from: Option<String>,
         /// Configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -58,6 +61,17 @@ enum Cmd {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// Print the answer as JSON (for scripts).
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Bounces kept in quarantine (`backscatter = "quarantine"`), under state_dir/quarantine.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineCmd,
+        /// Configuration file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Print one JSON object per message (for scripts).
         #[arg(long, global = true)]
         json: bool,
     },
@@ -78,6 +92,12 @@ enum BounceCmd {
         #[arg(required = true)]
         files: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCmd {
+    /// Every quarantined message, oldest first: id, age, envelope, why, file.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,9 +207,21 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             print!("{}", cfg.to_toml());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Verify { address, config } => {
+        Cmd::Verify {
+            address,
+            from,
+            config,
+        } => {
             let cfg = load(config.as_ref())?;
-            runtime()?.block_on(verify(cfg, &address))
+            runtime()?.block_on(verify(cfg, &address, from.as_deref()))
+        }
+        Cmd::Quarantine {
+            action: QuarantineCmd::List,
+            config,
+            json,
+        } => {
+            let cfg = load(config.as_ref())?;
+            quarantine_list(&cfg, json)
         }
         Cmd::Queue {
             action,
@@ -247,27 +279,34 @@ fn unix_now() -> u64 {
     crate::clock::SystemClock.unix()
 }
 
-async fn verify(cfg: Config, address: &str) -> anyhow::Result<ExitCode> {
+async fn verify(cfg: Config, address: &str, from: Option<&str>) -> anyhow::Result<ExitCode> {
     let mailbox = control::parse_address(address)
         .map_err(|e| anyhow::anyhow!("{address:?} is not an address: {e}"))?;
+    let from = from
+        .map(control::parse_sender)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--from: {e}"))?;
     let sock = control::socket_path(&cfg.state_dir);
-    let (answer, how) = match control::query_verify(&sock, &mailbox.to_string()).await? {
+    let queried = control::query_verify(&sock, &mailbox.to_string(), from.as_ref()).await?;
+    let (answer, how) = match queried {
         Some(a) => (
             a,
             format!("answered by the running gateway ({})", sock.display()),
         ),
         None => {
             let parts = crate::app::build(cfg)?;
-            let d = parts
-                .verifier
-                .verify(&mailbox, control::CONTROL_CLIENT, false)
-                .await;
+            let guard = crate::app::guard(&parts).await?;
+            let now = parts.clock.unix();
+            let a = control::explain(&parts.verifier, &guard, from.as_ref(), &mailbox, now).await;
             (
-                VerifyAnswer::new(&d, &mailbox),
+                a,
                 "evaluated here; no gateway is running with this state_dir".into(),
             )
         }
     };
+    if let Some(f) = &from {
+        print!("MAIL FROM:{f} ");
+    }
     println!("RCPT TO:<{mailbox}> -> {}", answer.reply);
     println!("  reason: {}", answer.reason);
     for s in &answer.steps {
@@ -279,6 +318,32 @@ async fn verify(cfg: Config, address: &str) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn quarantine_list(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let dir = crate::backscatter::quarantine::dir(&cfg.state_dir);
+    let list = crate::backscatter::quarantine::list(&dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    if json {
+        for e in &list {
+            println!("{}", serde_json::to_string(e)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        println!("quarantine is empty");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = unix_now();
+    println!("{:<16} {:>8}  SENDER -> RECIPIENTS", "ID", "AGE");
+    for e in &list {
+        let age = ago(now.saturating_sub(e.arrived));
+        println!("{:<16} {age:>8}  {} -> {}", e.id, e.from, e.to.join(", "));
+        println!("    why: {}", e.reasons);
+        println!("    file: {}", e.path.display());
+    }
+    println!("-- {} message(s)", list.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The queue as a table for people: one block per message, one line per recipient.

@@ -8,10 +8,11 @@
 //! Not responsible for: deciding anything (it calls the verifier and the spool), or remote
 //! administration.
 
+use crate::backscatter::{Guard, RcptBatv};
 use crate::clock::Clock;
 use crate::policy::{Decision, Verifier};
 use crate::queue::{Spool, SpoolError};
-use backstop_proto::address::Mailbox;
+use backstop_proto::address::{Mailbox, ReversePath};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,56 @@ impl VerifyAnswer {
             reason: d.reason.to_string(),
             steps: d.steps.clone(),
         }
+    }
+}
+
+/// What `RCPT TO:<addr>` answers in a transaction from `from` (none: any ordinary sender):
+/// the BATV check first (a tag checked and stripped, or a bounce refused), then the
+/// recipient's verification.
+pub async fn explain(
+    verifier: &Verifier,
+    guard: &Guard,
+    from: Option<&ReversePath>,
+    addr: &Mailbox,
+    now: u64,
+) -> VerifyAnswer {
+    let batv = from.map_or(RcptBatv::Untouched, |f| guard.rcpt(f, addr, now));
+    let (address, mut steps) = match batv {
+        RcptBatv::Untouched => (addr.clone(), Vec::new()),
+        RcptBatv::Checked { address, evidence } => {
+            let what = match address == *addr {
+                true => "no tag; a bounce let through (the domain only signs, or enforcement is warming up)".to_string(),
+                false => format!("tag stripped; the recipient is <{address}>"),
+            };
+            (
+                address,
+                vec![format!("batv: {}: {what}", evidence.as_str())],
+            )
+        }
+        RcptBatv::Refused { reply, evidence } => {
+            return VerifyAnswer {
+                reply: reply.to_string(),
+                accepted: false,
+                reason: format!("batv-{}", evidence.as_str()),
+                steps: vec![format!(
+                    "batv: {}: a bounce to this address answers no mail sent from here",
+                    evidence.as_str()
+                )],
+            };
+        }
+    };
+    let d = verifier.verify(&address, CONTROL_CLIENT, false).await;
+    let mut answer = VerifyAnswer::new(&d, &address);
+    steps.append(&mut answer.steps);
+    answer.steps = steps;
+    answer
+}
+
+/// Parses a sender as an operator types it: `<>`, `user@domain` or `<user@domain>`.
+pub fn parse_sender(s: &str) -> Result<ReversePath, backstop_proto::address::AddressError> {
+    match s.trim() {
+        "<>" | "" => Ok(ReversePath::Null),
+        other => parse_address(other).map(ReversePath::Mailbox),
     }
 }
 
@@ -101,6 +152,7 @@ pub async fn queue_request(spool: &Spool, now: u64, words: &[&str]) -> serde_jso
 /// What the socket's handlers use.
 struct Served {
     verifier: Arc<Verifier>,
+    guard: Arc<Guard>,
     spool: Arc<Spool>,
     clock: Arc<dyn Clock>,
 }
@@ -109,6 +161,7 @@ struct Served {
 pub fn serve(
     path: &Path,
     verifier: Arc<Verifier>,
+    guard: Arc<Guard>,
     spool: Arc<Spool>,
     clock: Arc<dyn Clock>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
@@ -122,6 +175,7 @@ pub fn serve(
     }
     let served = Arc::new(Served {
         verifier,
+        guard,
         spool,
         clock,
     });
@@ -141,14 +195,20 @@ async fn handle(stream: UnixStream, s: &Served) -> std::io::Result<()> {
     BufReader::new(r.take(4096)).read_line(&mut line).await?;
     let words: Vec<&str> = line.split_whitespace().collect();
     let answer = match words.as_slice() {
-        ["verify", a] => match parse_address(a) {
-            Ok(m) => serde_json::to_value(VerifyAnswer::new(
-                &s.verifier.verify(&m, CONTROL_CLIENT, false).await,
-                &m,
-            ))
-            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
-            Err(e) => serde_json::json!({ "error": format!("{a:?}: {e}") }),
-        },
+        ["verify", a, from @ ..] if from.len() <= 1 => {
+            let sender = from.first().map(|f| parse_sender(f)).transpose();
+            match (parse_address(a), sender) {
+                (Ok(m), Ok(f)) => {
+                    let now = s.clock.unix();
+                    let answer = explain(&s.verifier, &s.guard, f.as_ref(), &m, now).await;
+                    serde_json::to_value(answer)
+                        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    serde_json::json!({ "error": format!("{:?}: {e}", words[1..].join(" ")) })
+                }
+            }
+        }
         ["queue", rest @ ..] => queue_request(&s.spool, s.clock.unix(), rest).await,
         _ => serde_json::json!({ "error": "unknown request" }),
     };
@@ -157,8 +217,16 @@ async fn handle(stream: UnixStream, s: &Served) -> std::io::Result<()> {
 }
 
 /// Asks a running gateway; `Ok(None)` when none is listening on `path`.
-pub async fn query_verify(path: &Path, addr: &str) -> anyhow::Result<Option<VerifyAnswer>> {
-    let Some(v) = query(path, &format!("verify {addr}")).await? else {
+pub async fn query_verify(
+    path: &Path,
+    addr: &str,
+    from: Option<&ReversePath>,
+) -> anyhow::Result<Option<VerifyAnswer>> {
+    let request = match from {
+        Some(f) => format!("verify {addr} {f}"),
+        None => format!("verify {addr}"),
+    };
+    let Some(v) = query(path, &request).await? else {
         return Ok(None);
     };
     if let Some(e) = v.get("error") {

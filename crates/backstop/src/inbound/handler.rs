@@ -3,14 +3,14 @@
 //! client hears `250`.
 
 use super::Context;
+use crate::backscatter::verdict::{BatvEvidence, Verdict};
+use crate::backscatter::{RcptBatv, quarantine};
+use crate::config::BackscatterAction;
 use crate::config::{Listener, NextHop, RelayMode};
 use crate::queue::{NewMessage, SpoolError};
 use crate::relay::maildir::{self, Delivery};
 use crate::relay::smtp::InSession;
 use crate::telemetry::Event;
-use crate::backscatter::verdict::{BatvEvidence, Verdict};
-use crate::backscatter::{RcptBatv, quarantine};
-use crate::config::BackscatterAction;
 use backstop_proto::address::{ForwardPath, Mailbox, ReversePath};
 use backstop_proto::smtp::command::{MailParams, RcptParams};
 use backstop_proto::smtp::reply::{Enhanced, Reply};
@@ -274,7 +274,10 @@ impl Handler {
             Judged::Deliver(Some(header)) => trace.insert_str(0, &header),
             Judged::Answer(reply) => return reply,
         }
-        let sent_out = self.may_relay && rcpts.iter().any(|r| self.ctx.cfg.domain(r.domain()).is_none());
+        let sent_out = self.may_relay
+            && rcpts
+                .iter()
+                .any(|r| self.ctx.cfg.domain(r.domain()).is_none());
         let sent_log = sent_out.then(|| backstop_proto::dsn::header_section(&body).to_vec());
         let result = match &mode {
             Mode::Queue => self.queue(&id, unix, session, tx, trace, body).await,
@@ -334,7 +337,12 @@ impl Handler {
             return Judged::Deliver(None);
         }
         let null = *from == ReversePath::Null;
-        let evidence = match self.ctx.guard.evidence(null, self.txn.batv, body, now).await {
+        let evidence = match self
+            .ctx
+            .guard
+            .evidence(null, self.txn.batv, body, now)
+            .await
+        {
             Ok(e) => e,
             Err(e) if null => {
                 tracing::warn!(error = %e, "bounce not judged: store failed");
@@ -377,7 +385,9 @@ impl Handler {
                 "Error: bounce not for mail sent from here",
             )),
             BackscatterAction::Quarantine => {
-                let answer = self.quarantine(id, from, rcpts, &reasons, trace, body, now).await;
+                let answer = self
+                    .quarantine(id, from, rcpts, &reasons, trace, body, now)
+                    .await;
                 Judged::Answer(answer)
             }
         }
