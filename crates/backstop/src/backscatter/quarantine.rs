@@ -37,7 +37,7 @@ pub struct Kept<'a> {
     pub id: &'a str,
     /// Arrival time.
     pub arrived: u64,
-    /// Envelope sender, as written in MAIL FROM (without brackets).
+    /// Envelope sender, as written in MAIL FROM (with brackets: `<>`).
     pub from: &'a str,
     /// Envelope recipients.
     pub to: &'a [String],
@@ -59,7 +59,7 @@ pub fn keep(dir: &Path, kept: &Kept) -> std::io::Result<PathBuf> {
     write!(
         f,
         "X-Backstop-Quarantine-Id: {}\r\nX-Backstop-Quarantine-Arrived: {}\r\n\
-         X-Backstop-Quarantine-From: <{}>\r\nX-Backstop-Quarantine-To: {}\r\n\
+         X-Backstop-Quarantine-From: {}\r\nX-Backstop-Quarantine-To: {}\r\n\
          X-Backstop-Quarantine-Reasons: {}\r\n",
         kept.id,
         kept.arrived,
@@ -135,7 +135,7 @@ mod tests {
                 &Kept {
                     id,
                     arrived: at,
-                    from: "",
+                    from: "<>",
                     to: &to,
                     reasons: "batv=missing,msgid=unknown,relay=foreign",
                     trace: b"Received: from x\r\n",
