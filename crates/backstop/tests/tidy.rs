@@ -106,8 +106,31 @@ fn modules_import_only_what_the_architecture_allows() {
                 "notify", "control", "app", "cli",
             ],
         ),
+        (
+            "backscatter",
+            &[
+                "auth", "policy", "upstream", "relay", "inbound", "delivery", "queue", "notify",
+                "control", "app", "cli",
+            ],
+        ),
         ("app", &["cli"]),
     ];
+    // the lower layers never reach up into the bounce guard
+    for low in [
+        "config", "clock", "store", "queue", "policy", "upstream", "relay", "auth",
+    ] {
+        for file in rust_files(&src())
+            .into_iter()
+            .filter(|f| module_of(f) == low)
+        {
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                !text.contains("crate::backscatter"),
+                "{} uses crate::backscatter",
+                file.display()
+            );
+        }
+    }
     let mut bad = Vec::new();
     for file in rust_files(&src()) {
         let module = module_of(&file);

@@ -300,3 +300,18 @@ fn signing_an_address_too_long_to_tag_fails_cleanly() {
     let addr = mb(&format!("{local}@example.test"));
     assert!(batv::sign(&addr, &key(0, "s"), at(1), 7).is_err());
 }
+
+proptest::proptest! {
+    /// Any recipient a client can send: reading and checking a tag never panics, and a
+    /// recognised tag always leaves a non-empty address.
+    #[test]
+    fn any_local_part_is_read_safely(local in "[ -~]{1,64}", day in 0u64..40_000) {
+        let domain = backstop_proto::address::Domain::parse("example.test", false).unwrap();
+        if let Ok(m) = Mailbox::new(&local, domain)
+            && let Some(t) = batv::read(&m)
+        {
+            proptest::prop_assert!(!t.address.local().is_empty());
+            let _ = batv::check(&t, &[key(0, "k")], at(day), 7);
+        }
+    }
+}

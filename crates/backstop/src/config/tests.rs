@@ -176,3 +176,78 @@ fn host_port_forms() {
     assert!(HostPort::parse("h:0").is_none());
     assert!(HostPort::parse(":25").is_none());
 }
+
+#[test]
+fn batv_keys_modes_and_bounces() {
+    let c = Config::from_toml(
+        &with_domain(
+            "batv = \"enforce\"\nbackscatter = \"quarantine\"\n[batv]\nkeys = [\"2:new\", \"1:old\"]\nwarmup = \"3d\"\n[bounces]\nper_recipient = 5\n",
+        ),
+        dir_with_list().path(),
+    )
+    .unwrap();
+    assert_eq!(c.domains[0].batv, BatvMode::Enforce);
+    assert_eq!(c.domains[0].backscatter, BackscatterAction::Quarantine);
+    assert_eq!(
+        c.batv.keys.iter().map(|k| k.number).collect::<Vec<_>>(),
+        [2, 1]
+    );
+    assert_eq!(c.batv.validity, Duration::from_secs(7 * 86400));
+    assert_eq!(c.batv.warmup, Duration::from_secs(3 * 86400));
+    assert_eq!(c.bounces.per_recipient, 5);
+    assert_eq!(c.bounces.relay_hosts, ["mx.example.test"]);
+    assert_eq!(c.bounces.sent_log, Duration::from_secs(14 * 86400));
+    let printed = c.to_toml();
+    assert!(printed.contains("\"2:(secret)\""), "{printed}");
+    assert!(
+        !printed.contains("new"),
+        "secrets are never printed: {printed}"
+    );
+    // defaults
+    let c = Config::from_toml(&with_domain(""), dir_with_list().path()).unwrap();
+    assert_eq!(c.domains[0].batv, BatvMode::Off);
+    assert_eq!(c.domains[0].backscatter, BackscatterAction::Tag);
+    assert!(c.batv.exempt.contains(&"*-bounces+*@*".to_string()));
+}
+
+#[test]
+fn bad_batv_settings_name_their_key() {
+    for (extra, key, words) in [
+        ("batv = \"on\"\n", "domain[0].batv", "expected \"off\""),
+        (
+            "backscatter = \"drop\"\n",
+            "domain[0].backscatter",
+            "expected \"accept\"",
+        ),
+        ("[batv]\nkeys = [\"secret\"]\n", "batv.keys[0]", "N:SECRET"),
+        (
+            "[batv]\nkeys = [\"12:s\"]\n",
+            "batv.keys[0]",
+            "not a key number",
+        ),
+        ("[batv]\nkeys = [\"1:\"]\n", "batv.keys[0]", "1 to 64 bytes"),
+        (
+            "[batv]\nkeys = [\"1:a\", \"1:b\"]\n",
+            "batv.keys[1]",
+            "used twice",
+        ),
+        (
+            "[batv]\nvalidity = \"36h\"\n",
+            "batv.validity",
+            "whole days",
+        ),
+        (
+            "[bounces]\nper_recipient = 0\n",
+            "bounces.per_recipient",
+            "greater than 0",
+        ),
+        (
+            "[bounces]\nrelay_hosts = [\"not a host\"]\n",
+            "bounces.relay_hosts[0]",
+            "not a host name",
+        ),
+    ] {
+        let e = err(&with_domain(extra));
+        assert!(e.starts_with(key) && e.contains(words), "{extra}: {e}");
+    }
+}
