@@ -32,21 +32,21 @@ pub struct Entry {
 }
 
 /// What to keep.
-pub struct Kept<'a> {
+pub struct Kept {
     /// The id.
-    pub id: &'a str,
+    pub id: String,
     /// Arrival time.
     pub arrived: u64,
     /// Envelope sender, as written in MAIL FROM (with brackets: `<>`).
-    pub from: &'a str,
+    pub from: String,
     /// Envelope recipients.
-    pub to: &'a [String],
+    pub to: Vec<String>,
     /// The evidence.
-    pub reasons: &'a str,
+    pub reasons: String,
     /// Our `Received:` line.
-    pub trace: &'a [u8],
+    pub trace: String,
     /// The message.
-    pub body: &'a [u8],
+    pub body: Vec<u8>,
 }
 
 /// Writes `kept` durably (temporary file, fsync, rename, fsync of the directory).
@@ -63,12 +63,12 @@ pub fn keep(dir: &Path, kept: &Kept) -> std::io::Result<PathBuf> {
          X-Backstop-Quarantine-Reasons: {}\r\n",
         kept.id,
         kept.arrived,
-        one_line(kept.from),
+        one_line(&kept.from),
         one_line(&kept.to.join(", ")),
-        one_line(kept.reasons),
+        one_line(&kept.reasons),
     )?;
-    f.write_all(kept.trace)?;
-    f.write_all(kept.body)?;
+    f.write_all(kept.trace.as_bytes())?;
+    f.write_all(&kept.body)?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, &path)?;
@@ -133,13 +133,13 @@ mod tests {
             keep(
                 d.path(),
                 &Kept {
-                    id,
+                    id: id.into(),
                     arrived: at,
-                    from: "<>",
-                    to: &to,
-                    reasons: "batv=missing,msgid=unknown,relay=foreign",
-                    trace: b"Received: from x\r\n",
-                    body: b"Subject: bounce\r\n\r\nbody\r\n",
+                    from: "<>".into(),
+                    to: to.clone(),
+                    reasons: "batv=missing,msgid=unknown,relay=foreign".into(),
+                    trace: "Received: from x\r\n".into(),
+                    body: b"Subject: bounce\r\n\r\nbody\r\n".to_vec(),
                 },
             )
             .unwrap();

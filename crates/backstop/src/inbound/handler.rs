@@ -384,48 +384,29 @@ impl Handler {
                 Enhanced::new(5, 7, 1),
                 "Error: bounce not for mail sent from here",
             )),
-            BackscatterAction::Quarantine => {
-                let answer = self
-                    .quarantine(id, from, rcpts, &reasons, trace, body, now)
-                    .await;
-                Judged::Answer(answer)
-            }
+            BackscatterAction::Quarantine => Judged::Answer(
+                self.quarantine(quarantine::Kept {
+                    id: id.to_string(),
+                    arrived: now,
+                    from: from.to_string(),
+                    to: rcpts.iter().map(ToString::to_string).collect(),
+                    reasons,
+                    trace: trace.to_string(),
+                    body: body.to_vec(),
+                })
+                .await,
+            ),
         }
     }
 
     /// Keeps a message under `state_dir/quarantine`; `250` once it is on disk.
-    #[allow(clippy::too_many_arguments)]
-    async fn quarantine(
-        &mut self,
-        id: &str,
-        from: &ReversePath,
-        rcpts: &[Mailbox],
-        reasons: &str,
-        trace: &str,
-        body: &[u8],
-        now: u64,
-    ) -> Reply {
+    async fn quarantine(&mut self, kept: quarantine::Kept) -> Reply {
         let dir = quarantine::dir(&self.ctx.cfg.state_dir);
-        let (id2, from) = (id.to_string(), from.to_string());
-        let to: Vec<String> = rcpts.iter().map(ToString::to_string).collect();
-        let (reasons, trace, body) = (reasons.to_string(), trace.to_string(), body.to_vec());
-        let kept = tokio::task::spawn_blocking(move || {
-            quarantine::keep(
-                &dir,
-                &quarantine::Kept {
-                    id: &id2,
-                    arrived: now,
-                    from: &from,
-                    to: &to,
-                    reasons: &reasons,
-                    trace: trace.as_bytes(),
-                    body: &body,
-                },
-            )
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        let id = kept.id.clone();
+        let kept = tokio::task::spawn_blocking(move || quarantine::keep(&dir, &kept))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         match kept {
             Ok(path) => {
                 self.messages += 1;
