@@ -174,7 +174,8 @@ impl Guard {
 
     /// Judges a recipient's tag. Tags are read on domains that sign, whatever the sender (an
     /// auto-reply to a signed return path is delivered too); a missing tag matters only for
-    /// a bounce (null sender), and is refused only once enforcement's warm-up is over.
+    /// a bounce (null sender), and is refused only once enforcement's warm-up is over, and
+    /// never for postmaster.
     pub fn rcpt(&self, from: &ReversePath, rcpt: &Mailbox, now: u64) -> RcptBatv {
         let Some(mode) = self.cfg.domain(rcpt.domain()).map(|d| d.batv) else {
             return RcptBatv::Untouched;
@@ -198,10 +199,12 @@ impl Guard {
         if *from != ReversePath::Null {
             return RcptBatv::Untouched;
         }
-        let warm = self
-            .enforced_since
-            .get(rcpt.domain())
-            .is_some_and(|since| now >= since.saturating_add(self.cfg.batv.warmup.as_secs()));
+        // postmaster is never refused (RFC 5321 §4.5.1): its bounces are judged by content
+        let warm = !rcpt.local().eq_ignore_ascii_case("postmaster")
+            && self
+                .enforced_since
+                .get(rcpt.domain())
+                .is_some_and(|since| now >= since.saturating_add(self.cfg.batv.warmup.as_secs()));
         match (mode, warm) {
             (BatvMode::Enforce, true) => RcptBatv::Refused {
                 reply: not_from_here(rcpt, "no BATV tag"),

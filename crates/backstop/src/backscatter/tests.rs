@@ -112,6 +112,14 @@ async fn bounces_to_tagged_addresses_are_checked_and_stripped() {
         reply.to_string(),
         "550 5.7.1 <alice@example.test>: bounce not for mail sent from here (no BATV tag)"
     );
+    // postmaster is always reachable; its bounces are judged by their content
+    assert!(matches!(
+        g.rcpt(&ReversePath::Null, &mb("PostMaster@example.test"), NOW),
+        RcptBatv::Checked {
+            evidence: BatvEvidence::Missing,
+            ..
+        }
+    ));
     // ordinary mail and domains without BATV are left alone
     assert_eq!(
         g.rcpt(&from("bob@remote.test"), &mb("alice@example.test"), NOW),
