@@ -92,6 +92,16 @@ enum BounceCmd {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Today's (UTC) counts of the decisions about incoming bounces: BATV results, verdicts
+    /// and their evidence, actions, refusals.
+    Stats {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +247,12 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             crate::bounces::run(&files)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Bounce {
+            action: BounceCmd::Stats { config, json },
+        } => {
+            let cfg = load(config.as_ref())?;
+            runtime()?.block_on(bounce_stats(cfg, json))
+        }
     }
 }
 
@@ -318,6 +334,49 @@ async fn verify(cfg: Config, address: &str, from: Option<&str>) -> anyhow::Resul
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn bounce_stats(cfg: Config, json: bool) -> anyhow::Result<ExitCode> {
+    let sock = control::socket_path(&cfg.state_dir);
+    let answer = match control::query(&sock, "bounce-stats").await? {
+        Some(a) => a,
+        None => {
+            let parts = crate::app::build(cfg)?;
+            let now = parts.clock.unix();
+            control::stats_answer(
+                crate::backscatter::stats::today(parts.store.as_ref(), now).await,
+                now,
+            )
+        }
+    };
+    if let Some(e) = answer.get("error") {
+        anyhow::bail!("{}", e.as_str().unwrap_or("error"));
+    }
+    if json {
+        println!("{answer}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "bounces on {} (UTC):",
+        answer["day"].as_str().unwrap_or("?")
+    );
+    let mut group = "";
+    let mut line = String::new();
+    for label in crate::backscatter::stats::LABELS {
+        let (g, what) = label.split_once('=').unwrap_or((label, ""));
+        if g != group && !line.is_empty() {
+            println!("{}", line.trim_end());
+            line.clear();
+        }
+        if line.is_empty() {
+            line = format!("  {g:<8}");
+        }
+        group = g;
+        let n = answer["counts"][label].as_u64().unwrap_or(0);
+        let _ = write!(line, " {what} {n} ");
+    }
+    println!("{}", line.trim_end());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn quarantine_list(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {

@@ -1,6 +1,6 @@
 //! The control socket (`state_dir/control.sock`): lets `backstop verify` and `backstop queue`
 //! ask the running gateway, which owns the store and the spool, instead of opening them a
-//! second time.
+//! second time (and `backstop bounce stats`).
 //!
 //! Responsible for: a one-request-per-connection line protocol (`verify ADDRESS` or
 //! `queue ...` in, one JSON object out) on a Unix socket only root (or the gateway's user) can
@@ -210,10 +210,28 @@ async fn handle(stream: UnixStream, s: &Served) -> std::io::Result<()> {
             }
         }
         ["queue", rest @ ..] => queue_request(&s.spool, s.clock.unix(), rest).await,
+        ["bounce-stats"] => stats_answer(s.guard.stats(s.clock.unix()).await, s.clock.unix()),
         _ => serde_json::json!({ "error": "unknown request" }),
     };
     w.write_all(format!("{answer}\n").as_bytes()).await?;
     w.shutdown().await
+}
+
+/// Today's bounce counts as `{"day": "YYYY-MM-DD", "counts": {"batv=valid": N, ...}}`.
+pub fn stats_answer(
+    counts: Result<Vec<(&'static str, u64)>, crate::store::StoreError>,
+    now: u64,
+) -> serde_json::Value {
+    match counts {
+        Ok(c) => {
+            let counts: serde_json::Map<String, serde_json::Value> = c
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
+            serde_json::json!({ "day": backstop_proto::datetime::iso_date(now), "counts": counts })
+        }
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
 }
 
 /// Asks a running gateway; `Ok(None)` when none is listening on `path`.

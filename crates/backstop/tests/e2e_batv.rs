@@ -184,6 +184,38 @@ fn a_real_bounce_to_a_signed_return_path_comes_home_and_forged_ones_are_refused(
     );
     let (code, out, _) = b.cli(&["verify", "alice@example.test"]);
     assert_eq!(code, 0, "{out}");
+
+    // every decision counted (verify only explains: it counts nothing)
+    assert_eq!(
+        counts(&b),
+        [
+            ("batv=valid", 2),
+            ("batv=missing", 1),
+            ("batv=expired", 1),
+            ("batv=invalid", 1),
+            ("verdict=genuine", 1),
+            ("msgid=known", 1),
+            ("relay=ours", 1),
+            ("action=accept", 1),
+        ]
+    );
+    let (_, table, _) = b.cli(&["bounce", "stats"]);
+    assert!(
+        table.contains("  batv     valid 2  missing 1  expired 1  invalid 1"),
+        "{table}"
+    );
+}
+
+/// Today's non-zero bounce counts, in the order `bounce stats` lists them.
+fn counts(b: &Backstop) -> Vec<(&'static str, u64)> {
+    let (code, out, err) = b.cli(&["bounce", "stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    backstop::backscatter::stats::LABELS
+        .iter()
+        .map(|l| (*l, v["counts"][l].as_u64().unwrap()))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 const FORGED_BOUNCE: &str = "From: MAILER-DAEMON@spam-victim.test\r\n\
@@ -286,4 +318,17 @@ fn untagged_bounces_in_the_warm_up_are_judged_by_their_content() {
         "450 4.7.1 <carol@tagged.test>: too many bounces for this recipient, try again later"
     );
     assert_eq!(b.count(&["event=\"bounce_rate_exceeded\""]), 1);
+    assert_eq!(
+        counts(&b),
+        [
+            ("batv=missing", 6),
+            ("verdict=backscatter", 3),
+            ("msgid=unknown", 3),
+            ("relay=foreign", 3),
+            ("action=tag", 2),
+            ("action=quarantine", 1),
+            ("refused=rcpts>1", 1),
+            ("refused=rate", 1),
+        ]
+    );
 }

@@ -1,6 +1,6 @@
 //! Dates for mail headers (RFC 5322 §3.3), from a Unix time passed in.
 //!
-//! Responsible for: formatting `Mon, 23 Nov 2026 08:00:00 +0000`. Not responsible for reading
+//! Responsible for: formatting `Mon, 23 Nov 2026 08:00:00 +0000` (and `2026-11-23`). Not responsible for reading
 //! the clock (callers pass the time) or for time zones other than UTC.
 
 /// Formats seconds since the Unix epoch as an RFC 5322 date in UTC.
@@ -24,6 +24,12 @@ pub fn rfc5322(unix: u64) -> String {
     )
 }
 
+/// The UTC day of `unix` as `YYYY-MM-DD`.
+pub fn iso_date(unix: u64) -> String {
+    let (y, m, d) = civil_from_days((unix / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -40,7 +46,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc5322;
+    use super::{iso_date, rfc5322};
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso_date(0), "1970-01-01");
+        assert_eq!(iso_date(951_782_400 + 86_399), "2000-02-29");
+        assert_eq!(iso_date(1_795_392_000), "2026-11-23");
+    }
 
     #[test]
     fn known_dates() {

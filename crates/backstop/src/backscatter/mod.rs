@@ -8,8 +8,11 @@
 //! bounce at the end of DATA and drawing the verdict ([`Guard::judge`]), and the quarantine.
 //! Not responsible for: whether a recipient exists (policy), or carrying out the verdict's
 //! delivery (inbound).
+//!
+//! Every decision is counted per day in the store ([`stats`]).
 
 pub mod quarantine;
+pub mod stats;
 pub mod verdict;
 
 use crate::config::{BatvMode, Config};
@@ -225,6 +228,19 @@ impl Guard {
             window: 3600,
         };
         Ok(w.hit(self.store.as_ref(), now).await? > self.cfg.bounces.per_recipient)
+    }
+
+    /// Counts `labels` (see [`stats::LABELS`]) for today; a store failure is logged, never
+    /// passed on (counts never decide anything).
+    pub async fn count(&self, labels: &[&str], now: u64) {
+        if let Err(e) = stats::count(self.store.as_ref(), labels, now).await {
+            tracing::warn!(error = %e, "bounce counts not updated: store failed");
+        }
+    }
+
+    /// Today's counts.
+    pub async fn stats(&self, now: u64) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        stats::today(self.store.as_ref(), now).await
     }
 
     /// Remembers the Message-ID of a message sent out (nothing when it has none).

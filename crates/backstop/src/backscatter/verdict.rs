@@ -25,6 +25,16 @@ impl BatvEvidence {
             BatvEvidence::Invalid => "invalid",
         }
     }
+
+    /// Its count label (see `stats::LABELS`).
+    pub fn label(self) -> &'static str {
+        match self {
+            BatvEvidence::Valid => "batv=valid",
+            BatvEvidence::Missing => "batv=missing",
+            BatvEvidence::Expired => "batv=expired",
+            BatvEvidence::Invalid => "batv=invalid",
+        }
+    }
 }
 
 /// Whether the quoted original's Message-ID is in the sent log.
@@ -107,6 +117,49 @@ impl Evidence {
     }
 }
 
+impl MsgId {
+    /// `known`, `unknown` or `absent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MsgId::Known => "known",
+            MsgId::Unknown => "unknown",
+            MsgId::Absent => "absent",
+        }
+    }
+}
+
+impl Relay {
+    /// `ours`, `foreign` or `absent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Relay::Ours => "ours",
+            Relay::Foreign => "foreign",
+            Relay::Absent => "absent",
+        }
+    }
+}
+
+impl Evidence {
+    /// The count labels of this evidence (see `stats::LABELS`).
+    pub fn labels(&self) -> Vec<&'static str> {
+        let msgid = match self.msgid {
+            MsgId::Known => "msgid=known",
+            MsgId::Unknown => "msgid=unknown",
+            MsgId::Absent => "msgid=absent",
+        };
+        let relay = match self.relay {
+            Relay::Ours => "relay=ours",
+            Relay::Foreign => "relay=foreign",
+            Relay::Absent => "relay=absent",
+        };
+        let verdict = match self.verdict() {
+            Verdict::Genuine => "verdict=genuine",
+            Verdict::Backscatter => "verdict=backscatter",
+        };
+        vec![verdict, msgid, relay]
+    }
+}
+
 impl fmt::Display for Evidence {
     /// `batv=missing,msgid=unknown,relay=foreign` (the `batv` part only where a tag was
     /// expected).
@@ -114,17 +167,12 @@ impl fmt::Display for Evidence {
         if let Some(b) = self.batv {
             write!(f, "batv={},", b.as_str())?;
         }
-        let msgid = match self.msgid {
-            MsgId::Known => "known",
-            MsgId::Unknown => "unknown",
-            MsgId::Absent => "absent",
-        };
-        let relay = match self.relay {
-            Relay::Ours => "ours",
-            Relay::Foreign => "foreign",
-            Relay::Absent => "absent",
-        };
-        write!(f, "msgid={msgid},relay={relay}")
+        write!(
+            f,
+            "msgid={},relay={}",
+            self.msgid.as_str(),
+            self.relay.as_str()
+        )
     }
 }
 

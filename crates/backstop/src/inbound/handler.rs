@@ -84,7 +84,7 @@ impl Handler {
                 Reply::new(250, Enhanced::new(2, 1, 0), "Ok")
             }
             Check::Rcpt { to, params } => self.rcpt(to, &params, session).await,
-            Check::Data => self.data(session),
+            Check::Data => self.data(session).await,
             Check::Message { body } => {
                 let reply = self.message(body, session).await;
                 self.end_transaction();
@@ -108,7 +108,7 @@ impl Handler {
         let Some(from) = session.transaction().map(|t| t.from.clone()) else {
             return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need MAIL command");
         };
-        let (rcpt, batv) = match self.batv(&from, rcpt) {
+        let (rcpt, batv) = match self.batv(&from, rcpt).await {
             Ok(checked) => checked,
             Err(reply) => return reply,
         };
@@ -174,13 +174,17 @@ impl Handler {
 
     /// Checks and strips a BATV tag: the address to verify and what its tag said, or the
     /// refusal.
-    fn batv(
+    async fn batv(
         &self,
         from: &ReversePath,
         rcpt: Mailbox,
     ) -> Result<(Mailbox, Option<BatvEvidence>), Reply> {
         let now = self.ctx.clock.unix();
-        match self.ctx.guard.rcpt(from, &rcpt, now) {
+        let checked = self.ctx.guard.rcpt(from, &rcpt, now);
+        if let RcptBatv::Checked { evidence, .. } | RcptBatv::Refused { evidence, .. } = &checked {
+            self.ctx.guard.count(&[evidence.label()], now).await;
+        }
+        match checked {
             RcptBatv::Untouched => Ok((rcpt, None)),
             RcptBatv::Checked { address, evidence } => {
                 Event::Batv {
@@ -207,9 +211,11 @@ impl Handler {
 
     /// `450 4.7.1` when a local recipient has had too many bounces this hour.
     async fn bounce_rate(&self, rcpt: &Mailbox) -> Option<Reply> {
-        match self.ctx.guard.over_rate(rcpt, self.ctx.clock.unix()).await {
+        let now = self.ctx.clock.unix();
+        match self.ctx.guard.over_rate(rcpt, now).await {
             Ok(false) => None,
             Ok(true) => {
+                self.ctx.guard.count(&["refused=rate"], now).await;
                 Event::BounceRateExceeded {
                     peer: self.peer.ip(),
                     rcpt,
@@ -234,11 +240,13 @@ impl Handler {
 
     /// A bounce goes to one recipient: more than one (from outside the relay networks) is
     /// the shape of backscatter.
-    fn data(&self, session: &Session) -> Reply {
+    async fn data(&self, session: &Session) -> Reply {
         let bounce = session
             .transaction()
             .is_some_and(|t| t.from == ReversePath::Null);
         if bounce && !self.may_relay && self.txn.rcpts.len() > 1 {
+            let now = self.ctx.clock.unix();
+            self.ctx.guard.count(&["refused=rcpts>1"], now).await;
             Event::BounceRefused {
                 peer: self.peer.ip(),
                 id: "",
@@ -366,6 +374,9 @@ impl Handler {
                 .map_or(BackscatterAction::Accept, |d| d.backscatter),
         };
         let reasons = evidence.to_string();
+        let mut labels = evidence.labels();
+        labels.push(action_label(action));
+        self.ctx.guard.count(&labels, now).await;
         Event::BounceVerdict {
             peer: self.peer.ip(),
             id,
@@ -489,6 +500,15 @@ impl Handler {
                 reply
             }
         }
+    }
+}
+
+fn action_label(a: BackscatterAction) -> &'static str {
+    match a {
+        BackscatterAction::Accept => "action=accept",
+        BackscatterAction::Tag => "action=tag",
+        BackscatterAction::Quarantine => "action=quarantine",
+        BackscatterAction::Reject => "action=reject",
     }
 }
 
