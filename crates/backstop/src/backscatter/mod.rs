@@ -36,6 +36,7 @@ const GENERATED_KEY: &str = "batv:key:0";
 
 impl Tags {
     /// The configured keys, or the one in the store (generated with `random` on first use).
+    /// The first key signs; all verify.
     pub async fn load(
         cfg: &Config,
         store: &dyn Store,
@@ -49,11 +50,21 @@ impl Tags {
                 keys.push(key);
             }
         }
-        if keys.is_empty() {
-            let fresh: String = random().iter().map(|b| format!("{b:02x}")).collect();
-            let secret = store
-                .put_if_absent(GENERATED_KEY, &fresh, None, now)
-                .await?;
+        let stored = match keys.is_empty() {
+            true => {
+                let fresh: String = random().iter().map(|b| format!("{b:02x}")).collect();
+                Some(
+                    store
+                        .put_if_absent(GENERATED_KEY, &fresh, None, now)
+                        .await?,
+                )
+            }
+            // keys configured after a generated one: the generated one still verifies (its
+            // tags in flight stay good) until a configured key takes its number, 0
+            false if keys.iter().all(|k| k.number() != 0) => store.get(GENERATED_KEY, now).await?,
+            false => None,
+        };
+        if let Some(secret) = stored {
             let key = Key::new(0, secret.as_bytes()).map_err(|e| StoreError::Corrupt {
                 key: GENERATED_KEY.into(),
                 message: e.to_string(),

@@ -72,6 +72,27 @@ async fn a_generated_key_is_kept_in_the_store() {
         .unwrap();
     let signed = a.sign(&cfg, &from("alice@example.test"), NOW);
     assert_eq!(b.sign(&cfg, &from("alice@example.test"), NOW), signed);
+    // keys configured later sign; the generated key's tags still verify...
+    let ReversePath::Mailbox(old) = signed else {
+        panic!()
+    };
+    let cfg = config("batv = \"sign\"", "[batv]\nkeys = [\"1:configured\"]\n");
+    let c = Tags::load(&cfg, store.as_ref(), NOW, || [3; 16])
+        .await
+        .unwrap();
+    assert!(
+        c.sign(&cfg, &from("alice@example.test"), NOW)
+            .to_string()
+            .starts_with("<prvs=1")
+    );
+    let t = batv::read(&old).unwrap();
+    assert_eq!(c.check(&t, NOW), BatvEvidence::Valid);
+    // ...until a configured key takes number 0
+    let cfg = config("batv = \"sign\"", "[batv]\nkeys = [\"0:new-zero\"]\n");
+    let z = Tags::load(&cfg, store.as_ref(), NOW, || [3; 16])
+        .await
+        .unwrap();
+    assert_eq!(z.check(&t, NOW), BatvEvidence::Invalid);
 }
 
 #[tokio::test]
