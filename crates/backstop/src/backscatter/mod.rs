@@ -276,6 +276,15 @@ impl Guard {
         message: &[u8],
         now: u64,
     ) -> Result<Evidence, StoreError> {
+        if !null_sender && !may_be_report(message) {
+            // ordinary mail, the hot path: no parse
+            return Ok(Evidence {
+                bounce: false,
+                batv,
+                msgid: MsgId::Absent,
+                relay: Relay::Absent,
+            });
+        }
         let parsed = backstop_proto::bounce::parse(message);
         let bounce = null_sender || parsed.kind == backstop_proto::bounce::Kind::Bounce;
         let msgid = match &parsed.original.message_id {
@@ -310,6 +319,16 @@ impl Guard {
             .iter()
             .any(|h| words.iter().any(|w| w.trim_end_matches('.') == h))
     }
+}
+
+/// True when a message with a sender may still be a delivery report by its header section
+/// (a report's content type, or written by a mailer daemon or postmaster).
+fn may_be_report(message: &[u8]) -> bool {
+    let head = backstop_proto::dsn::header_section(message).to_ascii_lowercase();
+    let text = String::from_utf8_lossy(&head);
+    ["multipart/report", "mailer-daemon", "postmaster@"]
+        .iter()
+        .any(|w| text.contains(w))
 }
 
 fn sent_key(message_id: &str) -> String {

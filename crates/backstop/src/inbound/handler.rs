@@ -183,29 +183,18 @@ impl Handler {
         let checked = self.ctx.guard.rcpt(from, &rcpt, now);
         if let RcptBatv::Checked { evidence, .. } | RcptBatv::Refused { evidence, .. } = &checked {
             self.ctx.guard.count(&[evidence.label()], now).await;
+            Event::Batv {
+                peer: self.peer.ip(),
+                rcpt: &rcpt,
+                result: evidence.as_str(),
+                refused: matches!(checked, RcptBatv::Refused { .. }),
+            }
+            .emit();
         }
         match checked {
             RcptBatv::Untouched => Ok((rcpt, None)),
-            RcptBatv::Checked { address, evidence } => {
-                Event::Batv {
-                    peer: self.peer.ip(),
-                    rcpt: &rcpt,
-                    result: evidence.as_str(),
-                    refused: false,
-                }
-                .emit();
-                Ok((address, Some(evidence)))
-            }
-            RcptBatv::Refused { reply, evidence } => {
-                Event::Batv {
-                    peer: self.peer.ip(),
-                    rcpt: &rcpt,
-                    result: evidence.as_str(),
-                    refused: true,
-                }
-                .emit();
-                Err(reply)
-            }
+            RcptBatv::Checked { address, evidence } => Ok((address, Some(evidence))),
+            RcptBatv::Refused { reply, .. } => Err(reply),
         }
     }
 
