@@ -149,6 +149,33 @@ fn helo_gives_plain_reply_and_no_esmtp_params() {
 }
 
 #[test]
+fn a_check_answered_with_421_closes_the_session_and_runs_nothing_behind_it() {
+    let mut t = T::default();
+    t.auto = false;
+    t.send(b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\n");
+    t.s.resolve(Reply::new(250, Enhanced::new(2, 1, 0), "Ok"), t.now);
+    t.drain();
+    t.log.clear();
+    let got = t.send(b"RCPT TO:<bad@example.test>\r\nRCPT TO:<ok@example.test>\r\nQUIT\r\n");
+    assert_eq!(got, "[rcpt <bad@example.test>]\n");
+    t.s.resolve(
+        Reply::new(
+            421,
+            Enhanced::new(4, 7, 0),
+            "Error: too many invalid recipients",
+        ),
+        t.now,
+    );
+    t.drain();
+    assert_eq!(
+        t.log,
+        "421 4.7.0 Error: too many invalid recipients\r\n[close]\n"
+    );
+    t.log.clear();
+    assert_eq!(t.send(b"RCPT TO:<ok2@example.test>\r\n"), "");
+}
+
+#[test]
 fn pipelined_commands_wait_behind_a_pending_check_and_replies_stay_in_order() {
     let mut t = T::default();
     t.auto = false;

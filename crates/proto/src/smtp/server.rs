@@ -205,7 +205,8 @@ impl Session {
         self.process();
     }
 
-    /// Resolves the pending check with the reply to send. Ignored when nothing is pending.
+    /// Resolves the pending check with the reply to send. Ignored when nothing is pending. A
+    /// `421` reply also closes the session.
     pub fn resolve(&mut self, reply: Reply, now: Instant) {
         let Some(pending) = self.pending.take() else {
             return;
@@ -234,6 +235,15 @@ impl Session {
             }
             Pending::Message => self.txn = None,
             Pending::Mail(..) | Pending::Rcpt(_) | Pending::Data => {}
+        }
+        if reply.code == 421 {
+            // the gateway ends the session (harvest defence): 421 means closing (RFC 5321
+            // §3.8); pipelined input behind it is never executed
+            self.out.push_back(Output::Reply(reply));
+            self.out.push_back(Output::Close);
+            self.state = State::Closed;
+            self.inbuf = Vec::new();
+            return;
         }
         self.out.push_back(Output::Reply(reply));
         self.process();
