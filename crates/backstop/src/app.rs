@@ -8,6 +8,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::delivery::Engine;
 use crate::delivery::mx::MxResolver;
+use crate::harvest::Harvest;
 use crate::ids::IdGen;
 use crate::inbound::{self, Context};
 use crate::notify::Notifier;
@@ -147,6 +148,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         auth: Arc::new(auth),
         spool: spool.clone(),
         guard: guard.clone(),
+        harvest: Arc::new(Harvest::new(cfg.clone(), parts.store.clone())),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tracing::info!(messages = queued, "queue loaded");

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod harvest;
 pub mod ids;
 pub mod inbound;
 pub mod notify;

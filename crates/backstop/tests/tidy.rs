@@ -113,6 +113,23 @@ fn modules_import_only_what_the_architecture_allows() {
                 "control", "app", "cli",
             ],
         ),
+        (
+            "harvest",
+            &[
+                "auth",
+                "policy",
+                "upstream",
+                "relay",
+                "inbound",
+                "delivery",
+                "queue",
+                "notify",
+                "backscatter",
+                "control",
+                "app",
+                "cli",
+            ],
+        ),
         ("app", &["cli"]),
     ];
     // the lower layers never reach up into the bounce guard

@@ -82,6 +82,38 @@ pub struct Config {
     pub batv: Batv,
     /// Incoming bounces (`[bounces]`).
     pub bounces: Bounces,
+    /// Directory-harvest defence (`[harvest]`).
+    pub harvest: Harvest,
+}
+
+/// Directory-harvest defence (`[harvest]`): what clients that try many unknown addresses get.
+#[derive(Clone, Debug, Serialize)]
+pub struct Harvest {
+    /// Unknown recipients in one session before each further RCPT is delayed.
+    pub tarpit_after: u32,
+    /// The first delay; it doubles with every further RCPT...
+    #[serde(serialize_with = "duration::serialize")]
+    pub tarpit_delay: Duration,
+    /// ...up to this.
+    #[serde(serialize_with = "duration::serialize")]
+    pub tarpit_max: Duration,
+    /// Unknown recipients in one session after which it is closed with `421 4.7.0`.
+    pub close_after: u32,
+    /// Unknown recipients from one client IP within `window` after which it is refused at
+    /// connect for `block_for`.
+    pub block_after: u64,
+    /// The same for a whole network (IPv4 /24, IPv6 /64).
+    pub block_after_net: u64,
+    /// The window of those counts.
+    #[serde(serialize_with = "duration::serialize")]
+    pub window: Duration,
+    /// How long a block lasts.
+    #[serde(serialize_with = "duration::serialize")]
+    pub block_for: Duration,
+    /// Networks never tarpitted, closed or blocked (every listener's `relay_from` is exempt
+    /// too).
+    #[serde(serialize_with = "serialize_display_seq")]
+    pub exempt: Vec<ipnet::IpNet>,
 }
 
 /// BATV (`[batv]`): keys and timing shared by every domain that signs.
@@ -240,6 +272,13 @@ pub struct Limits {
     /// On SIGTERM, how long sessions in flight may take to finish.
     #[serde(serialize_with = "duration::serialize")]
     pub shutdown_timeout: Duration,
+    /// Most client connections at a time, in total.
+    pub max_connections: usize,
+    /// Most connections at a time from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Most new connections per minute from one client IP; 0: no limit (the default, as in
+    /// Postfix).
+    pub connection_rate_per_ip: u64,
 }
 
 /// What to answer for unknown addresses of a domain whose internal server accepts everything.

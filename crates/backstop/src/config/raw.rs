@@ -2,8 +2,8 @@
 
 use super::{
     BackscatterAction, Batv, BatvKey, BatvMode, Bounces, CatchAllPolicy, Config, ConfigError,
-    Delivery, DomainConfig, HostPort, Limits, Listener, NextHop, RelayMode, Reports, Route, Source,
-    invalid, parse_duration,
+    Delivery, DomainConfig, Harvest, HostPort, Limits, Listener, NextHop, RelayMode, Reports,
+    Route, Source, invalid, parse_duration,
 };
 use backstop_proto::address::{Domain, Mailbox};
 use serde::Deserialize;
@@ -34,6 +34,73 @@ pub struct RawConfig {
     batv: RawBatv,
     #[serde(default)]
     bounces: RawBounces,
+    #[serde(default)]
+    harvest: RawHarvest,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHarvest {
+    tarpit_after: Option<u32>,
+    tarpit_delay: Option<String>,
+    tarpit_max: Option<String>,
+    close_after: Option<u32>,
+    block_after: Option<u64>,
+    block_after_net: Option<u64>,
+    window: Option<String>,
+    block_for: Option<String>,
+    #[serde(default)]
+    exempt: Vec<String>,
+}
+
+impl RawHarvest {
+    fn validate(&self) -> Result<Harvest, ConfigError> {
+        let exempt = self
+            .exempt
+            .iter()
+            .enumerate()
+            .map(|(j, n)| {
+                parse_network(n).ok_or_else(|| {
+                    invalid(
+                        format!("harvest.exempt[{j}]"),
+                        format!("{n:?} is not a network (like 192.0.2.0/24 or 2001:db8::/32)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let h = Harvest {
+            tarpit_after: positive("harvest.tarpit_after", self.tarpit_after, 10)?,
+            tarpit_delay: duration("harvest.tarpit_delay", &self.tarpit_delay, "1s")?,
+            tarpit_max: duration("harvest.tarpit_max", &self.tarpit_max, "16s")?,
+            close_after: positive("harvest.close_after", self.close_after, 20)?,
+            block_after: positive("harvest.block_after", self.block_after, 100)?,
+            block_after_net: positive("harvest.block_after_net", self.block_after_net, 300)?,
+            window: duration("harvest.window", &self.window, "1h")?,
+            block_for: duration("harvest.block_for", &self.block_for, "1h")?,
+            exempt,
+        };
+        if h.tarpit_delay > h.tarpit_max {
+            return Err(invalid(
+                "harvest.tarpit_delay",
+                "must not be longer than harvest.tarpit_max",
+            ));
+        }
+        if h.close_after <= h.tarpit_after {
+            return Err(invalid(
+                "harvest.close_after",
+                "must be greater than harvest.tarpit_after",
+            ));
+        }
+        for (key, v) in [
+            ("harvest.window", h.window),
+            ("harvest.block_for", h.block_for),
+        ] {
+            if v.as_secs() == 0 {
+                return Err(invalid(key, "must be at least 1s"));
+            }
+        }
+        Ok(h)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +265,9 @@ struct RawLimits {
     idle_timeout: Option<String>,
     session_timeout: Option<String>,
     shutdown_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    connection_rate_per_ip: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,6 +402,7 @@ impl RawConfig {
             reports: self.reports.validate()?,
             batv: self.batv.validate()?,
             bounces: self.bounces.validate(&self.hostname)?,
+            harvest: self.harvest.validate()?,
         })
     }
 }
@@ -364,6 +435,13 @@ impl RawLimits {
             idle_timeout: duration("limits.idle_timeout", &self.idle_timeout, "5m")?,
             session_timeout: duration("limits.session_timeout", &self.session_timeout, "30m")?,
             shutdown_timeout: duration("limits.shutdown_timeout", &self.shutdown_timeout, "30s")?,
+            max_connections: positive("limits.max_connections", self.max_connections, 1000)?,
+            max_connections_per_ip: positive(
+                "limits.max_connections_per_ip",
+                self.max_connections_per_ip,
+                50,
+            )?,
+            connection_rate_per_ip: self.connection_rate_per_ip.unwrap_or(0),
         })
     }
 }

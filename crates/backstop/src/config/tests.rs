@@ -251,3 +251,42 @@ fn bad_batv_settings_name_their_key() {
         assert!(e.starts_with(key) && e.contains(words), "{extra}: {e}");
     }
 }
+
+#[test]
+fn harvest_and_connection_limits() {
+    let c = Config::from_toml(&with_domain(""), dir_with_list().path()).unwrap();
+    assert_eq!((c.harvest.tarpit_after, c.harvest.close_after), (10, 20));
+    assert_eq!(c.harvest.block_for, Duration::from_secs(3600));
+    assert_eq!(c.limits.max_connections_per_ip, 50);
+    assert_eq!(c.limits.connection_rate_per_ip, 0);
+    for (extra, key, words) in [
+        (
+            "[harvest]\ntarpit_after = 5\nclose_after = 5\n",
+            "harvest.close_after",
+            "greater than",
+        ),
+        (
+            "[harvest]\ntarpit_delay = \"1m\"\ntarpit_max = \"10s\"\n",
+            "harvest.tarpit_delay",
+            "longer",
+        ),
+        (
+            "[harvest]\nexempt = [\"nonsense\"]\n",
+            "harvest.exempt[0]",
+            "not a network",
+        ),
+        (
+            "[harvest]\nwindow = \"0s\"\n",
+            "harvest.window",
+            "at least 1s",
+        ),
+        (
+            "[limits]\nmax_connections_per_ip = 0\n",
+            "limits.max_connections_per_ip",
+            "greater than 0",
+        ),
+    ] {
+        let e = err(&with_domain(extra));
+        assert!(e.starts_with(key) && e.contains(words), "{extra}: {e}");
+    }
+}

@@ -85,6 +85,22 @@ pub async fn run(
 ) {
     Event::Connect { peer }.emit();
     let _ = tcp.set_nodelay(true);
+    let exempt = listener.may_relay(peer.ip()) || ctx.harvest.is_exempt(peer.ip());
+    let now = ctx.clock.unix();
+    let _slot = match ctx.harvest.admit(peer.ip(), exempt, now).await {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            Event::ClientRefused {
+                peer,
+                why: refusal.why,
+            }
+            .emit();
+            let mut io = Stream::Plain(tcp);
+            let _ = io.write_all(&refusal.reply.to_bytes()).await;
+            io.shutdown().await;
+            return;
+        }
+    };
     let mut io = Stream::Plain(tcp);
     let mut session = Session::new(cfg, Instant::now());
     let mut handler = Handler::new(ctx, peer, listener);

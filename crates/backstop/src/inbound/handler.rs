@@ -7,6 +7,7 @@ use crate::backscatter::verdict::{BatvEvidence, Verdict};
 use crate::backscatter::{RcptBatv, quarantine};
 use crate::config::BackscatterAction;
 use crate::config::{Listener, NextHop, RelayMode};
+use crate::policy::Outcome;
 use crate::queue::{NewMessage, SpoolError};
 use crate::relay::maildir::{self, Delivery};
 use crate::relay::smtp::InSession;
@@ -59,6 +60,10 @@ pub struct Handler {
     ctx: Arc<Context>,
     peer: SocketAddr,
     may_relay: bool,
+    /// Never tarpitted, cut off or counted (relay networks, `[harvest] exempt`).
+    exempt: bool,
+    /// Unknown recipients so far in this session.
+    unknown: u32,
     txn: Txn,
     /// Messages accepted in this session.
     pub messages: u32,
@@ -67,8 +72,11 @@ pub struct Handler {
 impl Handler {
     /// A handler for a client at `peer`, connected to `listener`.
     pub fn new(ctx: Arc<Context>, peer: SocketAddr, listener: &Listener) -> Handler {
+        let may_relay = listener.may_relay(peer.ip());
         Handler {
-            may_relay: listener.may_relay(peer.ip()),
+            exempt: may_relay || ctx.harvest.is_exempt(peer.ip()),
+            unknown: 0,
+            may_relay,
             ctx,
             peer,
             txn: Txn::default(),
@@ -108,6 +116,9 @@ impl Handler {
         let Some(from) = session.transaction().map(|t| t.from.clone()) else {
             return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need MAIL command");
         };
+        if let Some(delay) = self.tarpit() {
+            tokio::time::sleep(delay).await;
+        }
         let (rcpt, batv) = match self.batv(&from, rcpt).await {
             Ok(checked) => checked,
             Err(reply) => return reply,
@@ -124,6 +135,11 @@ impl Handler {
         }
         .emit();
         let reply = decision.reply(&rcpt);
+        if decision.outcome == Outcome::UnknownUser
+            && let Some(cut) = self.unknown_rcpt().await
+        {
+            return cut;
+        }
         if !reply.is_success() {
             return reply;
         }
@@ -170,6 +186,46 @@ impl Handler {
         self.txn.rcpts.push((rcpt, params.clone()));
         self.txn.batv = self.txn.batv.max(batv);
         reply
+    }
+
+    /// The delay before this RCPT's answer, once the session has had its share of unknown
+    /// recipients.
+    fn tarpit(&self) -> Option<std::time::Duration> {
+        match self.exempt {
+            true => None,
+            false => self.ctx.harvest.tarpit(self.unknown),
+        }
+    }
+
+    /// Counts an unknown recipient (in the session, and for the client across sessions);
+    /// the `421` that ends the session when it has had too many.
+    async fn unknown_rcpt(&mut self) -> Option<Reply> {
+        if self.exempt {
+            return None;
+        }
+        self.unknown += 1;
+        let ip = self.peer.ip();
+        match self
+            .ctx
+            .harvest
+            .unknown_rcpt(ip, self.ctx.clock.unix())
+            .await
+        {
+            Ok(Some(blocked)) => Event::ClientBlocked {
+                peer: ip,
+                blocked: &blocked,
+            }
+            .emit(),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "unknown recipient not counted: store failed"),
+        }
+        let cut = self.ctx.harvest.cut_off(self.unknown)?;
+        Event::HarvestCutOff {
+            peer: ip,
+            unknown: self.unknown,
+        }
+        .emit();
+        Some(cut)
     }
 
     /// Checks and strips a BATV tag: the address to verify and what its tag said, or the

@@ -13,6 +13,7 @@ use crate::auth::SenderAuth;
 use crate::backscatter::Guard;
 use crate::clock::Clock;
 use crate::config::{Config, Listener};
+use crate::harvest::Harvest;
 use crate::ids::IdGen;
 use crate::policy::Verifier;
 use crate::queue::Spool;
@@ -43,6 +44,8 @@ pub struct Context {
     pub spool: Arc<Spool>,
     /// BATV checks, bounce rates, the sent log and the verdict on bounces.
     pub guard: Arc<Guard>,
+    /// Harvest defence and connection limits.
+    pub harvest: Arc<Harvest>,
 }
 
 /// A bound listener, ready to accept.

@@ -132,6 +132,29 @@ pub enum Event<'a> {
         /// Why no report.
         why: &'a str,
     },
+    /// A connection was refused before the greeting (a harvest block or a connection limit).
+    ClientRefused {
+        /// The client.
+        peer: SocketAddr,
+        /// `blocked`, `blocked-network`, `too-many-connections`, `connections-per-ip`,
+        /// `connection-rate`.
+        why: &'static str,
+    },
+    /// A client (an IP address or a network) went over its unknown-recipient limit and is
+    /// refused at connect from now on, for `[harvest] block_for`.
+    ClientBlocked {
+        /// The client whose recipient tipped it over.
+        peer: IpAddr,
+        /// What is blocked: the IP or its network.
+        blocked: &'a str,
+    },
+    /// A session was closed for too many unknown recipients.
+    HarvestCutOff {
+        /// The client.
+        peer: IpAddr,
+        /// Unknown recipients in the session.
+        unknown: u32,
+    },
     /// A bounce's recipient carried a BATV tag, or lacked one on a domain that signs.
     Batv {
         /// The client.
@@ -254,6 +277,15 @@ impl Event<'_> {
             ),
             Event::NoReport { id, rcpt, why } => tracing::info!(
                 target: "backstop::event", event = "no_report", id, %rcpt, why
+            ),
+            Event::ClientRefused { peer, why } => tracing::warn!(
+                target: "backstop::event", event = "client_refused", %peer, why
+            ),
+            Event::ClientBlocked { peer, blocked } => tracing::warn!(
+                target: "backstop::event", event = "client_blocked", %peer, blocked
+            ),
+            Event::HarvestCutOff { peer, unknown } => tracing::warn!(
+                target: "backstop::event", event = "harvest_cut_off", %peer, unknown
             ),
             Event::Batv {
                 peer,

@@ -1,0 +1,139 @@
+//! Directory-harvest defence with the real binary: a session that tries too many unknown
+//! addresses is tarpitted and cut off with `421`; a client that keeps at it is refused at
+//! connect with `554`, while a client from another address (here ::1) is served as usual;
+//! connection limits per IP.
+
+mod support;
+
+use std::net::SocketAddr;
+use support::{Backstop, Client, free_port, list_config, world_dir};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// RCPT for each of `rcpts` in one transaction; the replies (stops at a close).
+fn rcpts(c: &mut Client, rcpts: &[&str]) -> Vec<String> {
+    c.cmd("EHLO harvester.test");
+    assert!(c.cmd("MAIL FROM:<h@harvester.test>").starts_with("250"));
+    let mut out = Vec::new();
+    for r in rcpts {
+        let reply = c.cmd(&format!("RCPT TO:<{r}>"));
+        let closing = reply.starts_with("421") || reply == "<closed>";
+        out.push(reply);
+        if closing {
+            break;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_harvester_is_slowed_cut_off_and_blocked_while_others_are_served() {
+    let dir = world_dir();
+    let (v4, v6) = (free_port(), free_port());
+    let base = list_config(dir.path(), &["alice@example.test"], "maildir:mail", "");
+    let config = base.replace(
+        "[[listen]]\naddr = \"127.0.0.1:0\"\n",
+        &format!(
+            "[harvest]\ntarpit_after = 2\ntarpit_delay = \"1s\"\nclose_after = 4\nblock_after = 6\n\
+             [[listen]]\naddr = \"127.0.0.1:{v4}\"\n[[listen]]\naddr = \"[::1]:{v6}\"\n"
+        ),
+    );
+    assert!(config.contains("[::1]"), "{config}");
+    let b = Backstop::start(dir.path(), &config);
+    let (v4, v6) = (
+        addr(&format!("127.0.0.1:{v4}")),
+        addr(&format!("[::1]:{v6}")),
+    );
+
+    // one session: two unknown answered at once, the next ones after a delay, the fourth
+    // unknown ends the session
+    let (mut c, _) = Client::connect(v4);
+    let r = rcpts(
+        &mut c,
+        &[
+            "x1@example.test",
+            "x2@example.test",
+            "alice@example.test",
+            "x3@example.test",
+            "x4@example.test",
+            "x5@example.test",
+        ],
+    );
+    assert_eq!(r.len(), 5, "{r:?}");
+    assert!(r[0].starts_with("550 5.1.1"), "{r:?}");
+    assert_eq!(r[2], "250 2.1.5 Ok", "a valid recipient is still accepted");
+    assert_eq!(
+        r[4],
+        "421 4.7.0 mx.example.test Error: too many unknown recipients, closing connection"
+    );
+    assert!(c.closed());
+    assert_eq!(b.count_reaching(&["event=\"harvest_cut_off\""], 1), 1);
+
+    // a second session goes over the client's limit (6 unknown in the window): blocked
+    let (mut c, _) = Client::connect(v4);
+    let r = rcpts(
+        &mut c,
+        &["y1@example.test", "y2@example.test", "y3@example.test"],
+    );
+    assert!(r.iter().all(|l| l.starts_with("550 5.1.1")), "{r:?}");
+    assert_eq!(
+        b.count_reaching(&["event=\"client_blocked\"", "blocked=\"127.0.0.1\""], 1),
+        1,
+        "{}",
+        b.log()
+    );
+    drop(c);
+    let (mut c, greeting) = Client::connect(v4);
+    assert_eq!(
+        greeting,
+        "554 5.7.1 mx.example.test Service refused: too many unknown recipients from 127.0.0.1; try again later"
+    );
+    assert!(c.closed());
+    assert_eq!(
+        b.count_reaching(&["event=\"client_refused\"", "why=\"blocked\""], 1),
+        1
+    );
+
+    // another client meanwhile: served as usual, mail delivered
+    let (mut c, greeting) = Client::connect(v6);
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    c.cmd("EHLO friend.test");
+    assert!(c.cmd("MAIL FROM:<f@friend.test>").starts_with("250"));
+    assert_eq!(c.cmd("RCPT TO:<alice@example.test>"), "250 2.1.5 Ok");
+    assert!(c.cmd("DATA").starts_with("354"));
+    let end = c.cmd("Subject: hi\r\n\r\nhello\r\n.");
+    assert!(end.starts_with("250 2.0.0 Ok: queued as"), "{end}");
+}
+
+#[test]
+fn connections_per_ip_are_limited() {
+    let dir = world_dir();
+    let config = list_config(
+        dir.path(),
+        &["alice@example.test"],
+        "maildir:mail",
+        "[limits]\nmax_connections_per_ip = 2\n",
+    );
+    let b = Backstop::start(dir.path(), &config);
+    let (_c1, g1) = Client::connect(b.addr);
+    let (_c2, g2) = Client::connect(b.addr);
+    assert!(g1.starts_with("220") && g2.starts_with("220"));
+    let (mut c3, g3) = Client::connect(b.addr);
+    assert_eq!(
+        g3,
+        "421 4.7.0 mx.example.test Error: too many connections from 127.0.0.1"
+    );
+    assert!(c3.closed());
+    drop(_c1);
+    // the slot comes back when a session ends
+    assert!(support::wait_until(10, || {
+        let (mut c, g) = Client::connect(b.addr);
+        let ok = g.starts_with("220");
+        if ok {
+            c.cmd("QUIT");
+        }
+        ok
+    }));
+}
