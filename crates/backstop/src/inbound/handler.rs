@@ -123,6 +123,13 @@ impl Handler {
             Ok(checked) => checked,
             Err(reply) => return reply,
         };
+        // before verification, so that a known and an unknown recipient cost the same time
+        if from == ReversePath::Null
+            && self.ctx.cfg.domain(rcpt.domain()).is_some()
+            && let Some(refusal) = self.bounce_rate(&rcpt).await
+        {
+            return refusal;
+        }
         let decision = self
             .ctx
             .verifier
@@ -136,18 +143,12 @@ impl Handler {
         .emit();
         let reply = decision.reply(&rcpt);
         if decision.outcome == Outcome::UnknownUser
-            && let Some(cut) = self.unknown_rcpt().await
+            && let Some(cut) = self.unknown_rcpt()
         {
             return cut;
         }
         if !reply.is_success() {
             return reply;
-        }
-        if from == ReversePath::Null
-            && self.ctx.cfg.domain(rcpt.domain()).is_some()
-            && let Some(refusal) = self.bounce_rate(&rcpt).await
-        {
-            return refusal;
         }
         let mode = match self.ctx.cfg.domain(rcpt.domain()) {
             Some(d) if d.relay == RelayMode::InSession => Mode::Direct(d.next_hop.clone()),
@@ -198,30 +199,33 @@ impl Handler {
     }
 
     /// Counts an unknown recipient (in the session, and for the client across sessions);
-    /// the `421` that ends the session when it has had too many.
-    async fn unknown_rcpt(&mut self) -> Option<Reply> {
+    /// the `421` that ends the session when it has had too many. The count across sessions
+    /// is written in the background: the reply to an unknown recipient must not take longer
+    /// than the one to a known recipient (no timing oracle).
+    fn unknown_rcpt(&mut self) -> Option<Reply> {
         if self.exempt {
             return None;
         }
         self.unknown += 1;
-        let ip = self.peer.ip();
-        match self
-            .ctx
-            .harvest
-            .unknown_rcpt(ip, self.ctx.clock.unix())
-            .await
-        {
-            Ok(Some(blocked)) => Event::ClientBlocked {
-                peer: ip,
-                blocked: &blocked,
+        let (ip, now, harvest) = (
+            self.peer.ip(),
+            self.ctx.clock.unix(),
+            self.ctx.harvest.clone(),
+        );
+        tokio::spawn(async move {
+            match harvest.unknown_rcpt(ip, now).await {
+                Ok(Some(blocked)) => Event::ClientBlocked {
+                    peer: ip,
+                    blocked: &blocked,
+                }
+                .emit(),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "unknown recipient not counted: store failed"),
             }
-            .emit(),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "unknown recipient not counted: store failed"),
-        }
+        });
         let cut = self.ctx.harvest.cut_off(self.unknown)?;
         Event::HarvestCutOff {
-            peer: ip,
+            peer: self.peer.ip(),
             unknown: self.unknown,
         }
         .emit();
