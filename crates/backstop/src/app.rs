@@ -149,6 +149,10 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         spool: spool.clone(),
         guard: guard.clone(),
         harvest: Arc::new(Harvest::new(cfg.clone(), parts.store.clone())),
+        outbound: Arc::new(crate::outbound::Limiter::new(
+            cfg.clone(),
+            parts.store.clone(),
+        )),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tracing::info!(messages = queued, "queue loaded");

@@ -13,6 +13,7 @@ pub mod harvest;
 pub mod ids;
 pub mod inbound;
 pub mod notify;
+pub mod outbound;
 pub mod policy;
 pub mod queue;
 pub mod relay;

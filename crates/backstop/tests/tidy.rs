@@ -130,6 +130,24 @@ fn modules_import_only_what_the_architecture_allows() {
                 "cli",
             ],
         ),
+        (
+            "outbound",
+            &[
+                "auth",
+                "policy",
+                "upstream",
+                "relay",
+                "inbound",
+                "delivery",
+                "queue",
+                "notify",
+                "backscatter",
+                "harvest",
+                "control",
+                "app",
+                "cli",
+            ],
+        ),
         ("app", &["cli"]),
     ];
     // the lower layers never reach up into the bounce guard

@@ -84,6 +84,35 @@ pub struct Config {
     pub bounces: Bounces,
     /// Directory-harvest defence (`[harvest]`).
     pub harvest: Harvest,
+    /// Limits on mail that leaves (`[outbound]`).
+    pub outbound: Outbound,
+}
+
+/// Limits on mail from relay networks to other domains (`[outbound]`), per sender address,
+/// per sender domain and per client IP. Our own reports and inbound mail never count.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outbound {
+    /// Per envelope sender address.
+    pub sender: RateLimits,
+    /// Per envelope sender domain.
+    pub sender_domain: RateLimits,
+    /// Per client IP.
+    pub client_ip: RateLimits,
+}
+
+/// Messages and recipients per hour and per day; 0: no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Messages per hour.
+    pub messages_per_hour: u64,
+    /// Messages per day.
+    pub messages_per_day: u64,
+    /// Recipients per hour.
+    pub rcpts_per_hour: u64,
+    /// Recipients per day.
+    pub rcpts_per_day: u64,
 }
 
 /// Directory-harvest defence (`[harvest]`): what clients that try many unknown addresses get.

@@ -36,6 +36,8 @@ pub struct RawConfig {
     bounces: RawBounces,
     #[serde(default)]
     harvest: RawHarvest,
+    #[serde(default)]
+    outbound: super::Outbound,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -403,6 +405,7 @@ impl RawConfig {
             batv: self.batv.validate()?,
             bounces: self.bounces.validate(&self.hostname)?,
             harvest: self.harvest.validate()?,
+            outbound: self.outbound,
         })
     }
 }

@@ -7,6 +7,7 @@ use crate::backscatter::verdict::{BatvEvidence, Verdict};
 use crate::backscatter::{RcptBatv, quarantine};
 use crate::config::BackscatterAction;
 use crate::config::{Listener, NextHop, RelayMode};
+use crate::outbound::Counted;
 use crate::policy::Outcome;
 use crate::queue::{NewMessage, SpoolError};
 use crate::relay::maildir::{self, Delivery};
@@ -45,6 +46,8 @@ struct Txn {
     rcpts: Vec<(Mailbox, RcptParams)>,
     /// The weakest BATV evidence of the recipients (none where no domain signs).
     batv: Option<BatvEvidence>,
+    /// The message has been counted against the outbound limits.
+    counted_out: bool,
 }
 
 /// What the verdict on a message leaves to do.
@@ -150,6 +153,12 @@ impl Handler {
         if !reply.is_success() {
             return reply;
         }
+        if self.may_relay
+            && self.ctx.cfg.domain(rcpt.domain()).is_none()
+            && let Some(refusal) = self.outbound_limit(&from, &rcpt).await
+        {
+            return refusal;
+        }
         let mode = match self.ctx.cfg.domain(rcpt.domain()) {
             Some(d) if d.relay == RelayMode::InSession => Mode::Direct(d.next_hop.clone()),
             // queued for our domain, or relayed for a client in relay_from
@@ -187,6 +196,44 @@ impl Handler {
         self.txn.rcpts.push((rcpt, params.clone()));
         self.txn.batv = self.txn.batv.max(batv);
         reply
+    }
+
+    /// Counts an outbound recipient (and, at the first, its message) against `[outbound]`;
+    /// `450 4.7.1` over a limit: the client keeps the mail and tries later, nothing waits
+    /// unseen in our queue.
+    async fn outbound_limit(&mut self, from: &ReversePath, rcpt: &Mailbox) -> Option<Reply> {
+        let (ip, now) = (self.peer.ip(), self.ctx.clock.unix());
+        let mut counted = vec![Counted::Rcpt];
+        if !self.txn.counted_out {
+            counted.insert(0, Counted::Message);
+        }
+        for what in counted {
+            match self.ctx.outbound.hit(what, from, ip, now).await {
+                Ok(None) => self.txn.counted_out = true,
+                Ok(Some(limit)) => {
+                    Event::OutboundLimit {
+                        peer: ip,
+                        rcpt,
+                        limit: &limit,
+                    }
+                    .emit();
+                    return Some(Reply::new(
+                        450,
+                        Enhanced::new(4, 7, 1),
+                        format!("<{rcpt}>: sending limit reached ({limit}), try again later"),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound limits not counted: store failed");
+                    return Some(Reply::new(
+                        451,
+                        Enhanced::new(4, 3, 0),
+                        "Error: temporary local problem, try again later",
+                    ));
+                }
+            }
+        }
+        None
     }
 
     /// The delay before this RCPT's answer, once the session has had its share of unknown

@@ -46,6 +46,8 @@ pub struct Context {
     pub guard: Arc<Guard>,
     /// Harvest defence and connection limits.
     pub harvest: Arc<Harvest>,
+    /// Limits on mail that leaves.
+    pub outbound: Arc<crate::outbound::Limiter>,
 }
 
 /// A bound listener, ready to accept.

@@ -148,6 +148,16 @@ pub enum Event<'a> {
         /// What is blocked: the IP or its network.
         blocked: &'a str,
     },
+    /// An outbound recipient was refused: its sender, sender domain or client went over an
+    /// `[outbound]` limit.
+    OutboundLimit {
+        /// The client.
+        peer: IpAddr,
+        /// The recipient refused.
+        rcpt: &'a Mailbox,
+        /// Which limit, with the count.
+        limit: &'a str,
+    },
     /// A session was closed for too many unknown recipients.
     HarvestCutOff {
         /// The client.
@@ -283,6 +293,9 @@ impl Event<'_> {
             ),
             Event::ClientBlocked { peer, blocked } => tracing::warn!(
                 target: "backstop::event", event = "client_blocked", %peer, blocked
+            ),
+            Event::OutboundLimit { peer, rcpt, limit } => tracing::warn!(
+                target: "backstop::event", event = "outbound_limit", %peer, %rcpt, limit
             ),
             Event::HarvestCutOff { peer, unknown } => tracing::warn!(
                 target: "backstop::event", event = "harvest_cut_off", %peer, unknown
