@@ -2,6 +2,7 @@
 //! tasks (listeners, list reloads, cache purge, control socket), and that runs the graceful
 //! stop on SIGTERM.
 
+use crate::alert::Alerts;
 use crate::auth::SenderAuth;
 use crate::backscatter::{Guard, Tags};
 use crate::clock::{Clock, SystemClock};
@@ -17,6 +18,7 @@ use crate::policy::callout::{Callout, Random};
 use crate::policy::probe::SmtpProber;
 use crate::queue::Spool;
 use crate::relay::{MAX_RELAY_CONNECTIONS, RELAY_TIMEOUT};
+use crate::senders::Watch;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::upstream::Pools;
@@ -122,6 +124,13 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     let auth = SenderAuth::new(cfg.delivery.resolver, DNS_TIMEOUT.min(cfg.delivery.timeout))
         .context("delivery.resolver")?;
     let guard = guard(&parts).await?;
+    let alerts = Arc::new(Alerts::new(cfg.clone()));
+    let watch = Arc::new(Watch::new(
+        cfg.clone(),
+        parts.store.clone(),
+        spool.clone(),
+        alerts,
+    ));
     let tags = guard.tags().clone();
     let ids = Arc::new(IdGen::new(rand::random::<u64>()));
     let notifier = Arc::new(Notifier::new(
@@ -137,7 +146,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         parts.clock.clone(),
         resolver,
         notifier.clone(),
-        tags,
+        (tags, watch.clone()),
     ));
     let ctx = Arc::new(Context {
         cfg: cfg.clone(),
@@ -149,6 +158,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         spool: spool.clone(),
         guard: guard.clone(),
         harvest: Arc::new(Harvest::new(cfg.clone(), parts.store.clone())),
+        watch: watch.clone(),
         outbound: Arc::new(crate::outbound::Limiter::new(
             cfg.clone(),
             parts.store.clone(),
@@ -179,6 +189,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         &control_path,
         parts.verifier.clone(),
         guard.clone(),
+        watch.clone(),
         spool.clone(),
         parts.clock.clone(),
     )

@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check-config`, `verify`, `queue`, `quarantine`, `bounce`. Errors become exit codes here and only here:
+//! Command line: `serve`, `check-config`, `verify`, `queue`, `sender`, `quarantine`, `bounce`. Errors become exit codes here and only here:
 //! 0 success; 1 `verify` says the recipient would be refused; 2 an error (bad configuration,
 //! cannot listen, ...).
 
@@ -64,6 +64,14 @@ enum Cmd {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Senders held by the sender watch (`[senders]`).
+    Sender {
+        #[command(subcommand)]
+        action: SenderCmd,
+        /// Configuration file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Bounces kept in quarantine (`backscatter = "quarantine"`), under state_dir/quarantine.
     Quarantine {
         #[command(subcommand)]
@@ -101,6 +109,16 @@ enum BounceCmd {
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SenderCmd {
+    /// Lift a hold: the sender's new mail is taken again and the messages held with it are
+    /// released.
+    Release {
+        /// The sender (user@domain).
+        address: String,
     },
 }
 
@@ -225,6 +243,13 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let cfg = load(config.as_ref())?;
             runtime()?.block_on(verify(cfg, &address, from.as_deref()))
         }
+        Cmd::Sender {
+            action: SenderCmd::Release { address },
+            config,
+        } => {
+            let cfg = load(config.as_ref())?;
+            runtime()?.block_on(sender_release(cfg, &address))
+        }
         Cmd::Quarantine {
             action: QuarantineCmd::List,
             config,
@@ -336,6 +361,32 @@ async fn verify(cfg: Config, address: &str, from: Option<&str>) -> anyhow::Resul
     })
 }
 
+async fn sender_release(cfg: Config, address: &str) -> anyhow::Result<ExitCode> {
+    let sock = control::socket_path(&cfg.state_dir);
+    let answer = match control::query(&sock, &format!("sender-release {address}")).await? {
+        Some(a) => a,
+        None => {
+            let dir = crate::app::spool_dir(&cfg);
+            let spool = crate::queue::Spool::open(&dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let parts = crate::app::build(cfg)?;
+            let alerts = std::sync::Arc::new(crate::alert::Alerts::new(parts.cfg.clone()));
+            let watch =
+                crate::senders::Watch::new(parts.cfg.clone(), parts.store.clone(), spool, alerts);
+            control::sender_release(&watch, address, unix_now()).await
+        }
+    };
+    if let Some(e) = answer.get("error") {
+        anyhow::bail!("{}", e.as_str().unwrap_or("error"));
+    }
+    println!(
+        "{}: released; {} held message(s) released",
+        answer["sender"].as_str().unwrap_or(address),
+        answer["released"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn bounce_stats(cfg: Config, json: bool) -> anyhow::Result<ExitCode> {
     let sock = control::socket_path(&cfg.state_dir);
     let answer = match control::query(&sock, "bounce-stats").await? {
@@ -413,7 +464,11 @@ fn format_list(list: &[Summary], now: u64) -> String {
     }
     let _ = writeln!(out, "{:<16} {:>8} {:>9}  SENDER", "ID", "AGE", "SIZE");
     for m in list {
-        let held = if m.held { "  (held)" } else { "" };
+        let held = match (&m.held_why, m.held) {
+            (Some(why), _) => format!("  (held: {why})"),
+            (None, true) => "  (held)".to_string(),
+            (None, false) => String::new(),
+        };
         let age = ago(now.saturating_sub(m.arrived));
         let _ = writeln!(out, "{:<16} {age:>8} {:>9}  {}{held}", m.id, m.size, m.from);
         let may = if m.trust.trusted { "may" } else { "may not" };

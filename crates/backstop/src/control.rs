@@ -12,6 +12,7 @@ use crate::backscatter::{Guard, RcptBatv};
 use crate::clock::Clock;
 use crate::policy::{Decision, Verifier};
 use crate::queue::{Spool, SpoolError};
+use crate::senders::Watch;
 use backstop_proto::address::{Mailbox, ReversePath};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
@@ -153,6 +154,7 @@ pub async fn queue_request(spool: &Spool, now: u64, words: &[&str]) -> serde_jso
 struct Served {
     verifier: Arc<Verifier>,
     guard: Arc<Guard>,
+    watch: Arc<Watch>,
     spool: Arc<Spool>,
     clock: Arc<dyn Clock>,
 }
@@ -162,6 +164,7 @@ pub fn serve(
     path: &Path,
     verifier: Arc<Verifier>,
     guard: Arc<Guard>,
+    watch: Arc<Watch>,
     spool: Arc<Spool>,
     clock: Arc<dyn Clock>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
@@ -176,6 +179,7 @@ pub fn serve(
     let served = Arc::new(Served {
         verifier,
         guard,
+        watch,
         spool,
         clock,
     });
@@ -209,12 +213,48 @@ async fn handle(stream: UnixStream, s: &Served) -> std::io::Result<()> {
                 }
             }
         }
-        ["queue", rest @ ..] => queue_request(&s.spool, s.clock.unix(), rest).await,
+        ["queue", rest @ ..] => {
+            let mut answer = queue_request(&s.spool, s.clock.unix(), rest).await;
+            why_held(&s.watch, &mut answer, s.clock.unix()).await;
+            answer
+        }
+        ["sender-release", a] => sender_release(&s.watch, a, s.clock.unix()).await,
         ["bounce-stats"] => stats_answer(s.guard.stats(s.clock.unix()).await, s.clock.unix()),
         _ => serde_json::json!({ "error": "unknown request" }),
     };
     w.write_all(format!("{answer}\n").as_bytes()).await?;
     w.shutdown().await
+}
+
+/// Adds `held_why` to the held messages of a queue answer whose sender the watch held.
+pub async fn why_held(watch: &Watch, answer: &mut serde_json::Value, now: u64) {
+    let Some(list) = answer.get_mut("messages").and_then(|m| m.as_array_mut()) else {
+        return;
+    };
+    for m in list.iter_mut().filter(|m| m["held"] == true) {
+        let from = m["from"].as_str().unwrap_or("").trim_matches(['<', '>']);
+        let Ok(sender) = Mailbox::parse(from, true) else {
+            continue;
+        };
+        if let Ok(Some(hold)) = watch.held(&sender, now).await
+            && hold.messages.iter().any(|id| m["id"] == id.as_str())
+        {
+            m["held_why"] = format!("sender held: {}", hold.why).into();
+        }
+    }
+}
+
+/// Lifts the hold on a sender: `{"released": N}` (messages), or an error.
+pub async fn sender_release(watch: &Watch, addr: &str, now: u64) -> serde_json::Value {
+    let sender = match parse_address(addr) {
+        Ok(m) => m,
+        Err(e) => return serde_json::json!({ "error": format!("{addr:?}: {e}") }),
+    };
+    match watch.release(&sender, now).await {
+        Ok(Some(n)) => serde_json::json!({ "sender": sender.to_string(), "released": n }),
+        Ok(None) => serde_json::json!({ "error": format!("{sender} is not held") }),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
 }
 
 /// Today's bounce counts as `{"day": "YYYY-MM-DD", "counts": {"batv=valid": N, ...}}`.

@@ -1,5 +1,6 @@
 //! backstop: the effectful half of the gateway (see ARCHITECTURE.md for the map).
 
+pub mod alert;
 pub mod app;
 pub mod auth;
 pub mod backscatter;
@@ -17,6 +18,7 @@ pub mod outbound;
 pub mod policy;
 pub mod queue;
 pub mod relay;
+pub mod senders;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -86,6 +86,33 @@ pub struct Config {
     pub harvest: Harvest,
     /// Limits on mail that leaves (`[outbound]`).
     pub outbound: Outbound,
+    /// The watch on local senders' outbound mail (`[senders]`).
+    pub senders: Senders,
+    /// Where alerts go besides the log (`[alerts]`).
+    pub alerts: Alerts,
+}
+
+/// The watch on each local sender's outbound mail (`[senders]`): a sender whose recipients
+/// mostly fail, or are refused as spam or blocked, is held.
+#[derive(Clone, Debug, Serialize)]
+pub struct Senders {
+    /// The window over which delivered and failed recipients are counted.
+    #[serde(serialize_with = "duration::serialize")]
+    pub window: Duration,
+    /// Finished recipients (delivered or failed) in the window before the ratios apply.
+    pub min_volume: u64,
+    /// Hold when permanently failed / finished is above this (0 to 1).
+    pub hold_failed_ratio: f64,
+    /// Hold when failures classed spam or blocked / finished is above this (0 to 1).
+    pub hold_blocked_ratio: f64,
+}
+
+/// Alerts (`[alerts]`): every alert is logged (`event="alert"`); with a webhook it is also
+/// POSTed there as JSON.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Alerts {
+    /// `http://HOST:PORT/PATH`; none: log only.
+    pub webhook: Option<String>,
 }
 
 /// Limits on mail from relay networks to other domains (`[outbound]`), per sender address,

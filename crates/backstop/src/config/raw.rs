@@ -38,6 +38,65 @@ pub struct RawConfig {
     harvest: RawHarvest,
     #[serde(default)]
     outbound: super::Outbound,
+    #[serde(default)]
+    senders: RawSenders,
+    #[serde(default)]
+    alerts: RawAlerts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSenders {
+    window: Option<String>,
+    min_volume: Option<u64>,
+    hold_failed_ratio: Option<f64>,
+    hold_blocked_ratio: Option<f64>,
+}
+
+impl RawSenders {
+    fn validate(&self) -> Result<super::Senders, ConfigError> {
+        let ratio = |key: &str, v: Option<f64>, default: f64| {
+            let v = v.unwrap_or(default);
+            match (0.0..=1.0).contains(&v) {
+                true => Ok(v),
+                false => Err(invalid(key, "must be between 0 and 1")),
+            }
+        };
+        Ok(super::Senders {
+            window: duration("senders.window", &self.window, "1h")?,
+            min_volume: positive("senders.min_volume", self.min_volume, 20)?,
+            hold_failed_ratio: ratio("senders.hold_failed_ratio", self.hold_failed_ratio, 0.5)?,
+            hold_blocked_ratio: ratio("senders.hold_blocked_ratio", self.hold_blocked_ratio, 0.2)?,
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    webhook: Option<String>,
+}
+
+impl RawAlerts {
+    fn validate(&self) -> Result<super::Alerts, ConfigError> {
+        let webhook = match self.webhook.as_deref() {
+            None | Some("") => None,
+            Some(url) => {
+                let ok = url
+                    .strip_prefix("http://")
+                    .and_then(|rest| rest.split('/').next())
+                    .is_some_and(|host| HostPort::parse(host).is_some());
+                if !ok {
+                    return Err(invalid(
+                        "alerts.webhook",
+                        format!("{url:?}: expected http://HOST:PORT/PATH"),
+                    ));
+                }
+                Some(url.to_string())
+            }
+        };
+        Ok(super::Alerts { webhook })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -406,6 +465,8 @@ impl RawConfig {
             bounces: self.bounces.validate(&self.hostname)?,
             harvest: self.harvest.validate()?,
             outbound: self.outbound,
+            senders: self.senders.validate()?,
+            alerts: self.alerts.validate()?,
         })
     }
 }

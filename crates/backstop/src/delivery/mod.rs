@@ -18,6 +18,7 @@ use crate::config::{Config, NextHop};
 use crate::notify::Notifier;
 use crate::queue::{Lease, LeasedRcpt, Spool, Status};
 use crate::relay::maildir;
+use crate::senders::{Finished, Watch};
 use crate::telemetry::Event;
 use backstop_proto::smtp::reply::Enhanced;
 use classify::{Class, Outcome, backoff, classify, diagnose};
@@ -59,6 +60,7 @@ pub struct Engine {
     inflight: Arc<Semaphore>,
     notifier: Arc<Notifier>,
     tags: Arc<Tags>,
+    watch: Arc<Watch>,
 }
 
 impl Engine {
@@ -69,7 +71,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         resolver: mx::MxResolver,
         notifier: Arc<Notifier>,
-        tags: Arc<Tags>,
+        (tags, watch): (Arc<Tags>, Arc<Watch>),
     ) -> Engine {
         let d = &cfg.delivery;
         let settings = Settings {
@@ -87,6 +89,7 @@ impl Engine {
             clock,
             notifier,
             tags,
+            watch,
         }
     }
 
@@ -224,6 +227,7 @@ impl Engine {
                 .arrived
                 .saturating_add(self.cfg.delivery.max_age.as_secs());
         let mut updates = Vec::with_capacity(results.len());
+        let mut watched = Vec::new();
         for (i, hop, outcome) in results {
             let r = &lease.rcpts[i];
             let detail = outcome.detail();
@@ -237,11 +241,45 @@ impl Engine {
                 detail: &detail,
             }
             .emit();
+            watched.extend(self.watched(&lease, r, &outcome, result, &detail));
             updates.push((r.index, status));
         }
-        let id = lease.id.clone();
+        let (id, from) = (lease.id.clone(), lease.from.clone());
         self.spool.finish(lease, updates).await;
+        // after the spool knows: a hold then leaves this finished message alone
+        if let Some(sender) = from.mailbox() {
+            for how in watched {
+                if let Err(e) = self.watch.finished(sender, how, now).await {
+                    tracing::warn!(error = %e, "sender watch not updated: store failed");
+                }
+            }
+        }
         self.notifier.settle(&id).await;
+    }
+
+    /// What the sender watch learns from how a recipient ended: only outbound recipients of
+    /// local senders that are done (delivered, failed, expired).
+    fn watched(
+        &self,
+        lease: &Lease,
+        r: &LeasedRcpt,
+        outcome: &Outcome,
+        result: &str,
+        detail: &str,
+    ) -> Option<Finished> {
+        let sender = lease.from.mailbox()?;
+        let local = |d: &backstop_proto::address::Domain| self.cfg.domain(d).is_some();
+        if !local(sender.domain()) || local(r.mailbox.domain()) {
+            return None;
+        }
+        match (result, outcome) {
+            ("delivered", _) => Some(Finished::Delivered),
+            ("failed", Outcome::Reply(reply, _)) => {
+                Some(Finished::failed(Some(reply.code), detail))
+            }
+            ("failed" | "expired", _) => Some(Finished::failed(None, detail)),
+            _ => None,
+        }
     }
 
     /// A recipient's new status after its `attempts`-th attempt ended in `outcome` (described

@@ -90,9 +90,9 @@ impl Handler {
     /// The reply for one check.
     pub async fn check(&mut self, check: Check, session: &Session) -> Reply {
         match check {
-            Check::Mail { .. } => {
+            Check::Mail { from, .. } => {
                 self.end_transaction();
-                Reply::new(250, Enhanced::new(2, 1, 0), "Ok")
+                self.mail(&from).await
             }
             Check::Rcpt { to, params } => self.rcpt(to, &params, session).await,
             Check::Data => self.data(session).await,
@@ -100,6 +100,33 @@ impl Handler {
                 let reply = self.message(body, session).await;
                 self.end_transaction();
                 reply
+            }
+        }
+    }
+
+    /// MAIL: a local sender held by the sender watch gets `450 4.7.1` from relay networks.
+    async fn mail(&self, from: &ReversePath) -> Reply {
+        let ok = Reply::new(250, Enhanced::new(2, 1, 0), "Ok");
+        let Some(sender) = from.mailbox().filter(|_| self.may_relay) else {
+            return ok;
+        };
+        match self.ctx.watch.held(sender, self.ctx.clock.unix()).await {
+            Ok(None) => ok,
+            Ok(Some(hold)) => Reply::new(
+                450,
+                Enhanced::new(4, 7, 1),
+                format!(
+                    "<{sender}>: sender held ({}); ask your mail administrator",
+                    hold.why
+                ),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "sender hold not checked: store failed");
+                Reply::new(
+                    451,
+                    Enhanced::new(4, 3, 0),
+                    "Error: temporary local problem, try again later",
+                )
             }
         }
     }

@@ -48,6 +48,8 @@ pub struct Context {
     pub harvest: Arc<Harvest>,
     /// Limits on mail that leaves.
     pub outbound: Arc<crate::outbound::Limiter>,
+    /// Held senders.
+    pub watch: Arc<crate::senders::Watch>,
 }
 
 /// A bound listener, ready to accept.

@@ -273,6 +273,9 @@ pub struct Summary {
     pub from: String,
     /// Held by the operator.
     pub held: bool,
+    /// Why it is held, when the sender watch held it (filled in by the control socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_why: Option<String>,
     /// Whether the sender may get delivery reports, and why.
     pub trust: Trust,
     /// Recipients.
@@ -613,6 +616,7 @@ impl Index {
             size: e.body.len,
             from,
             held: e.meta.held,
+            held_why: None,
             trust: e.meta.trust.clone(),
             rcpts: e
                 .env

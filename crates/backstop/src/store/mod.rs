@@ -123,13 +123,25 @@ impl Window<'_> {
         let cur = store
             .add(&format!("{}:{bucket}", self.key), 1, expire, now)
             .await?;
-        let prev = match bucket.checked_sub(1) {
+        Ok(cur + self.previous(store, now).await?)
+    }
+
+    /// The estimated number of events in the window that ends at `now`, counting nothing.
+    pub async fn count(&self, store: &dyn Store, now: u64) -> Result<u64, StoreError> {
+        let bucket = now / self.window.max(1);
+        let cur = store.count(&format!("{}:{bucket}", self.key), now).await?;
+        Ok(cur + self.previous(store, now).await?)
+    }
+
+    /// The share of the previous bucket still inside the window that ends at `now`.
+    async fn previous(&self, store: &dyn Store, now: u64) -> Result<u64, StoreError> {
+        let w = self.window.max(1);
+        let prev = match (now / w).checked_sub(1) {
             Some(b) => store.count(&format!("{}:{b}", self.key), now).await?,
             None => 0,
         };
-        // the share of the previous bucket still inside the window
         let left = w - (now % w);
-        Ok(cur + (prev * left).div_ceil(w))
+        Ok((prev * left).div_ceil(w))
     }
 }
 

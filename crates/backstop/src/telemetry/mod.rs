@@ -158,6 +158,15 @@ pub enum Event<'a> {
         /// Which limit, with the count.
         limit: &'a str,
     },
+    /// An alert for the operator (also sent to the webhook, if configured).
+    Alert {
+        /// `sender_held`, `sender_released`, ...
+        kind: &'static str,
+        /// What it is about.
+        subject: &'a str,
+        /// Why.
+        detail: &'a str,
+    },
     /// A session was closed for too many unknown recipients.
     HarvestCutOff {
         /// The client.
@@ -296,6 +305,13 @@ impl Event<'_> {
             ),
             Event::OutboundLimit { peer, rcpt, limit } => tracing::warn!(
                 target: "backstop::event", event = "outbound_limit", %peer, %rcpt, limit
+            ),
+            Event::Alert {
+                kind,
+                subject,
+                detail,
+            } => tracing::warn!(
+                target: "backstop::event", event = "alert", kind, subject, detail
             ),
             Event::HarvestCutOff { peer, unknown } => tracing::warn!(
                 target: "backstop::event", event = "harvest_cut_off", %peer, unknown
