@@ -18,6 +18,7 @@ use crate::policy::callout::{Callout, Random};
 use crate::policy::probe::SmtpProber;
 use crate::queue::Spool;
 use crate::relay::{MAX_RELAY_CONNECTIONS, RELAY_TIMEOUT};
+use crate::reputation::Reputation;
 use crate::senders::Watch;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
@@ -129,6 +130,14 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         cfg.clone(),
         parts.store.clone(),
         spool.clone(),
+        alerts.clone(),
+    ));
+    let dnsbl_resolver =
+        MxResolver::new(cfg.delivery.resolver, DNS_TIMEOUT).context("delivery.resolver")?;
+    let reputation = Arc::new(Reputation::new(
+        cfg.clone(),
+        parts.store.clone(),
+        dnsbl_resolver,
         alerts,
     ));
     let tags = guard.tags().clone();
@@ -146,7 +155,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         parts.clock.clone(),
         resolver,
         notifier.clone(),
-        (tags, watch.clone()),
+        (tags, watch.clone(), reputation.clone()),
     ));
     let ctx = Arc::new(Context {
         cfg: cfg.clone(),
@@ -196,6 +205,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     .with_context(|| format!("control socket {}", control_path.display()))?;
     let reload = tokio::spawn(reload_lists(parts.verifier.clone()));
     let purge = tokio::spawn(purge_cache(parts.store.clone(), parts.clock.clone()));
+    let dnsbl = tokio::spawn(reputation.run(parts.clock.clone()));
     for a in &addrs {
         tracing::info!(addr = %a, "listening on {a}");
     }
@@ -211,6 +221,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     control.abort();
     reload.abort();
     purge.abort();
+    dnsbl.abort();
     compact.abort();
     reports.abort();
     let _ = delivery.await;

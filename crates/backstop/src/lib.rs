@@ -18,6 +18,7 @@ pub mod outbound;
 pub mod policy;
 pub mod queue;
 pub mod relay;
+pub mod reputation;
 pub mod senders;
 pub mod store;
 pub mod telemetry;

@@ -187,6 +187,13 @@ fn modules_import_only_what_the_architecture_allows() {
                 "cli",
             ],
         ),
+        (
+            "reputation",
+            &[
+                "auth", "policy", "upstream", "relay", "inbound", "queue", "notify",
+                "backscatter", "harvest", "outbound", "senders", "control", "app", "cli",
+            ],
+        ),
         ("app", &["cli"]),
     ];
     // the lower layers never reach up into the bounce guard

@@ -90,6 +90,21 @@ pub struct Config {
     pub senders: Senders,
     /// Where alerts go besides the log (`[alerts]`).
     pub alerts: Alerts,
+    /// Our own reputation (`[reputation]`).
+    pub reputation: Reputation,
+}
+
+/// Our own reputation (`[reputation]`): the gateway's outbound IPs looked up in DNS
+/// blocklists, with an alert when one is listed or delisted.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reputation {
+    /// Our outbound IPs.
+    pub ips: Vec<std::net::IpAddr>,
+    /// Blocklist zones (`zen.spamhaus.org`, ...); none: no lookups.
+    pub dnsbl: Vec<String>,
+    /// How often.
+    #[serde(serialize_with = "duration::serialize")]
+    pub interval: Duration,
 }
 
 /// The watch on each local sender's outbound mail (`[senders]`): a sender whose recipients

@@ -42,6 +42,53 @@ pub struct RawConfig {
     senders: RawSenders,
     #[serde(default)]
     alerts: RawAlerts,
+    #[serde(default)]
+    reputation: RawReputation,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReputation {
+    #[serde(default)]
+    ips: Vec<String>,
+    #[serde(default)]
+    dnsbl: Vec<String>,
+    interval: Option<String>,
+}
+
+impl RawReputation {
+    fn validate(&self) -> Result<super::Reputation, ConfigError> {
+        let ips = self
+            .ips
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<std::net::IpAddr>().map_err(|_| {
+                    invalid(
+                        format!("reputation.ips[{i}]"),
+                        format!("{s:?} is not an IP address"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, z) in self.dnsbl.iter().enumerate() {
+            Domain::parse(z, false).map_err(|e| {
+                invalid(
+                    format!("reputation.dnsbl[{i}]"),
+                    format!("{z:?} is not a zone: {e}"),
+                )
+            })?;
+        }
+        let interval = duration("reputation.interval", &self.interval, "1h")?;
+        if interval.as_secs() == 0 {
+            return Err(invalid("reputation.interval", "must be at least 1s"));
+        }
+        Ok(super::Reputation {
+            ips,
+            dnsbl: self.dnsbl.iter().map(|z| z.to_ascii_lowercase()).collect(),
+            interval,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -467,6 +514,7 @@ impl RawConfig {
             outbound: self.outbound,
             senders: self.senders.validate()?,
             alerts: self.alerts.validate()?,
+            reputation: self.reputation.validate()?,
         })
     }
 }

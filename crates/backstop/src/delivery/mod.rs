@@ -18,6 +18,7 @@ use crate::config::{Config, NextHop};
 use crate::notify::Notifier;
 use crate::queue::{Lease, LeasedRcpt, Spool, Status};
 use crate::relay::maildir;
+use crate::reputation::Reputation;
 use crate::senders::{Finished, Watch};
 use crate::telemetry::Event;
 use backstop_proto::smtp::reply::Enhanced;
@@ -61,6 +62,7 @@ pub struct Engine {
     notifier: Arc<Notifier>,
     tags: Arc<Tags>,
     watch: Arc<Watch>,
+    reputation: Arc<Reputation>,
 }
 
 impl Engine {
@@ -71,7 +73,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         resolver: mx::MxResolver,
         notifier: Arc<Notifier>,
-        (tags, watch): (Arc<Tags>, Arc<Watch>),
+        (tags, watch, reputation): (Arc<Tags>, Arc<Watch>, Arc<Reputation>),
     ) -> Engine {
         let d = &cfg.delivery;
         let settings = Settings {
@@ -90,6 +92,7 @@ impl Engine {
             notifier,
             tags,
             watch,
+            reputation,
         }
     }
 
@@ -241,7 +244,12 @@ impl Engine {
                 detail: &detail,
             }
             .emit();
-            watched.extend(self.watched(&lease, r, &outcome, result, &detail));
+            let how = self.watched(&lease, r, &outcome, result, &detail);
+            if let Some(Finished::Failed { blocked: true }) = how {
+                let dest = r.mailbox.domain().as_str();
+                self.reputation.refused_as_blocked(dest, &detail, now).await;
+            }
+            watched.extend(how);
             updates.push((r.index, status));
         }
         let (id, from) = (lease.id.clone(), lease.from.clone());

@@ -151,6 +151,28 @@ impl MxResolver {
         })
     }
 
+    /// The IPv4 addresses `name` has (a DNS blocklist query): empty when it has none
+    /// (NXDOMAIN or no data); an error for a failure that says nothing (timeout, SERVFAIL).
+    pub async fn ipv4_of(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, String> {
+        let Some(name) = absolute_name(name) else {
+            return Ok(Vec::new());
+        };
+        match self.resolver.lookup(name, RecordType::A).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(a.0),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => match Negative::from(&e) {
+                Negative::NxDomain | Negative::NoData => Ok(Vec::new()),
+                Negative::Temporary(why) => Err(why),
+            },
+        }
+    }
+
     /// Shuffle MX hosts of equal preference with this seed instead of a fresh random one
     /// per call, so that the order is the same on every call (for tests).
     pub fn with_shuffle_seed(mut self, seed: u64) -> MxResolver {

@@ -50,6 +50,17 @@ impl Dns {
     }
 }
 
+impl Dns {
+    /// Makes it read its hosts files (`--addn-hosts=FILE`) again (SIGHUP to our own child).
+    pub fn reload(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
 impl Drop for Dns {
     fn drop(&mut self) {
         let _ = self.child.kill();
