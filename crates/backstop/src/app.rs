@@ -196,11 +196,15 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     let control_path = crate::control::socket_path(&cfg.state_dir);
     let control = crate::control::serve(
         &control_path,
-        parts.verifier.clone(),
-        guard.clone(),
-        watch.clone(),
-        spool.clone(),
-        parts.clock.clone(),
+        crate::control::Served {
+            cfg: cfg.clone(),
+            store: parts.store.clone(),
+            verifier: parts.verifier.clone(),
+            guard: guard.clone(),
+            watch: watch.clone(),
+            spool: spool.clone(),
+            clock: parts.clock.clone(),
+        },
     )
     .with_context(|| format!("control socket {}", control_path.display()))?;
     let reload = tokio::spawn(reload_lists(parts.verifier.clone()));

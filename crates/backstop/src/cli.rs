@@ -1,4 +1,5 @@
-//! Command line: `serve`, `check-config`, `verify`, `queue`, `sender`, `quarantine`, `bounce`. Errors become exit codes here and only here:
+//! Command line: `serve`, `check-config`, `verify`, `queue`, `status`, `sender`, `quarantine`,
+//! `bounce`. Errors become exit codes here and only here:
 //! 0 success; 1 `verify` says the recipient would be refused; 2 an error (bad configuration,
 //! cannot listen, ...).
 
@@ -62,6 +63,16 @@ enum Cmd {
         config: Option<PathBuf>,
         /// Print the answer as JSON (for scripts).
         #[arg(long, global = true)]
+        json: bool,
+    },
+    /// One screen for the operator: queue sizes, held senders, blocked clients, the DNSBL
+    /// state of our IPs, reports sent and suppressed today, bounces today.
+    Status {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print it as JSON.
+        #[arg(long)]
         json: bool,
     },
     /// Senders held by the sender watch (`[senders]`).
@@ -243,6 +254,10 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let cfg = load(config.as_ref())?;
             runtime()?.block_on(verify(cfg, &address, from.as_deref()))
         }
+        Cmd::Status { config, json } => {
+            let cfg = load(config.as_ref())?;
+            runtime()?.block_on(status(cfg, json))
+        }
         Cmd::Sender {
             action: SenderCmd::Release { address },
             config,
@@ -359,6 +374,28 @@ async fn verify(cfg: Config, address: &str, from: Option<&str>) -> anyhow::Resul
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn status(cfg: Config, json: bool) -> anyhow::Result<ExitCode> {
+    let sock = control::socket_path(&cfg.state_dir);
+    let answer = match control::query(&sock, "status").await? {
+        Some(a) => a,
+        None => {
+            let dir = crate::app::spool_dir(&cfg);
+            let spool = crate::queue::Spool::open(&dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let parts = crate::app::build(cfg)?;
+            crate::status::gather(&parts.cfg, parts.store.as_ref(), &spool, unix_now()).await?
+        }
+    };
+    if let Some(e) = answer.get("error") {
+        anyhow::bail!("{}", e.as_str().unwrap_or("error"));
+    }
+    match json {
+        true => println!("{answer:#}"),
+        false => print!("{}", crate::status::render(&answer)),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn sender_release(cfg: Config, address: &str) -> anyhow::Result<ExitCode> {

@@ -151,23 +151,25 @@ pub async fn queue_request(spool: &Spool, now: u64, words: &[&str]) -> serde_jso
 }
 
 /// What the socket's handlers use.
-struct Served {
-    verifier: Arc<Verifier>,
-    guard: Arc<Guard>,
-    watch: Arc<Watch>,
-    spool: Arc<Spool>,
-    clock: Arc<dyn Clock>,
+pub struct Served {
+    /// The configuration.
+    pub cfg: Arc<crate::config::Config>,
+    /// The store.
+    pub store: Arc<dyn crate::store::Store>,
+    /// Recipient verification.
+    pub verifier: Arc<Verifier>,
+    /// BATV and bounce counts.
+    pub guard: Arc<Guard>,
+    /// Held senders.
+    pub watch: Arc<Watch>,
+    /// The queue.
+    pub spool: Arc<Spool>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Binds the socket (replacing a stale one left by a crash) and serves it until the task ends.
-pub fn serve(
-    path: &Path,
-    verifier: Arc<Verifier>,
-    guard: Arc<Guard>,
-    watch: Arc<Watch>,
-    spool: Arc<Spool>,
-    clock: Arc<dyn Clock>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn serve(path: &Path, served: Served) -> std::io::Result<tokio::task::JoinHandle<()>> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
@@ -176,13 +178,7 @@ pub fn serve(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
-    let served = Arc::new(Served {
-        verifier,
-        guard,
-        watch,
-        spool,
-        clock,
-    });
+    let served = Arc::new(served);
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let s = served.clone();
@@ -217,6 +213,12 @@ async fn handle(stream: UnixStream, s: &Served) -> std::io::Result<()> {
             let mut answer = queue_request(&s.spool, s.clock.unix(), rest).await;
             why_held(&s.watch, &mut answer, s.clock.unix()).await;
             answer
+        }
+        ["status"] => {
+            let now = s.clock.unix();
+            crate::status::gather(&s.cfg, s.store.as_ref(), &s.spool, now)
+                .await
+                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
         }
         ["sender-release", a] => sender_release(&s.watch, a, s.clock.unix()).await,
         ["bounce-stats"] => stats_answer(s.guard.stats(s.clock.unix()).await, s.clock.unix()),

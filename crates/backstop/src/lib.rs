@@ -20,6 +20,7 @@ pub mod queue;
 pub mod relay;
 pub mod reputation;
 pub mod senders;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

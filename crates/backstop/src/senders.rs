@@ -66,6 +66,46 @@ fn hold_key(sender: &Mailbox) -> String {
     format!("senders:hold:{}", sender.key())
 }
 
+/// The list of held senders (for `backstop status`).
+const HELD_LIST: &str = "senders:held";
+
+/// Every held sender with its hold, for `backstop status`.
+pub async fn held_senders(store: &dyn Store, now: u64) -> Result<Vec<(String, Hold)>, StoreError> {
+    let mut out = Vec::new();
+    for s in held_list(store, now).await? {
+        let Ok(m) = Mailbox::parse(&s, true) else {
+            continue;
+        };
+        if let Some(v) = store.get(&hold_key(&m), now).await?
+            && let Ok(hold) = serde_json::from_str(&v)
+        {
+            out.push((s, hold));
+        }
+    }
+    Ok(out)
+}
+
+async fn held_list(store: &dyn Store, now: u64) -> Result<Vec<String>, StoreError> {
+    let v = store.get(HELD_LIST, now).await?;
+    Ok(v.and_then(|v| serde_json::from_str(&v).ok())
+        .unwrap_or_default())
+}
+
+async fn set_held(
+    store: &dyn Store,
+    sender: &Mailbox,
+    held: bool,
+    now: u64,
+) -> Result<(), StoreError> {
+    let mut list = held_list(store, now).await?;
+    list.retain(|s| *s != sender.key());
+    if held {
+        list.push(sender.key());
+    }
+    let v = serde_json::to_string(&list).map_err(|e| StoreError::Backend(e.to_string()))?;
+    store.put(HELD_LIST, &v, None).await
+}
+
 fn epoch_key(sender: &Mailbox) -> String {
     format!("senders:epoch:{}", sender.key())
 }
@@ -180,6 +220,7 @@ impl Watch {
         };
         let value = serde_json::to_string(&hold).map_err(|e| StoreError::Backend(e.to_string()))?;
         self.store.put(&hold_key(sender), &value, None).await?;
+        set_held(self.store.as_ref(), sender, true, now).await?;
         let detail = format!("{why}; {} queued message(s) held", hold.messages.len());
         self.alerts
             .raise("sender_held", &sender.to_string(), &detail, now);
@@ -206,6 +247,7 @@ impl Watch {
             return Ok(None);
         };
         self.store.put(&hold_key(sender), "", Some(now)).await?;
+        set_held(self.store.as_ref(), sender, false, now).await?;
         let epoch = self.store.get(&epoch_key(sender), now).await?;
         let next = epoch.and_then(|e| e.parse::<u64>().ok()).unwrap_or(0) + 1;
         self.store

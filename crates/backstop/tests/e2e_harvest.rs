@@ -95,6 +95,15 @@ fn a_harvester_is_slowed_cut_off_and_blocked_while_others_are_served() {
         b.count_reaching(&["event=\"client_refused\"", "why=\"blocked\""], 1),
         1
     );
+    let (code, out, _) = b.cli(&["status", "--json"]);
+    assert_eq!(code, 0);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["blocked_clients"][0]["client"], "127.0.0.1", "{st}");
+    let (_, screen, _) = b.cli(&["status"]);
+    assert!(
+        screen.contains("blocked clients: 1\n  127.0.0.1  until "),
+        "{screen}"
+    );
 
     // another client meanwhile: served as usual, mail delivered
     let (mut c, greeting) = Client::connect(v6);

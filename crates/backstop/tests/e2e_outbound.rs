@@ -154,6 +154,15 @@ fn a_sender_whose_mail_mostly_fails_is_held_alerted_and_released() {
         out.contains("(held: sender held: 3 of 3 recipients failed in the last 1h (limit 50%))"),
         "{out}"
     );
+    let (_, out, _) = b.cli(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        st["held_senders"][0]["sender"], "alice@example.test",
+        "{st}"
+    );
+    assert_eq!(st["queue"]["held"], 1, "{st}");
+    // alice (a relay client, trusted) got one report for her three failed recipients
+    assert_eq!(st["reports_today"]["sent"], 1, "{st}");
     // another sender is not affected
     let (code, t) = send("bob@example.test", "someone@partner.test");
     assert_eq!(code, 0, "{t}");
@@ -167,6 +176,9 @@ fn a_sender_whose_mail_mostly_fails_is_held_alerted_and_released() {
     );
     let (code, t) = send("alice@example.test", "someone@partner.test");
     assert_eq!(code, 0, "{t}");
+    let (_, out, _) = b.cli(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["held_senders"], serde_json::json!([]), "{st}");
     let (code, _, err) = b.cli(&["sender", "release", "alice@example.test"]);
     assert_eq!(code, 2);
     assert!(err.contains("alice@example.test is not held"), "{err}");

@@ -31,6 +31,13 @@ fn listed_then_delisted_our_ip_raises_one_alert_each() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(b.count(&listed), 1, "{}", b.log());
     assert_eq!(b.count(&["192.0.2.11"]), 0);
+    let (_, screen, _) = b.cli(&["status"]);
+    assert!(
+        screen.contains(
+            "  192.0.2.10 in bl.test: listed 127.0.0.2\n  192.0.2.11 in bl.test: clean\n"
+        ),
+        "{screen}"
+    );
 
     // removed from the list
     std::fs::write(&hosts, "").unwrap();
@@ -44,4 +51,9 @@ fn listed_then_delisted_our_ip_raises_one_alert_each() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(b.count(&delisted), 1);
     assert_eq!(b.count(&listed), 1);
+    let (_, screen, _) = b.cli(&["status"]);
+    assert!(
+        screen.contains("  192.0.2.10 in bl.test: clean\n"),
+        "{screen}"
+    );
 }

@@ -190,8 +190,26 @@ fn modules_import_only_what_the_architecture_allows() {
         (
             "reputation",
             &[
-                "auth", "policy", "upstream", "relay", "inbound", "queue", "notify",
-                "backscatter", "harvest", "outbound", "senders", "control", "app", "cli",
+                "auth",
+                "policy",
+                "upstream",
+                "relay",
+                "inbound",
+                "queue",
+                "notify",
+                "backscatter",
+                "harvest",
+                "outbound",
+                "senders",
+                "control",
+                "app",
+                "cli",
+            ],
+        ),
+        (
+            "status",
+            &[
+                "inbound", "delivery", "policy", "upstream", "relay", "control", "app", "cli",
             ],
         ),
         ("app", &["cli"]),

@@ -2,7 +2,7 @@
 //! nodes of a cluster count into the same totals) for a week; `backstop bounce stats` shows
 //! them.
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, daily};
 
 /// Every label counted, in the order shown.
 pub const LABELS: [&str; 18] = [
@@ -26,33 +26,14 @@ pub const LABELS: [&str; 18] = [
     "refused=rate",
 ];
 
-const DAY: u64 = 86_400;
-/// Days a day's counts are kept.
-const KEEP_DAYS: u64 = 8;
-
-fn key(day: u64, label: &str) -> String {
-    format!("stats:bounces:{day}:{label}")
-}
-
 /// Adds one to each of `labels` for the day of `now`.
 pub async fn count(store: &dyn Store, labels: &[&str], now: u64) -> Result<(), StoreError> {
-    let day = now / DAY;
-    for label in labels {
-        store
-            .add(&key(day, label), 1, (day + KEEP_DAYS) * DAY, now)
-            .await?;
-    }
-    Ok(())
+    daily::count(store, "bounces", labels, now).await
 }
 
 /// The counts of the day of `now`, every label (zeros included), in [`LABELS`] order.
 pub async fn today(store: &dyn Store, now: u64) -> Result<Vec<(&'static str, u64)>, StoreError> {
-    let day = now / DAY;
-    let mut out = Vec::with_capacity(LABELS.len());
-    for label in LABELS {
-        out.push((label, store.count(&key(day, label), now).await?));
-    }
-    Ok(out)
+    daily::today(store, "bounces", &LABELS, now).await
 }
 
 #[cfg(test)]
@@ -64,6 +45,7 @@ mod tests {
     async fn counts_are_per_day() {
         let d = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(&d.path().join("s")).unwrap();
+        const DAY: u64 = 86_400;
         let now = 20_000 * DAY + 100;
         count(&s, &["batv=valid", "verdict=genuine"], now)
             .await

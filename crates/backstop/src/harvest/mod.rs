@@ -84,6 +84,27 @@ fn block_key(what: &str) -> String {
     format!("harvest:block:{what}")
 }
 
+/// The list of blocks (for `backstop status`): `[[client, until], ...]`.
+const BLOCK_LIST: &str = "harvest:blocked";
+
+/// The clients and networks blocked at `now`, with when each block ends.
+pub async fn blocked(store: &dyn Store, now: u64) -> Result<Vec<(String, u64)>, StoreError> {
+    let v = store.get(BLOCK_LIST, now).await?;
+    let mut list: Vec<(String, u64)> = v
+        .and_then(|v| serde_json::from_str(&v).ok())
+        .unwrap_or_default();
+    list.retain(|(_, until)| *until > now);
+    Ok(list)
+}
+
+async fn add_block(store: &dyn Store, what: &str, until: u64, now: u64) -> Result<(), StoreError> {
+    let mut list = blocked(store, now).await?;
+    list.retain(|(w, _)| w != what);
+    list.push((what.to_string(), until));
+    let v = serde_json::to_string(&list).map_err(|e| StoreError::Backend(e.to_string()))?;
+    store.put(BLOCK_LIST, &v, Some(until)).await
+}
+
 impl Harvest {
     /// The defence for `cfg`, keeping its counts and blocks in `store`.
     pub fn new(cfg: Arc<Config>, store: Arc<dyn Store>) -> Harvest {
@@ -225,6 +246,7 @@ impl Harvest {
                 self.store
                     .put(&block_key(&what), &now.to_string(), Some(until))
                     .await?;
+                add_block(self.store.as_ref(), &what, until, now).await?;
                 blocked.get_or_insert(what);
             }
         }

@@ -102,7 +102,18 @@ pub struct Notifier {
     busy: Mutex<HashSet<String>>,
 }
 
+/// What `backstop status` counts of the reports per day.
+pub const REPORT_LABELS: [&str; 2] = ["sent", "suppressed"];
+
 impl Notifier {
+    async fn count(&self, label: &str, now: u64) {
+        if let Err(e) =
+            crate::store::daily::count(self.store.as_ref(), "reports", &[label], now).await
+        {
+            tracing::warn!(error = %e, "report counts not updated: store failed");
+        }
+    }
+
     /// A notifier for the messages of `spool`.
     pub fn new(
         spool: Arc<Spool>,
@@ -254,6 +265,7 @@ impl Notifier {
         now: u64,
     ) -> Result<Sent, NotifyError> {
         if let Some(why) = self.over_budget(to, now).await? {
+            self.count("suppressed", now).await;
             Event::ReportSuppressed {
                 id: &rec.id,
                 kind: kind.as_str(),
@@ -280,6 +292,7 @@ impl Notifier {
         self.spool
             .enqueue(report::envelope(&rid, to, message, now))
             .await?;
+        self.count("sent", now).await;
         Event::ReportSent {
             id: &rec.id,
             kind: kind.as_str(),

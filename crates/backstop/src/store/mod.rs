@@ -145,5 +145,50 @@ impl Window<'_> {
     }
 }
 
+/// Counters per UTC day (`stats:FAMILY:DAY:LABEL`), kept for a week: what `backstop bounce
+/// stats` and `backstop status` show.
+pub mod daily {
+    use super::{Store, StoreError};
+
+    const DAY: u64 = 86_400;
+    /// Days a day's counts are kept.
+    const KEEP_DAYS: u64 = 8;
+
+    fn key(family: &str, day: u64, label: &str) -> String {
+        format!("stats:{family}:{day}:{label}")
+    }
+
+    /// Adds one to each of `labels` of `family` for the day of `now`.
+    pub async fn count(
+        store: &dyn Store,
+        family: &str,
+        labels: &[&str],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let day = now / DAY;
+        for label in labels {
+            store
+                .add(&key(family, day, label), 1, (day + KEEP_DAYS) * DAY, now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The counts of `labels` of `family` for the day of `now`, in order (zeros included).
+    pub async fn today<'l>(
+        store: &dyn Store,
+        family: &str,
+        labels: &[&'l str],
+        now: u64,
+    ) -> Result<Vec<(&'l str, u64)>, StoreError> {
+        let day = now / DAY;
+        let mut out = Vec::with_capacity(labels.len());
+        for &label in labels {
+            out.push((label, store.count(&key(family, day, label), now).await?));
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests;

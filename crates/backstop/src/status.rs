@@ -1,0 +1,143 @@
+//! `backstop status`: one screen for the operator, gathered from the spool and the store.
+//!
+//! Responsible for: collecting queue sizes, held senders, blocked clients, the DNSBL state of
+//! our IPs, and today's report and bounce counts into one JSON object, and rendering it for
+//! people. Not responsible for: any of the decisions behind them.
+
+use crate::config::Config;
+use crate::queue::{Spool, Status};
+use crate::store::{Store, StoreError, daily};
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+
+/// Everything `backstop status` shows, as JSON.
+pub async fn gather(
+    cfg: &Config,
+    store: &dyn Store,
+    spool: &Spool,
+    now: u64,
+) -> Result<Value, StoreError> {
+    let held: Vec<Value> = crate::senders::held_senders(store, now)
+        .await?
+        .into_iter()
+        .map(|(s, h)| json!({ "sender": s, "why": h.why, "since": h.since }))
+        .collect();
+    let blocked: Vec<Value> = crate::harvest::blocked(store, now)
+        .await?
+        .into_iter()
+        .map(|(c, until)| json!({ "client": c, "until": until }))
+        .collect();
+    let mut dnsbl = Vec::new();
+    for ip in &cfg.reputation.ips {
+        for zone in &cfg.reputation.dnsbl {
+            let state = store
+                .get(&format!("reputation:dnsbl:{ip}:{zone}"), now)
+                .await?;
+            let state = state.unwrap_or_else(|| "not checked yet".into());
+            dnsbl.push(json!({ "ip": ip.to_string(), "zone": zone, "state": state }));
+        }
+    }
+    let reports = daily::today(store, "reports", &crate::notify::REPORT_LABELS, now).await?;
+    let bounces = crate::backscatter::stats::today(store, now).await?;
+    Ok(json!({
+        "host": cfg.hostname,
+        "day": backstop_proto::datetime::iso_date(now),
+        "queue": queue(spool),
+        "held_senders": held,
+        "blocked_clients": blocked,
+        "dnsbl": dnsbl,
+        "reports_today": counts(&reports),
+        "bounces_today": counts(&bounces),
+    }))
+}
+
+fn counts(c: &[(&str, u64)]) -> Value {
+    Value::Object(
+        c.iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect(),
+    )
+}
+
+fn queue(spool: &Spool) -> Value {
+    let list = spool.list();
+    let (mut queued, mut deferred, mut failed) = (0, 0, 0);
+    for r in list.iter().flat_map(|m| &m.rcpts) {
+        match &r.status {
+            Status::Queued { last: None, .. } => queued += 1,
+            Status::Queued { last: Some(_), .. } => deferred += 1,
+            Status::Failed { .. } => failed += 1,
+            Status::Delivered { .. } => {}
+        }
+    }
+    json!({
+        "messages": list.len(),
+        "held": list.iter().filter(|m| m.held).count(),
+        "rcpts_queued": queued,
+        "rcpts_deferred": deferred,
+        "rcpts_failed_kept": failed,
+    })
+}
+
+/// The status as text for people.
+pub fn render(v: &Value) -> String {
+    let mut out = String::new();
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let _ = writeln!(out, "backstop on {} ({} UTC)", s(&v["host"]), s(&v["day"]));
+    let q = &v["queue"];
+    let _ = writeln!(
+        out,
+        "queue: {} message(s), {} held; recipients {} queued, {} deferred, {} failed (kept)",
+        n(&q["messages"]),
+        n(&q["held"]),
+        n(&q["rcpts_queued"]),
+        n(&q["rcpts_deferred"]),
+        n(&q["rcpts_failed_kept"])
+    );
+    let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
+    let held = list("held_senders");
+    let _ = writeln!(out, "held senders: {}", held.len());
+    for h in &held {
+        let _ = writeln!(out, "  {}  {}", s(&h["sender"]), s(&h["why"]));
+    }
+    let blocked = list("blocked_clients");
+    let _ = writeln!(out, "blocked clients: {}", blocked.len());
+    for b in &blocked {
+        let _ = writeln!(out, "  {}  until {}", s(&b["client"]), n(&b["until"]));
+    }
+    let dnsbl = list("dnsbl");
+    match dnsbl.is_empty() {
+        true => out.push_str("dnsbl: not configured ([reputation])\n"),
+        false => {
+            out.push_str("dnsbl:\n");
+            for d in &dnsbl {
+                let _ = writeln!(
+                    out,
+                    "  {} in {}: {}",
+                    s(&d["ip"]),
+                    s(&d["zone"]),
+                    s(&d["state"])
+                );
+            }
+        }
+    }
+    let r = &v["reports_today"];
+    let _ = writeln!(
+        out,
+        "reports today: {} sent, {} suppressed",
+        n(&r["sent"]),
+        n(&r["suppressed"])
+    );
+    let b = &v["bounces_today"];
+    let _ = writeln!(
+        out,
+        "bounces today: {} genuine, {} backscatter; BATV {} valid, {} untagged, {} expired or invalid",
+        n(&b["verdict=genuine"]),
+        n(&b["verdict=backscatter"]),
+        n(&b["batv=valid"]),
+        n(&b["batv=missing"]),
+        n(&b["batv=invalid"]) + n(&b["batv=expired"])
+    );
+    out
+}
