@@ -1,11 +1,12 @@
-//! Alerts for the operator: each is one log event (`event="alert"`) and, with
-//! `[alerts] webhook`, a JSON POST to that URL.
+//! Alerts for the operator: each is one log event (`event="alert"`), a count per day in the
+//! store (`backstop status`) and, with `[alerts] webhook`, a JSON POST to that URL.
 //!
 //! Responsible for: raising an alert and delivering it to the webhook in the background (a
 //! webhook that is down delays nothing; its failure is logged). Not responsible for: deciding
 //! when something is alarming (the watches do).
 
 use crate::config::Config;
+use crate::store::Store;
 use crate::telemetry::Event;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -34,22 +35,33 @@ pub struct Alert {
     pub host: String,
 }
 
+/// Every kind of alert, as counted per day (`backstop status`).
+pub const KINDS: [&str; 5] = [
+    "sender_held",
+    "sender_released",
+    "dnsbl_listed",
+    "dnsbl_delisted",
+    "blocked_by_destination",
+];
+
 /// Raises alerts.
 pub struct Alerts {
     cfg: Arc<Config>,
+    store: Arc<dyn Store>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Alerts {
-    /// Alerts per `cfg.alerts`.
-    pub fn new(cfg: Arc<Config>) -> Alerts {
+    /// Alerts per `cfg.alerts`, counted per day in `store`.
+    pub fn new(cfg: Arc<Config>, store: Arc<dyn Store>) -> Alerts {
         Alerts {
             cfg,
+            store,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
 
-    /// Logs the alert and sends it to the webhook, if any, in the background.
+    /// Logs the alert, counts it, and sends it to the webhook, if any, in the background.
     pub fn raise(&self, kind: &'static str, subject: &str, detail: &str, at: u64) {
         Event::Alert {
             kind,
@@ -57,6 +69,13 @@ impl Alerts {
             detail,
         }
         .emit();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::store::daily::count(store.as_ref(), "alerts", &[kind], at).await
+            {
+                tracing::warn!(error = %e, "alert not counted: store failed");
+            }
+        });
         let Some(url) = self.cfg.alerts.webhook.clone() else {
             return;
         };

@@ -125,7 +125,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     let auth = SenderAuth::new(cfg.delivery.resolver, DNS_TIMEOUT.min(cfg.delivery.timeout))
         .context("delivery.resolver")?;
     let guard = guard(&parts).await?;
-    let alerts = Arc::new(Alerts::new(cfg.clone()));
+    let alerts = Arc::new(Alerts::new(cfg.clone(), parts.store.clone()));
     let watch = Arc::new(Watch::new(
         cfg.clone(),
         parts.store.clone(),

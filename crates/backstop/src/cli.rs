@@ -407,7 +407,10 @@ async fn sender_release(cfg: Config, address: &str) -> anyhow::Result<ExitCode> 
             let spool = crate::queue::Spool::open(&dir)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             let parts = crate::app::build(cfg)?;
-            let alerts = std::sync::Arc::new(crate::alert::Alerts::new(parts.cfg.clone()));
+            let alerts = std::sync::Arc::new(crate::alert::Alerts::new(
+                parts.cfg.clone(),
+                parts.store.clone(),
+            ));
             let watch =
                 crate::senders::Watch::new(parts.cfg.clone(), parts.store.clone(), spool, alerts);
             control::sender_release(&watch, address, unix_now()).await

@@ -287,7 +287,7 @@ mod tests {
         let cfg = Arc::new(Config::from_toml(&text, d.path()).unwrap());
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&d.path().join("s")).unwrap());
         let spool = Spool::open(&d.path().join("q")).unwrap();
-        let alerts = Arc::new(Alerts::new(cfg.clone()));
+        let alerts = Arc::new(Alerts::new(cfg.clone(), store.clone()));
         let w = Watch::new(cfg, store, spool.clone(), alerts);
         (d, w, spool)
     }

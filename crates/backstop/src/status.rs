@@ -39,6 +39,7 @@ pub async fn gather(
     }
     let reports = daily::today(store, "reports", &crate::notify::REPORT_LABELS, now).await?;
     let bounces = crate::backscatter::stats::today(store, now).await?;
+    let alerts = daily::today(store, "alerts", &crate::alert::KINDS, now).await?;
     Ok(json!({
         "host": cfg.hostname,
         "day": backstop_proto::datetime::iso_date(now),
@@ -48,6 +49,7 @@ pub async fn gather(
         "dnsbl": dnsbl,
         "reports_today": counts(&reports),
         "bounces_today": counts(&bounces),
+        "alerts_today": counts(&alerts),
     }))
 }
 
@@ -128,6 +130,23 @@ pub fn render(v: &Value) -> String {
         "reports today: {} sent, {} suppressed",
         n(&r["sent"]),
         n(&r["suppressed"])
+    );
+    let alerts: Vec<String> = v["alerts_today"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "alerts today: {}",
+        match alerts.is_empty() {
+            true => "none".to_string(),
+            false => alerts.join(", "),
+        }
     );
     let b = &v["bounces_today"];
     let _ = writeln!(

@@ -163,6 +163,7 @@ fn a_sender_whose_mail_mostly_fails_is_held_alerted_and_released() {
     assert_eq!(st["queue"]["held"], 1, "{st}");
     // alice (a relay client, trusted) got one report for her three failed recipients
     assert_eq!(st["reports_today"]["sent"], 1, "{st}");
+    assert_eq!(st["alerts_today"]["sender_held"], 1, "{st}");
     // another sender is not affected
     let (code, t) = send("bob@example.test", "someone@partner.test");
     assert_eq!(code, 0, "{t}");
