@@ -169,7 +169,6 @@ fn modules_import_only_what_the_architecture_allows() {
         (
             "alert",
             &[
-                "store",
                 "queue",
                 "auth",
                 "policy",
