@@ -385,7 +385,15 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<ExitCode> {
             let spool = crate::queue::Spool::open(&dir)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             let parts = crate::app::build(cfg)?;
-            crate::status::gather(&parts.cfg, parts.store.as_ref(), &spool, unix_now()).await?
+            let now = unix_now();
+            crate::status::gather(
+                &parts.cfg,
+                parts.store.as_ref(),
+                &spool,
+                &parts.verifier,
+                now,
+            )
+            .await?
         }
     };
     if let Some(e) = answer.get("error") {

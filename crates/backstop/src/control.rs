@@ -216,7 +216,7 @@ async fn handle(stream: UnixStream, s: &Served) -> std::io::Result<()> {
         }
         ["status"] => {
             let now = s.clock.unix();
-            crate::status::gather(&s.cfg, s.store.as_ref(), &s.spool, now)
+            crate::status::gather(&s.cfg, s.store.as_ref(), &s.spool, &s.verifier, now)
                 .await
                 .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
         }

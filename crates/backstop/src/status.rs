@@ -1,8 +1,8 @@
 //! `backstop status`: one screen for the operator, gathered from the spool and the store.
 //!
-//! Responsible for: collecting queue sizes, held senders, blocked clients, the DNSBL state of
-//! our IPs, and today's report and bounce counts into one JSON object, and rendering it for
-//! people. Not responsible for: any of the decisions behind them.
+//! Responsible for: collecting queue sizes, call-out backend health, held senders, blocked
+//! clients, the DNSBL state of our IPs, and today's report, bounce and alert counts into one
+//! JSON object, and rendering it for people. Not responsible for: any of the decisions behind them.
 
 use crate::config::Config;
 use crate::queue::{Spool, Status};
@@ -15,8 +15,25 @@ pub async fn gather(
     cfg: &Config,
     store: &dyn Store,
     spool: &Spool,
+    verifier: &crate::policy::Verifier,
     now: u64,
 ) -> Result<Value, StoreError> {
+    let mut callout: Vec<Value> = Vec::new();
+    for d in &cfg.domains {
+        for src in &d.sources {
+            if let crate::config::Source::Callout(hp) = src {
+                let target = hp.to_string();
+                let h = verifier
+                    .backend_health()
+                    .into_iter()
+                    .find(|(t, _)| *t == target)
+                    .map(|(_, h)| h)
+                    .unwrap_or_default();
+                callout
+                    .push(json!({ "domain": d.name.to_string(), "target": target, "health": h }));
+            }
+        }
+    }
     let held: Vec<Value> = crate::senders::held_senders(store, now)
         .await?
         .into_iter()
@@ -44,6 +61,7 @@ pub async fn gather(
         "host": cfg.hostname,
         "day": backstop_proto::datetime::iso_date(now),
         "queue": queue(spool),
+        "callout": callout,
         "held_senders": held,
         "blocked_clients": blocked,
         "dnsbl": dnsbl,
@@ -98,6 +116,23 @@ pub fn render(v: &Value) -> String {
         n(&q["rcpts_failed_kept"])
     );
     let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
+    for c in list("callout") {
+        let h = &c["health"];
+        let state = match (h["last_ok"].as_u64(), h["last_failure"][0].as_u64()) {
+            (None, None) => "no probes since start".to_string(),
+            (Some(ok), Some(bad)) if bad > ok => format!("failing: {}", s(&h["last_failure"][1])),
+            (None, Some(_)) => format!("failing: {}", s(&h["last_failure"][1])),
+            (Some(_), _) => "answering".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "call-out {} for {}: {state} ({} probes, {} failed)",
+            s(&c["target"]),
+            s(&c["domain"]),
+            n(&h["probes"]),
+            n(&h["failures"])
+        );
+    }
     let held = list("held_senders");
     let _ = writeln!(out, "held senders: {}", held.len());
     for h in &held {

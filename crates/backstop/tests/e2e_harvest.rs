@@ -251,6 +251,18 @@ fn a_10000_address_harvest_is_stopped_and_a_legitimate_client_is_served_througho
             ms[ms.len() * 99 / 100]
         );
     }
+    let (_, screen, _) = b.cli(&["status"]);
+    assert!(
+        screen.contains(&format!(
+            "call-out 127.0.0.1:{} for example.test: answering (",
+            pf.port
+        )),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("blocked clients: 1\n  127.0.0.1  until "),
+        "{screen}"
+    );
     // blocked once over 20 unknown (the count is written in the background: allow a session
     // in flight)
     assert!(tried <= 28, "{tried}");

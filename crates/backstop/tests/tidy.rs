@@ -208,7 +208,7 @@ fn modules_import_only_what_the_architecture_allows() {
         (
             "status",
             &[
-                "inbound", "delivery", "policy", "upstream", "relay", "control", "app", "cli",
+                "inbound", "delivery", "upstream", "relay", "control", "app", "cli",
             ],
         ),
         ("app", &["cli"]),

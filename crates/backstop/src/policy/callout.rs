@@ -88,6 +88,20 @@ pub struct Callout {
     random: Random,
     inflight: Inflight,
     budget: Mutex<Budget>,
+    health: Mutex<HashMap<String, Health>>,
+}
+
+/// How an internal server has answered probes since start (for `backstop status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    /// Probes made.
+    pub probes: u64,
+    /// Of those, failed (no definite answer: down, 4xx, timeout).
+    pub failures: u64,
+    /// When the last definite answer came (Unix seconds).
+    pub last_ok: Option<u64>,
+    /// When the last failure was, and what it was.
+    pub last_failure: Option<(u64, String)>,
 }
 
 /// Removes an in-flight marker however the probe task ends (even by panic).
@@ -132,6 +146,7 @@ impl Callout {
             random,
             inflight: Mutex::new(HashMap::new()),
             budget: Mutex::new(Budget::default()),
+            health: Mutex::new(HashMap::new()),
         })
     }
 
@@ -275,7 +290,29 @@ impl Callout {
         let started = std::time::Instant::now();
         let answer = self.prober.probe(target, addr).await;
         telemetry::callout_probe(target, addr, &answer, started.elapsed());
+        self.note_health(target, &answer, self.clock.unix());
         self.record(key, answer).await
+    }
+
+    fn note_health(&self, target: &HostPort, answer: &ProbeAnswer, now: u64) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let e = h.entry(target.to_string()).or_default();
+        e.probes += 1;
+        match answer {
+            ProbeAnswer::Valid(_) | ProbeAnswer::Invalid(_) => e.last_ok = Some(now),
+            ProbeAnswer::Failed(why) => {
+                e.failures += 1;
+                e.last_failure = Some((now, why.clone()));
+            }
+        }
+    }
+
+    /// How each internal server has answered probes since start.
+    pub fn health(&self) -> Vec<(String, Health)> {
+        let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(String, Health)> = h.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Caches a definite answer; a failed probe writes nothing, so it never replaces what is

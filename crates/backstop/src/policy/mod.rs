@@ -103,6 +103,11 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// How each call-out internal server has answered probes since start.
+    pub fn backend_health(&self) -> Vec<(String, callout::Health)> {
+        self.callout.health()
+    }
+
     /// Loads every list file of the configuration (each once) and wires the call-out.
     pub fn new(
         cfg: &Config,
