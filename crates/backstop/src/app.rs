@@ -157,6 +157,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         notifier.clone(),
         (tags, watch.clone(), reputation.clone()),
     ));
+    let harvest = Arc::new(Harvest::new(cfg.clone(), parts.store.clone()));
     let ctx = Arc::new(Context {
         cfg: cfg.clone(),
         verifier: parts.verifier.clone(),
@@ -166,7 +167,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         auth: Arc::new(auth),
         spool: spool.clone(),
         guard: guard.clone(),
-        harvest: Arc::new(Harvest::new(cfg.clone(), parts.store.clone())),
+        harvest: harvest.clone(),
         watch: watch.clone(),
         outbound: Arc::new(crate::outbound::Limiter::new(
             cfg.clone(),
@@ -210,6 +211,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     let reload = tokio::spawn(reload_lists(parts.verifier.clone()));
     let purge = tokio::spawn(purge_cache(parts.store.clone(), parts.clock.clone()));
     let dnsbl = tokio::spawn(reputation.run(parts.clock.clone()));
+    let counts = tokio::spawn(flush_counts(harvest.clone()));
     for a in &addrs {
         tracing::info!(addr = %a, "listening on {a}");
     }
@@ -226,6 +228,10 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     reload.abort();
     purge.abort();
     dnsbl.abort();
+    counts.abort();
+    if let Err(e) = harvest.flush().await {
+        tracing::warn!(error = %e, "defence counts not written: store failed");
+    }
     compact.abort();
     reports.abort();
     let _ = delivery.await;
@@ -302,6 +308,19 @@ async fn settle_reports(
             Ok(0) => {}
             Ok(n) => tracing::info!(messages = n, "finished messages removed after keep_failed"),
             Err(e) => tracing::warn!(error = %e, "removing finished messages failed"),
+        }
+    }
+}
+
+/// How often counts kept in memory are added to the store.
+const FLUSH_COUNTS_EVERY: Duration = Duration::from_secs(2);
+
+async fn flush_counts(harvest: Arc<Harvest>) {
+    let mut tick = tokio::time::interval(FLUSH_COUNTS_EVERY);
+    loop {
+        tick.tick().await;
+        if let Err(e) = harvest.flush().await {
+            tracing::warn!(error = %e, "defence counts not written yet: store failed");
         }
     }
 }

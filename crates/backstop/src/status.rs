@@ -57,6 +57,7 @@ pub async fn gather(
     let reports = daily::today(store, "reports", &crate::notify::REPORT_LABELS, now).await?;
     let bounces = crate::backscatter::stats::today(store, now).await?;
     let alerts = daily::today(store, "alerts", &crate::alert::KINDS, now).await?;
+    let defence = daily::today(store, "defence", &crate::harvest::COUNTED, now).await?;
     Ok(json!({
         "host": cfg.hostname,
         "day": backstop_proto::datetime::iso_date(now),
@@ -68,6 +69,7 @@ pub async fn gather(
         "reports_today": counts(&reports),
         "bounces_today": counts(&bounces),
         "alerts_today": counts(&alerts),
+        "defence_today": counts(&defence),
     }))
 }
 
@@ -182,6 +184,15 @@ pub fn render(v: &Value) -> String {
             true => "none".to_string(),
             false => alerts.join(", "),
         }
+    );
+    let d = &v["defence_today"];
+    let _ = writeln!(
+        out,
+        "defence today: {} connections refused, {} clients blocked, {} sessions cut off, {} outbound recipients over a limit",
+        n(&d["client_refused"]),
+        n(&d["client_blocked"]),
+        n(&d["cut_off"]),
+        n(&d["outbound_limit"])
     );
     let b = &v["bounces_today"];
     let _ = writeln!(

@@ -6,7 +6,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use support::{Backstop, Client, free_port, list_config, world_dir};
+use support::{Backstop, Client, free_port, list_config, wait_until, world_dir};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -251,7 +251,16 @@ fn a_10000_address_harvest_is_stopped_and_a_legitimate_client_is_served_througho
             ms[ms.len() * 99 / 100]
         );
     }
-    let (_, screen, _) = b.cli(&["status"]);
+    // counts reach the store within a few seconds
+    let want = format!("defence today: {refused} connections refused");
+    let mut screen = String::new();
+    assert!(
+        wait_until(15, || {
+            screen = b.cli(&["status"]).1;
+            screen.contains(&want)
+        }),
+        "{screen}"
+    );
     assert!(
         screen.contains(&format!(
             "call-out 127.0.0.1:{} for example.test: answering (",
@@ -263,6 +272,13 @@ fn a_10000_address_harvest_is_stopped_and_a_legitimate_client_is_served_througho
         screen.contains("blocked clients: 1\n  127.0.0.1  until "),
         "{screen}"
     );
+    // every session was cut off (the last one possibly by the block instead)
+    let cut = [sessions, sessions - 1].map(|c| {
+        format!(
+            "defence today: {refused} connections refused, 1 clients blocked, {c} sessions cut off"
+        )
+    });
+    assert!(cut.iter().any(|c| screen.contains(c.as_str())), "{screen}");
     // blocked once over 20 unknown (the count is written in the background: allow a session
     // in flight)
     assert!(tried <= 28, "{tried}");

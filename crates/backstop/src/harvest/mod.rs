@@ -17,11 +17,22 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// What is counted per day (`backstop status`): connections refused before the greeting,
+/// clients or networks blocked, sessions cut off, outbound recipients over a limit.
+pub const COUNTED: [&str; 4] = [
+    "client_refused",
+    "client_blocked",
+    "cut_off",
+    "outbound_limit",
+];
+
 /// The shared state of the defence.
 pub struct Harvest {
     cfg: Arc<Config>,
     store: Arc<dyn Store>,
     conns: Arc<Mutex<Conns>>,
+    /// Counts not yet in the store: (day, label) -> n.
+    pending: Mutex<HashMap<(u64, &'static str), u64>>,
 }
 
 #[derive(Default)]
@@ -112,7 +123,26 @@ impl Harvest {
             cfg,
             store,
             conns: Arc::default(),
+            pending: Mutex::default(),
         }
+    }
+
+    /// Counts a defence decision for today, one of [`COUNTED`]. In memory: an attack must not
+    /// turn into a store write per refused connection; [`Harvest::flush`] writes the sums.
+    pub fn count(&self, label: &'static str, now: u64) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *p.entry((now / 86_400, label)).or_insert(0) += 1;
+    }
+
+    /// Adds the counts kept in memory to the store's daily counts (called every few seconds
+    /// and at shutdown).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for ((day, label), n) in pending {
+            crate::store::daily::add(self.store.as_ref(), "defence", label, n, day * 86_400)
+                .await?;
+        }
+        Ok(())
     }
 
     /// True for clients the harvest defence never touches: `[harvest] exempt` networks (relay
@@ -241,7 +271,9 @@ impl Harvest {
                 key: &key,
                 window: h.window.as_secs(),
             };
-            if w.hit(self.store.as_ref(), now).await? > limit {
+            let over = w.hit(self.store.as_ref(), now).await? > limit;
+            // blocked once: the unknown recipients of a session in flight do not block again
+            if over && self.store.get(&block_key(&what), now).await?.is_none() {
                 let until = now.saturating_add(h.block_for.as_secs());
                 self.store
                     .put(&block_key(&what), &now.to_string(), Some(until))

@@ -90,6 +90,7 @@ pub async fn run(
     let _slot = match ctx.harvest.admit(peer.ip(), exempt, now).await {
         Ok(slot) => slot,
         Err(refusal) => {
+            ctx.harvest.count("client_refused", now);
             Event::ClientRefused {
                 peer,
                 why: refusal.why,

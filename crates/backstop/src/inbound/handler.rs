@@ -238,6 +238,7 @@ impl Handler {
             match self.ctx.outbound.hit(what, from, ip, now).await {
                 Ok(None) => self.txn.counted_out = true,
                 Ok(Some(limit)) => {
+                    self.ctx.harvest.count("outbound_limit", now);
                     Event::OutboundLimit {
                         peer: ip,
                         rcpt,
@@ -288,16 +289,20 @@ impl Handler {
         );
         tokio::spawn(async move {
             match harvest.unknown_rcpt(ip, now).await {
-                Ok(Some(blocked)) => Event::ClientBlocked {
-                    peer: ip,
-                    blocked: &blocked,
+                Ok(Some(blocked)) => {
+                    harvest.count("client_blocked", now);
+                    Event::ClientBlocked {
+                        peer: ip,
+                        blocked: &blocked,
+                    }
+                    .emit()
                 }
-                .emit(),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "unknown recipient not counted: store failed"),
             }
         });
         let cut = self.ctx.harvest.cut_off(self.unknown)?;
+        self.ctx.harvest.count("cut_off", self.ctx.clock.unix());
         Event::HarvestCutOff {
             peer: self.peer.ip(),
             unknown: self.unknown,

@@ -158,6 +158,21 @@ pub mod daily {
         format!("stats:{family}:{day}:{label}")
     }
 
+    /// Adds `n` to `label` of `family` for the day of `now`.
+    pub async fn add(
+        store: &dyn Store,
+        family: &str,
+        label: &str,
+        n: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let day = now / DAY;
+        store
+            .add(&key(family, day, label), n, (day + KEEP_DAYS) * DAY, now)
+            .await
+            .map(|_| ())
+    }
+
     /// Adds one to each of `labels` of `family` for the day of `now`.
     pub async fn count(
         store: &dyn Store,
