@@ -159,14 +159,24 @@ impl Reputation {
     /// A remote server refused our outbound mail as blocked (our IP or domain listed, bad
     /// reputation): an alert, at most once an hour per destination domain.
     pub async fn refused_as_blocked(&self, destination: &str, detail: &str, now: u64) {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let key = format!("reputation:blocked:{destination}");
-        match self.store.claim(&key, now + 3600).await {
-            Ok(true) => {
+        let mine = format!(
+            "{now}.{}",
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        // the first caller of the hour wins (the value expires after it)
+        match self
+            .store
+            .put_if_absent(&key, &mine, Some(now + 3600), now)
+            .await
+        {
+            Ok(held) if held == mine => {
                 let detail = format!("{destination} refuses our mail as blocked: {detail}");
                 self.alerts
                     .raise("blocked_by_destination", destination, &detail, now);
             }
-            Ok(false) => {}
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "blocked refusal not recorded: store failed"),
         }
     }
@@ -185,6 +195,56 @@ mod tests {
         assert_eq!(
             query_name("2001:db8::1".parse().unwrap(), "bl.test"),
             "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.test"
+        );
+    }
+
+    #[tokio::test]
+    async fn blocked_refusals_alert_once_per_destination_per_hour() {
+        use crate::store::Store;
+        let d = tempfile::tempdir().unwrap();
+        let list = d.path().join("users");
+        std::fs::write(&list, "alice@example.test\n").unwrap();
+        let text = format!(
+            "hostname = \"mx.example.test\"\nstate_dir = \"var\"\n[[listen]]\naddr = \"127.0.0.1:2525\"\n\
+             [[domain]]\nname = \"example.test\"\nrecipients = [\"list:{}\"]\nnext_hop = \"maildir:m\"\n",
+            list.display()
+        );
+        let cfg = Arc::new(Config::from_toml(&text, d.path()).unwrap());
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::embedded::EmbeddedStore::open(&d.path().join("s")).unwrap());
+        let alerts = Arc::new(Alerts::new(cfg.clone(), store.clone()));
+        let resolver = MxResolver::new(
+            Some("127.0.0.1:9".parse().unwrap()),
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        let r = Reputation::new(cfg, store.clone(), resolver, alerts);
+        let now = 1_795_392_000;
+        for dest in ["big.test", "big.test", "other.test", "big.test"] {
+            r.refused_as_blocked(dest, "554 5.7.1 blocked using a list", now)
+                .await;
+        }
+        r.refused_as_blocked("big.test", "again", now + 3600).await;
+        let count = || async {
+            let c = crate::store::daily::today(store.as_ref(), "alerts", &crate::alert::KINDS, now)
+                .await
+                .unwrap();
+            c.into_iter()
+                .find(|(k, _)| *k == "blocked_by_destination")
+                .unwrap()
+                .1
+        };
+        // counted in the background
+        for _ in 0..100 {
+            if count().await == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            count().await,
+            3,
+            "big.test twice (an hour apart), other.test once"
         );
     }
 
