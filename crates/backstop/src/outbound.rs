@@ -94,21 +94,11 @@ fn limit_of(l: &RateLimits, what: Counted, period: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::embedded::EmbeddedStore;
     use backstop_proto::address::Mailbox;
 
     fn limiter(extra: &str) -> (tempfile::TempDir, Limiter) {
-        let d = tempfile::tempdir().unwrap();
-        let list = d.path().join("users");
-        std::fs::write(&list, "alice@example.test\n").unwrap();
-        let text = format!(
-            "hostname = \"mx.example.test\"\nstate_dir = \"var\"\n[[listen]]\naddr = \"127.0.0.1:2525\"\n\
-             [[domain]]\nname = \"example.test\"\nrecipients = [\"list:{}\"]\nnext_hop = \"maildir:m\"\n{extra}",
-            list.display()
-        );
-        let cfg = Config::from_toml(&text, d.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&d.path().join("s")).unwrap());
-        (d, Limiter::new(Arc::new(cfg), store))
+        let (d, cfg, store) = crate::config::for_tests(extra);
+        (d, Limiter::new(cfg, store))
     }
 
     fn from(s: &str) -> ReversePath {

@@ -200,18 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn blocked_refusals_alert_once_per_destination_per_hour() {
-        use crate::store::Store;
-        let d = tempfile::tempdir().unwrap();
-        let list = d.path().join("users");
-        std::fs::write(&list, "alice@example.test\n").unwrap();
-        let text = format!(
-            "hostname = \"mx.example.test\"\nstate_dir = \"var\"\n[[listen]]\naddr = \"127.0.0.1:2525\"\n\
-             [[domain]]\nname = \"example.test\"\nrecipients = [\"list:{}\"]\nnext_hop = \"maildir:m\"\n",
-            list.display()
-        );
-        let cfg = Arc::new(Config::from_toml(&text, d.path()).unwrap());
-        let store: Arc<dyn Store> =
-            Arc::new(crate::store::embedded::EmbeddedStore::open(&d.path().join("s")).unwrap());
+        let (_d, cfg, store) = crate::config::for_tests("");
         let alerts = Arc::new(Alerts::new(cfg.clone(), store.clone()));
         let resolver = MxResolver::new(
             Some("127.0.0.1:9".parse().unwrap()),

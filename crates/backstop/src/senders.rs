@@ -270,22 +270,12 @@ impl Watch {
 mod tests {
     use super::*;
     use crate::queue::NewMessage;
-    use crate::store::embedded::EmbeddedStore;
     use backstop_proto::address::ReversePath;
 
     const NOW: u64 = 1_795_392_000;
 
     async fn watch(extra: &str) -> (tempfile::TempDir, Watch, Arc<Spool>) {
-        let d = tempfile::tempdir().unwrap();
-        let list = d.path().join("users");
-        std::fs::write(&list, "alice@example.test\n").unwrap();
-        let text = format!(
-            "hostname = \"mx.example.test\"\nstate_dir = \"var\"\n[[listen]]\naddr = \"127.0.0.1:2525\"\n\
-             [[domain]]\nname = \"example.test\"\nrecipients = [\"list:{}\"]\nnext_hop = \"maildir:m\"\n{extra}",
-            list.display()
-        );
-        let cfg = Arc::new(Config::from_toml(&text, d.path()).unwrap());
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&d.path().join("s")).unwrap());
+        let (d, cfg, store) = crate::config::for_tests(extra);
         let spool = Spool::open(&d.path().join("q")).unwrap();
         let alerts = Arc::new(Alerts::new(cfg.clone(), store.clone()));
         let w = Watch::new(cfg, store, spool.clone(), alerts);

@@ -1,20 +1,10 @@
 use super::*;
-use crate::store::embedded::EmbeddedStore;
 
 const NOW: u64 = 1_795_392_000;
 
 fn harvest(extra: &str) -> (tempfile::TempDir, Harvest) {
-    let d = tempfile::tempdir().unwrap();
-    let list = d.path().join("users");
-    std::fs::write(&list, "alice@example.test\n").unwrap();
-    let text = format!(
-        "hostname = \"mx.example.test\"\nstate_dir = \"var\"\n[[listen]]\naddr = \"127.0.0.1:2525\"\n\
-         [[domain]]\nname = \"example.test\"\nrecipients = [\"list:{}\"]\nnext_hop = \"maildir:m\"\n{extra}",
-        list.display()
-    );
-    let cfg = Config::from_toml(&text, d.path()).unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&d.path().join("s")).unwrap());
-    (d, Harvest::new(Arc::new(cfg), store))
+    let (d, cfg, store) = crate::config::for_tests(extra);
+    (d, Harvest::new(cfg, store))
 }
 
 fn ip(s: &str) -> IpAddr {
