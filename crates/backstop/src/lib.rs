@@ -23,4 +23,6 @@ pub mod senders;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 pub mod upstream;

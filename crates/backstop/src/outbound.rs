@@ -97,7 +97,7 @@ mod tests {
     use backstop_proto::address::Mailbox;
 
     fn limiter(extra: &str) -> (tempfile::TempDir, Limiter) {
-        let (d, cfg, store) = crate::config::for_tests(extra);
+        let (d, cfg, store) = crate::test_support::for_tests(extra);
         (d, Limiter::new(cfg, store))
     }
 

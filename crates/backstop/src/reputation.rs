@@ -200,7 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn blocked_refusals_alert_once_per_destination_per_hour() {
-        let (_d, cfg, store) = crate::config::for_tests("");
+        let (_d, cfg, store) = crate::test_support::for_tests("");
         let alerts = Arc::new(Alerts::new(cfg.clone(), store.clone()));
         let resolver = MxResolver::new(
             Some("127.0.0.1:9".parse().unwrap()),

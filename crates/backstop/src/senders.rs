@@ -275,7 +275,7 @@ mod tests {
     const NOW: u64 = 1_795_392_000;
 
     async fn watch(extra: &str) -> (tempfile::TempDir, Watch, Arc<Spool>) {
-        let (d, cfg, store) = crate::config::for_tests(extra);
+        let (d, cfg, store) = crate::test_support::for_tests(extra);
         let spool = Spool::open(&d.path().join("q")).unwrap();
         let alerts = Arc::new(Alerts::new(cfg.clone(), store.clone()));
         let w = Watch::new(cfg, store, spool.clone(), alerts);

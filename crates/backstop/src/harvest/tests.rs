@@ -3,7 +3,7 @@ use super::*;
 const NOW: u64 = 1_795_392_000;
 
 fn harvest(extra: &str) -> (tempfile::TempDir, Harvest) {
-    let (d, cfg, store) = crate::config::for_tests(extra);
+    let (d, cfg, store) = crate::test_support::for_tests(extra);
     (d, Harvest::new(cfg, store))
 }
 
