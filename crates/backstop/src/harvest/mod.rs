@@ -14,6 +14,7 @@ use crate::store::{Store, StoreError, Window};
 use backstop_proto::smtp::reply::{Enhanced, Reply};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -271,13 +272,20 @@ impl Harvest {
                 key: &key,
                 window: h.window.as_secs(),
             };
-            let over = w.hit(self.store.as_ref(), now).await? > limit;
-            // blocked once: the unknown recipients of a session in flight do not block again
-            if over && self.store.get(&block_key(&what), now).await?.is_none() {
-                let until = now.saturating_add(h.block_for.as_secs());
-                self.store
-                    .put(&block_key(&what), &now.to_string(), Some(until))
-                    .await?;
+            if w.hit(self.store.as_ref(), now).await? <= limit {
+                continue;
+            }
+            // blocked once: of the racing counts of a session in flight, one sets the block
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let mine = format!("{now}.{}", SEQ.fetch_add(1, Ordering::Relaxed));
+            let until = now.saturating_add(h.block_for.as_secs());
+            let key = block_key(&what);
+            if self
+                .store
+                .put_if_absent(&key, &mine, Some(until), now)
+                .await?
+                == mine
+            {
                 add_block(self.store.as_ref(), &what, until, now).await?;
                 blocked.get_or_insert(what);
             }
