@@ -132,12 +132,10 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         spool.clone(),
         alerts.clone(),
     ));
-    let dnsbl_resolver =
-        MxResolver::new(cfg.delivery.resolver, DNS_TIMEOUT).context("delivery.resolver")?;
     let reputation = Arc::new(Reputation::new(
         cfg.clone(),
         parts.store.clone(),
-        dnsbl_resolver,
+        resolver.clone(),
         alerts,
     ));
     let tags = guard.tags().clone();

@@ -302,9 +302,7 @@ async fn queue(cfg: Config, action: &QueueCmd, json: bool) -> anyhow::Result<Exi
     let answer = match control::query(&sock, &format!("queue {}", words.join(" "))).await? {
         Some(a) => a,
         None => {
-            let dir = crate::app::spool_dir(&cfg);
-            let spool = crate::queue::Spool::open(&dir)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let spool = open_spool(&cfg)?;
             control::queue_request(&spool, unix_now(), &words).await
         }
     };
@@ -328,6 +326,12 @@ async fn queue(cfg: Config, action: &QueueCmd, json: bool) -> anyhow::Result<Exi
         println!("{}: done", words.join(" "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The spool, opened here because no gateway runs with this state_dir.
+fn open_spool(cfg: &Config) -> anyhow::Result<std::sync::Arc<crate::queue::Spool>> {
+    let dir = crate::app::spool_dir(cfg);
+    crate::queue::Spool::open(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
 }
 
 fn unix_now() -> u64 {
@@ -381,9 +385,7 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<ExitCode> {
     let answer = match control::query(&sock, "status").await? {
         Some(a) => a,
         None => {
-            let dir = crate::app::spool_dir(&cfg);
-            let spool = crate::queue::Spool::open(&dir)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let spool = open_spool(&cfg)?;
             let parts = crate::app::build(cfg)?;
             let now = unix_now();
             crate::status::gather(
@@ -411,9 +413,7 @@ async fn sender_release(cfg: Config, address: &str) -> anyhow::Result<ExitCode> 
     let answer = match control::query(&sock, &format!("sender-release {address}")).await? {
         Some(a) => a,
         None => {
-            let dir = crate::app::spool_dir(&cfg);
-            let spool = crate::queue::Spool::open(&dir)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let spool = open_spool(&cfg)?;
             let parts = crate::app::build(cfg)?;
             let alerts = std::sync::Arc::new(crate::alert::Alerts::new(
                 parts.cfg.clone(),

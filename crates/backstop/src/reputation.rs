@@ -9,7 +9,7 @@
 use crate::alert::Alerts;
 use crate::config::Config;
 use crate::delivery::mx::MxResolver;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, claim_until};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -159,24 +159,14 @@ impl Reputation {
     /// A remote server refused our outbound mail as blocked (our IP or domain listed, bad
     /// reputation): an alert, at most once an hour per destination domain.
     pub async fn refused_as_blocked(&self, destination: &str, detail: &str, now: u64) {
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let key = format!("reputation:blocked:{destination}");
-        let mine = format!(
-            "{now}.{}",
-            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        // the first caller of the hour wins (the value expires after it)
-        match self
-            .store
-            .put_if_absent(&key, &mine, Some(now + 3600), now)
-            .await
-        {
-            Ok(held) if held == mine => {
+        match claim_until(self.store.as_ref(), &key, now + 3600, now).await {
+            Ok(true) => {
                 let detail = format!("{destination} refuses our mail as blocked: {detail}");
                 self.alerts
                     .raise("blocked_by_destination", destination, &detail, now);
             }
-            Ok(_) => {}
+            Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "blocked refusal not recorded: store failed"),
         }
     }

@@ -18,16 +18,16 @@ pub async fn gather(
     verifier: &crate::policy::Verifier,
     now: u64,
 ) -> Result<Value, StoreError> {
+    let health = verifier.backend_health();
     let mut callout: Vec<Value> = Vec::new();
     for d in &cfg.domains {
         for src in &d.sources {
             if let crate::config::Source::Callout(hp) = src {
                 let target = hp.to_string();
-                let h = verifier
-                    .backend_health()
-                    .into_iter()
+                let h = health
+                    .iter()
                     .find(|(t, _)| *t == target)
-                    .map(|(_, h)| h)
+                    .map(|(_, h)| h.clone())
                     .unwrap_or_default();
                 callout
                     .push(json!({ "domain": d.name.to_string(), "target": target, "health": h }));

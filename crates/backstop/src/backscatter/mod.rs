@@ -5,7 +5,8 @@
 //! envelope sender of mail that leaves ([`Tags::sign`]), checking and stripping the tag of a
 //! bounce's recipient at RCPT ([`Guard::rcpt`]), the per-recipient bounce rate, recording the
 //! Message-ID of mail sent out ([`Guard::record_sent`]), gathering the content evidence of a
-//! bounce at the end of DATA and drawing the verdict ([`Guard::judge`]), and the quarantine.
+//! bounce at the end of DATA ([`Guard::evidence`], whose verdict inbound carries out), and the
+//! quarantine.
 //! Not responsible for: whether a recipient exists (policy), or carrying out the verdict's
 //! delivery (inbound).
 //!

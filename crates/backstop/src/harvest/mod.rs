@@ -10,11 +10,10 @@
 //! writes the replies this module chooses).
 
 use crate::config::Config;
-use crate::store::{Store, StoreError, Window};
+use crate::store::{Store, StoreError, Window, claim_until};
 use backstop_proto::smtp::reply::{Enhanced, Reply};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -276,16 +275,8 @@ impl Harvest {
                 continue;
             }
             // blocked once: of the racing counts of a session in flight, one sets the block
-            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let mine = format!("{now}.{}", SEQ.fetch_add(1, Ordering::Relaxed));
             let until = now.saturating_add(h.block_for.as_secs());
-            let key = block_key(&what);
-            if self
-                .store
-                .put_if_absent(&key, &mine, Some(until), now)
-                .await?
-                == mine
-            {
+            if claim_until(self.store.as_ref(), &block_key(&what), until, now).await? {
                 add_block(self.store.as_ref(), &what, until, now).await?;
                 blocked.get_or_insert(what);
             }

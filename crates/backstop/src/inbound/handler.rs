@@ -122,11 +122,7 @@ impl Handler {
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "sender hold not checked: store failed");
-                Reply::new(
-                    451,
-                    Enhanced::new(4, 3, 0),
-                    "Error: temporary local problem, try again later",
-                )
+                store_trouble()
             }
         }
     }
@@ -253,11 +249,7 @@ impl Handler {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "outbound limits not counted: store failed");
-                    return Some(Reply::new(
-                        451,
-                        Enhanced::new(4, 3, 0),
-                        "Error: temporary local problem, try again later",
-                    ));
+                    return Some(store_trouble());
                 }
             }
         }
@@ -357,11 +349,7 @@ impl Handler {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "bounce rate not counted: store failed");
-                Some(Reply::new(
-                    451,
-                    Enhanced::new(4, 3, 0),
-                    "Error: temporary local problem, try again later",
-                ))
+                Some(store_trouble())
             }
         }
     }
@@ -482,11 +470,7 @@ impl Handler {
             Ok(e) => e,
             Err(e) if null => {
                 tracing::warn!(error = %e, "bounce not judged: store failed");
-                return Judged::Answer(Reply::new(
-                    451,
-                    Enhanced::new(4, 3, 0),
-                    "Error: temporary local problem, try again later",
-                ));
+                return Judged::Answer(store_trouble());
             }
             Err(_) => return Judged::Deliver(None),
         };
@@ -638,6 +622,15 @@ fn action_label(a: BackscatterAction) -> &'static str {
         BackscatterAction::Quarantine => "action=quarantine",
         BackscatterAction::Reject => "action=reject",
     }
+}
+
+/// The store could not be asked or written: the client tries again later.
+fn store_trouble() -> Reply {
+    Reply::new(
+        451,
+        Enhanced::new(4, 3, 0),
+        "Error: temporary local problem, try again later",
+    )
 }
 
 fn lost() -> Reply {

@@ -79,6 +79,8 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_expired(&self, now: u64) -> Result<usize, StoreError>;
     /// Claims `key` until `expire_at` (unix seconds): true when this call made the claim, false
     /// when it was already claimed. Atomic: of racing callers (tasks, nodes) exactly one wins.
+    /// An expired claim is freed by [`Store::purge_expired`]; where it must end exactly at
+    /// its time, use [`claim_until`].
     async fn claim(&self, key: &str, expire_at: u64) -> Result<bool, StoreError>;
     /// Gives up a claim (the work it guarded could not be done and may be tried again).
     async fn unclaim(&self, key: &str) -> Result<(), StoreError>;
@@ -101,6 +103,25 @@ pub trait Store: Send + Sync + 'static {
         expire_at: Option<u64>,
         now: u64,
     ) -> Result<String, StoreError>;
+}
+
+/// Claims `key` until `until` (Unix seconds), judged at `now`: true for the one caller that
+/// made the claim, false while it holds. Unlike [`Store::claim`], a claim that has expired can
+/// be made again at once (not only after a purge). Atomic across tasks and nodes.
+pub async fn claim_until(
+    store: &dyn Store,
+    key: &str,
+    until: u64,
+    now: u64,
+) -> Result<bool, StoreError> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // a token no other caller can hold
+    let mine = format!(
+        "{now}.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok(store.put_if_absent(key, &mine, Some(until), now).await? == mine)
 }
 
 /// A counter over a sliding window of `window` seconds, kept as two fixed buckets (the

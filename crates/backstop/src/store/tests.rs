@@ -123,3 +123,11 @@ async fn of_racing_first_values_all_callers_get_the_same_one() {
     s.put("old", "a", Some(10)).await.unwrap();
     assert_eq!(s.put_if_absent("old", "b", None, 10).await.unwrap(), "b");
 }
+
+#[tokio::test]
+async fn claim_until_expires_at_its_time() {
+    let (_d, s) = embedded();
+    assert!(super::claim_until(s.as_ref(), "k", 100, 10).await.unwrap());
+    assert!(!super::claim_until(s.as_ref(), "k", 200, 99).await.unwrap());
+    assert!(super::claim_until(s.as_ref(), "k", 200, 100).await.unwrap());
+}
