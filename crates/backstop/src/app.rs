@@ -22,11 +22,13 @@ use crate::reputation::Reputation;
 use crate::senders::Watch;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::series::Series;
 use crate::upstream::Pools;
 use anyhow::Context as _;
 use backstop_proto::address::{Mailbox, ReversePath};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -113,6 +115,18 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     let parts = build(cfg)?;
     let cfg = parts.cfg.clone();
     let bound = inbound::bind(&cfg).await?;
+    let metrics = Metrics::install().unwrap_or_default();
+    let web_listener = match cfg.web.addr {
+        Some(addr) => {
+            let l = crate::web::bind(addr)
+                .await
+                .with_context(|| format!("web.addr {addr}: cannot listen"))?;
+            let a = l.local_addr()?;
+            tracing::info!(addr = %a, "web: dashboard at http://{a}/, metrics at http://{a}/metrics");
+            Some(l)
+        }
+        None => None,
+    };
     let addrs = bound
         .iter()
         .map(|b| b.local_addr())
@@ -193,19 +207,33 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     }
     drop(alive_tx);
     let control_path = crate::control::socket_path(&cfg.state_dir);
-    let control = crate::control::serve(
-        &control_path,
-        crate::control::Served {
-            cfg: cfg.clone(),
-            store: parts.store.clone(),
-            verifier: parts.verifier.clone(),
-            guard: guard.clone(),
-            watch: watch.clone(),
-            spool: spool.clone(),
-            clock: parts.clock.clone(),
-        },
-    )
-    .with_context(|| format!("control socket {}", control_path.display()))?;
+    let served = Arc::new(crate::control::Served {
+        cfg: cfg.clone(),
+        store: parts.store.clone(),
+        verifier: parts.verifier.clone(),
+        guard: guard.clone(),
+        watch: watch.clone(),
+        spool: spool.clone(),
+        clock: parts.clock.clone(),
+    });
+    let control = crate::control::serve(&control_path, served.clone())
+        .with_context(|| format!("control socket {}", control_path.display()))?;
+    let web = match web_listener {
+        Some(listener) => {
+            let series = Mutex::new(Series::default());
+            series
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sample(parts.clock.unix(), &metrics.tally().counters());
+            let web = Arc::new(crate::web::Web {
+                served,
+                metrics,
+                series,
+            });
+            Some(crate::web::serve(listener, web, shutdown_rx.clone()))
+        }
+        None => None,
+    };
     let reload = tokio::spawn(reload_lists(parts.verifier.clone()));
     let purge = tokio::spawn(purge_cache(parts.store.clone(), parts.clock.clone()));
     let dnsbl = tokio::spawn(reputation.run(parts.clock.clone()));
@@ -232,6 +260,9 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     }
     compact.abort();
     reports.abort();
+    if let Some(web) = web {
+        let _ = web.await;
+    }
     let _ = delivery.await;
     let (records, syncs) = spool.write_stats();
     tracing::info!(

@@ -169,7 +169,7 @@ pub struct Served {
 }
 
 /// Binds the socket (replacing a stale one left by a crash) and serves it until the task ends.
-pub fn serve(path: &Path, served: Served) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn serve(path: &Path, served: Arc<Served>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
@@ -178,7 +178,6 @@ pub fn serve(path: &Path, served: Served) -> std::io::Result<tokio::task::JoinHa
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
-    let served = Arc::new(served);
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let s = served.clone();

@@ -26,3 +26,4 @@ pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;
+pub mod web;

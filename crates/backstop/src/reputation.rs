@@ -105,6 +105,12 @@ impl Reputation {
                 let Some(listing) = listing else {
                     continue;
                 };
+                crate::telemetry::Event::Dnsbl {
+                    ip,
+                    zone,
+                    listed: matches!(listing, Listing::Listed(_)),
+                }
+                .emit();
                 self.record(ip, zone, &listing, now).await?;
                 out.push((ip, zone.clone(), listing));
             }

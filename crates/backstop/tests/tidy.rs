@@ -212,7 +212,24 @@ fn modules_import_only_what_the_architecture_allows() {
             ],
         ),
         ("app", &["cli"]),
+        (
+            "web",
+            &["inbound", "delivery", "upstream", "relay", "app", "cli"],
+        ),
     ];
+    // nothing but the composition root starts the web listener
+    for file in rust_files(&src()) {
+        let module = module_of(&file);
+        if module == "app" || module == "web" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            !text.contains("crate::web"),
+            "{} uses crate::web",
+            file.display()
+        );
+    }
     // the lower layers never reach up into the bounce guard
     for low in [
         "config", "clock", "store", "queue", "policy", "upstream", "relay", "auth",

@@ -25,6 +25,25 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use verdict::{BatvEvidence, Evidence, MsgId, Relay};
 
+/// How many stopped bounces [`Guard::recent`] keeps.
+pub const RECENT: usize = 100;
+
+/// A bounce stopped (refused, deferred, quarantined or tagged), for the dashboard and the
+/// API: this node's latest [`RECENT`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Stopped {
+    /// When (Unix seconds).
+    pub at: u64,
+    /// The client's IP.
+    pub client: String,
+    /// The recipient(s), as given.
+    pub rcpt: String,
+    /// Why: `batv=invalid`, `refused=rate`, `verdict=backscatter,msgid=unknown,...`.
+    pub reasons: String,
+    /// What was done: `refused`, `deferred`, `reject`, `quarantine`, `tag`, `accept`.
+    pub action: &'static str,
+}
+
 /// The BATV keys and the signing rules.
 pub struct Tags {
     keys: Vec<Key>,
@@ -156,6 +175,7 @@ pub struct Guard {
     tags: Arc<Tags>,
     /// When enforcement began, per enforcing domain (Unix seconds).
     enforced_since: HashMap<Domain, u64>,
+    recent: std::sync::Mutex<std::collections::VecDeque<Stopped>>,
 }
 
 impl Guard {
@@ -179,7 +199,23 @@ impl Guard {
             store,
             tags,
             enforced_since,
+            recent: Default::default(),
         })
+    }
+
+    /// Remembers a stopped bounce (the oldest of more than [`RECENT`] is forgotten).
+    pub fn stopped(&self, s: Stopped) {
+        let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() >= RECENT {
+            r.pop_front();
+        }
+        r.push_back(s);
+    }
+
+    /// The bounces stopped lately, newest first.
+    pub fn recent(&self) -> Vec<Stopped> {
+        let r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().rev().cloned().collect()
     }
 
     /// The signing side, for delivery.

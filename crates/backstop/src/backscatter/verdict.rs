@@ -26,6 +26,16 @@ impl BatvEvidence {
         }
     }
 
+    /// The reason a recipient refused for it is recorded with (`batv-missing`, ...).
+    pub fn refusal(self) -> &'static str {
+        match self {
+            BatvEvidence::Valid => "batv-valid",
+            BatvEvidence::Missing => "batv-missing",
+            BatvEvidence::Expired => "batv-expired",
+            BatvEvidence::Invalid => "batv-invalid",
+        }
+    }
+
     /// Its count label (see `stats::LABELS`).
     pub fn label(self) -> &'static str {
         match self {

@@ -92,6 +92,30 @@ pub struct Config {
     pub alerts: Alerts,
     /// Our own reputation (`[reputation]`).
     pub reputation: Reputation,
+    /// The HTTP listener: metrics, health, JSON API, dashboard (`[web]`).
+    pub web: Web,
+}
+
+/// The HTTP listener (`[web]`): `/metrics`, `/healthz`, the JSON API under `/api/` and the
+/// dashboard at `/`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Web {
+    /// Where to listen; none: no HTTP listener.
+    pub addr: Option<std::net::SocketAddr>,
+    /// The token admin actions need (`Authorization: Bearer TOKEN`); none: no admin actions.
+    #[serde(serialize_with = "serialize_token")]
+    pub token: Option<String>,
+    /// The networks that may read the API, the metrics and the dashboard, and (with the
+    /// token) act. `/healthz` answers everyone.
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+fn serialize_token<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    // never printed
+    match v {
+        Some(_) => s.serialize_str("(secret)"),
+        None => s.serialize_none(),
+    }
 }
 
 /// Our own reputation (`[reputation]`): the gateway's outbound IPs looked up in DNS
@@ -257,6 +281,18 @@ pub enum BackscatterAction {
     Quarantine,
     /// Refused at the end of DATA with `550 5.7.1`.
     Reject,
+}
+
+impl BackscatterAction {
+    /// `accept`, `tag`, `quarantine` or `reject`, as written in the configuration.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackscatterAction::Accept => "accept",
+            BackscatterAction::Tag => "tag",
+            BackscatterAction::Quarantine => "quarantine",
+            BackscatterAction::Reject => "reject",
+        }
+    }
 }
 
 /// Delivery reports (`[reports]`): who may get one, and how many.

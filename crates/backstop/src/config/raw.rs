@@ -44,6 +44,37 @@ pub struct RawConfig {
     alerts: RawAlerts,
     #[serde(default)]
     reputation: RawReputation,
+    #[serde(default)]
+    web: RawWeb,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    addr: Option<String>,
+    token: Option<String>,
+    allow: Option<Vec<String>>,
+}
+
+impl RawWeb {
+    fn validate(&self) -> Result<super::Web, ConfigError> {
+        let addr = match self.addr.as_deref() {
+            None | Some("") => None,
+            Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|_| {
+                invalid(
+                    "web.addr",
+                    format!("{a:?} is not an address like 127.0.0.1:8025"),
+                )
+            })?),
+        };
+        let token = self.token.clone().filter(|t| !t.is_empty());
+        if token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid("web.token", "must be at least 16 characters"));
+        }
+        let loopback = ["127.0.0.0/8".to_string(), "::1".to_string()];
+        let allow = networks("web.allow", self.allow.as_deref().unwrap_or(&loopback))?;
+        Ok(super::Web { addr, token, allow })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,19 +194,7 @@ struct RawHarvest {
 
 impl RawHarvest {
     fn validate(&self) -> Result<Harvest, ConfigError> {
-        let exempt = self
-            .exempt
-            .iter()
-            .enumerate()
-            .map(|(j, n)| {
-                parse_network(n).ok_or_else(|| {
-                    invalid(
-                        format!("harvest.exempt[{j}]"),
-                        format!("{n:?} is not a network (like 192.0.2.0/24 or 2001:db8::/32)"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let exempt = networks("harvest.exempt", &self.exempt)?;
         let h = Harvest {
             tarpit_after: positive("harvest.tarpit_after", self.tarpit_after, 10)?,
             tarpit_delay: duration("harvest.tarpit_delay", &self.tarpit_delay, "1s")?,
@@ -515,6 +534,7 @@ impl RawConfig {
             senders: self.senders.validate()?,
             alerts: self.alerts.validate()?,
             reputation: self.reputation.validate()?,
+            web: self.web.validate()?,
         })
     }
 }
@@ -648,21 +668,7 @@ impl RawListener {
                 "tls_cert and tls_key must be given together",
             ));
         }
-        let relay_from = self
-            .relay_from
-            .iter()
-            .enumerate()
-            .map(|(j, n)| {
-                parse_network(n).ok_or_else(|| {
-                    invalid(
-                        format!("listen[{i}].relay_from[{j}]"),
-                        format!(
-                            "{n:?} is not a network (like 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)"
-                        ),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let relay_from = networks(&format!("listen[{i}].relay_from"), &self.relay_from)?;
         Ok(Listener {
             addr,
             tls_cert,
@@ -754,6 +760,21 @@ fn parse_source(s: &str, base: &Path) -> Result<Source, String> {
             .ok_or_else(|| format!("{s:?}: expected callout:HOST:PORT"));
     }
     Err(format!("{s:?}: expected list:FILE or callout:HOST:PORT"))
+}
+
+/// The networks of list `key`; an error names the entry.
+fn networks(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(j, n)| {
+            parse_network(n).ok_or_else(|| {
+                invalid(
+                    format!("{key}[{j}]"),
+                    format!("{n:?} is not a network (like 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)"),
+                )
+            })
+        })
+        .collect()
 }
 
 fn parse_network(s: &str) -> Option<ipnet::IpNet> {

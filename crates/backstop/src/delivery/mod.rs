@@ -145,7 +145,7 @@ impl Engine {
             Err(e) => {
                 let o = Outcome::Local(format!("spool read: {e}"));
                 let results = (0..lease.rcpts.len())
-                    .map(|i| (i, "spool".to_string(), o.clone()))
+                    .map(|i| (i, "spool".to_string(), o.clone(), Duration::ZERO))
                     .collect();
                 return self.record(lease, results).await;
             }
@@ -165,15 +165,16 @@ impl Engine {
                     .iter()
                     .any(|r| self.cfg.domain(r.mailbox.domain()).is_none());
                 let from = if leaves { signed } else { &lease.from };
+                let started = std::time::Instant::now();
                 let outcomes = match &hop {
                     Hop::Smtp(dest) => self.dests.deliver(dest, lease, from, &rcpts, body).await,
                     Hop::Maildir(dir) => self.to_maildir(dir, lease, &rcpts, body).await,
                 };
-                let name = hop.to_string();
+                let (name, took) = (hop.to_string(), started.elapsed());
                 positions
                     .into_iter()
                     .zip(outcomes)
-                    .map(|(i, o)| (i, name.clone(), o))
+                    .map(|(i, o)| (i, name.clone(), o, took))
                     .collect::<Vec<_>>()
             }
         });
@@ -223,7 +224,7 @@ impl Engine {
 
     /// Turns outcomes (by position in the lease) into statuses, with the retry schedule and
     /// expiry, and stores them.
-    async fn record(&self, lease: Lease, results: Vec<(usize, String, Outcome)>) {
+    async fn record(&self, lease: Lease, results: Vec<(usize, String, Outcome, Duration)>) {
         let now = self.clock.unix();
         let expired = now
             >= lease
@@ -231,7 +232,7 @@ impl Engine {
                 .saturating_add(self.cfg.delivery.max_age.as_secs());
         let mut updates = Vec::with_capacity(results.len());
         let mut watched = Vec::new();
-        for (i, hop, outcome) in results {
+        for (i, hop, outcome, latency) in results {
             let r = &lease.rcpts[i];
             let detail = outcome.detail();
             let (status, result) = self.status(&outcome, &detail, r.attempts + 1, expired, now);
@@ -242,6 +243,7 @@ impl Engine {
                 result,
                 attempts: r.attempts + 1,
                 detail: &detail,
+                latency,
             }
             .emit();
             let how = self.watched(&lease, r, &outcome, result, &detail);

@@ -112,8 +112,40 @@ async fn add_block(store: &dyn Store, what: &str, until: u64, now: u64) -> Resul
     let mut list = blocked(store, now).await?;
     list.retain(|(w, _)| w != what);
     list.push((what.to_string(), until));
+    save_blocks(store, &list).await
+}
+
+async fn save_blocks(store: &dyn Store, list: &[(String, u64)]) -> Result<(), StoreError> {
+    let last = list.iter().map(|(_, until)| *until).max();
     let v = serde_json::to_string(&list).map_err(|e| StoreError::Backend(e.to_string()))?;
-    store.put(BLOCK_LIST, &v, Some(until)).await
+    store.put(BLOCK_LIST, &v, last).await
+}
+
+/// The key of the count of unknown recipients from `what` since it was last unblocked.
+fn count_key(what: &str, epoch: Option<String>) -> String {
+    match epoch {
+        Some(e) => format!("harvest:unknown:{what}:{e}"),
+        None => format!("harvest:unknown:{what}"),
+    }
+}
+
+fn epoch_key(what: &str) -> String {
+    format!("harvest:epoch:{what}")
+}
+
+/// Lifts the block on a client or network (`what` as [`blocked`] lists it) and starts its
+/// count afresh; false when it was not blocked.
+pub async fn unblock(store: &dyn Store, what: &str, now: u64) -> Result<bool, StoreError> {
+    let mut list = blocked(store, now).await?;
+    let before = list.len();
+    list.retain(|(w, _)| w != what);
+    if list.len() == before {
+        return Ok(false);
+    }
+    store.put(&block_key(what), "", Some(now)).await?;
+    store.put(&epoch_key(what), &now.to_string(), None).await?;
+    save_blocks(store, &list).await?;
+    Ok(true)
 }
 
 impl Harvest {
@@ -266,7 +298,8 @@ impl Harvest {
             (ip.to_string(), h.block_after),
             (net.to_string(), h.block_after_net),
         ] {
-            let key = format!("harvest:unknown:{what}");
+            let epoch = self.store.get(&epoch_key(&what), now).await?;
+            let key = count_key(&what, epoch);
             let w = Window {
                 key: &key,
                 window: h.window.as_secs(),

@@ -118,3 +118,27 @@ async fn connection_limits_per_ip_in_total_and_per_minute() {
     );
     assert_eq!(network_of(b).to_string(), "2001:db8::/64");
 }
+
+#[tokio::test]
+async fn unblock_lifts_a_block_and_starts_the_count_afresh() {
+    let (_d, h) = harvest("[harvest]\nblock_after = 2\nblock_after_net = 100\n");
+    let a = ip("192.0.2.7");
+    for _ in 0..2 {
+        assert_eq!(h.unknown_rcpt(a, NOW).await.unwrap(), None);
+    }
+    assert!(h.unknown_rcpt(a, NOW).await.unwrap().is_some());
+    let store = h.store.as_ref();
+    assert_eq!(blocked(store, NOW).await.unwrap().len(), 1);
+    assert!(h.admit(a, false, NOW).await.is_err());
+    assert!(unblock(store, "192.0.2.7", NOW + 1).await.unwrap());
+    assert!(!unblock(store, "192.0.2.7", NOW + 1).await.unwrap());
+    assert!(!unblock(store, "198.51.100.1", NOW + 1).await.unwrap());
+    assert!(blocked(store, NOW + 1).await.unwrap().is_empty());
+    assert!(h.admit(a, false, NOW + 1).await.is_ok());
+    // the old count is forgotten: two more unknown recipients are allowed, the third blocks
+    for _ in 0..2 {
+        assert_eq!(h.unknown_rcpt(a, NOW + 2).await.unwrap(), None);
+    }
+    assert!(h.unknown_rcpt(a, NOW + 2).await.unwrap().is_some());
+    assert!(h.admit(a, false, NOW + 2).await.is_err());
+}

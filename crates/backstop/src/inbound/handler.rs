@@ -4,7 +4,7 @@
 
 use super::Context;
 use crate::backscatter::verdict::{BatvEvidence, Verdict};
-use crate::backscatter::{RcptBatv, quarantine};
+use crate::backscatter::{RcptBatv, Stopped, quarantine};
 use crate::config::BackscatterAction;
 use crate::config::{Listener, NextHop, RelayMode};
 use crate::outbound::Counted;
@@ -12,7 +12,7 @@ use crate::policy::Outcome;
 use crate::queue::{NewMessage, SpoolError};
 use crate::relay::maildir::{self, Delivery};
 use crate::relay::smtp::InSession;
-use crate::telemetry::Event;
+use crate::telemetry::{Answer, Event};
 use backstop_proto::address::{ForwardPath, Mailbox, ReversePath};
 use backstop_proto::smtp::command::{MailParams, RcptParams};
 use backstop_proto::smtp::reply::{Enhanced, Reply};
@@ -54,8 +54,8 @@ struct Txn {
 enum Judged {
     /// Deliver it, with this header first.
     Deliver(Option<String>),
-    /// Answer the client with this and deliver nothing.
-    Answer(Reply),
+    /// Answer the client with this (and the reason recorded for it), deliver nothing.
+    Answer(Reply, &'static str),
 }
 
 /// Per-connection check resolver.
@@ -134,54 +134,87 @@ impl Handler {
         }
     }
 
+    /// RCPT: one answer, recorded once with the step that gave it.
     async fn rcpt(&mut self, to: ForwardPath, params: &RcptParams, session: &Session) -> Reply {
         let rcpt = match to {
             ForwardPath::Postmaster => self.ctx.verifier.postmaster().clone(),
             ForwardPath::Mailbox(m) => m,
         };
+        let (reply, result, reason) = self.answer_rcpt(rcpt.clone(), params, session).await;
+        Event::Rcpt {
+            peer: self.peer.ip(),
+            rcpt: &rcpt,
+            code: reply.code,
+            result,
+            reason,
+        }
+        .emit();
+        reply
+    }
+
+    async fn answer_rcpt(
+        &mut self,
+        rcpt: Mailbox,
+        params: &RcptParams,
+        session: &Session,
+    ) -> (Reply, Answer, &'static str) {
         let Some(from) = session.transaction().map(|t| t.from.clone()) else {
-            return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need MAIL command");
+            let reply = Reply::new(503, Enhanced::new(5, 5, 1), "Error: need MAIL command");
+            return (reply, Answer::Refused, "no-mail");
         };
         if let Some(delay) = self.tarpit() {
             tokio::time::sleep(delay).await;
         }
         let (rcpt, batv) = match self.batv(&from, rcpt).await {
             Ok(checked) => checked,
-            Err(reply) => return reply,
+            Err((reply, reason)) => return (reply, Answer::Refused, reason),
         };
         // before verification, so that a known and an unknown recipient cost the same time
         if from == ReversePath::Null
             && self.ctx.cfg.domain(rcpt.domain()).is_some()
             && let Some(refusal) = self.bounce_rate(&rcpt).await
         {
-            return refusal;
+            return (refusal, Answer::Deferred, "bounce-rate");
         }
         let decision = self
             .ctx
             .verifier
             .verify(&rcpt, self.peer.ip(), self.may_relay)
             .await;
-        Event::Rcpt {
-            peer: self.peer.ip(),
-            rcpt: &rcpt,
-            decision: &decision,
-        }
-        .emit();
         let reply = decision.reply(&rcpt);
         if decision.outcome == Outcome::UnknownUser
             && let Some(cut) = self.unknown_rcpt()
         {
-            return cut;
+            return (cut, Answer::Refused, decision.reason);
         }
         if !reply.is_success() {
-            return reply;
+            let result = Answer::of(reply.code);
+            return (reply, result, decision.reason);
         }
         if self.may_relay
             && self.ctx.cfg.domain(rcpt.domain()).is_none()
             && let Some(refusal) = self.outbound_limit(&from, &rcpt).await
         {
-            return refusal;
+            return (refusal, Answer::Deferred, "outbound-limit");
         }
+        match self.take_rcpt(rcpt, params, session, batv).await {
+            Ok(()) => (reply, Answer::Accepted, decision.reason),
+            Err((refusal, reason)) => {
+                let result = Answer::of(refusal.code);
+                (refusal, result, reason)
+            }
+        }
+    }
+
+    /// Adds an accepted recipient to the transaction (and, when relayed in session, to the
+    /// next hop's), or the refusal with its reason.
+    async fn take_rcpt(
+        &mut self,
+        rcpt: Mailbox,
+        params: &RcptParams,
+        session: &Session,
+        batv: Option<BatvEvidence>,
+    ) -> Result<(), (Reply, &'static str)> {
         let mode = match self.ctx.cfg.domain(rcpt.domain()) {
             Some(d) if d.relay == RelayMode::InSession => Mode::Direct(d.next_hop.clone()),
             // queued for our domain, or relayed for a client in relay_from
@@ -189,17 +222,19 @@ impl Handler {
         };
         if self.txn.mode.as_ref().is_some_and(|m| *m != mode) {
             // one final answer per message is only possible with one way out per transaction
-            return Reply::new(
+            let reply = Reply::new(
                 452,
                 Enhanced::new(4, 5, 3),
                 format!(
                     "<{rcpt}>: Too many recipients for one message; send the rest in a new transaction"
                 ),
             );
+            return Err((reply, "mixed-routes"));
         }
         if let Mode::Direct(NextHop::Smtp(target)) = &mode {
             let Some(tx) = session.transaction() else {
-                return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need MAIL command");
+                let reply = Reply::new(503, Enhanced::new(5, 5, 1), "Error: need MAIL command");
+                return Err((reply, "no-mail"));
             };
             let relay = self
                 .txn
@@ -212,13 +247,13 @@ impl Handler {
                     reply: &refusal.detail,
                 }
                 .emit();
-                return refusal.reply;
+                return Err((refusal.reply, "relay-refused"));
             }
         }
         self.txn.mode = Some(mode);
         self.txn.rcpts.push((rcpt, params.clone()));
         self.txn.batv = self.txn.batv.max(batv);
-        reply
+        Ok(())
     }
 
     /// Counts an outbound recipient (and, at the first, its message) against `[outbound]`;
@@ -309,7 +344,7 @@ impl Handler {
         &self,
         from: &ReversePath,
         rcpt: Mailbox,
-    ) -> Result<(Mailbox, Option<BatvEvidence>), Reply> {
+    ) -> Result<(Mailbox, Option<BatvEvidence>), (Reply, &'static str)> {
         let now = self.ctx.clock.unix();
         let checked = self.ctx.guard.rcpt(from, &rcpt, now);
         if let RcptBatv::Checked { evidence, .. } | RcptBatv::Refused { evidence, .. } = &checked {
@@ -325,8 +360,22 @@ impl Handler {
         match checked {
             RcptBatv::Untouched => Ok((rcpt, None)),
             RcptBatv::Checked { address, evidence } => Ok((address, Some(evidence))),
-            RcptBatv::Refused { reply, .. } => Err(reply),
+            RcptBatv::Refused { reply, evidence } => {
+                self.stopped(&rcpt.to_string(), evidence.label().into(), "refused", now);
+                Err((reply, evidence.refusal()))
+            }
         }
+    }
+
+    /// Remembers a bounce stopped, for the dashboard.
+    fn stopped(&self, rcpt: &str, reasons: String, action: &'static str, at: u64) {
+        self.ctx.guard.stopped(Stopped {
+            at,
+            client: self.peer.ip().to_string(),
+            rcpt: rcpt.to_string(),
+            reasons,
+            action,
+        });
     }
 
     /// `450 4.7.1` when a local recipient has had too many bounces this hour.
@@ -341,6 +390,7 @@ impl Handler {
                     rcpt,
                 }
                 .emit();
+                self.stopped(&rcpt.to_string(), "refused=rate".into(), "deferred", now);
                 Some(Reply::new(
                     450,
                     Enhanced::new(4, 7, 1),
@@ -369,6 +419,8 @@ impl Handler {
                 reasons: "rcpts>1",
             }
             .emit();
+            let rcpts: Vec<String> = self.txn.rcpts.iter().map(|(m, _)| m.to_string()).collect();
+            self.stopped(&rcpts.join(","), "refused=rcpts>1".into(), "refused", now);
             return Reply::new(
                 550,
                 Enhanced::new(5, 7, 1),
@@ -378,25 +430,49 @@ impl Handler {
         Reply::plain(354, "End data with <CR><LF>.<CR><LF>")
     }
 
+    /// The end of DATA: one answer for the message, recorded with its reason.
     async fn message(&mut self, body: Vec<u8>, session: &Session) -> Reply {
         let (Some(tx), Some(mode)) = (session.transaction(), self.txn.mode.clone()) else {
             return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need RCPT command");
         };
         let (unix, size) = (self.ctx.clock.unix(), body.len());
         let id = self.ctx.ids.next(unix);
+        let rcpts = self.txn.rcpts.len();
+        let (reply, reason) = self.take_message(&id, tx, mode, body, session).await;
+        Event::Message {
+            peer: self.peer.ip(),
+            id: &id,
+            code: reply.code,
+            result: Answer::of(reply.code),
+            reason,
+            rcpts,
+            size,
+        }
+        .emit();
+        reply
+    }
+
+    async fn take_message(
+        &mut self,
+        id: &str,
+        tx: &Transaction,
+        mode: Mode,
+        body: Vec<u8>,
+        session: &Session,
+    ) -> (Reply, &'static str) {
+        let (unix, size) = (self.ctx.clock.unix(), body.len());
         let rcpts: Vec<Mailbox> = self.txn.rcpts.iter().map(|(m, _)| m.clone()).collect();
-        let mut trace = super::received(
-            &self.ctx.cfg.hostname,
-            session,
-            self.peer,
-            &id,
-            &rcpts,
-            unix,
-        );
-        match self.judge(&id, &tx.from, &rcpts, &trace, &body, unix).await {
+        let (taken, lost_at) = match &mode {
+            Mode::Queue => ("queued", "local-failure"),
+            Mode::Direct(NextHop::Smtp(_)) => ("relayed", "next-hop"),
+            Mode::Direct(NextHop::Maildir(_) | NextHop::Mx) => ("delivered", "local-failure"),
+        };
+        let mut trace =
+            super::received(&self.ctx.cfg.hostname, session, self.peer, id, &rcpts, unix);
+        match self.judge(id, &tx.from, &rcpts, &trace, &body, unix).await {
             Judged::Deliver(None) => {}
             Judged::Deliver(Some(header)) => trace.insert_str(0, &header),
-            Judged::Answer(reply) => return reply,
+            Judged::Answer(reply, reason) => return (reply, reason),
         }
         let sent_out = self.may_relay
             && rcpts
@@ -404,7 +480,7 @@ impl Handler {
                 .any(|r| self.ctx.cfg.domain(r.domain()).is_none());
         let sent_log = sent_out.then(|| backstop_proto::dsn::header_section(&body).to_vec());
         let result = match &mode {
-            Mode::Queue => self.queue(&id, unix, session, tx, trace, body).await,
+            Mode::Queue => self.queue(id, unix, session, tx, trace, body).await,
             Mode::Direct(NextHop::Smtp(_)) => match self.txn.relay.take() {
                 Some(relay) => relay
                     .message(trace.as_bytes(), &body)
@@ -415,7 +491,7 @@ impl Handler {
             Mode::Direct(NextHop::Maildir(dir)) => {
                 let (dir, shown) = (dir.clone(), dir.display().to_string());
                 let from = tx.from.clone();
-                let (hostname, id2) = (self.ctx.cfg.hostname.clone(), id.clone());
+                let (hostname, id2) = (self.ctx.cfg.hostname.clone(), id.to_string());
                 tokio::task::spawn_blocking(move || {
                     let d = Delivery {
                         from: &from,
@@ -436,14 +512,18 @@ impl Handler {
             }
             Mode::Direct(NextHop::Mx) => Err((local_failure(), "no direct MX delivery".into())),
         };
-        let reply = self.report(&id, &mode, size, result);
+        let reply = self.report(id, &mode, size, result);
         if let Some(head) = sent_log
             && reply.is_success()
             && let Err(e) = self.ctx.guard.record_sent(&head, unix).await
         {
             tracing::warn!(error = %e, id, "message not recorded in the sent log");
         }
-        reply
+        let reason = match reply.is_success() {
+            true => taken,
+            false => lost_at,
+        };
+        (reply, reason)
     }
 
     /// The verdict on a message from outside the relay networks: delivered (with a header
@@ -470,7 +550,7 @@ impl Handler {
             Ok(e) => e,
             Err(e) if null => {
                 tracing::warn!(error = %e, "bounce not judged: store failed");
-                return Judged::Answer(store_trouble());
+                return Judged::Answer(store_trouble(), "store-failure");
             }
             Err(_) => return Judged::Deliver(None),
         };
@@ -497,16 +577,23 @@ impl Handler {
             action,
         }
         .emit();
+        if verdict == Verdict::Backscatter {
+            let to: Vec<String> = rcpts.iter().map(ToString::to_string).collect();
+            self.stopped(&to.join(","), reasons.clone(), action.label(), now);
+        }
         match action {
             BackscatterAction::Accept => Judged::Deliver(None),
             BackscatterAction::Tag => Judged::Deliver(Some(format!(
                 "X-Backstop-Bounce: backscatter; reasons={reasons}\r\n"
             ))),
-            BackscatterAction::Reject => Judged::Answer(Reply::new(
-                550,
-                Enhanced::new(5, 7, 1),
-                "Error: bounce not for mail sent from here",
-            )),
+            BackscatterAction::Reject => Judged::Answer(
+                Reply::new(
+                    550,
+                    Enhanced::new(5, 7, 1),
+                    "Error: bounce not for mail sent from here",
+                ),
+                "backscatter",
+            ),
             BackscatterAction::Quarantine => Judged::Answer(
                 self.quarantine(quarantine::Kept {
                     id: id.to_string(),
@@ -518,6 +605,7 @@ impl Handler {
                     body: body.to_vec(),
                 })
                 .await,
+                "quarantined",
             ),
         }
     }

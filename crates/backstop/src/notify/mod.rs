@@ -264,13 +264,14 @@ impl Notifier {
         to: &Mailbox,
         now: u64,
     ) -> Result<Sent, NotifyError> {
-        if let Some(why) = self.over_budget(to, now).await? {
+        if let Some((label, why)) = self.over_budget(to, now).await? {
             self.count("suppressed", now).await;
             Event::ReportSuppressed {
                 id: &rec.id,
                 kind: kind.as_str(),
                 to,
                 why: &why,
+                label,
             }
             .emit();
             return Ok(Sent::Suppressed(why));
@@ -304,27 +305,35 @@ impl Notifier {
         Ok(Sent::Queued(rid))
     }
 
-    /// Counts the report against the budget; why it is over, if it is.
-    async fn over_budget(&self, to: &Mailbox, now: u64) -> Result<Option<String>, StoreError> {
+    /// Counts the report against the budget; which budget it is over (a label, and why), if
+    /// it is.
+    async fn over_budget(
+        &self,
+        to: &Mailbox,
+        now: u64,
+    ) -> Result<Option<(&'static str, String)>, StoreError> {
         let r = &self.cfg.reports;
         let checks = [
             (
                 format!("dsn-budget:rcpt:{}", to.key()),
                 r.per_recipient,
                 to.to_string(),
+                "budget-recipient",
             ),
             (
                 format!("dsn-budget:domain:{}", to.domain()),
                 r.per_domain,
                 to.domain().to_string(),
+                "budget-domain",
             ),
             (
                 "dsn-budget:total".to_string(),
                 r.total,
                 "all destinations".into(),
+                "budget-total",
             ),
         ];
-        for (key, limit, what) in checks {
+        for (key, limit, what, label) in checks {
             let n = Window {
                 key: &key,
                 window: HOUR,
@@ -332,8 +341,9 @@ impl Notifier {
             .hit(&*self.store, now)
             .await?;
             if n > limit {
-                return Ok(Some(format!(
-                    "over budget: {n} reports to {what} in the last hour (limit {limit})"
+                return Ok(Some((
+                    label,
+                    format!("over budget: {n} reports to {what} in the last hour (limit {limit})"),
                 )));
             }
         }
@@ -367,6 +377,7 @@ fn log_unreported(rec: &Record, notes: &[(usize, String)]) {
                 id: &rec.id,
                 rcpt: &r.mailbox,
                 why: note,
+                label: plan::label(note),
             }
             .emit();
         }

@@ -148,6 +148,23 @@ fn ended_at(s: &Status) -> Option<u64> {
     }
 }
 
+/// The metric label of a note on a failed recipient that got no report: why the report was
+/// withheld. `None` when none was (the next hop reports), or when it was already counted (a
+/// report suppressed over budget).
+pub fn label(note: &str) -> Option<&'static str> {
+    if note.starts_with("no report: null sender") {
+        Some("null-sender")
+    } else if note.starts_with("no report: sender not trusted") {
+        Some("untrusted-sender")
+    } else if note.starts_with("no report: two sent") {
+        Some("limit")
+    } else if note.starts_with("not requested") {
+        Some("not-requested")
+    } else {
+        None
+    }
+}
+
 /// Why the message's sender may get no report at all, if so.
 fn refusal(rec: &Record) -> Option<String> {
     if rec.from.mailbox().is_none() {

@@ -159,11 +159,15 @@ impl Callout {
     ) -> CalloutResult {
         let key = address_key(addr);
         if let Some(entry) = self.cached(&key).await {
-            if !entry.is_fresh(self.clock.unix()) {
+            let fresh = entry.is_fresh(self.clock.unix());
+            let result = if fresh { "hit" } else { "stale" };
+            telemetry::Event::CalloutCache { result }.emit();
+            if !fresh {
                 self.refresh(key, target.clone(), addr.clone());
             }
             return from_entry(entry, true);
         }
+        telemetry::Event::CalloutCache { result: "miss" }.emit();
         if self.cfg.catch_all_check
             && let Some(entry) = self.catch_all(target, addr.domain()).await
             && entry.verdict == CacheVerdict::CatchAll

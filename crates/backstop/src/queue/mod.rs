@@ -285,6 +285,21 @@ impl Spool {
         }
     }
 
+    /// Whether the spool can take a message now (for `/healthz`): a small file is written,
+    /// synced and removed in its directory, as a message's segment would be.
+    pub async fn usable(&self) -> io::Result<()> {
+        let probe = self.dir.join(".healthz");
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let mut f = File::create(&probe)?;
+            f.write_all(b"ok\n")?;
+            f.sync_all()?;
+            std::fs::remove_file(&probe)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// How many messages are queued.
     pub fn len(&self) -> usize {
         self.lock().len()

@@ -1,0 +1,223 @@
+//! The HTTP listener (`[web] addr`): `/metrics` for Prometheus, `/healthz` for load
+//! balancers, the JSON API under `/api/`, and the dashboard at `/`.
+//!
+//! Responsible for: routing, who may ask (`[web] allow` networks for everything but
+//! `/healthz`; the `[web] token` as well for admin actions), the metrics exposition (with the
+//! gauges read at scrape time), readiness, and sampling the counters into the dashboard's time
+//! series. Not responsible for: the decisions shown (each module records its own events) or the
+//! actions taken (they call the same functions as the control socket and the CLI).
+
+mod api;
+mod dashboard;
+
+use crate::control::Served;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::series::Series;
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How often the counters are sampled for the time series.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(60);
+
+/// What the handlers use.
+pub struct Web {
+    /// The same parts the control socket serves.
+    pub served: Arc<Served>,
+    /// The metrics recorder.
+    pub metrics: Metrics,
+    /// The counters' history.
+    pub series: Mutex<Series>,
+}
+
+type Shared = Arc<Web>;
+
+/// The routes, with the access rules applied.
+pub fn router(web: Shared) -> Router {
+    Router::new()
+        .route("/", get(dashboard::page))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/summary", get(api::summary))
+        .route("/api/status", get(api::status))
+        .route("/api/queue", get(api::queue))
+        .route("/api/queue/retry-all", post(api::retry_all))
+        .route("/api/queue/{id}", get(api::show).delete(api::delete))
+        .route("/api/queue/{id}/{action}", post(api::queue_action))
+        .route("/api/senders/held", get(api::held))
+        .route("/api/senders/{sender}/{action}", post(api::sender_action))
+        .route("/api/clients/blocked", get(api::blocked))
+        .route("/api/clients/{client}/unblock", post(api::unblock))
+        .route("/api/bounces/refused", get(api::refused))
+        .route("/api/callout", get(api::callout))
+        .layer(middleware::from_fn_with_state(web.clone(), access))
+        .with_state(web)
+}
+
+/// Binds `addr` (a clear error when it is taken).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until `shutdown` turns true; samples the counters every [`SAMPLE_EVERY`] meanwhile.
+pub fn serve(
+    listener: TcpListener,
+    web: Shared,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let sampler = tokio::spawn(sample(web.clone()));
+    tokio::spawn(async move {
+        let app = router(web).into_make_service_with_connect_info::<SocketAddr>();
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "web listener failed");
+        }
+        sampler.abort();
+    })
+}
+
+async fn sample(web: Shared) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        tick.tick().await;
+        let now = web.served.clock.unix();
+        let counters = web.metrics.tally().counters();
+        web.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sample(now, &counters);
+        web.metrics.upkeep();
+    }
+}
+
+/// `/healthz` answers everyone; the rest only `[web] allow`; anything but a read also needs
+/// the token.
+async fn access(
+    State(web): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let cfg = &web.served.cfg.web;
+    let ip = match peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), IpAddr::V4),
+        v4 => v4,
+    };
+    if !cfg.allow.iter().any(|n| n.contains(&ip)) {
+        return refuse(StatusCode::FORBIDDEN, format!("{ip} is not in [web] allow"));
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    let Some(token) = &cfg.token else {
+        let why = "admin actions are off: no [web] token is configured";
+        return refuse(StatusCode::FORBIDDEN, why.into());
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+        let mut r = refuse(StatusCode::UNAUTHORIZED, "a valid token is needed".into());
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    next.run(req).await
+}
+
+/// Compares in time that depends on the length only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn refuse(status: StatusCode, why: String) -> Response {
+    (status, axum::Json(json!({ "error": why }))).into_response()
+}
+
+/// Ready when the store answers and the spool can be written (the SMTP listeners are bound
+/// before this one).
+async fn healthz(State(web): State<Shared>) -> Response {
+    let s = &web.served;
+    let now = s.clock.unix();
+    let store = match s.store.put("web:healthz", "ok", Some(now + 60)).await {
+        Ok(()) => s.store.get("web:healthz", now).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let spool = s.spool.usable().await;
+    match (store, spool) {
+        (Ok(()), Ok(())) => (StatusCode::OK, "ok\n").into_response(),
+        (store, spool) => {
+            let mut why = String::new();
+            if let Err(e) = store {
+                why.push_str(&format!("store: {e}\n"));
+            }
+            if let Err(e) = spool {
+                why.push_str(&format!("spool: {e}\n"));
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+        }
+    }
+}
+
+/// The Prometheus exposition, with the gauges read now.
+async fn metrics(State(web): State<Shared>) -> Response {
+    let s = &web.served;
+    match api::status_of(s).await {
+        Ok(status) => web.metrics.with(|| set_gauges(&status)),
+        Err(e) => tracing::warn!(error = %e, "gauges not read: store failed"),
+    }
+    let body = web.metrics.render();
+    let ctype = "text/plain; version=0.0.4; charset=utf-8";
+    ([(header::CONTENT_TYPE, ctype)], body).into_response()
+}
+
+fn set_gauges(status: &serde_json::Value) {
+    use metrics::gauge;
+    let q = &status["queue"];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64;
+    let held = n(&q["held"]);
+    gauge!("backstop_queue_messages", "state" => "active").set(n(&q["messages"]) - held);
+    gauge!("backstop_queue_messages", "state" => "held").set(held);
+    for (status, key) in [
+        ("queued", "rcpts_queued"),
+        ("deferred", "rcpts_deferred"),
+        ("failed", "rcpts_failed_kept"),
+    ] {
+        gauge!("backstop_queue_recipients", "status" => status).set(n(&q[key]));
+    }
+    let len = |k: &str| status[k].as_array().map_or(0, Vec::len) as f64;
+    gauge!("backstop_senders_held").set(len("held_senders"));
+    gauge!("backstop_clients_blocked").set(len("blocked_clients"));
+    for c in status["callout"].as_array().into_iter().flatten() {
+        let h = &c["health"];
+        let up = match (h["last_ok"].as_u64(), h["last_failure"][0].as_u64()) {
+            (Some(ok), Some(bad)) => ok >= bad,
+            (Some(_), None) | (None, None) => true,
+            (None, Some(_)) => false,
+        };
+        let target = c["target"].as_str().unwrap_or("").to_string();
+        gauge!("backstop_callout_backend_up", "target" => target).set(f64::from(u8::from(up)));
+    }
+}
+
+#[cfg(test)]
+mod tests;
