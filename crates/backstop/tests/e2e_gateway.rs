@@ -69,6 +69,18 @@ fn readme_run_command_delivers_listed_user_and_refuses_unlisted() {
         1,
         "nothing accepted for carol"
     );
+    // the dashboard and the metrics the README points to
+    let web = b.web();
+    assert_eq!(web.to_string(), "127.0.0.1:8025");
+    let (code, page) = support::http(web, "GET", "/", None);
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<title>backstop on mx.example.test</title>"),
+        "{page}"
+    );
+    let (_, metrics) = support::http(web, "GET", "/metrics", None);
+    let refused = "backstop_rcpt_total{result=\"refused\",reason=\"not-listed\"} 1";
+    assert!(metrics.lines().any(|l| l == refused), "{metrics}");
 }
 
 #[test]

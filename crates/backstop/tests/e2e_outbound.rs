@@ -106,7 +106,7 @@ fn a_sender_whose_mail_mostly_fails_is_held_alerted_and_released() {
          [[route]]\ndomain = \"slow.test\"\nnext_hop = \"smtp:127.0.0.1:{}\"\n\
          [delivery]\nretry_min = \"1h\"\nretry_max = \"1h\"\n\
          [senders]\nmin_volume = 3\nhold_failed_ratio = 0.5\n\
-         [alerts]\nwebhook = \"http://127.0.0.1:{}/alerts\"\n",
+         [alerts]\nwebhook = \"http://127.0.0.1:{}/alerts\"\n[web]\naddr = \"127.0.0.1:0\"\n",
         partner.port,
         free_port(),
         hook.port
@@ -164,6 +164,16 @@ fn a_sender_whose_mail_mostly_fails_is_held_alerted_and_released() {
     // alice (a relay client, trusted) got one report for her three failed recipients
     assert_eq!(st["reports_today"]["sent"], 1, "{st}");
     assert_eq!(st["alerts_today"]["sender_held"], 1, "{st}");
+    // and in the metrics
+    let (code, metrics) = support::http(b.web(), "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    for line in [
+        "backstop_alerts_total{kind=\"sender_held\"} 1",
+        "backstop_senders_held 1",
+        "backstop_queue_messages{state=\"held\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
     // another sender is not affected
     let (code, t) = send("bob@example.test", "someone@partner.test");
     assert_eq!(code, 0, "{t}");

@@ -290,3 +290,41 @@ fn harvest_and_connection_limits() {
         assert!(e.starts_with(key) && e.contains(words), "{extra}: {e}");
     }
 }
+
+#[test]
+fn web_listener_settings() {
+    let d = dir_with_list();
+    // the shipped example listens on loopback, lets loopback read, and has no token
+    let c = Config::from_toml(EXAMPLE, d.path()).unwrap();
+    assert_eq!(c.web.addr, Some("127.0.0.1:8025".parse().unwrap()));
+    assert_eq!(c.web.token, None);
+    let allow: Vec<String> = c.web.allow.iter().map(ToString::to_string).collect();
+    assert_eq!(allow, ["127.0.0.0/8", "::1/128"]);
+    // none configured: no listener
+    let c = Config::from_toml(&with_domain(""), d.path()).unwrap();
+    assert_eq!(c.web.addr, None);
+    // the token is never printed
+    let text = with_domain("[web]\naddr = \"[::1]:0\"\ntoken = \"0123456789abcdef\"\n");
+    let c = Config::from_toml(&text, d.path()).unwrap();
+    assert_eq!(c.web.token.as_deref(), Some("0123456789abcdef"));
+    let printed = c.to_toml();
+    assert!(!printed.contains("0123456789abcdef"), "{printed}");
+    assert!(printed.contains("token = \"(secret)\""), "{printed}");
+    for (extra, key, words) in [
+        (
+            "[web]\naddr = \"localhost\"\n",
+            "web.addr",
+            "127.0.0.1:8025",
+        ),
+        ("[web]\ntoken = \"short\"\n", "web.token", "at least 16"),
+        (
+            "[web]\nallow = [\"10.0.0.0/33\"]\n",
+            "web.allow[0]",
+            "not a network",
+        ),
+        ("[web]\nport = 8025\n", "port", "unknown"),
+    ] {
+        let e = err(&with_domain(extra));
+        assert!(e.contains(key) && e.contains(words), "{extra}: {e}");
+    }
+}

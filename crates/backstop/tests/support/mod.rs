@@ -154,6 +154,17 @@ impl Backstop {
         }
     }
 
+    /// The web listener's address (`[web] addr`), read from its start-up line.
+    pub fn web(&self) -> SocketAddr {
+        let log = self.log();
+        let a = log
+            .split("web: dashboard at http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no web listener in the log:\n{log}"));
+        a.parse().unwrap()
+    }
+
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -460,6 +471,51 @@ impl Client {
         let mut b = [0u8; 1];
         matches!(self.r.read(&mut b), Ok(0))
     }
+}
+
+/// One HTTP/1.1 request to `addr` (`Connection: close`): (status, body).
+#[allow(dead_code)]
+pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = raw.get(end + 4..).unwrap_or(&[]);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = match head.contains("transfer-encoding: chunked") {
+        true => dechunk(body),
+        false => body.to_vec(),
+    };
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&body[..eol]).trim().to_string();
+        let n = usize::from_str_radix(&size, 16).unwrap_or(0);
+        let rest = &body[eol + 2..];
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest[..n]);
+        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
+    }
+    out
 }
 
 /// Runs swaks with these arguments against `addr`; (exit code, transcript).
