@@ -32,6 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
+/// How long the web listener may take to finish its requests at shutdown.
+const WEB_GRACE: Duration = Duration::from_secs(5);
 /// How often list files are checked for changes.
 const LIST_RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// How often expired cache entries are deleted.
@@ -261,7 +263,10 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     compact.abort();
     reports.abort();
     if let Some(web) = web {
-        let _ = web.await;
+        // requests in flight finish; a client that holds its connection is not waited for
+        if tokio::time::timeout(WEB_GRACE, web).await.is_err() {
+            tracing::warn!("web requests still open after {WEB_GRACE:?} were cut off");
+        }
     }
     let _ = delivery.await;
     let (records, syncs) = spool.write_stats();

@@ -16,7 +16,8 @@ fn listed_then_delisted_our_ip_raises_one_alert_each() {
     let base = list_config(dir.path(), &["alice@example.test"], "maildir:mail", "");
     let config = format!(
         "{base}\n[delivery]\nresolver = \"{}\"\n\
-         [reputation]\nips = [\"192.0.2.10\", \"192.0.2.11\"]\ndnsbl = [\"bl.test\"]\ninterval = \"1s\"\n",
+         [reputation]\nips = [\"192.0.2.10\", \"192.0.2.11\"]\ndnsbl = [\"bl.test\"]\ninterval = \"1s\"\n\
+         [web]\naddr = \"127.0.0.1:0\"\n",
         dns.addr
     );
     let b = Backstop::start(dir.path(), &config);
@@ -30,7 +31,13 @@ fn listed_then_delisted_our_ip_raises_one_alert_each() {
     // the other IP is clean: no alert for it; checks go on every second without repeating
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(b.count(&listed), 1, "{}", b.log());
-    assert_eq!(b.count(&["192.0.2.11"]), 0);
+    assert_eq!(b.count(&["event=\"alert\"", "192.0.2.11"]), 0);
+    let gauge =
+        |ip: &str, v: u8| format!("backstop_dnsbl_listed{{ip=\"{ip}\",zone=\"bl.test\"}} {v}");
+    let metrics = || support::http(b.web(), "GET", "/metrics", None).1;
+    let m = metrics();
+    assert!(m.lines().any(|l| l == gauge("192.0.2.10", 1)), "{m}");
+    assert!(m.lines().any(|l| l == gauge("192.0.2.11", 0)), "{m}");
     let (_, screen, _) = b.cli(&["status"]);
     assert!(
         screen.contains(
@@ -51,6 +58,8 @@ fn listed_then_delisted_our_ip_raises_one_alert_each() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(b.count(&delisted), 1);
     assert_eq!(b.count(&listed), 1);
+    let m = metrics();
+    assert!(m.lines().any(|l| l == gauge("192.0.2.10", 0)), "{m}");
     let (_, screen, _) = b.cli(&["status"]);
     assert!(
         screen.contains("  192.0.2.10 in bl.test: clean\n"),
