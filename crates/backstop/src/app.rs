@@ -6,7 +6,7 @@ use crate::alert::Alerts;
 use crate::auth::SenderAuth;
 use crate::backscatter::{Guard, Tags};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, RedisTarget, StoreBackend};
 use crate::delivery::Engine;
 use crate::delivery::mx::MxResolver;
 use crate::harvest::Harvest;
@@ -22,6 +22,7 @@ use crate::reputation::Reputation;
 use crate::senders::Watch;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::{RedisStore, Target};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::series::Series;
 use crate::upstream::Pools;
@@ -63,12 +64,30 @@ pub fn spool_dir(cfg: &Config) -> std::path::PathBuf {
     cfg.state_dir.join("queue")
 }
 
-/// Opens the store in `state_dir` and builds the verifier.
-pub fn build(cfg: Config) -> anyhow::Result<Parts> {
+/// Opens the configured store.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &cfg.store.backend {
+        StoreBackend::Embedded => {
+            Arc::new(EmbeddedStore::open(&cfg.state_dir.join("backstop.redb"))?)
+        }
+        StoreBackend::Redis(target) => {
+            let target = match target {
+                RedisTarget::Single(u) => Target::Single(u.clone()),
+                RedisTarget::Cluster(nodes) => Target::Cluster(nodes.clone()),
+            };
+            let store = RedisStore::connect(&target, &cfg.store.namespace)
+                .await
+                .context("[store] redis")?;
+            Arc::new(store)
+        }
+    })
+}
+
+/// Opens the store and builds the verifier.
+pub async fn build(cfg: Config) -> anyhow::Result<Parts> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("state_dir {}: cannot create", cfg.state_dir.display()))?;
-    let store: Arc<dyn Store> =
-        Arc::new(EmbeddedStore::open(&cfg.state_dir.join("backstop.redb"))?);
+    let store = open_store(&cfg).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let sender = match cfg.callout.probe_sender.as_str() {
         "" => ReversePath::Null,
@@ -114,7 +133,7 @@ pub async fn guard(parts: &Parts) -> anyhow::Result<Arc<Guard>> {
 /// listener addresses once clients can connect.
 pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let parts = build(cfg)?;
+    let parts = build(cfg).await?;
     let cfg = parts.cfg.clone();
     let bound = inbound::bind(&cfg).await?;
     let metrics = Metrics::install().unwrap_or_default();

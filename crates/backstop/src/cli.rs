@@ -354,7 +354,7 @@ async fn verify(cfg: Config, address: &str, from: Option<&str>) -> anyhow::Resul
             format!("answered by the running gateway ({})", sock.display()),
         ),
         None => {
-            let parts = crate::app::build(cfg)?;
+            let parts = crate::app::build(cfg).await?;
             let guard = crate::app::guard(&parts).await?;
             let now = parts.clock.unix();
             let a = control::explain(&parts.verifier, &guard, from.as_ref(), &mailbox, now).await;
@@ -386,7 +386,7 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<ExitCode> {
         Some(a) => a,
         None => {
             let spool = open_spool(&cfg)?;
-            let parts = crate::app::build(cfg)?;
+            let parts = crate::app::build(cfg).await?;
             let now = unix_now();
             crate::status::gather(
                 &parts.cfg,
@@ -414,7 +414,7 @@ async fn sender_release(cfg: Config, address: &str) -> anyhow::Result<ExitCode> 
         Some(a) => a,
         None => {
             let spool = open_spool(&cfg)?;
-            let parts = crate::app::build(cfg)?;
+            let parts = crate::app::build(cfg).await?;
             let alerts = std::sync::Arc::new(crate::alert::Alerts::new(
                 parts.cfg.clone(),
                 parts.store.clone(),
@@ -440,7 +440,7 @@ async fn bounce_stats(cfg: Config, json: bool) -> anyhow::Result<ExitCode> {
     let answer = match control::query(&sock, "bounce-stats").await? {
         Some(a) => a,
         None => {
-            let parts = crate::app::build(cfg)?;
+            let parts = crate::app::build(cfg).await?;
             let now = parts.clock.unix();
             control::stats_answer(
                 crate::backscatter::stats::today(parts.store.as_ref(), now).await,

@@ -94,6 +94,38 @@ pub struct Config {
     pub reputation: Reputation,
     /// The HTTP listener: metrics, health, JSON API, dashboard (`[web]`).
     pub web: Web,
+    /// Where shared state lives (`[store]`).
+    pub store: StoreConfig,
+}
+
+/// Where shared state lives (`[store]`): the call-out cache, counters, claims, blocks, holds,
+/// BATV keys, the sent log. The spool of accepted mail always stays on the node.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreConfig {
+    /// Which backend.
+    pub backend: StoreBackend,
+    /// Key prefix in Redis (`{NAMESPACE}:`): one per cluster of gateways.
+    pub namespace: String,
+}
+
+/// The store's backend.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreBackend {
+    /// `state_dir/backstop.redb`: one node, nothing to run.
+    Embedded,
+    /// Redis, shared by every node.
+    Redis(RedisTarget),
+}
+
+/// Which Redis.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisTarget {
+    /// One server (`url`).
+    Single(String),
+    /// A Redis Cluster (`cluster`: some of its nodes).
+    Cluster(Vec<String>),
 }
 
 /// The HTTP listener (`[web]`): `/metrics`, `/healthz`, the JSON API under `/api/` and the

@@ -46,6 +46,75 @@ pub struct RawConfig {
     reputation: RawReputation,
     #[serde(default)]
     web: RawWeb,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    backend: Option<String>,
+    url: Option<String>,
+    cluster: Option<Vec<String>>,
+    namespace: Option<String>,
+}
+
+impl RawStore {
+    fn validate(&self) -> Result<super::StoreConfig, ConfigError> {
+        let redis_url = |key: String, u: &str| {
+            let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|p| u.starts_with(p));
+            match ok {
+                true => Ok(u.to_string()),
+                false => Err(invalid(
+                    key,
+                    format!("{u:?}: expected redis://HOST:PORT/DB (or rediss://, redis+unix://)"),
+                )),
+            }
+        };
+        let backend = match (self.backend.as_deref(), &self.url, &self.cluster) {
+            (None | Some("embedded"), None, None) => super::StoreBackend::Embedded,
+            (None | Some("embedded"), _, _) => {
+                return Err(invalid(
+                    "store.backend",
+                    "url and cluster are for backend = \"redis\"",
+                ));
+            }
+            (Some("redis"), Some(u), None) => super::StoreBackend::Redis(
+                super::RedisTarget::Single(redis_url("store.url".into(), u)?),
+            ),
+            (Some("redis"), None, Some(nodes)) if !nodes.is_empty() => {
+                let nodes = nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| redis_url(format!("store.cluster[{i}]"), u))
+                    .collect::<Result<Vec<_>, _>>()?;
+                super::StoreBackend::Redis(super::RedisTarget::Cluster(nodes))
+            }
+            (Some("redis"), _, _) => {
+                return Err(invalid(
+                    "store.url",
+                    "backend = \"redis\" needs url = \"redis://HOST:PORT/DB\" or cluster = [URL, ...], not both",
+                ));
+            }
+            (Some(other), _, _) => {
+                return Err(invalid(
+                    "store.backend",
+                    format!("{other:?}: expected \"embedded\" or \"redis\""),
+                ));
+            }
+        };
+        let namespace = self.namespace.clone().unwrap_or_else(|| "backstop".into());
+        let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if namespace.is_empty() || !namespace.chars().all(fine) {
+            return Err(invalid(
+                "store.namespace",
+                format!("{namespace:?}: letters, digits, '-', '_' and '.' only"),
+            ));
+        }
+        Ok(super::StoreConfig { backend, namespace })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -535,6 +604,7 @@ impl RawConfig {
             alerts: self.alerts.validate()?,
             reputation: self.reputation.validate()?,
             web: self.web.validate()?,
+            store: self.store.validate()?,
         })
     }
 }

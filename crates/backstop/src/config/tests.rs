@@ -328,3 +328,55 @@ fn web_listener_settings() {
         assert!(e.contains(key) && e.contains(words), "{extra}: {e}");
     }
 }
+
+#[test]
+fn store_backends() {
+    let d = dir_with_list();
+    let c = Config::from_toml(&with_domain(""), d.path()).unwrap();
+    assert!(matches!(c.store.backend, StoreBackend::Embedded));
+    assert_eq!(c.store.namespace, "backstop");
+    let text = with_domain("[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n");
+    let c = Config::from_toml(&text, d.path()).unwrap();
+    assert!(
+        matches!(&c.store.backend, StoreBackend::Redis(RedisTarget::Single(u)) if u == "redis://127.0.0.1:6379/0")
+    );
+    let text = with_domain(
+        "[store]\nbackend = \"redis\"\ncluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\nnamespace = \"mx-eu\"\n",
+    );
+    let c = Config::from_toml(&text, d.path()).unwrap();
+    assert!(
+        matches!(&c.store.backend, StoreBackend::Redis(RedisTarget::Cluster(n)) if n.len() == 2)
+    );
+    assert_eq!(c.store.namespace, "mx-eu");
+    for (extra, key, words) in [
+        (
+            "[store]\nbackend = \"memcached\"\n",
+            "store.backend",
+            "expected \"embedded\"",
+        ),
+        ("[store]\nbackend = \"redis\"\n", "store.url", "needs url"),
+        (
+            "[store]\nurl = \"redis://h:1/\"\n",
+            "store.backend",
+            "for backend",
+        ),
+        (
+            "[store]\nbackend = \"redis\"\nurl = \"http://h:1/\"\n",
+            "store.url",
+            "expected redis://",
+        ),
+        (
+            "[store]\nbackend = \"redis\"\ncluster = [\"h:1\"]\n",
+            "store.cluster[0]",
+            "expected redis://",
+        ),
+        (
+            "[store]\nbackend = \"redis\"\nurl = \"redis://h:1/\"\nnamespace = \"a b\"\n",
+            "store.namespace",
+            "letters",
+        ),
+    ] {
+        let e = err(&with_domain(extra));
+        assert!(e.contains(key) && e.contains(words), "{extra}: {e}");
+    }
+}

@@ -7,6 +7,7 @@
 //! spool of accepted messages (per node, not here).
 
 pub mod embedded;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -68,7 +69,8 @@ pub enum StoreError {
     },
 }
 
-/// Shared state. Every backend passes the same conformance tests (`store/tests.rs`).
+/// Shared state. Every backend passes the same conformance tests
+/// (`tests/store_conformance.rs`).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A cached call-out answer (expired ones included; the caller checks the times).
@@ -225,6 +227,3 @@ pub mod daily {
         Ok(out)
     }
 }
-
-#[cfg(test)]
-mod tests;

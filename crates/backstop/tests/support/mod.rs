@@ -570,3 +570,62 @@ pub fn list_config(dir: &Path, users: &[&str], next_hop: &str, extra: &str) -> S
         extra,
     )
 }
+
+/// A private `redis-server` on a free loopback port, stopped (by its PID) when dropped.
+#[allow(dead_code)]
+pub struct RedisServer {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    /// `redis://127.0.0.1:PORT/`
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl RedisServer {
+    /// Starts one (Debian's `redis-server`; the test command installs it) and waits until it
+    /// answers.
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port(), tempfile::tempdir().unwrap())
+    }
+
+    fn start_on(port: u16, dir: tempfile::TempDir) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian redis-server; scripts/test installs it)");
+        wait_listening(port);
+        RedisServer {
+            child,
+            port,
+            url: format!("redis://127.0.0.1:{port}/"),
+            dir,
+        }
+    }
+
+    /// Stops it (as a crash would: SIGKILL), keeping the port for [`RedisServer::restart`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port (empty: it keeps nothing on disk).
+    pub fn restart(self) -> RedisServer {
+        let mut old = self;
+        old.stop();
+        let dir = std::mem::replace(&mut old.dir, tempfile::tempdir().unwrap());
+        RedisServer::start_on(old.port, dir)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,293 @@
+//! The Redis backend (`[store] backend = "redis"`): the store shared by every node of a
+//! cluster of gateways, on a standalone Redis or a Redis Cluster.
+//!
+//! Every operation is one Lua script (or one command), so it is atomic however many nodes race.
+//! Entries keep their expiry as data (the caller's clock decides, exactly as in the embedded
+//! store), and an index of expiry times (a sorted set) lets [`Store::purge_expired`] delete
+//! what has expired. All keys of a namespace carry one hash tag, `{NAMESPACE}`, so that in a
+//! Redis Cluster they live in one slot and the scripts stay atomic (backstop's shared state is
+//! small: call-out answers, counters, claims).
+//!
+//! Not responsible for: what to do when Redis is unreachable (callers get [`StoreError`] and
+//! answer with a temporary failure).
+
+use super::{CacheEntry, Store, StoreError};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, Script, ScriptInvocation};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// How long one connection attempt or one answer may take.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Keys deleted per purge script run (short scripts: Redis serves nobody else meanwhile).
+const PURGE_BATCH: u64 = 500;
+
+/// Where the store lives.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// One Redis server: `redis://HOST:PORT/DB` (or `rediss://`, `redis+unix://`).
+    Single(String),
+    /// A Redis Cluster: some of its nodes' URLs.
+    Cluster(Vec<String>),
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The Redis backend.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    /// `{namespace}:`
+    prefix: String,
+}
+
+fn backend(e: redis::RedisError) -> StoreError {
+    StoreError::Backend(format!("redis: {e}"))
+}
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
+return 1",
+    )
+});
+
+static FORGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+return 1",
+    )
+});
+
+static ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local now = tonumber(ARGV[3])
+local e = tonumber(redis.call('HGET', KEYS[1], 'e'))
+local v = 0
+if e and e > now then
+  v = tonumber(redis.call('HGET', KEYS[1], 'v'))
+else
+  e = tonumber(ARGV[2])
+end
+v = v + tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], 'v', string.format('%d', v), 'e', string.format('%d', e))
+redis.call('ZADD', KEYS[2], e, KEYS[1])
+return v",
+    )
+});
+
+/// Stores value ARGV[1] with expiry ARGV[2] ('' for none).
+const PUT_BODY: &str = r"if ARGV[2] == '' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'e')
+  redis.call('ZREM', KEYS[2], KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'e', ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
+end";
+
+static PUT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{PUT_BODY}\nreturn 1")));
+
+static PUT_IF_ABSENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"local cur = redis.call('HMGET', KEYS[1], 'v', 'e')
+if cur[1] and (not cur[2] or tonumber(cur[2]) > tonumber(ARGV[3])) then return cur[1] end
+{PUT_BODY}
+return ARGV[1]"
+    ))
+});
+
+static CACHE_PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
+return 1",
+    )
+});
+
+static PURGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, k in ipairs(keys) do
+  redis.call('DEL', k)
+  redis.call('ZREM', KEYS[1], k)
+end
+return #keys",
+    )
+});
+
+impl RedisStore {
+    /// Connects; every key starts with `{namespace}:`. Fails (with the server's error) when
+    /// Redis cannot be reached now.
+    pub async fn connect(target: &Target, namespace: &str) -> Result<RedisStore, StoreError> {
+        let conn = match target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(backend)?;
+                let cfg = ConnectionManagerConfig::new()
+                    .set_number_of_retries(1)
+                    .set_connection_timeout(Some(TIMEOUT))
+                    .set_response_timeout(Some(TIMEOUT));
+                Conn::Single(
+                    ConnectionManager::new_with_config(client, cfg)
+                        .await
+                        .map_err(backend)?,
+                )
+            }
+            Target::Cluster(urls) => {
+                let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
+                    .connection_timeout(TIMEOUT)
+                    .response_timeout(TIMEOUT)
+                    .retries(1)
+                    .build()
+                    .map_err(backend)?;
+                Conn::Cluster(client.get_async_connection().await.map_err(backend)?)
+            }
+        };
+        Ok(RedisStore {
+            conn,
+            prefix: format!("{{{namespace}}}:"),
+        })
+    }
+
+    fn key(&self, kind: &str, key: &str) -> String {
+        format!("{}{kind}:{key}", self.prefix)
+    }
+
+    fn expiry(&self) -> String {
+        format!("{}expiry", self.prefix)
+    }
+
+    async fn run<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+        match &self.conn {
+            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
+            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+        }
+        .map_err(backend)
+    }
+
+    async fn cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        match &self.conn {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+        .map_err(backend)
+    }
+
+    /// A hash's value and expiry (`None`: kept until replaced).
+    async fn value(&self, key: &str) -> Result<Option<(String, Option<u64>)>, StoreError> {
+        let (v, e): (Option<String>, Option<u64>) = self
+            .cmd(redis::cmd("HMGET").arg(key).arg("v").arg("e"))
+            .await?;
+        Ok(v.map(|v| (v, e)))
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn cache_get(&self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
+        let v: Option<String> = self.cmd(redis::cmd("GET").arg(self.key("c", key))).await?;
+        let Some(v) = v else { return Ok(None) };
+        serde_json::from_str(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: key.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    async fn cache_put(&self, key: &str, entry: &CacheEntry) -> Result<(), StoreError> {
+        let value = serde_json::to_string(entry).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut inv = CACHE_PUT.prepare_invoke();
+        inv.key(self.key("c", key))
+            .key(self.expiry())
+            .arg(value)
+            .arg(entry.expire_at);
+        self.run::<i64>(&inv).await.map(|_| ())
+    }
+
+    async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let mut inv = PURGE.prepare_invoke();
+            inv.key(self.expiry()).arg(now).arg(PURGE_BATCH);
+            let n: u64 = self.run(&inv).await?;
+            total += n as usize;
+            if n < PURGE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn claim(&self, key: &str, expire_at: u64) -> Result<bool, StoreError> {
+        let mut inv = CLAIM.prepare_invoke();
+        inv.key(self.key("l", key))
+            .key(self.expiry())
+            .arg(expire_at);
+        Ok(self.run::<i64>(&inv).await? == 1)
+    }
+
+    async fn unclaim(&self, key: &str) -> Result<(), StoreError> {
+        let mut inv = FORGET.prepare_invoke();
+        inv.key(self.key("l", key)).key(self.expiry());
+        self.run::<i64>(&inv).await.map(|_| ())
+    }
+
+    async fn add(&self, key: &str, n: u64, expire_at: u64, now: u64) -> Result<u64, StoreError> {
+        let mut inv = ADD.prepare_invoke();
+        inv.key(self.key("n", key))
+            .key(self.expiry())
+            .arg(n)
+            .arg(expire_at)
+            .arg(now);
+        self.run(&inv).await
+    }
+
+    async fn count(&self, key: &str, now: u64) -> Result<u64, StoreError> {
+        Ok(match self.value(&self.key("n", key)).await? {
+            Some((v, Some(e))) if e > now => v.parse().unwrap_or(0),
+            Some(_) | None => 0,
+        })
+    }
+
+    async fn put(&self, key: &str, value: &str, expire_at: Option<u64>) -> Result<(), StoreError> {
+        let mut inv = PUT.prepare_invoke();
+        inv.key(self.key("v", key))
+            .key(self.expiry())
+            .arg(value)
+            .arg(expire_at.map_or(String::new(), |e| e.to_string()));
+        self.run::<i64>(&inv).await.map(|_| ())
+    }
+
+    async fn get(&self, key: &str, now: u64) -> Result<Option<String>, StoreError> {
+        Ok(match self.value(&self.key("v", key)).await? {
+            Some((v, None)) => Some(v),
+            Some((v, Some(e))) if e > now => Some(v),
+            Some(_) | None => None,
+        })
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+        expire_at: Option<u64>,
+        now: u64,
+    ) -> Result<String, StoreError> {
+        let mut inv = PUT_IF_ABSENT.prepare_invoke();
+        inv.key(self.key("v", key))
+            .key(self.expiry())
+            .arg(value)
+            .arg(expire_at.map_or(String::new(), |e| e.to_string()))
+            .arg(now);
+        self.run(&inv).await
+    }
+}

@@ -1,0 +1,249 @@
+//! Conformance tests every store backend passes: each case runs against the embedded store
+//! and against the Redis store on a private `redis-server` (Debian's, on a free loopback port,
+//! stopped by its PID afterwards); and what only Redis can show: two nodes sharing one state.
+
+mod support;
+
+use backstop::store::embedded::EmbeddedStore;
+use backstop::store::redis::{RedisStore, Target};
+use backstop::store::{Store, Window, claim_until};
+use std::sync::Arc;
+use support::RedisServer;
+
+/// A backend and what keeps it alive.
+enum Held {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Redis(#[allow(dead_code)] RedisServer),
+}
+
+fn embedded() -> (Held, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+    (Held::Dir(dir), Arc::new(store))
+}
+
+async fn redis() -> (Held, Arc<dyn Store>) {
+    let server = RedisServer::start();
+    let target = Target::Single(server.url.clone());
+    let store = RedisStore::connect(&target, "test").await.unwrap();
+    (Held::Redis(server), Arc::new(store))
+}
+
+/// Runs each case against both backends: `embedded::CASE` and `redis::CASE`.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (_held, s) = super::embedded();
+                    super::$case(s).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (_held, s) = super::redis().await;
+                    super::$case(s).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    a_key_is_claimed_once_and_can_be_given_back,
+    of_racing_claims_exactly_one_wins,
+    concurrent_adds_give_the_exact_total,
+    a_window_weighs_the_previous_bucket_by_its_overlap,
+    values_expire_and_are_purged,
+    of_racing_first_values_all_callers_get_the_same_one,
+    claim_until_expires_at_its_time,
+    cache_entries_are_replaced_and_purged_when_expired,
+);
+
+async fn a_key_is_claimed_once_and_can_be_given_back(s: Arc<dyn Store>) {
+    assert!(s.claim("dsn:A:first", 100).await.unwrap());
+    assert!(!s.claim("dsn:A:first", 100).await.unwrap());
+    assert!(s.claim("dsn:A:last", 100).await.unwrap());
+    s.unclaim("dsn:A:first").await.unwrap();
+    assert!(s.claim("dsn:A:first", 100).await.unwrap());
+    // expired claims are purged
+    assert_eq!(s.purge_expired(100).await.unwrap(), 2);
+    assert!(s.claim("dsn:A:first", 200).await.unwrap());
+}
+
+async fn of_racing_claims_exactly_one_wins(s: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.claim("race", 100).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1);
+}
+
+async fn concurrent_adds_give_the_exact_total(s: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.add("c", 2, 100, 0).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.count("c", 0).await.unwrap(), 100);
+    // expired: counted from zero again
+    assert_eq!(s.count("c", 100).await.unwrap(), 0);
+    assert_eq!(s.add("c", 1, 300, 100).await.unwrap(), 1);
+}
+
+async fn a_window_weighs_the_previous_bucket_by_its_overlap(s: Arc<dyn Store>) {
+    let w = Window {
+        key: "w",
+        window: 3600,
+    };
+    for _ in 0..10 {
+        w.hit(&*s, 3600 + 3599).await.unwrap();
+    }
+    // at the start of the next hour the whole previous hour is in the window
+    assert_eq!(w.hit(&*s, 7200).await.unwrap(), 11);
+    // half way: half of it
+    assert_eq!(w.hit(&*s, 7200 + 1800).await.unwrap(), 2 + 5);
+    // once a whole hour has passed since, nothing of it is left
+    assert_eq!(w.hit(&*s, 14_400).await.unwrap(), 1);
+}
+
+async fn values_expire_and_are_purged(s: Arc<dyn Store>) {
+    s.put("sent:<a@example.test>", "1000", Some(2000))
+        .await
+        .unwrap();
+    s.put("batv:key:0", "secret", None).await.unwrap();
+    assert_eq!(
+        s.get("sent:<a@example.test>", 1999)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("1000")
+    );
+    assert_eq!(s.get("sent:<a@example.test>", 2000).await.unwrap(), None);
+    assert_eq!(s.get("missing", 0).await.unwrap(), None);
+    assert_eq!(s.purge_expired(2000).await.unwrap(), 1);
+    // no expiry: kept
+    assert_eq!(
+        s.get("batv:key:0", u64::MAX - 1).await.unwrap().as_deref(),
+        Some("secret")
+    );
+}
+
+async fn of_racing_first_values_all_callers_get_the_same_one(s: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.put_if_absent("since", &i.to_string(), None, 0)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(s.get("since", 0).await.unwrap(), Some(seen[0].clone()));
+    // an expired value is replaced
+    s.put("old", "a", Some(10)).await.unwrap();
+    assert_eq!(s.put_if_absent("old", "b", None, 10).await.unwrap(), "b");
+}
+
+async fn claim_until_expires_at_its_time(s: Arc<dyn Store>) {
+    assert!(claim_until(s.as_ref(), "k", 100, 10).await.unwrap());
+    assert!(!claim_until(s.as_ref(), "k", 200, 99).await.unwrap());
+    assert!(claim_until(s.as_ref(), "k", 200, 100).await.unwrap());
+}
+
+async fn cache_entries_are_replaced_and_purged_when_expired(s: Arc<dyn Store>) {
+    use backstop::store::{CacheEntry, CacheVerdict};
+    let entry = |verdict, checked_at: u64| CacheEntry {
+        verdict,
+        checked_at,
+        refresh_at: checked_at + 10,
+        expire_at: checked_at + 100,
+        detail: "250 2.1.5 Ok".into(),
+    };
+    assert_eq!(s.cache_get("a@example.test").await.unwrap(), None);
+    s.cache_put("a@example.test", &entry(CacheVerdict::Invalid, 1000))
+        .await
+        .unwrap();
+    s.cache_put("a@example.test", &entry(CacheVerdict::Valid, 1050))
+        .await
+        .unwrap();
+    s.cache_put("b@example.test", &entry(CacheVerdict::Valid, 2000))
+        .await
+        .unwrap();
+    let got = s.cache_get("a@example.test").await.unwrap().unwrap();
+    assert_eq!(got, entry(CacheVerdict::Valid, 1050));
+    // expired entries are still returned (the caller judges the times) until purged
+    assert_eq!(s.purge_expired(1149).await.unwrap(), 0);
+    assert_eq!(s.purge_expired(1150).await.unwrap(), 1);
+    assert_eq!(s.cache_get("a@example.test").await.unwrap(), None);
+    assert!(s.cache_get("b@example.test").await.unwrap().is_some());
+}
+
+/// Two nodes (two connections) on one Redis: what one writes the other reads, races between
+/// them have one winner, counters add up across them, and namespaces keep apart.
+#[tokio::test]
+async fn redis_nodes_share_one_state() {
+    let server = RedisServer::start();
+    let target = Target::Single(server.url.clone());
+    let a: Arc<dyn Store> = Arc::new(RedisStore::connect(&target, "bs").await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(RedisStore::connect(&target, "bs").await.unwrap());
+    let other = RedisStore::connect(&target, "other").await.unwrap();
+    a.put("batv:key:0", "secret", None).await.unwrap();
+    assert_eq!(
+        b.get("batv:key:0", 0).await.unwrap().as_deref(),
+        Some("secret")
+    );
+    assert_eq!(other.get("batv:key:0", 0).await.unwrap(), None);
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let won = s.claim("dsn:X:first", 100).await.unwrap();
+                s.add("rate", 1, 100, 0).await.unwrap();
+                won
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    assert_eq!(a.count("rate", 0).await.unwrap(), 40);
+    assert_eq!(b.count("rate", 0).await.unwrap(), 40);
+}
+
+#[tokio::test]
+async fn redis_unreachable_is_an_error_not_a_hang() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = Target::Single(format!("redis://127.0.0.1:{port}/"));
+    let started = std::time::Instant::now();
+    let e = RedisStore::connect(&target, "bs").await.err().unwrap();
+    assert!(e.to_string().starts_with("store backend: redis:"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
