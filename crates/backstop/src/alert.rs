@@ -36,12 +36,14 @@ pub struct Alert {
 }
 
 /// Every kind of alert, as counted per day (`backstop status`).
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 7] = [
     "sender_held",
     "sender_released",
     "dnsbl_listed",
     "dnsbl_delisted",
     "blocked_by_destination",
+    "store_degraded",
+    "store_recovered",
 ];
 
 /// Raises alerts.

@@ -22,6 +22,7 @@ use crate::reputation::Reputation;
 use crate::senders::Watch;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::failover::{Failover, Hook};
 use crate::store::redis::{RedisStore, Target};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::series::Series;
@@ -29,7 +30,7 @@ use crate::upstream::Pools;
 use anyhow::Context as _;
 use backstop_proto::address::{Mailbox, ReversePath};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -50,6 +51,8 @@ pub struct Parts {
     pub verifier: Arc<Verifier>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Where alerts about the shared store go, once serving.
+    pub store_alerts: StoreAlerts,
 }
 
 /// Longest wait for one DNS answer.
@@ -64,30 +67,54 @@ pub fn spool_dir(cfg: &Config) -> std::path::PathBuf {
     cfg.state_dir.join("queue")
 }
 
-/// Opens the configured store.
-pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match &cfg.store.backend {
+/// Where alerts about the shared store go once they can (set when serving).
+pub type StoreAlerts = Arc<OnceLock<Arc<Alerts>>>;
+
+/// Opens the configured store: the embedded one, or Redis with this node's embedded store
+/// behind it for outages ([`Failover`]). Redis must answer at start-up.
+pub async fn open_store(cfg: &Config, alerts: StoreAlerts) -> anyhow::Result<Arc<dyn Store>> {
+    let target = match &cfg.store.backend {
         StoreBackend::Embedded => {
-            Arc::new(EmbeddedStore::open(&cfg.state_dir.join("backstop.redb"))?)
+            return Ok(Arc::new(EmbeddedStore::open(
+                &cfg.state_dir.join("backstop.redb"),
+            )?));
         }
-        StoreBackend::Redis(target) => {
-            let target = match target {
-                RedisTarget::Single(u) => Target::Single(u.clone()),
-                RedisTarget::Cluster(nodes) => Target::Cluster(nodes.clone()),
-            };
-            let store = RedisStore::connect(&target, &cfg.store.namespace)
-                .await
-                .context("[store] redis")?;
-            Arc::new(store)
+        StoreBackend::Redis(RedisTarget::Single(u)) => Target::Single(u.clone()),
+        StoreBackend::Redis(RedisTarget::Cluster(nodes)) => Target::Cluster(nodes.clone()),
+    };
+    let shared = RedisStore::connect(&target, &cfg.store.namespace)
+        .await
+        .context("[store] redis")?;
+    let local = EmbeddedStore::open(&cfg.state_dir.join("local.redb"))?;
+    let hook: Hook = Arc::new(move |down, detail| {
+        let kind = if down {
+            "store_degraded"
+        } else {
+            "store_recovered"
+        };
+        match alerts.get() {
+            Some(a) => a.raise(kind, "store", detail, SystemClock.unix()),
+            None => crate::telemetry::Event::Alert {
+                kind,
+                subject: "store",
+                detail,
+            }
+            .emit(),
         }
-    })
+    });
+    Ok(Arc::new(Failover::new(
+        Arc::new(shared),
+        Arc::new(local),
+        hook,
+    )))
 }
 
 /// Opens the store and builds the verifier.
 pub async fn build(cfg: Config) -> anyhow::Result<Parts> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("state_dir {}: cannot create", cfg.state_dir.display()))?;
-    let store = open_store(&cfg).await?;
+    let store_alerts = StoreAlerts::default();
+    let store = open_store(&cfg, store_alerts.clone()).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let sender = match cfg.callout.probe_sender.as_str() {
         "" => ReversePath::Null,
@@ -113,6 +140,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Parts> {
         store,
         verifier,
         clock,
+        store_alerts,
     })
 }
 
@@ -161,6 +189,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         .context("delivery.resolver")?;
     let guard = guard(&parts).await?;
     let alerts = Arc::new(Alerts::new(cfg.clone(), parts.store.clone()));
+    let _ = parts.store_alerts.set(alerts.clone());
     let watch = Arc::new(Watch::new(
         cfg.clone(),
         parts.store.clone(),

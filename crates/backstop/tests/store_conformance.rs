@@ -247,3 +247,81 @@ async fn redis_unreachable_is_an_error_not_a_hang() {
     assert!(e.to_string().starts_with("store backend: redis:"), "{e}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// Redis stopped and started again under a [`Failover`]: known answers keep being served,
+/// claims wait, counters and values go node-local, one alert each way, and the node goes back
+/// to Redis by itself.
+#[tokio::test]
+async fn redis_outage_falls_back_and_recovers_without_restart() {
+    use backstop::store::failover::{Failover, Hook, RETRY_AFTER};
+    use backstop::store::{CacheEntry, CacheVerdict};
+    let redis = RedisServer::start();
+    let target = Target::Single(redis.url.clone());
+    let shared = RedisStore::connect(&target, "mx").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = EmbeddedStore::open(&dir.path().join("local.redb")).unwrap();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<(bool, String)>::new()));
+    let h = heard.clone();
+    let hook: Hook = Arc::new(move |down, detail| h.lock().unwrap().push((down, detail.into())));
+    let s = Failover::new(Arc::new(shared), Arc::new(local), hook);
+    let entry = CacheEntry {
+        verdict: CacheVerdict::Valid,
+        checked_at: 1000,
+        refresh_at: 2000,
+        expire_at: 3000,
+        detail: "250 2.1.5 Ok".into(),
+    };
+    s.cache_put("alice@example.test", &entry).await.unwrap();
+    assert_eq!(s.add("rate", 5, 9999, 1000).await.unwrap(), 5);
+    assert!(s.claim("dsn:A:first", 9999).await.unwrap());
+    assert!(!s.degraded());
+
+    let mut redis = redis;
+    redis.stop();
+    // a known answer is still known; the first failure is noticed once
+    assert_eq!(
+        s.cache_get("alice@example.test").await.unwrap(),
+        Some(entry.clone())
+    );
+    assert_eq!(s.cache_get("nobody@example.test").await.unwrap(), None);
+    assert!(s.degraded());
+    // claims wait (no duplicate report is risked); counters and values are this node's
+    assert!(s.claim("dsn:B:first", 9999).await.is_err());
+    assert_eq!(s.add("rate", 1, 9999, 1000).await.unwrap(), 1);
+    s.put("harvest:block:192.0.2.7", "1", Some(9999))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get("harvest:block:192.0.2.7", 1000)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("1")
+    );
+    {
+        let heard = heard.lock().unwrap();
+        assert_eq!(heard.len(), 1, "{heard:?}");
+        assert!(
+            heard[0].0 && heard[0].1.starts_with("store backend: redis:"),
+            "{heard:?}"
+        );
+    }
+
+    // Redis comes back (empty: it keeps nothing on disk here); the node returns to it
+    let _redis = redis.restart();
+    tokio::time::sleep(RETRY_AFTER + std::time::Duration::from_millis(200)).await;
+    let mut back = false;
+    for _ in 0..50 {
+        if s.claim("dsn:B:first", 9999).await.is_ok_and(|won| won) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(RETRY_AFTER).await;
+    }
+    assert!(back, "the node did not go back to Redis");
+    assert!(!s.degraded());
+    assert_eq!(s.add("rate", 1, 9999, 1000).await.unwrap(), 1);
+    let heard = heard.lock().unwrap();
+    assert_eq!(heard.len(), 2, "{heard:?}");
+    assert!(!heard[1].0, "{heard:?}");
+}

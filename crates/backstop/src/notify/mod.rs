@@ -244,11 +244,19 @@ impl Notifier {
         now: u64,
     ) -> Result<Sent, NotifyError> {
         let to = rec.from.mailbox().ok_or(NotifyError::NoSender)?;
-        let key = format!("dsn:{}:{}", rec.id, kind.as_str());
+        let head = self
+            .spool
+            .head(&rec.id, report::HEAD_MAX)
+            .await
+            .map_err(|e| NotifyError::Spool(e.into()))?
+            .unwrap_or_default();
+        let key = report_key(rec, &head, kind);
         if !self.store.claim(&key, now + KEY_TTL).await? {
             return Ok(Sent::Duplicate);
         }
-        let result = self.budget_then_queue(rec, kind, rcpts, to, now).await;
+        let result = self
+            .budget_then_queue(rec, kind, rcpts, to, &head, now)
+            .await;
         if result.is_err() {
             // nothing went out: let a later pass try again
             let _ = self.store.unclaim(&key).await;
@@ -262,6 +270,7 @@ impl Notifier {
         kind: Kind,
         rcpts: &[(usize, Action)],
         to: &Mailbox,
+        head: &[u8],
         now: u64,
     ) -> Result<Sent, NotifyError> {
         if let Some((label, why)) = self.over_budget(to, now).await? {
@@ -276,12 +285,6 @@ impl Notifier {
             .emit();
             return Ok(Sent::Suppressed(why));
         }
-        let head = self
-            .spool
-            .head(&rec.id, report::HEAD_MAX)
-            .await
-            .map_err(|e| NotifyError::Spool(e.into()))?
-            .unwrap_or_default();
         let rid = self.ids.next(now);
         let writing = report::Writing {
             hostname: &self.cfg.hostname,
@@ -289,7 +292,7 @@ impl Notifier {
             now,
             retry_until: rec.arrived + self.cfg.delivery.max_age.as_secs(),
         };
-        let message = report::build(&writing, rec, to, rcpts, &head);
+        let message = report::build(&writing, rec, to, rcpts, head);
         self.spool
             .enqueue(report::envelope(&rid, to, message, now))
             .await?;
@@ -348,6 +351,17 @@ impl Notifier {
             }
         }
         Ok(None)
+    }
+}
+
+/// The claim that lets a report go once: per message as its sender knows it (Message-ID and
+/// envelope sender), so that a message that reached two nodes of a cluster (a client that
+/// retried through the other after a lost `250`) is reported by one of them only; by our
+/// queue id when it has no Message-ID.
+fn report_key(rec: &Record, head: &[u8], kind: Kind) -> String {
+    match backstop_proto::dsn::message_id(head) {
+        Some(mid) => format!("dsn:msg:{}:{mid}:{}", rec.from, kind.as_str()),
+        None => format!("dsn:{}:{}", rec.id, kind.as_str()),
     }
 }
 

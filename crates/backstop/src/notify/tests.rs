@@ -362,6 +362,24 @@ async fn a_second_node_or_a_lost_record_never_sends_it_again() {
 }
 
 #[tokio::test]
+async fn one_message_taken_by_two_nodes_under_their_own_ids_is_reported_once() {
+    // a client whose 250 from node A was lost sends the same message again through node B
+    let (_s, store) = store();
+    let a = rig(store.clone(), "");
+    let b = rig(store, "");
+    failed_message(&a.spool, "A1", "user@sender.test", 2, trusted()).await;
+    failed_message(&b.spool, "B7", "user@sender.test", 2, trusted()).await;
+    a.notifier.settle("A1").await;
+    b.notifier.settle("B7").await;
+    assert_eq!(reports(&a.spool).len(), 1);
+    assert!(reports(&b.spool).is_empty());
+    // another sender's message with the same Message-ID is another message
+    failed_message(&b.spool, "B8", "other@sender.test", 1, trusted()).await;
+    b.notifier.settle("B8").await;
+    assert_eq!(reports(&b.spool).len(), 1);
+}
+
+#[tokio::test]
 async fn the_budget_caps_reports_to_one_domain() {
     let (_s, store) = store();
     let r = rig(store, "[reports]\nper_domain = 10\n");

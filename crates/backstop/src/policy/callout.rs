@@ -281,6 +281,11 @@ impl Callout {
         {
             return from_entry(e, true);
         }
+        if self.store.degraded() {
+            // no probe whose answer the other nodes would not see: unknown stays unknown (451)
+            let why = "the shared store is unreachable: only answers known to this node are used";
+            return CalloutResult::Unavailable(why.into());
+        }
         let now = self.clock.unix();
         if !self
             .budget

@@ -7,6 +7,7 @@
 //! spool of accepted messages (per node, not here).
 
 pub mod embedded;
+pub mod failover;
 pub mod redis;
 
 use async_trait::async_trait;
@@ -105,6 +106,11 @@ pub trait Store: Send + Sync + 'static {
         expire_at: Option<u64>,
         now: u64,
     ) -> Result<String, StoreError>;
+    /// True while a shared store is unreachable and operations fall back to this node
+    /// ([`failover::Failover`]); callers then make no new call-out probes.
+    fn degraded(&self) -> bool {
+        false
+    }
 }
 
 /// Claims `key` until `until` (Unix seconds), judged at `now`: true for the one caller that

@@ -142,6 +142,11 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         "Clients and networks blocked now",
     ),
     (
+        "backstop_store_degraded",
+        Kind::Gauge,
+        "1 while the shared store (Redis) is unreachable and this node runs on its fallback",
+    ),
+    (
         "backstop_callout_backend_up",
         Kind::Gauge,
         "1 when the internal server's last probe was answered, 0 when it failed",

@@ -185,6 +185,9 @@ async fn metrics(State(web): State<Shared>) -> Response {
         Ok(status) => web.metrics.with(|| set_gauges(&status)),
         Err(e) => tracing::warn!(error = %e, "gauges not read: store failed"),
     }
+    let degraded = f64::from(u8::from(s.store.degraded()));
+    web.metrics
+        .with(|| metrics::gauge!("backstop_store_degraded").set(degraded));
     let body = web.metrics.render();
     let ctype = "text/plain; version=0.0.4; charset=utf-8";
     ([(header::CONTENT_TYPE, ctype)], body).into_response()
