@@ -133,3 +133,75 @@ fn an_outbound_rate_limit_counts_messages_through_both_nodes() {
     }
     assert_eq!(sink.wait_for(3).len(), 3);
 }
+
+/// One session: RCPT for `VALID` and for `unknown`, then the message; (RCPT replies, end).
+fn one_message(addr: SocketAddr, unknown: &str) -> (String, String, String) {
+    let (mut c, _) = Client::connect(addr);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<someone@client.test>").starts_with("250"));
+    let valid = c.cmd(&format!("RCPT TO:<{VALID}>"));
+    let other = c.cmd(&format!("RCPT TO:<{unknown}>"));
+    let end = match c.cmd("DATA").starts_with("354") {
+        true => c.cmd("Subject: load\r\n\r\nhello\r\n."),
+        false => "no DATA".into(),
+    };
+    c.cmd("QUIT");
+    (valid, other, end)
+}
+
+#[test]
+fn redis_stopped_mid_load_loses_nothing_accepts_no_unknown_and_recovers() {
+    let redis = RedisServer::start();
+    let sink = Sink::start();
+    let pf = Postfix::internal("example.test", &[VALID], sink.port);
+    let src = vec![format!("callout:127.0.0.1:{}", pf.port)];
+    let dir = world_dir();
+    // the load comes from one address: keep the harvest defence out of this test
+    let extra = "[harvest]\nexempt = [\"127.0.0.0/8\"]\n";
+    let mut cfg = node(dir.path(), &src, &redis, extra);
+    cfg.push_str("relay = \"queue\"\n");
+    let b = Backstop::start(dir.path(), &cfg);
+
+    let mut redis = Some(redis);
+    let (mut accepted, mut answers) = (0, Vec::new());
+    for i in 0..60 {
+        if i == 20 {
+            redis.as_mut().unwrap().stop();
+        }
+        if i == 40 {
+            redis = Some(redis.take().unwrap().restart());
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        }
+        let (valid, other, end) = one_message(b.addr, &format!("nobody{i}@example.test"));
+        assert_eq!(valid, "250 2.1.5 Ok", "message {i}: {}", b.log());
+        assert!(
+            !other.starts_with('2'),
+            "an unknown recipient was accepted: {other}"
+        );
+        answers.push(other[..3].to_string());
+        if end.starts_with("250") {
+            accepted += 1;
+        }
+    }
+    // before the outage unknown is 550; during it, 451 (nothing to ask, nothing accepted);
+    // after Redis is back, 550 again
+    assert!(answers[..20].iter().all(|a| a == "550"), "{answers:?}");
+    assert!(answers[20..40].iter().all(|a| a == "451"), "{answers:?}");
+    assert!(answers[40..].iter().all(|a| a == "550"), "{answers:?}");
+    assert_eq!(
+        accepted, 60,
+        "every message for the valid recipient was taken"
+    );
+    // and every one of them is delivered
+    let mail = dir.path().join("mail/new");
+    assert!(
+        wait_until(30, || std::fs::read_dir(&mail)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 60),
+        "{}",
+        b.log()
+    );
+    assert_eq!(b.count(&["event=\"alert\"", "kind=\"store_degraded\""]), 1);
+    assert_eq!(b.count(&["event=\"alert\"", "kind=\"store_recovered\""]), 1);
+}

@@ -29,9 +29,19 @@ async fn redis() -> (Held, Arc<dyn Store>) {
     (Held::Redis(server), Arc::new(store))
 }
 
-/// Runs each case against both backends: `embedded::CASE` and `redis::CASE`.
+/// Runs each case against both backends: `embedded::CASE` and `redis::CASE`; and all of them,
+/// one after the other (each in its own namespace), against a Redis Cluster.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
+        #[tokio::test]
+        async fn redis_cluster_passes_every_case() {
+            let cluster = support::RedisCluster::start();
+            let target = Target::Cluster(cluster.urls());
+            $(
+                let s = RedisStore::connect(&target, stringify!($case)).await.unwrap();
+                $case(Arc::new(s)).await;
+            )*
+        }
         mod embedded {
             $(
                 #[tokio::test]

@@ -591,9 +591,14 @@ impl RedisServer {
     }
 
     fn start_on(port: u16, dir: tempfile::TempDir) -> RedisServer {
+        RedisServer::start_with(port, dir, &[])
+    }
+
+    fn start_with(port: u16, dir: tempfile::TempDir, extra: &[&str]) -> RedisServer {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -627,5 +632,63 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of three masters on free loopback ports (`redis-cli --cluster create`),
+/// stopped when dropped.
+#[allow(dead_code)]
+pub struct RedisCluster {
+    /// Its nodes.
+    pub nodes: Vec<RedisServer>,
+}
+
+#[allow(dead_code)]
+impl RedisCluster {
+    /// Starts the nodes, joins them, and waits until the cluster is ok.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                let conf = dir.path().join("nodes.conf");
+                let conf = conf.to_str().unwrap().to_string();
+                RedisServer::start_with(
+                    free_port(),
+                    dir,
+                    &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let ok = wait_until(20, || {
+            nodes.iter().all(|n| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
+            })
+        });
+        assert!(ok, "the cluster did not come up");
+        RedisCluster { nodes }
+    }
+
+    /// The nodes' URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
     }
 }
