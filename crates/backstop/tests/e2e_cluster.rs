@@ -205,3 +205,61 @@ fn redis_stopped_mid_load_loses_nothing_accepts_no_unknown_and_recovers() {
     assert_eq!(b.count(&["event=\"alert\"", "kind=\"store_degraded\""]), 1);
     assert_eq!(b.count(&["event=\"alert\"", "kind=\"store_recovered\""]), 1);
 }
+
+#[test]
+fn a_message_sent_through_both_nodes_is_reported_by_one() {
+    let redis = RedisServer::start();
+    let sink = Sink::start();
+    // the far side knows only someone@partner.test: n1@partner.test fails with 550 5.1.1
+    let partner = Postfix::internal("partner.test", &["someone@partner.test"], sink.port);
+    let (da, db) = (world_dir(), world_dir());
+    let list = da.path().join("users.txt");
+    std::fs::write(&list, format!("{VALID}\n")).unwrap();
+    let src = vec![format!("list:{}", list.display())];
+    let (pa, pb) = (free_port(), free_port());
+    let extra = |port: u16| {
+        format!(
+            "[[route]]\ndomain = \"partner.test\"\nnext_hop = \"smtp:127.0.0.1:{}\"\n\
+             [[listen]]\naddr = \"127.0.0.1:{port}\"\nrelay_from = [\"127.0.0.1\"]\n",
+            partner.port
+        )
+    };
+    let a = Backstop::start(da.path(), &node(da.path(), &src, &redis, &extra(pa)));
+    let b = Backstop::start(db.path(), &node(db.path(), &src, &redis, &extra(pb)));
+    // the client's 250 from A is lost: it sends the same message again through B
+    for port in [pa, pb] {
+        let relay: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (code, t) = swaks(
+            relay,
+            &[
+                "--from",
+                VALID,
+                "--to",
+                "n1@partner.test",
+                "--header",
+                "Message-Id: <once@example.test>",
+            ],
+        );
+        assert_eq!(code, 0, "{t}");
+    }
+    // both nodes try, both fail; one report reaches alice
+    let failed = ["event=\"attempt\"", "result=\"failed\""];
+    assert_eq!(a.count_reaching(&failed, 1), 1, "{}", a.log());
+    assert_eq!(b.count_reaching(&failed, 1), 1, "{}", b.log());
+    let reports = || {
+        [&da, &db]
+            .iter()
+            .map(|d| std::fs::read_dir(d.path().join("mail/new")).map_or(0, |r| r.count()))
+            .sum::<usize>()
+    };
+    assert!(
+        wait_until(20, || reports() == 1),
+        "{}\n{}",
+        a.log(),
+        b.log()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(reports(), 1);
+    let sent = ["event=\"report_sent\""];
+    assert_eq!(a.count(&sent) + b.count(&sent), 1);
+}
