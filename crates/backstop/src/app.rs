@@ -81,6 +81,10 @@ pub async fn open_store(cfg: &Config, alerts: StoreAlerts) -> anyhow::Result<Arc
         }
         StoreBackend::Redis(RedisTarget::Single(u)) => Target::Single(u.clone()),
         StoreBackend::Redis(RedisTarget::Cluster(nodes)) => Target::Cluster(nodes.clone()),
+        StoreBackend::Redis(RedisTarget::Sentinel { sentinels, master }) => Target::Sentinel {
+            sentinels: sentinels.clone(),
+            master: master.clone(),
+        },
     };
     let shared = RedisStore::connect(&target, &cfg.store.namespace)
         .await

@@ -30,13 +30,26 @@ async fn redis() -> (Held, Arc<dyn Store>) {
 }
 
 /// Runs each case against both backends: `embedded::CASE` and `redis::CASE`; and all of them,
-/// one after the other (each in its own namespace), against a Redis Cluster.
+/// one after the other (each in its own namespace), against a Redis Cluster and through Redis
+/// Sentinel.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         #[tokio::test]
         async fn redis_cluster_passes_every_case() {
             let cluster = support::RedisCluster::start();
             let target = Target::Cluster(cluster.urls());
+            $(
+                let s = RedisStore::connect(&target, stringify!($case)).await.unwrap();
+                $case(Arc::new(s)).await;
+            )*
+        }
+        #[tokio::test]
+        async fn redis_sentinel_passes_every_case() {
+            let set = support::RedisSentinel::start();
+            let target = Target::Sentinel {
+                sentinels: vec![set.sentinel.url.clone()],
+                master: "mymaster".into(),
+            };
             $(
                 let s = RedisStore::connect(&target, stringify!($case)).await.unwrap();
                 $case(Arc::new(s)).await;
@@ -334,4 +347,37 @@ async fn redis_outage_falls_back_and_recovers_without_restart() {
     let heard = heard.lock().unwrap();
     assert_eq!(heard.len(), 2, "{heard:?}");
     assert!(!heard[1].0, "{heard:?}");
+}
+
+/// Through Redis Sentinel: the master dies, the sentinel promotes the replica, and the store
+/// goes on there with what was written.
+#[tokio::test]
+async fn redis_sentinel_follows_a_failover() {
+    let mut set = support::RedisSentinel::start();
+    let target = Target::Sentinel {
+        sentinels: vec![set.sentinel.url.clone()],
+        master: "mymaster".into(),
+    };
+    let s = RedisStore::connect(&target, "failover").await.unwrap();
+    s.put("batv:key:0", "secret", None).await.unwrap();
+    assert_eq!(s.add("rate", 3, 9999, 0).await.unwrap(), 3);
+    let first = set.master_port();
+    assert_eq!(first, set.servers[0].port);
+    // written to the replica too before the master goes
+    let acked = support::redis_cli(first, &["wait", "1", "5000"]);
+    assert_eq!(acked.trim(), "1");
+    set.servers[0].stop();
+    let mut moved = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if let Ok(Some(v)) = s.get("batv:key:0", 0).await {
+            assert_eq!(v, "secret");
+            moved = set.master_port() == set.servers[1].port;
+            if moved && s.add("rate", 1, 9999, 0).await.is_ok() {
+                break;
+            }
+        }
+    }
+    assert!(moved, "no failover to the replica");
+    assert_eq!(s.count("rate", 0).await.unwrap(), 4);
 }

@@ -126,6 +126,13 @@ pub enum RedisTarget {
     Single(String),
     /// A Redis Cluster (`cluster`: some of its nodes).
     Cluster(Vec<String>),
+    /// The master Redis Sentinel names (`sentinel`: the sentinels, `master`: the name).
+    Sentinel {
+        /// The sentinels' URLs.
+        sentinels: Vec<String>,
+        /// The master's name.
+        master: String,
+    },
 }
 
 /// The HTTP listener (`[web]`): `/metrics`, `/healthz`, the JSON API under `/api/` and the

@@ -56,49 +56,65 @@ struct RawStore {
     backend: Option<String>,
     url: Option<String>,
     cluster: Option<Vec<String>>,
+    sentinel: Option<Vec<String>>,
+    master: Option<String>,
     namespace: Option<String>,
+}
+
+fn redis_url(key: String, u: &str) -> Result<String, ConfigError> {
+    let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|p| u.starts_with(p));
+    match ok {
+        true => Ok(u.to_string()),
+        false => Err(invalid(
+            key,
+            format!("{u:?}: expected redis://HOST:PORT/DB (or rediss://, redis+unix://)"),
+        )),
+    }
+}
+
+fn redis_urls(key: &str, list: &[String]) -> Result<Vec<String>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, u)| redis_url(format!("{key}[{i}]"), u))
+        .collect()
 }
 
 impl RawStore {
     fn validate(&self) -> Result<super::StoreConfig, ConfigError> {
-        let redis_url = |key: String, u: &str| {
-            let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|p| u.starts_with(p));
-            match ok {
-                true => Ok(u.to_string()),
-                false => Err(invalid(
-                    key,
-                    format!("{u:?}: expected redis://HOST:PORT/DB (or rediss://, redis+unix://)"),
-                )),
+        use super::{RedisTarget, StoreBackend};
+        if self.master.is_some() != self.sentinel.is_some() {
+            return Err(invalid(
+                "store.master",
+                "sentinel = [URL, ...] and master = \"NAME\" go together",
+            ));
+        }
+        let given = (&self.url, &self.cluster, &self.sentinel);
+        let backend = match (self.backend.as_deref(), given) {
+            (None | Some("embedded"), (None, None, None)) => StoreBackend::Embedded,
+            (None | Some("embedded"), _) => {
+                let why = "url, cluster and sentinel are for backend = \"redis\"";
+                return Err(invalid("store.backend", why));
             }
-        };
-        let backend = match (self.backend.as_deref(), &self.url, &self.cluster) {
-            (None | Some("embedded"), None, None) => super::StoreBackend::Embedded,
-            (None | Some("embedded"), _, _) => {
-                return Err(invalid(
-                    "store.backend",
-                    "url and cluster are for backend = \"redis\"",
-                ));
+            (Some("redis"), (Some(u), None, None)) => {
+                StoreBackend::Redis(RedisTarget::Single(redis_url("store.url".into(), u)?))
             }
-            (Some("redis"), Some(u), None) => super::StoreBackend::Redis(
-                super::RedisTarget::Single(redis_url("store.url".into(), u)?),
-            ),
-            (Some("redis"), None, Some(nodes)) if !nodes.is_empty() => {
-                let nodes = nodes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, u)| redis_url(format!("store.cluster[{i}]"), u))
-                    .collect::<Result<Vec<_>, _>>()?;
-                super::StoreBackend::Redis(super::RedisTarget::Cluster(nodes))
+            (Some("redis"), (None, Some(nodes), None)) if !nodes.is_empty() => {
+                StoreBackend::Redis(RedisTarget::Cluster(redis_urls("store.cluster", nodes)?))
             }
-            (Some("redis"), _, _) => {
-                return Err(invalid(
-                    "store.url",
-                    "backend = \"redis\" needs url = \"redis://HOST:PORT/DB\" or cluster = [URL, ...], not both",
-                ));
+            (Some("redis"), (None, None, Some(nodes))) if !nodes.is_empty() => {
+                StoreBackend::Redis(RedisTarget::Sentinel {
+                    sentinels: redis_urls("store.sentinel", nodes)?,
+                    master: self.master.clone().unwrap_or_default(),
+                })
             }
-            (Some(other), _, _) => {
+            (Some("redis"), _) => {
+                let why = "backend = \"redis\" needs one of url = \"redis://HOST:PORT/DB\", \
+                           cluster = [URL, ...], or sentinel = [URL, ...] with master";
+                return Err(invalid("store.url", why));
+            }
+            (Some(other), _) => {
                 return Err(invalid(
                     "store.backend",
                     format!("{other:?}: expected \"embedded\" or \"redis\""),

@@ -348,13 +348,31 @@ fn store_backends() {
         matches!(&c.store.backend, StoreBackend::Redis(RedisTarget::Cluster(n)) if n.len() == 2)
     );
     assert_eq!(c.store.namespace, "mx-eu");
+    let text = with_domain(
+        "[store]\nbackend = \"redis\"\nsentinel = [\"redis://127.0.0.1:26379\"]\nmaster = \"mymaster\"\n",
+    );
+    let c = Config::from_toml(&text, d.path()).unwrap();
+    assert!(matches!(
+        &c.store.backend,
+        StoreBackend::Redis(RedisTarget::Sentinel { sentinels, master })
+            if sentinels.len() == 1 && master == "mymaster"
+    ));
     for (extra, key, words) in [
+        (
+            "[store]\nbackend = \"redis\"\nsentinel = [\"redis://h:1\"]\n",
+            "store.master",
+            "go together",
+        ),
         (
             "[store]\nbackend = \"memcached\"\n",
             "store.backend",
             "expected \"embedded\"",
         ),
-        ("[store]\nbackend = \"redis\"\n", "store.url", "needs url"),
+        (
+            "[store]\nbackend = \"redis\"\n",
+            "store.url",
+            "needs one of url",
+        ),
         (
             "[store]\nurl = \"redis://h:1/\"\n",
             "store.backend",

@@ -1,5 +1,6 @@
 //! The Redis backend (`[store] backend = "redis"`): the store shared by every node of a
-//! cluster of gateways, on a standalone Redis or a Redis Cluster.
+//! cluster of gateways, on a standalone Redis, a master watched by Redis Sentinel, or a Redis
+//! Cluster.
 //!
 //! Every operation is one Lua script (or one command), so it is atomic however many nodes race.
 //! Entries keep their expiry as data (the caller's clock decides, exactly as in the embedded
@@ -13,10 +14,12 @@
 
 use super::{CacheEntry, Store, StoreError};
 use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{FromRedisValue, Script, ScriptInvocation};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 /// How long one connection attempt or one answer may take.
@@ -31,12 +34,47 @@ pub enum Target {
     Single(String),
     /// A Redis Cluster: some of its nodes' URLs.
     Cluster(Vec<String>),
+    /// The master that Redis Sentinel names `master`, found through these sentinels' URLs.
+    Sentinel {
+        /// The sentinels.
+        sentinels: Vec<String>,
+        /// The master's name in their configuration.
+        master: String,
+    },
 }
 
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<tokio::sync::Mutex<Watched>>),
+}
+
+/// The master found through Sentinel, asked again after any failure (a failover moves it).
+struct Watched {
+    client: SentinelClient,
+    conn: Option<MultiplexedConnection>,
+}
+
+impl Watched {
+    async fn conn(&mut self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT));
+        let c = tokio::time::timeout(TIMEOUT, self.client.get_async_connection_with_config(&cfg))
+            .await
+            .map_err(|_| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no master from the sentinels in time",
+                ))
+            })??;
+        self.conn = Some(c.clone());
+        Ok(c)
+    }
 }
 
 /// The Redis backend.
@@ -151,6 +189,18 @@ impl RedisStore {
                     .map_err(backend)?;
                 Conn::Cluster(client.get_async_connection().await.map_err(backend)?)
             }
+            Target::Sentinel { sentinels, master } => {
+                let client = SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    None,
+                    SentinelServerType::Master,
+                )
+                .map_err(backend)?;
+                let mut watched = Watched { client, conn: None };
+                watched.conn().await.map_err(backend)?;
+                Conn::Sentinel(Arc::new(tokio::sync::Mutex::new(watched)))
+            }
         };
         Ok(RedisStore {
             conn,
@@ -170,6 +220,12 @@ impl RedisStore {
         match &self.conn {
             Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
             Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+            Conn::Sentinel(w) => {
+                let mut c = w.lock().await.conn().await.map_err(backend)?;
+                let r = inv.invoke_async(&mut c).await;
+                forget_on_error(w, &r).await;
+                r
+            }
         }
         .map_err(backend)
     }
@@ -178,6 +234,12 @@ impl RedisStore {
         match &self.conn {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Sentinel(w) => {
+                let mut c = w.lock().await.conn().await.map_err(backend)?;
+                let r = cmd.query_async(&mut c).await;
+                forget_on_error(w, &r).await;
+                r
+            }
         }
         .map_err(backend)
     }
@@ -188,6 +250,14 @@ impl RedisStore {
             .cmd(redis::cmd("HMGET").arg(key).arg("v").arg("e"))
             .await?;
         Ok(v.map(|v| (v, e)))
+    }
+}
+
+/// After a failure (the master gone, or demoted to a replica that refuses writes), the next
+/// operation asks the sentinels for the master again.
+async fn forget_on_error<T>(w: &tokio::sync::Mutex<Watched>, r: &redis::RedisResult<T>) {
+    if r.is_err() {
+        w.lock().await.conn = None;
     }
 }
 

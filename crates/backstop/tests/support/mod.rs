@@ -692,3 +692,85 @@ impl RedisCluster {
         self.nodes.iter().map(|n| n.url.clone()).collect()
     }
 }
+
+/// A Redis master with one replica, watched by one Redis Sentinel (master name `mymaster`),
+/// all on free loopback ports; stopped when dropped.
+#[allow(dead_code)]
+pub struct RedisSentinel {
+    /// The master (first) and the replica.
+    pub servers: Vec<RedisServer>,
+    /// The sentinel.
+    pub sentinel: RedisServer,
+}
+
+#[allow(dead_code)]
+impl RedisSentinel {
+    /// Starts them and waits until the replica is in sync and the sentinel sees both.
+    pub fn start() -> RedisSentinel {
+        let master = RedisServer::start();
+        let mp = master.port.to_string();
+        let replica = RedisServer::start_with(
+            free_port(),
+            tempfile::tempdir().unwrap(),
+            &["--replicaof", "127.0.0.1", &mp],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        let port = free_port();
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {mp} 1\n\
+                 sentinel down-after-milliseconds mymaster 500\nsentinel failover-timeout mymaster 5000\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        wait_listening(port);
+        let sentinel = RedisServer {
+            child,
+            port,
+            url: format!("redis://127.0.0.1:{port}/"),
+            dir,
+        };
+        let in_sync = wait_until(20, || {
+            redis_cli(replica.port, &["info", "replication"]).contains("master_link_status:up")
+                && redis_cli(port, &["sentinel", "replicas", "mymaster"])
+                    .contains(&format!("{}", replica.port))
+        });
+        assert!(in_sync, "the replica or the sentinel did not come up");
+        RedisSentinel {
+            servers: vec![master, replica],
+            sentinel,
+        }
+    }
+
+    /// The port of the master the sentinel names now.
+    pub fn master_port(&self) -> u16 {
+        let out = redis_cli(
+            self.sentinel.port,
+            &["sentinel", "get-master-addr-by-name", "mymaster"],
+        );
+        out.lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// `redis-cli -p PORT ARGS...`: what it printed.
+#[allow(dead_code)]
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
