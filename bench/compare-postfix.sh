@@ -15,7 +15,8 @@
 # (concurrent smtp-source sessions, 20), SIZE (message bytes, 1024), STALL (seconds without a
 # delivery before a run is declared stuck, 60), BACKSTOP_BIN (skip the build and use this
 # binary), KEEP=1 (keep the work directory with every log), RUST_LOG (backstop's log filter,
-# default "info" as in production), TMPDIR (where the work directory is made, default /tmp).
+# default "info" as in production), TMPDIR (where the work directory is made, default /tmp),
+# STORE (embedded, or redis: backstop's [store] on a private redis-server, as in cluster mode).
 #
 # Topology (all on 127.0.0.1, free ports):
 #   backstop side: smtp-source -> backstop (callout:internal Postfix, cached;
@@ -33,6 +34,11 @@
 set -eu
 
 MODE=${MODE:-in-session}
+STORE=${STORE:-embedded}
+case $STORE in
+  embedded | redis) ;;
+  *) echo "compare-postfix: STORE must be embedded or redis, not $STORE" >&2; exit 2 ;;
+esac
 while [ $# -gt 0 ]; do
   case $1 in
     --mode) MODE=${2:?--mode needs queue or in-session}; shift 2 ;;
@@ -206,6 +212,22 @@ sys.exit(1)
 PY
 echo "dns: dnsmasq on 127.0.0.1:$P_DNS (SPF for ${FROM#*@}: v=spf1 ip4:127.0.0.1 -all)"
 
+# --- the shared store, when STORE=redis: a private redis-server on a free loopback port ---------
+STORE_CFG=""
+if [ "$STORE" = redis ]; then
+  P_REDIS=$(python3 -c '
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  redis-server --bind 127.0.0.1 --port "$P_REDIS" --save "" --appendonly no --dir "$W" \
+    >"$W/redis.out" 2>&1 &
+  PIDS+=($!)
+  wait_port "$P_REDIS"
+  STORE_CFG="[store]
+backend = \"redis\"
+url = \"redis://127.0.0.1:$P_REDIS/0\""
+  echo "store: redis-server $(redis-server --version | grep -o 'v=[0-9.]*') on 127.0.0.1:$P_REDIS"
+fi
+
 # --- backstop ----------------------------------------------------------------------------------
 cat >"$W/backstop.toml" <<EOF
 hostname = "gw.example.test"
@@ -222,6 +244,8 @@ relay = "$MODE"
 
 [delivery]
 resolver = "127.0.0.1:$P_DNS"
+
+$STORE_CFG
 EOF
 if [ "$MODE" = queue ]; then # the delivery settings in force (defaults but the resolver)
   echo "backstop [delivery]: $("$BIN" check-config "$W/backstop.toml" |
