@@ -24,6 +24,21 @@ fn node(dir: &std::path::Path, sources: &[String], redis: &RedisServer, extra: &
     )
 }
 
+/// A list source (in `dir`) that knows `VALID`.
+fn list_source(dir: &std::path::Path) -> Vec<String> {
+    let list = dir.join("users.txt");
+    std::fs::write(&list, format!("{VALID}\n")).unwrap();
+    vec![format!("list:{}", list.display())]
+}
+
+/// A relay listener on `port` for 127.0.0.1, and partner.test routed to `next_hop_port`.
+fn relay_to_partner(port: u16, next_hop_port: u16) -> String {
+    format!(
+        "[[route]]\ndomain = \"partner.test\"\nnext_hop = \"smtp:127.0.0.1:{next_hop_port}\"\n\
+         [[listen]]\naddr = \"127.0.0.1:{port}\"\nrelay_from = [\"127.0.0.1\"]\n"
+    )
+}
+
 fn rcpt(addr: SocketAddr, to: &str) -> String {
     let (mut c, _) = Client::connect(addr);
     c.cmd("EHLO client.test");
@@ -69,9 +84,7 @@ fn a_recipient_verified_on_one_node_is_answered_from_cache_by_the_other() {
 fn a_client_blocked_on_one_node_is_refused_by_the_other() {
     let redis = RedisServer::start();
     let (da, db) = (world_dir(), world_dir());
-    let list = da.path().join("users.txt");
-    std::fs::write(&list, format!("{VALID}\n")).unwrap();
-    let src = vec![format!("list:{}", list.display())];
+    let src = list_source(da.path());
     let harvest = "[harvest]\nblock_after = 3\ntarpit_after = 10\nclose_after = 20\n";
     let a = Backstop::start(da.path(), &node(da.path(), &src, &redis, harvest));
     let b = Backstop::start(db.path(), &node(db.path(), &src, &redis, harvest));
@@ -99,18 +112,10 @@ fn an_outbound_rate_limit_counts_messages_through_both_nodes() {
     let redis = RedisServer::start();
     let sink = Sink::start();
     let (da, db) = (world_dir(), world_dir());
-    let list = da.path().join("users.txt");
-    std::fs::write(&list, format!("{VALID}\n")).unwrap();
-    let src = vec![format!("list:{}", list.display())];
+    let src = list_source(da.path());
     let (pa, pb) = (free_port(), free_port());
-    let extra = |port: u16| {
-        format!(
-            "[outbound]\nsender = {{ messages_per_hour = 3 }}\n\
-             [[route]]\ndomain = \"partner.test\"\nnext_hop = \"smtp:127.0.0.1:{}\"\n\
-             [[listen]]\naddr = \"127.0.0.1:{port}\"\nrelay_from = [\"127.0.0.1\"]\n",
-            sink.port
-        )
-    };
+    let limit = "[outbound]\nsender = { messages_per_hour = 3 }\n";
+    let extra = |port: u16| format!("{limit}{}", relay_to_partner(port, sink.port));
     let _a = Backstop::start(da.path(), &node(da.path(), &src, &redis, &extra(pa)));
     let _b = Backstop::start(db.path(), &node(db.path(), &src, &redis, &extra(pb)));
     let relay = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
@@ -157,7 +162,7 @@ fn redis_stopped_mid_load_loses_nothing_accepts_no_unknown_and_recovers() {
     let src = vec![format!("callout:127.0.0.1:{}", pf.port)];
     let dir = world_dir();
     // the load comes from one address: keep the harvest defence out of this test
-    let extra = "[harvest]\nexempt = [\"127.0.0.0/8\"]\n";
+    let extra = "[harvest]\nexempt = [\"127.0.0.0/8\"]\n[web]\naddr = \"127.0.0.1:0\"\n";
     let mut cfg = node(dir.path(), &src, &redis, extra);
     cfg.push_str("relay = \"queue\"\n");
     let b = Backstop::start(dir.path(), &cfg);
@@ -173,6 +178,16 @@ fn redis_stopped_mid_load_loses_nothing_accepts_no_unknown_and_recovers() {
             std::thread::sleep(std::time::Duration::from_secs(3));
         }
         let (valid, other, end) = one_message(b.addr, &format!("nobody{i}@example.test"));
+        if i == 30 {
+            let (code, health) = http(b.web(), "GET", "/healthz", None);
+            assert_eq!(code, 200);
+            assert!(health.starts_with("ok, degraded"), "{health}");
+            let (_, metrics) = http(b.web(), "GET", "/metrics", None);
+            assert!(
+                metrics.lines().any(|l| l == "backstop_store_degraded 1"),
+                "{metrics}"
+            );
+        }
         assert_eq!(valid, "250 2.1.5 Ok", "message {i}: {}", b.log());
         assert!(
             !other.starts_with('2'),
@@ -213,17 +228,9 @@ fn a_message_sent_through_both_nodes_is_reported_by_one() {
     // the far side knows only someone@partner.test: n1@partner.test fails with 550 5.1.1
     let partner = Postfix::internal("partner.test", &["someone@partner.test"], sink.port);
     let (da, db) = (world_dir(), world_dir());
-    let list = da.path().join("users.txt");
-    std::fs::write(&list, format!("{VALID}\n")).unwrap();
-    let src = vec![format!("list:{}", list.display())];
+    let src = list_source(da.path());
     let (pa, pb) = (free_port(), free_port());
-    let extra = |port: u16| {
-        format!(
-            "[[route]]\ndomain = \"partner.test\"\nnext_hop = \"smtp:127.0.0.1:{}\"\n\
-             [[listen]]\naddr = \"127.0.0.1:{port}\"\nrelay_from = [\"127.0.0.1\"]\n",
-            partner.port
-        )
-    };
+    let extra = |port: u16| relay_to_partner(port, partner.port);
     let a = Backstop::start(da.path(), &node(da.path(), &src, &redis, &extra(pa)));
     let b = Backstop::start(db.path(), &node(db.path(), &src, &redis, &extra(pb)));
     // the client's 250 from A is lost: it sends the same message again through B

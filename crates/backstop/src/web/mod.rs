@@ -153,8 +153,9 @@ fn refuse(status: StatusCode, why: String) -> Response {
     (status, axum::Json(json!({ "error": why }))).into_response()
 }
 
-/// Ready when the store answers and the spool can be written (the SMTP listeners are bound
-/// before this one).
+/// Ready when the store answers (Redis, or this node's fallback while Redis is away: the node
+/// still serves safely) and the spool can be written (the SMTP listeners are bound before this
+/// one).
 async fn healthz(State(web): State<Shared>) -> Response {
     let s = &web.served;
     let now = s.clock.unix();
@@ -164,6 +165,11 @@ async fn healthz(State(web): State<Shared>) -> Response {
     };
     let spool = s.spool.usable().await;
     match (store, spool) {
+        // a node on its own while Redis is away still serves safely: ready, and says so
+        (Ok(()), Ok(())) if s.store.degraded() => {
+            let why = "ok, degraded: the shared store is unreachable; this node runs on its own\n";
+            (StatusCode::OK, why).into_response()
+        }
         (Ok(()), Ok(())) => (StatusCode::OK, "ok\n").into_response(),
         (store, spool) => {
             let mut why = String::new();
