@@ -270,3 +270,42 @@ fn a_message_sent_through_both_nodes_is_reported_by_one() {
     let sent = ["event=\"report_sent\""];
     assert_eq!(a.count(&sent) + b.count(&sent), 1);
 }
+
+#[test]
+fn reports_due_while_redis_is_away_wait_and_go_once_it_is_back() {
+    let redis = RedisServer::start();
+    let sink = Sink::start();
+    // the far side knows only someone@partner.test: every nK@partner.test fails with 550 5.1.1
+    let partner = Postfix::internal("partner.test", &["someone@partner.test"], sink.port);
+    let dir = world_dir();
+    let port = free_port();
+    let extra = relay_to_partner(port, partner.port);
+    let b = Backstop::start(
+        dir.path(),
+        &node(dir.path(), &list_source(dir.path()), &redis, &extra),
+    );
+    let relay: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut redis = redis;
+    redis.stop();
+    for i in 0..3 {
+        let (code, t) = swaks(
+            relay,
+            &["--from", VALID, "--to", &format!("n{i}@partner.test")],
+        );
+        assert_eq!(code, 0, "accepted while Redis is away: {t}");
+    }
+    let failed = ["event=\"attempt\"", "result=\"failed\""];
+    assert_eq!(b.count_reaching(&failed, 3), 3, "{}", b.log());
+    // no report can be claimed: none goes out
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let reports = || std::fs::read_dir(dir.path().join("mail/new")).map_or(0, |r| r.count());
+    assert_eq!(reports(), 0, "{}", b.log());
+    assert_eq!(b.count(&["event=\"report_sent\""]), 0);
+
+    let _redis = redis.restart();
+    // the next sweep (every minute) sends each one once
+    assert!(wait_until(100, || reports() == 3), "{}", b.log());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(reports(), 3);
+    assert_eq!(b.count(&["event=\"report_sent\""]), 3);
+}

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 /// After a failure, how long operations go straight to the fallback before the shared store is
 /// tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// What is read to find out whether the shared store answers again.
+const PROBE_KEY: &str = "failover:probe";
 /// Call-out answers remembered for an outage.
 const REMEMBERED: usize = 200_000;
 
@@ -78,10 +80,25 @@ impl Failover {
         }
     }
 
-    /// Whether the shared store should be asked now (up, or time to try it again).
-    fn try_primary(&self) -> bool {
-        let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        !h.degraded || h.retry_at.is_none_or(|t| Instant::now() >= t)
+    /// Whether the shared store should be asked now: up, or down but time to try it again
+    /// (then a harmless read goes first, so that the operation itself, a claim say, runs on a
+    /// connection that works again rather than be the one that finds out it does not).
+    async fn try_primary(&self) -> bool {
+        let (degraded, due) = {
+            let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            (h.degraded, h.retry_at.is_none_or(|t| Instant::now() >= t))
+        };
+        match (degraded, due) {
+            (false, _) => true,
+            (true, false) => false,
+            (true, true) => match self.primary.get(PROBE_KEY, 0).await {
+                Ok(_) => true,
+                Err(e) => {
+                    self.down(&e);
+                    false
+                }
+            },
+        }
     }
 
     fn up(&self) {
@@ -110,7 +127,7 @@ impl Failover {
         &self,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Option<Result<T, StoreError>> {
-        if !self.try_primary() {
+        if !self.try_primary().await {
             return None;
         }
         match f.await {

@@ -24,6 +24,14 @@ use std::time::Duration;
 
 /// How long one connection attempt or one answer may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// Whether a script may run twice when its connection was dropped (it may have run once).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Again {
+    /// The same effect twice (writing a value, reading, purging).
+    Harmless,
+    /// A second run would count twice or see its own claim as another's.
+    Never,
+}
 /// Keys deleted per purge script run (short scripts: Redis serves nobody else meanwhile).
 const PURGE_BATCH: u64 = 500;
 
@@ -45,6 +53,8 @@ pub enum Target {
 
 #[derive(Clone)]
 enum Conn {
+    /// One multiplexed connection: the requests of every task are pipelined on it (the redis
+    /// crate's way to share a server among many tasks; it reconnects by itself).
     Single(ConnectionManager),
     Cluster(ClusterConnection),
     Sentinel(Arc<tokio::sync::Mutex<Watched>>),
@@ -216,9 +226,23 @@ impl RedisStore {
         format!("{}expiry", self.prefix)
     }
 
-    async fn run<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+    /// Runs a script; once more at once when the connection had been dropped and running it
+    /// twice is harmless (`again`).
+    async fn run<T: FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'_>,
+        again: Again,
+    ) -> Result<T, StoreError> {
         match &self.conn {
-            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
+            Conn::Single(c) => {
+                let mut c = c.clone();
+                match inv.invoke_async(&mut c).await {
+                    Err(e) if again == Again::Harmless && dropped(&e) => {
+                        inv.invoke_async(&mut c).await
+                    }
+                    r => r,
+                }
+            }
             Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
             Conn::Sentinel(w) => {
                 let mut c = w.lock().await.conn().await.map_err(backend)?;
@@ -232,7 +256,13 @@ impl RedisStore {
 
     async fn cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         match &self.conn {
-            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Single(c) => {
+                let mut c = c.clone();
+                match cmd.query_async(&mut c).await {
+                    Err(e) if dropped(&e) => cmd.query_async(&mut c).await,
+                    r => r,
+                }
+            }
             Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
             Conn::Sentinel(w) => {
                 let mut c = w.lock().await.conn().await.map_err(backend)?;
@@ -251,6 +281,12 @@ impl RedisStore {
             .await?;
         Ok(v.map(|v| (v, e)))
     }
+}
+
+/// A connection that Redis (restarted, or a proxy) dropped: the manager reconnects, and the
+/// operation is worth one more try at once, before the store is called unreachable.
+fn dropped(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() || e.is_io_error()
 }
 
 /// After a failure (the master gone, or demoted to a replica that refuses writes), the next
@@ -281,7 +317,7 @@ impl Store for RedisStore {
             .key(self.expiry())
             .arg(value)
             .arg(entry.expire_at);
-        self.run::<i64>(&inv).await.map(|_| ())
+        self.run::<i64>(&inv, Again::Harmless).await.map(|_| ())
     }
 
     async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
@@ -289,7 +325,7 @@ impl Store for RedisStore {
         loop {
             let mut inv = PURGE.prepare_invoke();
             inv.key(self.expiry()).arg(now).arg(PURGE_BATCH);
-            let n: u64 = self.run(&inv).await?;
+            let n: u64 = self.run(&inv, Again::Harmless).await?;
             total += n as usize;
             if n < PURGE_BATCH {
                 return Ok(total);
@@ -302,13 +338,13 @@ impl Store for RedisStore {
         inv.key(self.key("l", key))
             .key(self.expiry())
             .arg(expire_at);
-        Ok(self.run::<i64>(&inv).await? == 1)
+        Ok(self.run::<i64>(&inv, Again::Never).await? == 1)
     }
 
     async fn unclaim(&self, key: &str) -> Result<(), StoreError> {
         let mut inv = FORGET.prepare_invoke();
         inv.key(self.key("l", key)).key(self.expiry());
-        self.run::<i64>(&inv).await.map(|_| ())
+        self.run::<i64>(&inv, Again::Harmless).await.map(|_| ())
     }
 
     async fn add(&self, key: &str, n: u64, expire_at: u64, now: u64) -> Result<u64, StoreError> {
@@ -318,7 +354,7 @@ impl Store for RedisStore {
             .arg(n)
             .arg(expire_at)
             .arg(now);
-        self.run(&inv).await
+        self.run(&inv, Again::Never).await
     }
 
     async fn count(&self, key: &str, now: u64) -> Result<u64, StoreError> {
@@ -334,7 +370,7 @@ impl Store for RedisStore {
             .key(self.expiry())
             .arg(value)
             .arg(expire_at.map_or(String::new(), |e| e.to_string()));
-        self.run::<i64>(&inv).await.map(|_| ())
+        self.run::<i64>(&inv, Again::Harmless).await.map(|_| ())
     }
 
     async fn get(&self, key: &str, now: u64) -> Result<Option<String>, StoreError> {
@@ -358,6 +394,7 @@ impl Store for RedisStore {
             .arg(value)
             .arg(expire_at.map_or(String::new(), |e| e.to_string()))
             .arg(now);
-        self.run(&inv).await
+        // a second run finds the value the first one stored, and answers it: harmless
+        self.run(&inv, Again::Harmless).await
     }
 }
