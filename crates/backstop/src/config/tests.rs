@@ -364,6 +364,11 @@ fn store_backends() {
             "go together",
         ),
         (
+            "[store]\nbackend = \"redis\"\nurl = \"rediss://h:1/\"\n",
+            "store.url",
+            "TLS to Redis is not supported",
+        ),
+        (
             "[store]\nbackend = \"memcached\"\n",
             "store.backend",
             "expected \"embedded\"",
