@@ -25,12 +25,11 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::failover::{Failover, Hook};
 use crate::store::redis::{RedisStore, Target};
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::series::Series;
 use crate::upstream::Pools;
 use anyhow::Context as _;
 use backstop_proto::address::{Mailbox, ReversePath};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -72,7 +71,11 @@ pub type StoreAlerts = Arc<OnceLock<Arc<Alerts>>>;
 
 /// Opens the configured store: the embedded one, or Redis with this node's embedded store
 /// behind it for outages ([`Failover`]). Redis must answer at start-up.
-pub async fn open_store(cfg: &Config, alerts: StoreAlerts) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(
+    cfg: &Config,
+    alerts: StoreAlerts,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn Store>> {
     let target = match &cfg.store.backend {
         StoreBackend::Embedded => {
             return Ok(Arc::new(EmbeddedStore::open(
@@ -97,7 +100,7 @@ pub async fn open_store(cfg: &Config, alerts: StoreAlerts) -> anyhow::Result<Arc
             "store_recovered"
         };
         match alerts.get() {
-            Some(a) => a.raise(kind, "store", detail, SystemClock.unix()),
+            Some(a) => a.raise(kind, "store", detail, clock.unix()),
             None => crate::telemetry::Event::Alert {
                 kind,
                 subject: "store",
@@ -118,8 +121,8 @@ pub async fn build(cfg: Config) -> anyhow::Result<Parts> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("state_dir {}: cannot create", cfg.state_dir.display()))?;
     let store_alerts = StoreAlerts::default();
-    let store = open_store(&cfg, store_alerts.clone()).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = open_store(&cfg, store_alerts.clone(), clock.clone()).await?;
     let sender = match cfg.callout.probe_sender.as_str() {
         "" => ReversePath::Null,
         s => ReversePath::Mailbox(Mailbox::parse(s, false).context("callout.probe_sender")?),
@@ -171,7 +174,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
     let metrics = Metrics::install().unwrap_or_default();
     let web_listener = match cfg.web.addr {
         Some(addr) => {
-            let l = crate::web::bind(addr)
+            let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("web.addr {addr}: cannot listen"))?;
             let a = l.local_addr()?;
@@ -274,16 +277,7 @@ pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Re
         .with_context(|| format!("control socket {}", control_path.display()))?;
     let web = match web_listener {
         Some(listener) => {
-            let series = Mutex::new(Series::default());
-            series
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sample(parts.clock.unix(), &metrics.tally().counters());
-            let web = Arc::new(crate::web::Web {
-                served,
-                metrics,
-                series,
-            });
+            let web = Arc::new(crate::web::Web::new(served, metrics));
             Some(crate::web::serve(listener, web, shutdown_rx.clone()))
         }
         None => None,

@@ -18,22 +18,7 @@ pub async fn gather(
     verifier: &crate::policy::Verifier,
     now: u64,
 ) -> Result<Value, StoreError> {
-    let health = verifier.backend_health();
-    let mut callout: Vec<Value> = Vec::new();
-    for d in &cfg.domains {
-        for src in &d.sources {
-            if let crate::config::Source::Callout(hp) = src {
-                let target = hp.to_string();
-                let h = health
-                    .iter()
-                    .find(|(t, _)| *t == target)
-                    .map(|(_, h)| h.clone())
-                    .unwrap_or_default();
-                callout
-                    .push(json!({ "domain": d.name.to_string(), "target": target, "health": h }));
-            }
-        }
-    }
+    let callout = callout(cfg, verifier);
     let held: Vec<Value> = crate::senders::held_senders(store, now)
         .await?
         .into_iter()
@@ -71,6 +56,41 @@ pub async fn gather(
         "alerts_today": counts(&alerts),
         "defence_today": counts(&defence),
     }))
+}
+
+/// Each call-out internal server (per domain) with its health since start.
+pub fn callout(cfg: &Config, verifier: &crate::policy::Verifier) -> Vec<Value> {
+    let health = verifier.backend_health();
+    let mut callout = Vec::new();
+    for d in &cfg.domains {
+        for src in &d.sources {
+            if let crate::config::Source::Callout(hp) = src {
+                let target = hp.to_string();
+                let h = health
+                    .iter()
+                    .find(|(t, _)| *t == target)
+                    .map(|(_, h)| h.clone())
+                    .unwrap_or_default();
+                callout
+                    .push(json!({ "domain": d.name.to_string(), "target": target, "health": h }));
+            }
+        }
+    }
+    callout
+}
+
+/// Whether an internal server answers, from its health as [`gather`] shows it: its last
+/// definite answer is newer than its last failure. `None` before its first probe.
+pub fn answering(health: &Value) -> Option<bool> {
+    match (
+        health["last_ok"].as_u64(),
+        health["last_failure"][0].as_u64(),
+    ) {
+        (None, None) => None,
+        (Some(ok), Some(bad)) => Some(ok >= bad),
+        (Some(_), None) => Some(true),
+        (None, Some(_)) => Some(false),
+    }
 }
 
 fn counts(c: &[(&str, u64)]) -> Value {
@@ -120,11 +140,10 @@ pub fn render(v: &Value) -> String {
     let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
     for c in list("callout") {
         let h = &c["health"];
-        let state = match (h["last_ok"].as_u64(), h["last_failure"][0].as_u64()) {
-            (None, None) => "no probes since start".to_string(),
-            (Some(ok), Some(bad)) if bad > ok => format!("failing: {}", s(&h["last_failure"][1])),
-            (None, Some(_)) => format!("failing: {}", s(&h["last_failure"][1])),
-            (Some(_), _) => "answering".to_string(),
+        let state = match answering(h) {
+            None => "no probes since start".to_string(),
+            Some(true) => "answering".to_string(),
+            Some(false) => format!("failing: {}", s(&h["last_failure"][1])),
         };
         let _ = writeln!(
             out,

@@ -34,24 +34,10 @@ async fn redis() -> (Held, Arc<dyn Store>) {
 /// Sentinel.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
-        #[tokio::test]
-        async fn redis_cluster_passes_every_case() {
-            let cluster = support::RedisCluster::start();
-            let target = Target::Cluster(cluster.urls());
+        /// Every case in turn on `target`, each in a namespace of its own.
+        async fn every_case(target: &Target) {
             $(
-                let s = RedisStore::connect(&target, stringify!($case)).await.unwrap();
-                $case(Arc::new(s)).await;
-            )*
-        }
-        #[tokio::test]
-        async fn redis_sentinel_passes_every_case() {
-            let set = support::RedisSentinel::start();
-            let target = Target::Sentinel {
-                sentinels: vec![set.sentinel.url.clone()],
-                master: "mymaster".into(),
-            };
-            $(
-                let s = RedisStore::connect(&target, stringify!($case)).await.unwrap();
+                let s = RedisStore::connect(target, stringify!($case)).await.unwrap();
                 $case(Arc::new(s)).await;
             )*
         }
@@ -86,6 +72,20 @@ conformance!(
     claim_until_expires_at_its_time,
     cache_entries_are_replaced_and_purged_when_expired,
 );
+
+#[tokio::test]
+async fn redis_cluster_passes_every_case() {
+    let cluster = support::RedisCluster::start();
+    every_case(&Target::Cluster(cluster.urls())).await;
+}
+
+#[tokio::test]
+async fn redis_sentinel_passes_every_case() {
+    let set = support::RedisSentinel::start();
+    let sentinels = vec![set.sentinel.url.clone()];
+    let master = "mymaster".to_string();
+    every_case(&Target::Sentinel { sentinels, master }).await;
+}
 
 async fn a_key_is_claimed_once_and_can_be_given_back(s: Arc<dyn Store>) {
     assert!(s.claim("dsn:A:first", 100).await.unwrap());

@@ -35,11 +35,29 @@ fn module_of(file: &Path) -> String {
 
 #[test]
 fn modules_import_only_what_the_architecture_allows() {
+    // the watch-and-defend modules (harvest, outbound, senders, alert, reputation) stay off
+    // the mail path and the bounce guard; each is also kept off some of its neighbours
+    let watch = |more: &[&'static str]| -> Vec<&'static str> {
+        let mut banned = vec![
+            "auth",
+            "policy",
+            "upstream",
+            "relay",
+            "inbound",
+            "notify",
+            "backscatter",
+            "control",
+            "app",
+            "cli",
+        ];
+        banned.extend_from_slice(more);
+        banned
+    };
     // module -> modules of this crate it must not use
-    let forbidden: &[(&str, &[&str])] = &[
+    let forbidden: Vec<(&str, Vec<&str>)> = vec![
         (
             "config",
-            &[
+            vec![
                 "store",
                 "policy",
                 "upstream",
@@ -53,168 +71,90 @@ fn modules_import_only_what_the_architecture_allows() {
         ),
         (
             "clock",
-            &[
+            vec![
                 "config", "store", "policy", "upstream", "relay", "inbound", "control", "app",
                 "cli",
             ],
         ),
         (
             "store",
-            &[
+            vec![
                 "policy", "upstream", "relay", "inbound", "control", "app", "cli",
             ],
         ),
         (
             "upstream",
-            &["policy", "relay", "inbound", "control", "app", "cli"],
+            vec!["policy", "relay", "inbound", "control", "app", "cli"],
         ),
-        ("policy", &["relay", "inbound", "control", "app", "cli"]),
-        ("relay", &["policy", "inbound", "control", "app", "cli"]),
-        ("inbound", &["control", "delivery", "app", "cli"]),
+        ("policy", vec!["relay", "inbound", "control", "app", "cli"]),
+        ("relay", vec!["policy", "inbound", "control", "app", "cli"]),
+        ("inbound", vec!["control", "delivery", "app", "cli"]),
         (
             "telemetry",
-            &[
+            vec![
                 "relay", "inbound", "upstream", "store", "control", "app", "cli",
             ],
         ),
-        ("control", &["inbound", "delivery", "app", "cli"]),
+        ("control", vec!["inbound", "delivery", "app", "cli"]),
         (
             "queue",
-            &[
+            vec![
                 "policy", "upstream", "relay", "inbound", "delivery", "store", "control", "app",
                 "cli",
             ],
         ),
-        ("delivery", &["policy", "inbound", "control", "app", "cli"]),
+        (
+            "delivery",
+            vec!["policy", "inbound", "control", "app", "cli"],
+        ),
         (
             "notify",
-            &[
+            vec![
                 "policy", "upstream", "relay", "inbound", "delivery", "control", "app", "cli",
             ],
         ),
         (
             "auth",
-            &[
+            vec![
                 "store", "policy", "upstream", "relay", "inbound", "delivery", "notify", "queue",
                 "control", "app", "cli",
             ],
         ),
         (
             "bounces",
-            &[
+            vec![
                 "config", "store", "policy", "upstream", "relay", "inbound", "delivery", "queue",
                 "notify", "control", "app", "cli",
             ],
         ),
         (
             "backscatter",
-            &[
+            vec![
                 "auth", "policy", "upstream", "relay", "inbound", "delivery", "queue", "notify",
                 "control", "app", "cli",
             ],
         ),
-        (
-            "harvest",
-            &[
-                "auth",
-                "policy",
-                "upstream",
-                "relay",
-                "inbound",
-                "delivery",
-                "queue",
-                "notify",
-                "backscatter",
-                "control",
-                "app",
-                "cli",
-            ],
-        ),
-        (
-            "outbound",
-            &[
-                "auth",
-                "policy",
-                "upstream",
-                "relay",
-                "inbound",
-                "delivery",
-                "queue",
-                "notify",
-                "backscatter",
-                "harvest",
-                "control",
-                "app",
-                "cli",
-            ],
-        ),
-        (
-            "senders",
-            &[
-                "auth",
-                "policy",
-                "upstream",
-                "relay",
-                "inbound",
-                "delivery",
-                "notify",
-                "backscatter",
-                "harvest",
-                "outbound",
-                "control",
-                "app",
-                "cli",
-            ],
-        ),
+        ("harvest", watch(&["delivery", "queue"])),
+        ("outbound", watch(&["delivery", "queue", "harvest"])),
+        ("senders", watch(&["delivery", "harvest", "outbound"])),
         (
             "alert",
-            &[
-                "queue",
-                "auth",
-                "policy",
-                "upstream",
-                "relay",
-                "inbound",
-                "delivery",
-                "notify",
-                "backscatter",
-                "harvest",
-                "outbound",
-                "senders",
-                "control",
-                "app",
-                "cli",
-            ],
+            watch(&["delivery", "queue", "harvest", "outbound", "senders"]),
         ),
         (
             "reputation",
-            &[
-                "auth",
-                "policy",
-                "upstream",
-                "relay",
-                "inbound",
-                "queue",
-                "notify",
-                "backscatter",
-                "harvest",
-                "outbound",
-                "senders",
-                "control",
-                "app",
-                "cli",
-            ],
+            watch(&["queue", "harvest", "outbound", "senders"]),
         ),
         (
             "status",
-            &[
+            vec![
                 "inbound", "delivery", "upstream", "relay", "control", "app", "cli",
             ],
         ),
-        ("app", &["cli"]),
+        ("app", vec!["cli"]),
         (
             "web",
-            &["inbound", "delivery", "upstream", "relay", "app", "cli"],
+            vec!["inbound", "delivery", "upstream", "relay", "app", "cli"],
         ),
     ];
     // nothing but the composition root starts the web listener
@@ -253,7 +193,7 @@ fn modules_import_only_what_the_architecture_allows() {
             continue;
         };
         let text = std::fs::read_to_string(&file).unwrap();
-        for b in *banned {
+        for b in banned {
             if text.contains(&format!("crate::{b}::")) || text.contains(&format!("crate::{b};")) {
                 bad.push(format!("{} uses crate::{b}", file.display()));
             }

@@ -486,12 +486,22 @@ pub struct Listener {
 impl Listener {
     /// True when `ip` may relay through this listener.
     pub fn may_relay(&self, ip: std::net::IpAddr) -> bool {
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-            v4 => v4,
-        };
-        self.relay_from.iter().any(|n| n.contains(&ip))
+        in_networks(&self.relay_from, ip)
     }
+}
+
+/// An IPv4 client seen through an IPv6 socket (`::ffff:192.0.2.7`) as the IPv4 address it is.
+pub fn unmapped(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// True when `ip` (an IPv4-mapped address counted as IPv4) is in one of `nets`.
+pub fn in_networks(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = unmapped(ip);
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 /// `HOST:PORT` of an internal server; the host is resolved when connecting.

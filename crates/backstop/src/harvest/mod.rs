@@ -9,7 +9,7 @@
 //! Not responsible for: deciding whether an address exists (policy), or talking SMTP (inbound
 //! writes the replies this module chooses).
 
-use crate::config::Config;
+use crate::config::{Config, in_networks, unmapped};
 use crate::store::{Store, StoreError, Window, claim_until};
 use backstop_proto::smtp::reply::{Enhanced, Reply};
 use std::collections::HashMap;
@@ -81,13 +81,6 @@ pub fn network_of(ip: IpAddr) -> ipnet::IpNet {
         IpAddr::V6(v6) => ipnet::IpNet::V6(
             ipnet::Ipv6Net::new(v6, 64).map_or_else(|_| ipnet::Ipv6Net::default(), |n| n.trunc()),
         ),
-    }
-}
-
-fn unmapped(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -180,8 +173,7 @@ impl Harvest {
     /// True for clients the harvest defence never touches: `[harvest] exempt` networks (relay
     /// networks are exempted by the caller, per listener).
     pub fn is_exempt(&self, ip: IpAddr) -> bool {
-        let ip = unmapped(ip);
-        self.cfg.harvest.exempt.iter().any(|n| n.contains(&ip))
+        in_networks(&self.cfg.harvest.exempt, ip)
     }
 
     /// Admits a connection from `ip` at `now`, or says why not. Exempt clients skip the

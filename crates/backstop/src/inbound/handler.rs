@@ -353,7 +353,7 @@ impl Handler {
                 peer: self.peer.ip(),
                 rcpt: &rcpt,
                 result: evidence.as_str(),
-                refused: matches!(checked, RcptBatv::Refused { .. }),
+                refused: matches!(checked, RcptBatv::Refused { .. }).then(|| evidence.refusal()),
             }
             .emit();
         }
@@ -384,13 +384,14 @@ impl Handler {
         match self.ctx.guard.over_rate(rcpt, now).await {
             Ok(false) => None,
             Ok(true) => {
-                self.ctx.guard.count(&["refused=rate"], now).await;
+                let label = "refused=rate";
+                self.ctx.guard.count(&[label], now).await;
                 Event::BounceRateExceeded {
                     peer: self.peer.ip(),
                     rcpt,
                 }
                 .emit();
-                self.stopped(&rcpt.to_string(), "refused=rate".into(), "deferred", now);
+                self.stopped(&rcpt.to_string(), label.into(), "deferred", now);
                 Some(Reply::new(
                     450,
                     Enhanced::new(4, 7, 1),
@@ -411,8 +412,8 @@ impl Handler {
             .transaction()
             .is_some_and(|t| t.from == ReversePath::Null);
         if bounce && !self.may_relay && self.txn.rcpts.len() > 1 {
-            let now = self.ctx.clock.unix();
-            self.ctx.guard.count(&["refused=rcpts>1"], now).await;
+            let (now, label) = (self.ctx.clock.unix(), "refused=rcpts>1");
+            self.ctx.guard.count(&[label], now).await;
             Event::BounceRefused {
                 peer: self.peer.ip(),
                 id: "",
@@ -420,7 +421,7 @@ impl Handler {
             }
             .emit();
             let rcpts: Vec<String> = self.txn.rcpts.iter().map(|(m, _)| m.to_string()).collect();
-            self.stopped(&rcpts.join(","), "refused=rcpts>1".into(), "refused", now);
+            self.stopped(&rcpts.join(","), label.into(), "refused", now);
             return Reply::new(
                 550,
                 Enhanced::new(5, 7, 1),

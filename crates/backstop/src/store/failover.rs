@@ -142,6 +142,19 @@ impl Failover {
         }
     }
 
+    /// The shared store's answer, or (when it is away) this node's. Neither future runs until
+    /// it is chosen.
+    async fn or_local<T>(
+        &self,
+        shared: impl std::future::Future<Output = Result<T, StoreError>>,
+        local: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.ask(shared).await {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(_)) | None => local.await,
+        }
+    }
+
     fn remember(&self, key: &str, e: &CacheEntry) {
         self.seen
             .lock()
@@ -168,11 +181,10 @@ impl Store for Failover {
     }
 
     async fn cache_put(&self, key: &str, entry: &CacheEntry) -> Result<(), StoreError> {
+        // remembered either way; while the shared store is away only this node knows it
         self.remember(key, entry);
-        match self.ask(self.primary.cache_put(key, entry)).await {
-            Some(Ok(())) => Ok(()),
-            Some(Err(_)) | None => Ok(()),
-        }
+        let _ = self.ask(self.primary.cache_put(key, entry)).await;
+        Ok(())
     }
 
     async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
@@ -202,31 +214,33 @@ impl Store for Failover {
     }
 
     async fn add(&self, key: &str, n: u64, expire_at: u64, now: u64) -> Result<u64, StoreError> {
-        match self.ask(self.primary.add(key, n, expire_at, now)).await {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(_)) | None => self.local.add(key, n, expire_at, now).await,
-        }
+        let (shared, local) = (&self.primary, &self.local);
+        self.or_local(
+            shared.add(key, n, expire_at, now),
+            local.add(key, n, expire_at, now),
+        )
+        .await
     }
 
     async fn count(&self, key: &str, now: u64) -> Result<u64, StoreError> {
-        match self.ask(self.primary.count(key, now)).await {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(_)) | None => self.local.count(key, now).await,
-        }
+        let (shared, local) = (&self.primary, &self.local);
+        self.or_local(shared.count(key, now), local.count(key, now))
+            .await
     }
 
     async fn put(&self, key: &str, value: &str, expire_at: Option<u64>) -> Result<(), StoreError> {
-        match self.ask(self.primary.put(key, value, expire_at)).await {
-            Some(Ok(())) => Ok(()),
-            Some(Err(_)) | None => self.local.put(key, value, expire_at).await,
-        }
+        let (shared, local) = (&self.primary, &self.local);
+        self.or_local(
+            shared.put(key, value, expire_at),
+            local.put(key, value, expire_at),
+        )
+        .await
     }
 
     async fn get(&self, key: &str, now: u64) -> Result<Option<String>, StoreError> {
-        match self.ask(self.primary.get(key, now)).await {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(_)) | None => self.local.get(key, now).await,
-        }
+        let (shared, local) = (&self.primary, &self.local);
+        self.or_local(shared.get(key, now), local.get(key, now))
+            .await
     }
 
     async fn put_if_absent(
@@ -236,11 +250,12 @@ impl Store for Failover {
         expire_at: Option<u64>,
         now: u64,
     ) -> Result<String, StoreError> {
-        let shared = self.primary.put_if_absent(key, value, expire_at, now);
-        match self.ask(shared).await {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(_)) | None => self.local.put_if_absent(key, value, expire_at, now).await,
-        }
+        let (shared, local) = (&self.primary, &self.local);
+        self.or_local(
+            shared.put_if_absent(key, value, expire_at, now),
+            local.put_if_absent(key, value, expire_at, now),
+        )
+        .await
     }
 
     fn degraded(&self) -> bool {

@@ -173,6 +173,34 @@ return #keys",
     )
 });
 
+/// Runs `$call` (which uses the connection `$c`) on the store's connection: a second time on
+/// a dropped single-server connection when `$again` allows; through Sentinel, after any
+/// failure the master is asked for again.
+macro_rules! on_conn {
+    ($self:ident, $again:expr, |$c:ident| $call:expr) => {
+        match &$self.conn {
+            Conn::Single(c) => {
+                let mut $c = c.clone();
+                match $call.await {
+                    Err(e) if $again == Again::Harmless && dropped(&e) => $call.await,
+                    r => r,
+                }
+            }
+            Conn::Cluster(c) => {
+                let mut $c = c.clone();
+                $call.await
+            }
+            Conn::Sentinel(w) => {
+                let mut $c = w.lock().await.conn().await.map_err(backend)?;
+                let r = $call.await;
+                forget_on_error(w, &r).await;
+                r
+            }
+        }
+        .map_err(backend)
+    };
+}
+
 impl RedisStore {
     /// Connects; every key starts with `{namespace}:`. Fails (with the server's error) when
     /// Redis cannot be reached now.
@@ -233,45 +261,12 @@ impl RedisStore {
         inv: &ScriptInvocation<'_>,
         again: Again,
     ) -> Result<T, StoreError> {
-        match &self.conn {
-            Conn::Single(c) => {
-                let mut c = c.clone();
-                match inv.invoke_async(&mut c).await {
-                    Err(e) if again == Again::Harmless && dropped(&e) => {
-                        inv.invoke_async(&mut c).await
-                    }
-                    r => r,
-                }
-            }
-            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
-            Conn::Sentinel(w) => {
-                let mut c = w.lock().await.conn().await.map_err(backend)?;
-                let r = inv.invoke_async(&mut c).await;
-                forget_on_error(w, &r).await;
-                r
-            }
-        }
-        .map_err(backend)
+        on_conn!(self, again, |c| inv.invoke_async(&mut c))
     }
 
+    /// Runs a command (reads only: harmless twice).
     async fn cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        match &self.conn {
-            Conn::Single(c) => {
-                let mut c = c.clone();
-                match cmd.query_async(&mut c).await {
-                    Err(e) if dropped(&e) => cmd.query_async(&mut c).await,
-                    r => r,
-                }
-            }
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
-            Conn::Sentinel(w) => {
-                let mut c = w.lock().await.conn().await.map_err(backend)?;
-                let r = cmd.query_async(&mut c).await;
-                forget_on_error(w, &r).await;
-                r
-            }
-        }
-        .map_err(backend)
+        on_conn!(self, Again::Harmless, |c| cmd.query_async(&mut c))
     }
 
     /// A hash's value and expiry (`None`: kept until replaced).

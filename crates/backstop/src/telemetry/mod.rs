@@ -253,8 +253,8 @@ pub enum Event<'a> {
         rcpt: &'a Mailbox,
         /// `valid`, `missing`, `expired` or `invalid`.
         result: &'static str,
-        /// True when the recipient was refused for it.
-        refused: bool,
+        /// The reason the recipient was refused for it (`batv-missing`, ...), if it was.
+        refused: Option<&'static str>,
     },
     /// A local recipient got more bounces this hour than `[bounces] per_recipient`.
     BounceRateExceeded {
@@ -434,7 +434,8 @@ impl Event<'_> {
                 result,
                 refused,
             } => tracing::info!(
-                target: "backstop::event", event = "batv", %peer, %rcpt, batv = result, refused
+                target: "backstop::event", event = "batv", %peer, %rcpt, batv = result,
+                refused = refused.is_some()
             ),
             Event::BounceRateExceeded { peer, rcpt } => tracing::warn!(
                 target: "backstop::event", event = "bounce_rate_exceeded", %peer, %rcpt
@@ -516,9 +517,8 @@ impl Event<'_> {
                 result, refused, ..
             } => {
                 counter!("backstop_batv_total", "result" => *result).increment(1);
-                if *refused {
-                    let reason = format!("batv-{result}");
-                    counter!("backstop_bounces_refused_total", "reason" => reason).increment(1)
+                if let Some(reason) = refused {
+                    counter!("backstop_bounces_refused_total", "reason" => *reason).increment(1)
                 }
             }
             Event::BounceRateExceeded { .. } => {

@@ -10,6 +10,7 @@
 mod api;
 mod dashboard;
 
+use crate::config::{in_networks, unmapped};
 use crate::control::Served;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::series::Series;
@@ -20,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -37,6 +38,19 @@ pub struct Web {
     pub metrics: Metrics,
     /// The counters' history.
     pub series: Mutex<Series>,
+}
+
+impl Web {
+    /// The web side of a running gateway; its counters' history starts now.
+    pub fn new(served: Arc<Served>, metrics: Metrics) -> Web {
+        let mut series = Series::default();
+        series.sample(served.clock.unix(), &metrics.tally().counters());
+        Web {
+            served,
+            metrics,
+            series: Mutex::new(series),
+        }
+    }
 }
 
 type Shared = Arc<Web>;
@@ -63,11 +77,6 @@ pub fn router(web: Shared) -> Router {
         .with_state(web)
 }
 
-/// Binds `addr` (a clear error when it is taken).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 /// Serves until `shutdown` turns true; samples the counters every [`SAMPLE_EVERY`] meanwhile.
 pub fn serve(
     listener: TcpListener,
@@ -91,7 +100,9 @@ pub fn serve(
 }
 
 async fn sample(web: Shared) {
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    // the first sample was taken by Web::new
+    let first = tokio::time::Instant::now() + SAMPLE_EVERY;
+    let mut tick = tokio::time::interval_at(first, SAMPLE_EVERY);
     loop {
         tick.tick().await;
         let now = web.served.clock.unix();
@@ -116,11 +127,8 @@ async fn access(
         return next.run(req).await;
     }
     let cfg = &web.served.cfg.web;
-    let ip = match peer.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), IpAddr::V4),
-        v4 => v4,
-    };
-    if !cfg.allow.iter().any(|n| n.contains(&ip)) {
+    if !in_networks(&cfg.allow, peer.ip()) {
+        let ip = unmapped(peer.ip());
         return refuse(StatusCode::FORBIDDEN, format!("{ip} is not in [web] allow"));
     }
     if matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -159,10 +167,8 @@ fn refuse(status: StatusCode, why: String) -> Response {
 async fn healthz(State(web): State<Shared>) -> Response {
     let s = &web.served;
     let now = s.clock.unix();
-    let store = match s.store.put("web:healthz", "ok", Some(now + 60)).await {
-        Ok(()) => s.store.get("web:healthz", now).await.map(|_| ()),
-        Err(e) => Err(e),
-    };
+    // a read: a load balancer's probe every few seconds must not cost a durable write
+    let store = s.store.get("web:healthz", now).await.map(|_| ());
     let spool = s.spool.usable().await;
     match (store, spool) {
         // a node on its own while Redis is away still serves safely: ready, and says so
@@ -187,13 +193,15 @@ async fn healthz(State(web): State<Shared>) -> Response {
 /// The Prometheus exposition, with the gauges read now.
 async fn metrics(State(web): State<Shared>) -> Response {
     let s = &web.served;
-    match api::status_of(s).await {
-        Ok(status) => web.metrics.with(|| set_gauges(&status)),
-        Err(e) => tracing::warn!(error = %e, "gauges not read: store failed"),
-    }
+    let status = api::status_of(s).await;
     let degraded = f64::from(u8::from(s.store.degraded()));
-    web.metrics
-        .with(|| metrics::gauge!("backstop_store_degraded").set(degraded));
+    web.metrics.with(|| {
+        metrics::gauge!("backstop_store_degraded").set(degraded);
+        match &status {
+            Ok(status) => set_gauges(status),
+            Err(e) => tracing::warn!(error = %e, "gauges not read: store failed"),
+        }
+    });
     let body = web.metrics.render();
     let ctype = "text/plain; version=0.0.4; charset=utf-8";
     ([(header::CONTENT_TYPE, ctype)], body).into_response()
@@ -217,12 +225,8 @@ fn set_gauges(status: &serde_json::Value) {
     gauge!("backstop_senders_held").set(len("held_senders"));
     gauge!("backstop_clients_blocked").set(len("blocked_clients"));
     for c in status["callout"].as_array().into_iter().flatten() {
-        let h = &c["health"];
-        let up = match (h["last_ok"].as_u64(), h["last_failure"][0].as_u64()) {
-            (Some(ok), Some(bad)) => ok >= bad,
-            (Some(_), None) | (None, None) => true,
-            (None, Some(_)) => false,
-        };
+        // no probe yet: nothing known against it
+        let up = crate::status::answering(&c["health"]).unwrap_or(true);
         let target = c["target"].as_str().unwrap_or("").to_string();
         gauge!("backstop_callout_backend_up", "target" => target).set(f64::from(u8::from(up)));
     }

@@ -11,6 +11,7 @@ use crate::telemetry::{Answer, Event};
 use axum::body::Body;
 use axum::http::Request as HttpRequest;
 use backstop_proto::address::{Mailbox, ReversePath};
+use std::net::IpAddr;
 use tower::ServiceExt as _;
 
 const NOW: u64 = 1_795_392_000;
