@@ -36,7 +36,7 @@ pub struct Alert {
 }
 
 /// Every kind of alert, as counted per day (`backstop status`).
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 9] = [
     "sender_held",
     "sender_released",
     "dnsbl_listed",
@@ -44,6 +44,8 @@ pub const KINDS: [&str; 7] = [
     "blocked_by_destination",
     "store_degraded",
     "store_recovered",
+    "backend_down",
+    "backend_up",
 ];
 
 /// Raises alerts.

@@ -1,17 +1,27 @@
 //! The composition root: the only place that wires modules together and spawns long-lived
-//! tasks (listeners, list reloads, cache purge, control socket), and that runs the graceful
-//! stop on SIGTERM.
+//! tasks (listeners, list reloads, cache purge, control socket, web), and that runs a reload
+//! (SIGHUP, `backstop reload`) and the graceful stop (SIGTERM, SIGINT).
+//!
+//! A reload reads and validates the whole configuration and builds everything made from it (a
+//! [`Generation`]: verifier, BATV keys, listeners' certificates and new addresses, ...) before
+//! anything changes; any error leaves the running one as it was. Then new sessions and new
+//! delivery passes take the new generation, while sessions in flight finish with the one they
+//! started with. What outlives a configuration ([`Kept`]: the store, the spool, connection and
+//! harvest counts, call-out budgets, the dashboard's history) is handed from one generation to
+//! the next.
 
 use crate::alert::Alerts;
 use crate::auth::SenderAuth;
 use crate::backscatter::{Guard, Tags};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, RedisTarget, StoreBackend};
-use crate::delivery::Engine;
+use crate::config::{Config, ConfigSource, RedisTarget, Source, StoreBackend};
+use crate::control::{Control, ReloadRequest, Served};
 use crate::delivery::mx::MxResolver;
+use crate::delivery::{Engine, Setup};
 use crate::harvest::Harvest;
+use crate::health::Backends;
 use crate::ids::IdGen;
-use crate::inbound::{self, Context};
+use crate::inbound::{Context, Listeners};
 use crate::notify::Notifier;
 use crate::policy::Verifier;
 use crate::policy::callout::{Callout, Random};
@@ -27,9 +37,10 @@ use crate::store::redis::{RedisStore, Target};
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::Pools;
 use anyhow::Context as _;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use backstop_proto::address::{Mailbox, ReversePath};
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -39,8 +50,16 @@ const WEB_GRACE: Duration = Duration::from_secs(5);
 const LIST_RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// How often expired cache entries are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// Longest wait for one DNS answer.
+const DNS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often undecided reports and old finished messages are looked at.
+const REPORT_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often the spool's disk space is reclaimed.
+const COMPACT_EVERY: Duration = Duration::from_secs(5);
+/// How often counts kept in memory are added to the store.
+const FLUSH_COUNTS_EVERY: Duration = Duration::from_secs(2);
 
-/// The wired-up parts that `serve` and `verify` share.
+/// The wired-up parts that `serve` and the other commands share.
 pub struct Parts {
     /// The configuration.
     pub cfg: Arc<Config>,
@@ -54,20 +73,14 @@ pub struct Parts {
     pub store_alerts: StoreAlerts,
 }
 
-/// Longest wait for one DNS answer.
-const DNS_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often undecided reports and old finished messages are looked at.
-const REPORT_SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// How often the spool's disk space is reclaimed.
-const COMPACT_EVERY: Duration = Duration::from_secs(5);
-
 /// The spool's directory in `state_dir`.
 pub fn spool_dir(cfg: &Config) -> std::path::PathBuf {
     cfg.state_dir.join("queue")
 }
 
-/// Where alerts about the shared store go once they can (set when serving).
-pub type StoreAlerts = Arc<OnceLock<Arc<Alerts>>>;
+/// Where alerts about the shared store go once they can (set when serving, replaced by a
+/// reload).
+pub type StoreAlerts = Arc<ArcSwapOption<Alerts>>;
 
 /// Opens the configured store: the embedded one, or Redis with this node's embedded store
 /// behind it for outages ([`Failover`]). Redis must answer at start-up.
@@ -99,7 +112,7 @@ pub async fn open_store(
         } else {
             "store_recovered"
         };
-        match alerts.get() {
+        match alerts.load_full() {
             Some(a) => a.raise(kind, "store", detail, clock.unix()),
             None => crate::telemetry::Event::Alert {
                 kind,
@@ -116,13 +129,14 @@ pub async fn open_store(
     )))
 }
 
-/// Opens the store and builds the verifier.
-pub async fn build(cfg: Config) -> anyhow::Result<Parts> {
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("state_dir {}: cannot create", cfg.state_dir.display()))?;
-    let store_alerts = StoreAlerts::default();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = open_store(&cfg, store_alerts.clone(), clock.clone()).await?;
+/// The recipient verifier for `cfg`; with `previous`, its call-out state (probes in flight,
+/// budgets, backend health) carries over.
+fn verifier(
+    cfg: &Config,
+    (store, clock): (&Arc<dyn Store>, &Arc<dyn Clock>),
+    previous: Option<&Verifier>,
+    backends: Option<Arc<Backends>>,
+) -> anyhow::Result<Arc<Verifier>> {
     let sender = match cfg.callout.probe_sender.as_str() {
         "" => ReversePath::Null,
         s => ReversePath::Mailbox(Mailbox::parse(s, false).context("callout.probe_sender")?),
@@ -133,15 +147,30 @@ pub async fn build(cfg: Config) -> anyhow::Result<Parts> {
         cfg.callout.timeout,
         cfg.callout.max_connections,
     ));
-    let random: Random = Arc::new(rand::random::<u64>);
-    let callout = Callout::new(
-        cfg.callout.clone(),
-        store.clone(),
-        clock.clone(),
-        prober,
-        random,
-    );
-    let verifier = Arc::new(Verifier::new(&cfg, callout, clock.clone())?);
+    let callout = match previous {
+        Some(v) => v.callout().reconfigured(cfg.callout.clone(), prober),
+        None => {
+            let random: Random = Arc::new(rand::random::<u64>);
+            Callout::new(
+                cfg.callout.clone(),
+                store.clone(),
+                clock.clone(),
+                (prober, random),
+                backends,
+            )
+        }
+    };
+    Ok(Arc::new(Verifier::new(cfg, callout, clock.clone())?))
+}
+
+/// Opens the store and builds the verifier.
+pub async fn build(cfg: Config) -> anyhow::Result<Parts> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("state_dir {}: cannot create", cfg.state_dir.display()))?;
+    let store_alerts = StoreAlerts::default();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = open_store(&cfg, store_alerts.clone(), clock.clone()).await?;
+    let verifier = verifier(&cfg, (&store, &clock), None, None)?;
     Ok(Parts {
         cfg: Arc::new(cfg),
         store,
@@ -164,184 +193,559 @@ pub async fn guard(parts: &Parts) -> anyhow::Result<Arc<Guard>> {
     Ok(Arc::new(guard))
 }
 
-/// Runs the gateway until SIGTERM or SIGINT, then stops gracefully. `ready` gets the bound
-/// listener addresses once clients can connect.
-pub async fn serve(cfg: Config, ready: impl FnOnce(&[SocketAddr])) -> anyhow::Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let parts = build(cfg).await?;
-    let cfg = parts.cfg.clone();
-    let bound = inbound::bind(&cfg).await?;
-    let metrics = Metrics::install().unwrap_or_default();
-    let web_listener = match cfg.web.addr {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("web.addr {addr}: cannot listen"))?;
-            let a = l.local_addr()?;
-            tracing::info!(addr = %a, "web: dashboard at http://{a}/, metrics at http://{a}/metrics");
-            Some(l)
+/// What `serve` checks before it starts and `check-config` checks too: the state directory can
+/// be written, every listener's certificate and key load, every list file parses.
+pub fn preflight(cfg: &Config) -> anyhow::Result<()> {
+    let dir = &cfg.state_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("state_dir {}: cannot create", dir.display()))?;
+    let probe = dir.join(format!(".backstop-write-test.{}", std::process::id()));
+    std::fs::write(&probe, b"ok")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| format!("state_dir {}: cannot write", dir.display()))?;
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        if let (Some(c), Some(k)) = (&l.tls_cert, &l.tls_key) {
+            crate::inbound::tls::acceptor(c, k).map_err(|e| anyhow::anyhow!("listen[{i}]: {e}"))?;
         }
-        None => None,
+    }
+    for (i, d) in cfg.domains.iter().enumerate() {
+        for s in &d.sources {
+            if let Source::List(p) = s {
+                crate::policy::lists::ListFile::load(p)
+                    .map_err(|e| anyhow::anyhow!("domain[{i}].recipients: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What outlives a reload.
+struct Kept {
+    source: ConfigSource,
+    store: Arc<dyn Store>,
+    store_alerts: StoreAlerts,
+    spool: Arc<Spool>,
+    clock: Arc<dyn Clock>,
+    ids: Arc<IdGen>,
+    backends: Arc<Backends>,
+}
+
+/// Everything built from one configuration.
+struct Generation {
+    cfg: Arc<Config>,
+    ctx: Arc<Context>,
+    served: Arc<Served>,
+    alerts: Arc<Alerts>,
+    reputation: Arc<Reputation>,
+}
+
+/// Builds a generation for `cfg` (and the delivery setup that goes with it). With `previous`,
+/// what must carry over (connection counts, stopped bounces, call-out state) does.
+async fn generation(
+    kept: &Kept,
+    cfg: Arc<Config>,
+    previous: Option<&Generation>,
+) -> anyhow::Result<(Generation, Setup)> {
+    let (store, clock, now) = (&kept.store, &kept.clock, kept.clock.unix());
+    let previous_verifier = previous.map(|p| p.served.verifier.as_ref());
+    let backends = Some(kept.backends.clone());
+    let verifier = verifier(&cfg, (store, clock), previous_verifier, backends)?;
+    let tags = Tags::load(&cfg, store.as_ref(), now, rand::random::<[u8; 16]>)
+        .await
+        .context("BATV keys")?;
+    let tags = Arc::new(tags);
+    let guard = match previous {
+        Some(p) => {
+            p.served
+                .guard
+                .reconfigured(cfg.clone(), tags.clone(), now)
+                .await
+        }
+        None => Guard::new(cfg.clone(), store.clone(), tags.clone(), now).await,
     };
-    let addrs = bound
-        .iter()
-        .map(|b| b.local_addr())
-        .collect::<Result<Vec<_>, _>>()?;
-    let spool = Spool::open(&spool_dir(&cfg))
-        .with_context(|| format!("spool {}", spool_dir(&cfg).display()))?;
-    let queued = spool.len();
-    let resolver = MxResolver::new(cfg.delivery.resolver, DNS_TIMEOUT.min(cfg.delivery.timeout))
-        .context("delivery.resolver")?;
-    let auth = SenderAuth::new(cfg.delivery.resolver, DNS_TIMEOUT.min(cfg.delivery.timeout))
-        .context("delivery.resolver")?;
-    let guard = guard(&parts).await?;
-    let alerts = Arc::new(Alerts::new(cfg.clone(), parts.store.clone()));
-    let _ = parts.store_alerts.set(alerts.clone());
+    let guard = Arc::new(guard.context("BATV enforcement")?);
+    let dns_timeout = DNS_TIMEOUT.min(cfg.delivery.timeout);
+    let resolver =
+        MxResolver::new(cfg.delivery.resolver, dns_timeout).context("delivery.resolver")?;
+    let auth = SenderAuth::new(cfg.delivery.resolver, dns_timeout).context("delivery.resolver")?;
+    let alerts = Arc::new(Alerts::new(cfg.clone(), store.clone()));
     let watch = Arc::new(Watch::new(
         cfg.clone(),
-        parts.store.clone(),
-        spool.clone(),
+        store.clone(),
+        kept.spool.clone(),
         alerts.clone(),
     ));
     let reputation = Arc::new(Reputation::new(
         cfg.clone(),
-        parts.store.clone(),
+        store.clone(),
         resolver.clone(),
-        alerts,
+        alerts.clone(),
     ));
-    let tags = guard.tags().clone();
-    let ids = Arc::new(IdGen::new(rand::random::<u64>()));
+    let harvest = match previous {
+        Some(p) => p.ctx.harvest.reconfigured(cfg.clone()),
+        None => Harvest::new(cfg.clone(), store.clone()),
+    };
+    let ctx = Arc::new(Context {
+        cfg: cfg.clone(),
+        verifier: verifier.clone(),
+        relays: Pools::new(&cfg.hostname, RELAY_TIMEOUT, MAX_RELAY_CONNECTIONS),
+        clock: clock.clone(),
+        ids: kept.ids.clone(),
+        auth: Arc::new(auth),
+        spool: kept.spool.clone(),
+        guard: guard.clone(),
+        harvest: Arc::new(harvest),
+        watch: watch.clone(),
+        outbound: Arc::new(crate::outbound::Limiter::new(cfg.clone(), store.clone())),
+        backends: kept.backends.clone(),
+    });
+    let served = Arc::new(Served {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        verifier,
+        guard,
+        watch: watch.clone(),
+        spool: kept.spool.clone(),
+        clock: clock.clone(),
+        backends: kept.backends.clone(),
+    });
+    let setup = Setup::new(cfg.clone(), resolver, (tags, watch, reputation.clone()));
+    let generation = Generation {
+        cfg,
+        ctx,
+        served,
+        alerts,
+        reputation,
+    };
+    Ok((generation, setup))
+}
+
+/// Raises `backend_down` and `backend_up` alerts through the current alerts.
+fn backend_alerts(alerts: StoreAlerts, clock: Arc<dyn Clock>) -> crate::health::Hook {
+    Arc::new(move |down, role, target, detail| {
+        let (kind, detail) = match down {
+            true => (
+                "backend_down",
+                format!("{} {target} does not answer: {detail}", role.as_str()),
+            ),
+            false => (
+                "backend_up",
+                format!("{} {target} answers again", role.as_str()),
+            ),
+        };
+        match alerts.load_full() {
+            Some(a) => a.raise(kind, target, &detail, clock.unix()),
+            None => crate::telemetry::Event::Alert {
+                kind,
+                subject: target,
+                detail: &detail,
+            }
+            .emit(),
+        }
+    })
+}
+
+/// The web listener that runs now.
+struct WebServer {
+    /// As configured (port 0: any).
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The running gateway: what a reload replaces, and what it keeps.
+struct Gateway {
+    kept: Kept,
+    generation: Generation,
+    listeners: Listeners,
+    /// What the control socket and the web answer from.
+    current: Arc<ArcSwap<Served>>,
+    engine: Arc<Engine>,
+    notifier: Arc<Notifier>,
+    web: Option<WebServer>,
+    /// The dashboard's state (history and metrics): kept when its listener moves.
+    web_state: Arc<crate::web::Web>,
+    dnsbl: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the gateway until SIGTERM or SIGINT, then stops gracefully; SIGHUP (or `backstop
+/// reload`) reloads `source`. `ready` gets the bound listener addresses once clients can
+/// connect.
+pub async fn serve(
+    source: ConfigSource,
+    cfg: Config,
+    ready: impl FnOnce(&[SocketAddr]),
+) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    preflight(&cfg)?;
+    let metrics = Metrics::install().unwrap_or_default();
+    let parts = build(cfg).await?;
+    let cfg = parts.cfg.clone();
+    let spool = Spool::open(&spool_dir(&cfg)).map_err(|e| match e {
+        crate::queue::SpoolError::Io(io) | crate::queue::SpoolError::Full(io) => {
+            anyhow::anyhow!("spool {}: {io}", spool_dir(&cfg).display())
+        }
+        locked => anyhow::anyhow!("{locked}"),
+    })?;
+    let kept = Kept {
+        source,
+        store: parts.store.clone(),
+        store_alerts: parts.store_alerts.clone(),
+        spool: spool.clone(),
+        clock: parts.clock.clone(),
+        ids: Arc::new(IdGen::new(rand::random::<u64>())),
+        backends: Backends::new(backend_alerts(
+            parts.store_alerts.clone(),
+            parts.clock.clone(),
+        )),
+    };
+    kept.backends.follow(&cfg, kept.clock.unix());
+    let (generation, setup) = generation(&kept, cfg.clone(), None).await?;
+    kept.store_alerts.store(Some(generation.alerts.clone()));
+    log_startup(&kept.source, &cfg);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let listeners = Listeners::new(shutdown_rx.clone(), alive_tx);
+    let prepared = listeners.prepare(&cfg, &generation.ctx)?;
+    let current = Arc::new(ArcSwap::new(generation.served.clone()));
+    let web_state = Arc::new(crate::web::Web::new(current.clone(), metrics));
+    let web = match cfg.web.addr {
+        Some(addr) => Some(start_web(addr, bind_web(addr).await?, &web_state)?),
+        None => None,
+    };
     let notifier = Arc::new(Notifier::new(
         spool.clone(),
         parts.store.clone(),
         cfg.clone(),
         parts.clock.clone(),
-        ids.clone(),
+        kept.ids.clone(),
     ));
+    tracing::info!(messages = spool.len(), "queue loaded");
     let engine = Arc::new(Engine::new(
         spool.clone(),
-        cfg.clone(),
         parts.clock.clone(),
-        resolver,
-        notifier.clone(),
-        (tags, watch.clone(), reputation.clone()),
+        (notifier.clone(), kept.backends.clone()),
+        setup,
     ));
-    let harvest = Arc::new(Harvest::new(cfg.clone(), parts.store.clone()));
-    let ctx = Arc::new(Context {
-        cfg: cfg.clone(),
-        verifier: parts.verifier.clone(),
-        relays: Pools::new(&cfg.hostname, RELAY_TIMEOUT, MAX_RELAY_CONNECTIONS),
-        clock: parts.clock.clone(),
-        ids,
-        auth: Arc::new(auth),
-        spool: spool.clone(),
-        guard: guard.clone(),
-        harvest: harvest.clone(),
-        watch: watch.clone(),
-        outbound: Arc::new(crate::outbound::Limiter::new(
-            cfg.clone(),
-            parts.store.clone(),
-        )),
-    });
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    tracing::info!(messages = queued, "queue loaded");
-    let delivery = tokio::spawn(engine.run(shutdown_rx.clone()));
-    let compact = tokio::spawn(compact_spool(spool.clone()));
-    let reports = tokio::spawn(settle_reports(
+    let delivery = tokio::spawn(engine.clone().run(shutdown_rx.clone()));
+    let dnsbl = tokio::spawn(generation.reputation.clone().run(parts.clock.clone()));
+    let mut gw = Gateway {
+        kept,
+        generation,
+        listeners,
+        current,
+        engine,
         notifier,
-        spool.clone(),
-        parts.clock.clone(),
-        cfg.reports.keep_failed,
-    ));
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    for b in bound {
-        tokio::spawn(inbound::accept_loop(
-            b,
-            ctx.clone(),
-            shutdown_rx.clone(),
-            alive_tx.clone(),
-        ));
-    }
-    drop(alive_tx);
-    let control_path = crate::control::socket_path(&cfg.state_dir);
-    let served = Arc::new(crate::control::Served {
-        cfg: cfg.clone(),
-        store: parts.store.clone(),
-        verifier: parts.verifier.clone(),
-        guard: guard.clone(),
-        watch: watch.clone(),
-        spool: spool.clone(),
-        clock: parts.clock.clone(),
-    });
-    let control = crate::control::serve(&control_path, served.clone())
-        .with_context(|| format!("control socket {}", control_path.display()))?;
-    let web = match web_listener {
-        Some(listener) => {
-            let web = Arc::new(crate::web::Web::new(served, metrics));
-            Some(crate::web::serve(listener, web, shutdown_rx.clone()))
-        }
-        None => None,
+        web,
+        web_state,
+        dnsbl,
     };
-    let reload = tokio::spawn(reload_lists(parts.verifier.clone()));
-    let purge = tokio::spawn(purge_cache(parts.store.clone(), parts.clock.clone()));
-    let dnsbl = tokio::spawn(reputation.run(parts.clock.clone()));
-    let counts = tokio::spawn(flush_counts(harvest.clone()));
-    for a in &addrs {
-        tracing::info!(addr = %a, "listening on {a}");
-    }
-    ready(&addrs);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let background = gw.spawn_background(reload_tx)?;
+    gw.listeners.apply(prepared);
+    ready(&gw.listeners.addrs());
+    systemd_notify("READY=1\nSTATUS=accepting mail");
 
-    wait_for_signal().await?;
+    gw.run_until_stopped(&mut reload_rx).await?;
+    let cfg = gw.generation.cfg.clone();
     tracing::info!(grace = ?cfg.limits.shutdown_timeout, "stopping: no new connections, sessions in flight may finish");
+    systemd_notify("STOPPING=1\nSTATUS=stopping: sessions in flight may finish");
     let _ = shutdown_tx.send(true);
+    gw.listeners.stop_accepting();
     match tokio::time::timeout(cfg.limits.shutdown_timeout, alive_rx.recv()).await {
         Ok(_) => tracing::info!("all sessions ended"),
         Err(_) => tracing::warn!("sessions still open after the shutdown timeout were cut off"),
     }
-    control.abort();
-    reload.abort();
-    purge.abort();
-    dnsbl.abort();
-    counts.abort();
-    if let Err(e) = harvest.flush().await {
-        tracing::warn!(error = %e, "defence counts not written: store failed");
+    gw.stop(background, delivery).await;
+    Ok(())
+}
+
+/// Tells systemd (`Type=notify`) how the service is doing, when it runs under systemd
+/// (`NOTIFY_SOCKET` set); otherwise nothing.
+fn systemd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "systemd not told {state:?}"),
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = match bytes.strip_prefix(b"@") {
+        // an abstract socket
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+        }
+        None => sock.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "systemd not told {state:?}");
     }
-    compact.abort();
-    reports.abort();
-    if let Some(web) = web {
-        // requests in flight finish; a client that holds its connection is not waited for
-        if tokio::time::timeout(WEB_GRACE, web).await.is_err() {
-            tracing::warn!("web requests still open after {WEB_GRACE:?} were cut off");
+}
+
+/// Binds the web listener.
+async fn bind_web(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("web.addr {addr}: cannot listen"))
+}
+
+/// Serves the web on `listener` until its stop is sent.
+fn start_web(
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    state: &Arc<crate::web::Web>,
+) -> anyhow::Result<WebServer> {
+    let a = listener.local_addr()?;
+    tracing::info!(addr = %a, "web: dashboard at http://{a}/, metrics at http://{a}/metrics");
+    let (stop, stopped) = watch::channel(false);
+    let task = crate::web::serve(listener, state.clone(), stopped);
+    Ok(WebServer { addr, stop, task })
+}
+
+/// The start-up lines: the version, where the configuration came from, the domains with their
+/// sources and next hops, and the store (the listeners log as they start).
+fn log_startup(source: &ConfigSource, cfg: &Config) {
+    let version = env!("CARGO_PKG_VERSION");
+    tracing::info!(
+        version, config = %source, hostname = cfg.hostname, state_dir = %cfg.state_dir.display(),
+        "backstop {version} starting with configuration {source}"
+    );
+    for d in &cfg.domains {
+        let sources: Vec<String> = d.sources.iter().map(ToString::to_string).collect();
+        let relay = match d.relay {
+            crate::config::RelayMode::InSession => "in-session",
+            crate::config::RelayMode::Queue => "queue",
+        };
+        tracing::info!(
+            domain = %d.name, recipients = sources.join(","), next_hop = %d.next_hop, relay,
+            "domain {}: recipients from {}, mail to {} ({relay})",
+            d.name, sources.join(", "), d.next_hop
+        );
+    }
+    let store = match &cfg.store.backend {
+        StoreBackend::Embedded => format!(
+            "embedded ({})",
+            cfg.state_dir.join("backstop.redb").display()
+        ),
+        StoreBackend::Redis(RedisTarget::Single(u)) => format!("redis {}", redact(u)),
+        StoreBackend::Redis(RedisTarget::Cluster(n)) => {
+            format!("redis cluster ({} nodes given)", n.len())
+        }
+        StoreBackend::Redis(RedisTarget::Sentinel { master, .. }) => {
+            format!("redis sentinel, master {master}")
+        }
+    };
+    tracing::info!(store, "store: {store}");
+}
+
+/// A URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            format!("{}://(credentials)@{}", &url[..s], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Gateway {
+    /// The tasks that run beside the listeners; they follow reloads through `current`.
+    fn spawn_background(
+        &self,
+        reloads: mpsc::Sender<ReloadRequest>,
+    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+        let k = &self.kept;
+        let cfg = &self.generation.cfg;
+        let control_path = crate::control::socket_path(&cfg.state_dir);
+        let control = Arc::new(Control {
+            current: self.current.clone(),
+            reloads,
+        });
+        let control = crate::control::serve(&control_path, control)
+            .with_context(|| format!("control socket {}", control_path.display()))?;
+        Ok(vec![
+            control,
+            tokio::spawn(compact_spool(k.spool.clone())),
+            tokio::spawn(settle_reports(self.notifier.clone(), self.current.clone())),
+            tokio::spawn(reload_lists(self.current.clone())),
+            tokio::spawn(purge_cache(k.store.clone(), k.clock.clone())),
+            // every generation's harvest shares one set of counts: any of them flushes all
+            tokio::spawn(flush_counts(self.generation.ctx.harvest.clone())),
+            tokio::spawn(check_backends(k.backends.clone(), self.current.clone())),
+        ])
+    }
+
+    /// Waits for SIGTERM or SIGINT; reloads on SIGHUP and on requests from the control
+    /// socket.
+    async fn run_until_stopped(
+        &mut self,
+        reloads: &mut mpsc::Receiver<ReloadRequest>,
+    ) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = self.reload().await;
+                }
+                Some(answer) = reloads.recv() => {
+                    tracing::info!("reload asked for (backstop reload)");
+                    let _ = answer.send(match self.reload().await {
+                        Ok(changes) => serde_json::json!({
+                            "config": self.kept.source.to_string(),
+                            "changes": changes,
+                        }),
+                        Err(e) => serde_json::json!({ "error": e }),
+                    });
+                }
+            }
         }
     }
-    let _ = delivery.await;
-    let (records, syncs) = spool.write_stats();
-    tracing::info!(
-        records,
-        syncs,
-        queued = spool.len(),
-        "spool: {records} records made durable with {syncs} syncs"
-    );
-    let _ = std::fs::remove_file(&control_path);
-    Ok(())
-}
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    /// Reads the configuration again and, when it is valid, runs it; otherwise the running one
+    /// stays. Logs either way; the changes made, or why none were.
+    async fn reload(&mut self) -> Result<Vec<String>, String> {
+        systemd_notify("RELOADING=1");
+        let result = self.try_reload().await;
+        systemd_notify("READY=1\nSTATUS=accepting mail");
+        match result {
+            Ok(changes) => {
+                for c in &changes {
+                    tracing::info!("reload: {c}");
+                }
+                let source = &self.kept.source;
+                tracing::info!(
+                    config = %source, changes = changes.len(),
+                    "configuration {source} reloaded: {} change(s)", changes.len()
+                );
+                Ok(changes)
+            }
+            Err(e) => {
+                // one line, as every log line: a TOML error's picture of the line is folded
+                let e = format!("{e:#}")
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                tracing::error!(config = %self.kept.source, error = %e, "configuration not reloaded; the running one stays");
+                Err(e)
+            }
+        }
     }
-    Ok(())
+
+    async fn try_reload(&mut self) -> anyhow::Result<Vec<String>> {
+        let source = &self.kept.source;
+        let mut cfg = source
+            .load()
+            .map_err(|e| anyhow::anyhow!("configuration {source}: {e}"))?;
+        let old = self.generation.cfg.clone();
+        let mut notes = Vec::new();
+        if cfg.state_dir != old.state_dir {
+            notes.push(format!(
+                "state_dir: needs a restart; still {}",
+                old.state_dir.display()
+            ));
+            cfg.state_dir = old.state_dir.clone();
+        }
+        if cfg.store != old.store {
+            notes.push("store: needs a restart; the running store stays".to_string());
+            cfg.store = old.store.clone();
+        }
+        preflight(&cfg)?;
+        let mut changes = crate::config::diff::changes(&old, &cfg);
+        changes.extend(notes);
+        let cfg = Arc::new(cfg);
+        let (generation, setup) =
+            generation(&self.kept, cfg.clone(), Some(&self.generation)).await?;
+        let prepared = self.listeners.prepare(&cfg, &generation.ctx)?;
+        let web_moves = self.web.as_ref().map(|w| w.addr) != cfg.web.addr;
+        let web_listener = match cfg.web.addr {
+            Some(a) if web_moves => Some((a, bind_web(a).await?)),
+            _ => None,
+        };
+        // all checked: from here on nothing fails
+        self.listeners.apply(prepared);
+        self.current.store(generation.served.clone());
+        self.kept
+            .store_alerts
+            .store(Some(generation.alerts.clone()));
+        self.engine.reconfigure(setup);
+        self.notifier.reconfigure(cfg.clone());
+        self.kept.backends.follow(&cfg, self.kept.clock.unix());
+        if web_moves {
+            if let Some(w) = self.web.take() {
+                let _ = w.stop.send(true);
+            }
+            if let Some((a, l)) = web_listener {
+                self.web = start_web(a, l, &self.web_state).ok();
+            }
+        }
+        let watched = |c: &Config| {
+            (
+                c.reputation.clone(),
+                c.delivery.resolver,
+                c.alerts.clone(),
+                c.hostname.clone(),
+            )
+        };
+        if watched(&old) != watched(&cfg) {
+            self.dnsbl.abort();
+            let r = generation.reputation.clone();
+            self.dnsbl = tokio::spawn(r.run(self.kept.clock.clone()));
+        }
+        self.generation = generation;
+        Ok(changes)
+    }
+
+    /// After the sessions: stops the background tasks, writes what is kept in memory,
+    /// lets the web finish its requests, and waits for delivery.
+    async fn stop(
+        self,
+        background: Vec<tokio::task::JoinHandle<()>>,
+        delivery: tokio::task::JoinHandle<()>,
+    ) {
+        for t in background {
+            t.abort();
+        }
+        self.dnsbl.abort();
+        if let Err(e) = self.generation.ctx.harvest.flush().await {
+            tracing::warn!(error = %e, "defence counts not written: store failed");
+        }
+        if let Some(web) = self.web {
+            let _ = web.stop.send(true);
+            // requests in flight finish; a client that holds its connection is not waited for
+            if tokio::time::timeout(WEB_GRACE, web.task).await.is_err() {
+                tracing::warn!("web requests still open after {WEB_GRACE:?} were cut off");
+            }
+        }
+        let _ = delivery.await;
+        let spool = &self.kept.spool;
+        let (records, syncs) = spool.write_stats();
+        tracing::info!(
+            records,
+            syncs,
+            queued = spool.len(),
+            "spool: {records} records made durable with {syncs} syncs"
+        );
+        let _ = std::fs::remove_file(crate::control::socket_path(&self.generation.cfg.state_dir));
+    }
 }
 
-async fn reload_lists(verifier: Arc<Verifier>) {
+async fn reload_lists(current: Arc<ArcSwap<Served>>) {
     let mut tick = tokio::time::interval(LIST_RELOAD_EVERY);
     loop {
         tick.tick().await;
-        for list in verifier.lists() {
+        let served = current.load_full();
+        for list in served.verifier.lists() {
             match list.reload_if_changed() {
                 Ok(true) => {
                     tracing::info!(file = %list.path().display(), entries = list.data().len(), "list reloaded")
@@ -369,13 +773,8 @@ async fn compact_spool(spool: Arc<Spool>) {
 
 /// Settles reports left undecided (at start-up: a crash between a delivery pass and its
 /// report; later: a store failure), and removes finished messages kept for the operator once
-/// `keep` has passed.
-async fn settle_reports(
-    notifier: Arc<Notifier>,
-    spool: Arc<Spool>,
-    clock: Arc<dyn Clock>,
-    keep: Duration,
-) {
+/// `[reports] keep_failed` has passed.
+async fn settle_reports(notifier: Arc<Notifier>, current: Arc<ArcSwap<Served>>) {
     let mut tick = tokio::time::interval(REPORT_SWEEP_EVERY);
     loop {
         tick.tick().await;
@@ -383,17 +782,16 @@ async fn settle_reports(
         if let Err(e) = notifier.digest().await {
             tracing::warn!(error = %e, "postmaster digest not sent yet; tried again later");
         }
-        let before = clock.unix().saturating_sub(keep.as_secs());
-        match spool.purge_finished(before).await {
+        let s = current.load_full();
+        let keep = s.cfg.reports.keep_failed;
+        let before = s.clock.unix().saturating_sub(keep.as_secs());
+        match s.spool.purge_finished(before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(messages = n, "finished messages removed after keep_failed"),
             Err(e) => tracing::warn!(error = %e, "removing finished messages failed"),
         }
     }
 }
-
-/// How often counts kept in memory are added to the store.
-const FLUSH_COUNTS_EVERY: Duration = Duration::from_secs(2);
 
 async fn flush_counts(harvest: Arc<Harvest>) {
     let mut tick = tokio::time::interval(FLUSH_COUNTS_EVERY);
@@ -403,6 +801,18 @@ async fn flush_counts(harvest: Arc<Harvest>) {
             tracing::warn!(error = %e, "defence counts not written yet: store failed");
         }
     }
+}
+
+/// Checks the next hops and call-out servers every `[health] interval`, as HELO the current
+/// hostname.
+async fn check_backends(backends: Arc<Backends>, current: Arc<ArcSwap<Served>>) {
+    let clock = current.load().clock.clone();
+    let settings = move || {
+        let cfg = current.load_full().cfg.clone();
+        let timeout = cfg.callout.timeout.min(cfg.delivery.timeout);
+        (cfg.hostname.clone(), timeout, cfg.health.interval)
+    };
+    backends.run(settings, clock).await;
 }
 
 async fn purge_cache(store: Arc<dyn Store>, clock: Arc<dyn Clock>) {

@@ -1,10 +1,12 @@
-//! Command line: `serve`, `check-config`, `verify`, `queue`, `status`, `sender`, `quarantine`,
-//! `bounce`. Errors become exit codes here and only here:
-//! 0 success; 1 `verify` says the recipient would be refused; 2 an error (bad configuration,
-//! cannot listen, ...).
+//! Command line: `serve`, `reload`, `check-config`, `verify`, `queue`, `status`, `sender`,
+//! `quarantine`, `bounce`, `generate`. Every command that needs a configuration finds it the
+//! same way ([`ConfigSource::resolve`]: `--config`, `BACKSTOP_CONFIG`,
+//! `/etc/backstop/backstop.toml`, the built-in example). Errors become exit codes here and only
+//! here: 0 success; 1 `verify` says the recipient would be refused; 2 an error (bad
+//! configuration, cannot listen, no gateway to reload, ...).
 
-use crate::config::Config;
 use crate::config::ago;
+use crate::config::{Config, ConfigSource};
 use crate::control;
 use crate::queue::{Status, Summary};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -14,14 +16,51 @@ use std::process::ExitCode;
 
 /// backstop: an edge mail gateway that ends the bounce (backscatter) attack.
 #[derive(Debug, Parser)]
-#[command(name = "backstop", version, about)]
+#[command(
+    name = "backstop",
+    version,
+    about,
+    long_about = "backstop: an edge mail gateway that ends the bounce (backscatter) attack. It judges every \
+recipient during the SMTP dialogue (local lists, a cached call-out to the internal server), refuses \
+bounces for mail that never left here (BATV, the sent log, quoted headers), sends at most one safe \
+report per message and never to a forged sender, and watches outgoing mail.",
+    after_long_help = AFTER_HELP
+)]
 pub struct Cli {
     /// Log format (on standard error).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Configuration file [default: $BACKSTOP_CONFIG, else /etc/backstop/backstop.toml if it
+    /// exists, else the example built into backstop, with paths from the current directory].
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+/// The end of `--help` and of the man page: files, signals, environment, exit status.
+const AFTER_HELP: &str = "\
+Configuration: --config FILE, else $BACKSTOP_CONFIG, else /etc/backstop/backstop.toml when it \
+exists, else the example built into backstop (paths relative to the current directory). Every \
+command takes --config.
+
+Signals (serve): SIGHUP reloads the configuration (as `backstop reload` does): it is read and \
+checked completely first, and an invalid one is refused with the reason logged while the running \
+one stays; sessions in flight finish under the configuration they started with. SIGTERM and \
+SIGINT stop gracefully: no new connections, sessions and deliveries in flight may finish within \
+limits.shutdown_timeout.
+
+Logs: on standard error, one line per event (--log-format json: one JSON object per line); \
+RUST_LOG sets the level (default info). A message is traced by its queue id (id=), its sender \
+(from=<...>) or its Message-ID (message-id=<...>).
+
+Exit status: 0 success; 1 `verify` says the recipient would be refused, or `check-config \
+--connect` found a server that does not answer; 2 an error (bad configuration, cannot listen, \
+a reload refused, no gateway running, ...).
+
+Files: state_dir holds the store (backstop.redb), the queue (queue/), the quarantine and the \
+control socket (control.sock) that `verify`, `queue`, `status` and `reload` use to ask the \
+running gateway.";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -31,16 +70,20 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run the gateway (without --config: the example configuration shipped with backstop).
-    Serve {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
-    /// Validate a configuration file and print it resolved, defaults included.
+    /// Run the gateway in the foreground (logs on standard error). SIGHUP reloads the
+    /// configuration; SIGTERM or SIGINT stops it gracefully.
+    Serve,
+    /// Make the running gateway read its configuration file again. An invalid file is
+    /// refused (exit 2, the error printed) and the running configuration stays.
+    Reload,
+    /// Validate a configuration and print it resolved, defaults included: certificates and
+    /// keys, list files and the state directory are checked as `serve` would.
     CheckConfig {
-        /// Configuration file.
-        file: PathBuf,
+        /// Configuration file (the same as --config).
+        file: Option<PathBuf>,
+        /// Also connect to every next hop and call-out server and say which answer.
+        #[arg(long)]
+        connect: bool,
     },
     /// Show what RCPT TO would answer for an address, and why.
     Verify {
@@ -49,18 +92,12 @@ enum Cmd {
         /// The envelope sender: `<>` asks what a bounce to the address gets (BATV).
         #[arg(long)]
         from: Option<String>,
-        /// Configuration file.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
     },
     /// Show and manage the queue: through the running gateway, or directly on the spool when
     /// none runs with this state_dir.
     Queue {
         #[command(subcommand)]
         action: QueueCmd,
-        /// Configuration file.
-        #[arg(long, short, global = true)]
-        config: Option<PathBuf>,
         /// Print the answer as JSON (for scripts).
         #[arg(long, global = true)]
         json: bool,
@@ -68,9 +105,6 @@ enum Cmd {
     /// One screen for the operator: queue sizes, held senders, blocked clients, the DNSBL
     /// state of our IPs, reports sent and suppressed today, bounces today.
     Status {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
         /// Print it as JSON.
         #[arg(long)]
         json: bool,
@@ -79,17 +113,11 @@ enum Cmd {
     Sender {
         #[command(subcommand)]
         action: SenderCmd,
-        /// Configuration file.
-        #[arg(long, short, global = true)]
-        config: Option<PathBuf>,
     },
     /// Bounces kept in quarantine (`backscatter = "quarantine"`), under state_dir/quarantine.
     Quarantine {
         #[command(subcommand)]
         action: QuarantineCmd,
-        /// Configuration file.
-        #[arg(long, short, global = true)]
-        config: Option<PathBuf>,
         /// Print one JSON object per message (for scripts).
         #[arg(long, global = true)]
         json: bool,
@@ -98,6 +126,26 @@ enum Cmd {
     Bounce {
         #[command(subcommand)]
         action: BounceCmd,
+    },
+    /// Write man pages or shell completions, generated from this command line (for
+    /// packagers).
+    Generate {
+        #[command(subcommand)]
+        what: GenerateCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GenerateCmd {
+    /// Man pages: backstop.1 and one backstop-COMMAND.1 per command, written into DIR.
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
+    /// The completion script for SHELL, on standard output.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -114,9 +162,6 @@ enum BounceCmd {
     /// Today's (UTC) counts of the decisions about incoming bounces: BATV results, verdicts
     /// and their evidence, actions, refusals.
     Stats {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
@@ -198,7 +243,12 @@ impl QueueCmd {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match run(cli.cmd) {
+    let source = ConfigSource::resolve(
+        cli.config,
+        std::env::var_os("BACKSTOP_CONFIG"),
+        std::path::Path::new(crate::config::DEFAULT_PATH).exists(),
+    );
+    match run(cli.cmd, source) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("backstop: error: {e:#}");
@@ -221,11 +271,11 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
-    Ok(match config {
-        Some(p) => Config::load(p)?,
-        None => Config::example()?,
-    })
+/// Reads and validates the configuration; an error names the file.
+fn load(source: &ConfigSource) -> anyhow::Result<Config> {
+    source
+        .load()
+        .map_err(|e| anyhow::anyhow!("configuration {source}: {e}"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -234,53 +284,47 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+fn run(cmd: Cmd, source: ConfigSource) -> anyhow::Result<ExitCode> {
+    let source = match &cmd {
+        Cmd::CheckConfig { file: Some(f), .. } => match &source {
+            ConfigSource::File(c) if c != f => anyhow::bail!(
+                "check-config: two files given ({} and --config {}); name one",
+                f.display(),
+                c.display()
+            ),
+            _ => ConfigSource::File(f.clone()),
+        },
+        _ => source,
+    };
     match cmd {
-        Cmd::Serve { config } => {
-            let cfg = load(config.as_ref())?;
-            runtime()?.block_on(crate::app::serve(cfg, |_| {}))?;
+        Cmd::Serve => {
+            let cfg = load(&source)?;
+            runtime()?.block_on(crate::app::serve(source, cfg, |_| {}))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::CheckConfig { file } => {
-            let cfg = Config::load(&file)?;
-            print!("{}", cfg.to_toml());
-            Ok(ExitCode::SUCCESS)
+        Cmd::Reload => {
+            let cfg = load(&source).map_err(|e| {
+                anyhow::anyhow!("{e:#}\n(not reloaded: a running gateway keeps its configuration)")
+            })?;
+            runtime()?.block_on(reload(cfg))
         }
-        Cmd::Verify {
-            address,
-            from,
-            config,
-        } => {
-            let cfg = load(config.as_ref())?;
+        Cmd::CheckConfig { connect, .. } => {
+            let cfg = load(&source)?;
+            runtime()?.block_on(check_config(cfg, connect))
+        }
+        Cmd::Verify { address, from } => {
+            let cfg = load(&source)?;
             runtime()?.block_on(verify(cfg, &address, from.as_deref()))
         }
-        Cmd::Status { config, json } => {
-            let cfg = load(config.as_ref())?;
-            runtime()?.block_on(status(cfg, json))
-        }
+        Cmd::Status { json } => runtime()?.block_on(status(load(&source)?, json)),
         Cmd::Sender {
             action: SenderCmd::Release { address },
-            config,
-        } => {
-            let cfg = load(config.as_ref())?;
-            runtime()?.block_on(sender_release(cfg, &address))
-        }
+        } => runtime()?.block_on(sender_release(load(&source)?, &address)),
         Cmd::Quarantine {
             action: QuarantineCmd::List,
-            config,
             json,
-        } => {
-            let cfg = load(config.as_ref())?;
-            quarantine_list(&cfg, json)
-        }
-        Cmd::Queue {
-            action,
-            config,
-            json,
-        } => {
-            let cfg = load(config.as_ref())?;
-            runtime()?.block_on(queue(cfg, &action, json))
-        }
+        } => quarantine_list(&load(&source)?, json),
+        Cmd::Queue { action, json } => runtime()?.block_on(queue(load(&source)?, &action, json)),
         Cmd::Bounce {
             action: BounceCmd::Parse { files },
         } => {
@@ -288,12 +332,84 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bounce {
-            action: BounceCmd::Stats { config, json },
-        } => {
-            let cfg = load(config.as_ref())?;
-            runtime()?.block_on(bounce_stats(cfg, json))
+            action: BounceCmd::Stats { json },
+        } => runtime()?.block_on(bounce_stats(load(&source)?, json)),
+        Cmd::Generate { what } => generate(what),
+    }
+}
+
+/// Man pages and completions from the same definition as the parser.
+fn generate(what: GenerateCmd) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    match what {
+        GenerateCmd::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
+            clap_mangen::generate_to(cmd, &dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        }
+        GenerateCmd::Completions { shell } => {
+            let mut cmd = cmd;
+            clap_complete::generate(shell, &mut cmd, "backstop", &mut std::io::stdout());
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the running gateway to reload; its answer (what changed, or why the new
+/// configuration was refused) is printed.
+async fn reload(cfg: Config) -> anyhow::Result<ExitCode> {
+    let sock = control::socket_path(&cfg.state_dir);
+    let Some(answer) = control::query(&sock, "reload").await? else {
+        anyhow::bail!(
+            "no gateway is running with state_dir {} (no control socket at {})",
+            cfg.state_dir.display(),
+            sock.display()
+        );
+    };
+    if let Some(e) = answer.get("error") {
+        anyhow::bail!(
+            "reload refused, the running configuration stays: {}",
+            e.as_str().unwrap_or("error")
+        );
+    }
+    let changes: Vec<String> =
+        serde_json::from_value(answer["changes"].clone()).unwrap_or_default();
+    println!(
+        "reloaded {}: {} change(s)",
+        answer["config"].as_str().unwrap_or("?"),
+        changes.len()
+    );
+    for c in &changes {
+        println!("  {c}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks what `serve` would check before it starts, prints the resolved configuration, and
+/// with `connect` tries every next hop and call-out server.
+async fn check_config(cfg: Config, connect: bool) -> anyhow::Result<ExitCode> {
+    crate::app::preflight(&cfg)?;
+    print!("{}", cfg.to_toml());
+    if !connect {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut all = true;
+    for (role, target, result) in crate::health::check_all(&cfg).await {
+        match result {
+            Ok(greeting) => println!("# {role} {target}: answers ({greeting})"),
+            Err(e) => {
+                all = false;
+                println!("# {role} {target}: NOT answering: {e}");
+            }
+        }
+    }
+    Ok(if all {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn queue(cfg: Config, action: &QueueCmd, json: bool) -> anyhow::Result<ExitCode> {
@@ -392,7 +508,7 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<ExitCode> {
                 &parts.cfg,
                 parts.store.as_ref(),
                 &spool,
-                &parts.verifier,
+                (&parts.verifier, None),
                 now,
             )
             .await?

@@ -166,10 +166,25 @@ pub struct Served {
     pub spool: Arc<Spool>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Whether the next hops and call-out servers answer.
+    pub backends: Arc<crate::health::Backends>,
+}
+
+/// A request to reload the configuration, and where its answer goes: `{"config": FILE,
+/// "changes": [...]}` or `{"error": ...}`.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<serde_json::Value>;
+
+/// What requests are answered from (the configuration of the last reload), and where reload
+/// requests go.
+pub struct Control {
+    /// The parts of the current configuration.
+    pub current: Arc<arc_swap::ArcSwap<Served>>,
+    /// Where `reload` is asked for.
+    pub reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
 }
 
 /// Binds the socket (replacing a stale one left by a crash) and serves it until the task ends.
-pub fn serve(path: &Path, served: Arc<Served>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn serve(path: &Path, control: Arc<Control>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
@@ -180,20 +195,22 @@ pub fn serve(path: &Path, served: Arc<Served>) -> std::io::Result<tokio::task::J
     }
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let s = served.clone();
+            let c = control.clone();
             tokio::spawn(async move {
-                let _ = handle(stream, &s).await;
+                let _ = handle(stream, &c).await;
             });
         }
     }))
 }
 
-async fn handle(stream: UnixStream, s: &Served) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, c: &Control) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r.take(4096)).read_line(&mut line).await?;
     let words: Vec<&str> = line.split_whitespace().collect();
+    let s = c.current.load_full();
     let answer = match words.as_slice() {
+        ["reload"] => reload(c).await,
         ["verify", a, from @ ..] if from.len() <= 1 => {
             let sender = from.first().map(|f| parse_sender(f)).transpose();
             match (parse_address(a), sender) {
@@ -215,9 +232,15 @@ async fn handle(stream: UnixStream, s: &Served) -> std::io::Result<()> {
         }
         ["status"] => {
             let now = s.clock.unix();
-            crate::status::gather(&s.cfg, s.store.as_ref(), &s.spool, &s.verifier, now)
-                .await
-                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+            crate::status::gather(
+                &s.cfg,
+                s.store.as_ref(),
+                &s.spool,
+                (&s.verifier, Some(&s.backends)),
+                now,
+            )
+            .await
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
         }
         ["sender-release", a] => sender_release(&s.watch, a, s.clock.unix()).await,
         ["bounce-stats"] => stats_answer(s.guard.stats(s.clock.unix()).await, s.clock.unix()),
@@ -225,6 +248,16 @@ async fn handle(stream: UnixStream, s: &Served) -> std::io::Result<()> {
     };
     w.write_all(format!("{answer}\n").as_bytes()).await?;
     w.shutdown().await
+}
+
+/// Asks the gateway to reload and waits for its answer.
+async fn reload(c: &Control) -> serde_json::Value {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if c.reloads.send(tx).await.is_err() {
+        return serde_json::json!({ "error": "the gateway is stopping" });
+    }
+    rx.await
+        .unwrap_or_else(|_| serde_json::json!({ "error": "the gateway is stopping" }))
 }
 
 /// Adds `held_why` to the held messages of a queue answer whose sender the watch held.

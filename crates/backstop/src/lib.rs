@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod harvest;
+pub mod health;
 pub mod ids;
 pub mod inbound;
 pub mod notify;

@@ -4,21 +4,24 @@
 //! clients, the DNSBL state of our IPs, and today's report, bounce and alert counts into one
 //! JSON object, and rendering it for people. Not responsible for: any of the decisions behind them.
 
-use crate::config::Config;
+use crate::config::{Config, NextHop, Source};
+use crate::health::{Backends, Role};
 use crate::queue::{Spool, Status};
 use crate::store::{Store, StoreError, daily};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 
-/// Everything `backstop status` shows, as JSON.
+/// Everything `backstop status` shows, as JSON. `backends`: the running gateway's watch on
+/// its internal servers (none when no gateway runs: their state is not known).
 pub async fn gather(
     cfg: &Config,
     store: &dyn Store,
     spool: &Spool,
-    verifier: &crate::policy::Verifier,
+    (verifier, backends): (&crate::policy::Verifier, Option<&Backends>),
     now: u64,
 ) -> Result<Value, StoreError> {
-    let callout = callout(cfg, verifier);
+    let backends_known = backends.is_some();
+    let backends = backends_of(cfg, verifier, backends);
     let held: Vec<Value> = crate::senders::held_senders(store, now)
         .await?
         .into_iter()
@@ -45,9 +48,11 @@ pub async fn gather(
     let defence = daily::today(store, "defence", &crate::harvest::COUNTED, now).await?;
     Ok(json!({
         "host": cfg.hostname,
+        "now": now,
+        "backends_known": backends_known,
         "day": backstop_proto::datetime::iso_date(now),
         "queue": queue(spool),
-        "callout": callout,
+        "backends": backends,
         "held_senders": held,
         "blocked_clients": blocked,
         "dnsbl": dnsbl,
@@ -58,39 +63,54 @@ pub async fn gather(
     }))
 }
 
-/// Each call-out internal server (per domain) with its health since start.
-pub fn callout(cfg: &Config, verifier: &crate::policy::Verifier) -> Vec<Value> {
-    let health = verifier.backend_health();
-    let mut callout = Vec::new();
-    for d in &cfg.domains {
-        for src in &d.sources {
-            if let crate::config::Source::Callout(hp) = src {
-                let target = hp.to_string();
-                let h = health
+/// Each next hop and call-out server: the domains that use it, whether it answers (and since
+/// when, or what went wrong), and for call-outs the probes made since start.
+pub fn backends_of(
+    cfg: &Config,
+    verifier: &crate::policy::Verifier,
+    backends: Option<&Backends>,
+) -> Vec<Value> {
+    let probes = verifier.backend_health();
+    let known = backends.map(Backends::list).unwrap_or_default();
+    let mut out = Vec::new();
+    for (role, hp) in crate::health::targets(cfg) {
+        let target = hp.to_string();
+        let domains: Vec<String> = cfg
+            .domains
+            .iter()
+            .filter(|d| match role {
+                Role::Callout => d.sources.contains(&Source::Callout(hp.clone())),
+                Role::NextHop => d.next_hop == NextHop::Smtp(hp.clone()),
+            })
+            .map(|d| d.name.to_string())
+            .chain(
+                cfg.routes
                     .iter()
-                    .find(|(t, _)| *t == target)
-                    .map(|(_, h)| h.clone())
-                    .unwrap_or_default();
-                callout
-                    .push(json!({ "domain": d.name.to_string(), "target": target, "health": h }));
-            }
+                    .filter(|r| role == Role::NextHop && r.next_hop == NextHop::Smtp(hp.clone()))
+                    .map(|r| format!("route {}", r.domain)),
+            )
+            .collect();
+        let state = known.iter().find(|b| b.role == role && b.target == target);
+        let mut v = json!({
+            "role": role.as_str(),
+            "target": target,
+            "for": domains,
+            "up": state.and_then(|b| b.up),
+            "since": state.map(|b| b.since),
+            "error": state.and_then(|b| b.error.clone()),
+        });
+        if role == Role::Callout {
+            let h = probes
+                .iter()
+                .find(|(t, _)| *t == target)
+                .map(|(_, h)| h.clone());
+            let h = h.unwrap_or_default();
+            v["probes"] = h.probes.into();
+            v["failures"] = h.failures.into();
         }
+        out.push(v);
     }
-    callout
-}
-
-/// Whether an internal server answers, from its health as [`gather`] shows it: its last
-/// definite answer is newer than its last failure. `None` before its first probe.
-pub fn answering(health: &Value) -> Option<bool> {
-    match (
-        health["last_ok"].as_u64(),
-        health["last_failure"][0].as_u64(),
-    ) {
-        (None, None) => None,
-        (Some(ok), Some(bad)) => Some(ok >= bad),
-        (Some(_), None) => Some(true),
-        (None, Some(_)) => Some(false),
-    }
+    out
 }
 
 fn counts(c: &[(&str, u64)]) -> Value {
@@ -138,20 +158,28 @@ pub fn render(v: &Value) -> String {
         n(&q["rcpts_failed_kept"])
     );
     let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
-    for c in list("callout") {
-        let h = &c["health"];
-        let state = match answering(h) {
-            None => "no probes since start".to_string(),
-            Some(true) => "answering".to_string(),
-            Some(false) => format!("failing: {}", s(&h["last_failure"][1])),
+    let now = n(&v["now"]);
+    for b in list("backends") {
+        let role = match s(&b["role"]).as_str() {
+            "callout" => "call-out",
+            _ => "next hop",
         };
+        let domains: Vec<String> = b["for"].as_array().into_iter().flatten().map(&s).collect();
+        let since = crate::config::ago(now.saturating_sub(n(&b["since"])));
+        let mut state = match (b["up"].as_bool(), v["backends_known"].as_bool()) {
+            (None, Some(true)) => "not checked yet".to_string(),
+            (None, _) => "not known (no gateway is running)".to_string(),
+            (Some(true), _) => format!("answering for {since}"),
+            (Some(false), _) => format!("DOWN for {since}: {}", s(&b["error"])),
+        };
+        if let Some(p) = b["probes"].as_u64() {
+            let _ = write!(state, " ({p} probes, {} failed)", n(&b["failures"]));
+        }
         let _ = writeln!(
             out,
-            "call-out {} for {}: {state} ({} probes, {} failed)",
-            s(&c["target"]),
-            s(&c["domain"]),
-            n(&h["probes"]),
-            n(&h["failures"])
+            "{role} {} for {}: {state}",
+            s(&b["target"]),
+            domains.join(", ")
         );
     }
     let held = list("held_senders");

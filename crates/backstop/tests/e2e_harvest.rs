@@ -263,7 +263,7 @@ fn a_10000_address_harvest_is_stopped_and_a_legitimate_client_is_served_througho
     );
     assert!(
         screen.contains(&format!(
-            "call-out 127.0.0.1:{} for example.test: answering (",
+            "call-out 127.0.0.1:{} for example.test: answering for ",
             pf.port
         )),
         "{screen}"

@@ -151,6 +151,22 @@ fn modules_import_only_what_the_architecture_allows() {
                 "inbound", "delivery", "upstream", "relay", "control", "app", "cli",
             ],
         ),
+        (
+            "health",
+            vec![
+                "store",
+                "policy",
+                "relay",
+                "inbound",
+                "delivery",
+                "notify",
+                "backscatter",
+                "control",
+                "status",
+                "app",
+                "cli",
+            ],
+        ),
         ("app", vec!["cli"]),
         (
             "web",

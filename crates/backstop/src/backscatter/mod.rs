@@ -175,7 +175,7 @@ pub struct Guard {
     tags: Arc<Tags>,
     /// When enforcement began, per enforcing domain (Unix seconds).
     enforced_since: HashMap<Domain, u64>,
-    recent: std::sync::Mutex<std::collections::VecDeque<Stopped>>,
+    recent: Arc<std::sync::Mutex<std::collections::VecDeque<Stopped>>>,
 }
 
 impl Guard {
@@ -201,6 +201,19 @@ impl Guard {
             enforced_since,
             recent: Default::default(),
         })
+    }
+
+    /// The guard under a new configuration and keys (after a reload), remembering the same
+    /// stopped bounces.
+    pub async fn reconfigured(
+        &self,
+        cfg: Arc<Config>,
+        tags: Arc<Tags>,
+        now: u64,
+    ) -> Result<Guard, StoreError> {
+        let mut g = Guard::new(cfg, self.store.clone(), tags, now).await?;
+        g.recent = self.recent.clone();
+        Ok(g)
     }
 
     /// Remembers a stopped bounce (the oldest of more than [`RECENT`] is forgotten).

@@ -6,6 +6,7 @@
 //! Not responsible for: reading list files or certificates (their owners do, at start-up), or
 //! acting on any value.
 
+pub mod diff;
 mod duration;
 mod raw;
 
@@ -22,6 +23,56 @@ use std::time::Duration;
 /// The example configuration shipped in the repository; `backstop serve` without `--config`
 /// runs it, with paths relative to the current directory.
 pub const EXAMPLE: &str = include_str!("../../../../backstop.toml");
+
+/// Where `backstop` looks for its configuration when neither `--config` nor
+/// `BACKSTOP_CONFIG` names a file.
+pub const DEFAULT_PATH: &str = "/etc/backstop/backstop.toml";
+
+/// Where the configuration is read from: a file, or the built-in example.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A file (relative paths in it are taken from its directory).
+    File(PathBuf),
+    /// The example shipped with backstop ([`EXAMPLE`]), paths relative to the current
+    /// directory.
+    BuiltIn,
+}
+
+impl ConfigSource {
+    /// The file named by `--config`, else by `BACKSTOP_CONFIG` (`env`, when not empty), else
+    /// [`DEFAULT_PATH`] when `default_exists`, else the built-in example.
+    pub fn resolve(
+        flag: Option<PathBuf>,
+        env: Option<std::ffi::OsString>,
+        default_exists: bool,
+    ) -> ConfigSource {
+        match (flag, env.filter(|e| !e.is_empty())) {
+            (Some(p), _) => ConfigSource::File(p),
+            (None, Some(e)) => ConfigSource::File(PathBuf::from(e)),
+            (None, None) if default_exists => ConfigSource::File(PathBuf::from(DEFAULT_PATH)),
+            (None, None) => ConfigSource::BuiltIn,
+        }
+    }
+
+    /// Reads and validates it.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::File(p) => Config::load(p),
+            ConfigSource::BuiltIn => Config::example(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+            ConfigSource::BuiltIn => {
+                f.write_str("(built-in example, paths from the current directory)")
+            }
+        }
+    }
+}
 
 /// A configuration error, naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +106,7 @@ pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Con
 }
 
 /// The validated configuration.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Config {
     /// Our host name: greeting, EHLO, Received headers, call-out HELO.
     pub hostname: String,
@@ -96,11 +147,21 @@ pub struct Config {
     pub web: Web,
     /// Where shared state lives (`[store]`).
     pub store: StoreConfig,
+    /// The checks of the internal servers (`[health]`).
+    pub health: Health,
+}
+
+/// The background checks of every next hop and call-out server (`[health]`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Health {
+    /// How often each is checked (connect, EHLO, QUIT).
+    #[serde(serialize_with = "duration::serialize")]
+    pub interval: Duration,
 }
 
 /// Where shared state lives (`[store]`): the call-out cache, counters, claims, blocks, holds,
 /// BATV keys, the sent log. The spool of accepted mail always stays on the node.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoreConfig {
     /// Which backend.
     pub backend: StoreBackend,
@@ -109,7 +170,7 @@ pub struct StoreConfig {
 }
 
 /// The store's backend.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StoreBackend {
     /// `state_dir/backstop.redb`: one node, nothing to run.
@@ -119,7 +180,7 @@ pub enum StoreBackend {
 }
 
 /// Which Redis.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RedisTarget {
     /// One server (`url`).
@@ -137,7 +198,7 @@ pub enum RedisTarget {
 
 /// The HTTP listener (`[web]`): `/metrics`, `/healthz`, the JSON API under `/api/` and the
 /// dashboard at `/`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Web {
     /// Where to listen; none: no HTTP listener.
     pub addr: Option<std::net::SocketAddr>,
@@ -159,7 +220,7 @@ fn serialize_token<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::
 
 /// Our own reputation (`[reputation]`): the gateway's outbound IPs looked up in DNS
 /// blocklists, with an alert when one is listed or delisted.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Reputation {
     /// Our outbound IPs.
     pub ips: Vec<std::net::IpAddr>,
@@ -172,7 +233,7 @@ pub struct Reputation {
 
 /// The watch on each local sender's outbound mail (`[senders]`): a sender whose recipients
 /// mostly fail, or are refused as spam or blocked, is held.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Senders {
     /// The window over which delivered and failed recipients are counted.
     #[serde(serialize_with = "duration::serialize")]
@@ -187,7 +248,7 @@ pub struct Senders {
 
 /// Alerts (`[alerts]`): every alert is logged (`event="alert"`); with a webhook it is also
 /// POSTed there as JSON.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Alerts {
     /// `http://HOST:PORT/PATH`; none: log only.
     pub webhook: Option<String>,
@@ -195,7 +256,7 @@ pub struct Alerts {
 
 /// Limits on mail from relay networks to other domains (`[outbound]`), per sender address,
 /// per sender domain and per client IP. Our own reports and inbound mail never count.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Outbound {
     /// Per envelope sender address.
@@ -221,7 +282,7 @@ pub struct RateLimits {
 }
 
 /// Directory-harvest defence (`[harvest]`): what clients that try many unknown addresses get.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Harvest {
     /// Unknown recipients in one session before each further RCPT is delayed.
     pub tarpit_after: u32,
@@ -251,7 +312,7 @@ pub struct Harvest {
 }
 
 /// BATV (`[batv]`): keys and timing shared by every domain that signs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Batv {
     /// Keys: the first signs, all verify (rotation: put the new key first, keep the old one
     /// until its tags have expired). None: a key generated into the store at first start.
@@ -270,7 +331,7 @@ pub struct Batv {
 }
 
 /// One configured BATV key.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BatvKey {
     /// Its number, carried in every tag (0–9).
     pub number: u8,
@@ -284,7 +345,7 @@ fn serialize_keys<S: serde::Serializer>(v: &[BatvKey], s: S) -> Result<S::Ok, S:
 }
 
 /// Incoming bounces (`[bounces]`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Bounces {
     /// Most bounces one local recipient may receive per hour; more get `450 4.7.1`.
     pub per_recipient: u64,
@@ -335,7 +396,7 @@ impl BackscatterAction {
 }
 
 /// Delivery reports (`[reports]`): who may get one, and how many.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Reports {
     /// Most reports to one address per hour.
     pub per_recipient: u64,
@@ -361,7 +422,7 @@ pub struct Reports {
 }
 
 /// A static route (`[[route]]`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Route {
     /// The domain (exact match).
     #[serde(serialize_with = "serialize_display")]
@@ -372,7 +433,7 @@ pub struct Route {
 }
 
 /// Delivery settings for the queue (`[delivery]`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Delivery {
     /// DNS server for MX lookups; none: the system's resolver.
     pub resolver: Option<SocketAddr>,
@@ -399,7 +460,7 @@ pub struct Delivery {
 }
 
 /// Session limits (`[limits]`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Limits {
     /// Longest command line, CRLF included.
     pub max_line_length: usize,
@@ -438,7 +499,7 @@ pub enum CatchAllPolicy {
 }
 
 /// Call-out settings (`[callout]`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Callout {
     /// Envelope sender of probes; empty means the null sender `<>`.
     pub probe_sender: String,
@@ -470,7 +531,7 @@ pub struct Callout {
 }
 
 /// One listener (`[[listen]]`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Listener {
     /// Address and port.
     pub addr: SocketAddr,
@@ -505,7 +566,7 @@ pub fn in_networks(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
 }
 
 /// `HOST:PORT` of an internal server; the host is resolved when connecting.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostPort {
     /// Host name or IP address (without brackets).
     pub host: String,
@@ -591,7 +652,7 @@ pub enum RelayMode {
 }
 
 /// One domain (`[[domain]]`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DomainConfig {
     /// The domain, lower case.
     #[serde(serialize_with = "serialize_display")]

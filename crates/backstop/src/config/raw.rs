@@ -48,6 +48,24 @@ pub struct RawConfig {
     web: RawWeb,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    health: RawHealth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval: Option<String>,
+}
+
+impl RawHealth {
+    fn validate(&self) -> Result<super::Health, ConfigError> {
+        let interval = duration("health.interval", &self.interval, "30s")?;
+        if interval < std::time::Duration::from_secs(1) {
+            return Err(invalid("health.interval", "must be at least 1s"));
+        }
+        Ok(super::Health { interval })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -626,6 +644,7 @@ impl RawConfig {
             reputation: self.reputation.validate()?,
             web: self.web.validate()?,
             store: self.store.validate()?,
+            health: self.health.validate()?,
         })
     }
 }

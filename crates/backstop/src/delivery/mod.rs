@@ -15,6 +15,7 @@ pub mod smtp;
 use crate::backscatter::Tags;
 use crate::clock::Clock;
 use crate::config::{Config, NextHop};
+use crate::health::{Backends, Role};
 use crate::notify::Notifier;
 use crate::queue::{Lease, LeasedRcpt, Spool, Status};
 use crate::relay::maildir;
@@ -52,29 +53,23 @@ impl std::fmt::Display for Hop {
     }
 }
 
-/// The running engine.
-pub struct Engine {
-    spool: Arc<Spool>,
+/// What delivery takes from one configuration. A reload gives the engine a new one; a pass
+/// already running finishes with the one it started with.
+pub struct Setup {
     cfg: Arc<Config>,
-    clock: Arc<dyn Clock>,
-    dests: Destinations,
-    inflight: Arc<Semaphore>,
-    notifier: Arc<Notifier>,
+    dests: Arc<Destinations>,
     tags: Arc<Tags>,
     watch: Arc<Watch>,
     reputation: Arc<Reputation>,
 }
 
-impl Engine {
-    /// An engine for the queue in `spool`.
+impl Setup {
+    /// Delivery under `cfg`, resolving MX hosts with `resolver`.
     pub fn new(
-        spool: Arc<Spool>,
         cfg: Arc<Config>,
-        clock: Arc<dyn Clock>,
         resolver: mx::MxResolver,
-        notifier: Arc<Notifier>,
         (tags, watch, reputation): (Arc<Tags>, Arc<Watch>, Arc<Reputation>),
-    ) -> Engine {
+    ) -> Setup {
         let d = &cfg.delivery;
         let settings = Settings {
             helo: cfg.hostname.clone(),
@@ -83,17 +78,84 @@ impl Engine {
             tls: d.starttls.then(crate::upstream::opportunistic_tls),
             per_destination: d.destination_concurrency,
         };
-        Engine {
-            inflight: Arc::new(Semaphore::new(d.max_connections)),
-            dests: Destinations::new(settings, resolver),
-            spool,
+        Setup {
+            dests: Arc::new(Destinations::new(settings, resolver)),
             cfg,
-            clock,
-            notifier,
             tags,
             watch,
             reputation,
         }
+    }
+
+    /// Keeps `previous`'s connections and per-destination slots when the settings they
+    /// depend on (`[delivery]`, `hostname`) are the same.
+    pub fn keeping(mut self, previous: &Setup) -> Setup {
+        if previous.cfg.delivery == self.cfg.delivery && previous.cfg.hostname == self.cfg.hostname
+        {
+            self.dests = previous.dests.clone();
+        }
+        self
+    }
+}
+
+/// The running engine.
+pub struct Engine {
+    spool: Arc<Spool>,
+    clock: Arc<dyn Clock>,
+    setup: arc_swap::ArcSwap<Setup>,
+    /// Connections in use, at most `[delivery] max_connections`.
+    inflight: Arc<Semaphore>,
+    /// The number of permits `inflight` was made for (changed by a reload).
+    permits: std::sync::Mutex<usize>,
+    notifier: Arc<Notifier>,
+    /// Told whether `smtp:` next hops could be reached.
+    backends: Arc<Backends>,
+}
+
+impl Engine {
+    /// An engine for the queue in `spool`.
+    pub fn new(
+        spool: Arc<Spool>,
+        clock: Arc<dyn Clock>,
+        (notifier, backends): (Arc<Notifier>, Arc<Backends>),
+        setup: Setup,
+    ) -> Engine {
+        let max = setup.cfg.delivery.max_connections;
+        Engine {
+            inflight: Arc::new(Semaphore::new(max)),
+            permits: std::sync::Mutex::new(max),
+            setup: arc_swap::ArcSwap::from_pointee(setup),
+            spool,
+            clock,
+            notifier,
+            backends,
+        }
+    }
+
+    /// The setup passes started from now on use.
+    pub fn setup(&self) -> Arc<Setup> {
+        self.setup.load_full()
+    }
+
+    /// Delivers under a new configuration from now on (after a reload): passes in flight
+    /// finish with the old one; the connection limit follows at once (a lower one as
+    /// connections in use come back).
+    pub fn reconfigure(&self, setup: Setup) {
+        let setup = setup.keeping(&self.setup());
+        let max = setup.cfg.delivery.max_connections;
+        self.setup.store(Arc::new(setup));
+        let mut permits = self.permits.lock().unwrap_or_else(|e| e.into_inner());
+        if max > *permits {
+            self.inflight.add_permits(max - *permits);
+        } else if max < *permits {
+            let (fewer, inflight) = ((*permits - max) as u32, self.inflight.clone());
+            tokio::spawn(async move {
+                if let Ok(p) = inflight.acquire_many(fewer).await {
+                    p.forget();
+                }
+            });
+        }
+        *permits = max;
     }
 
     /// Delivers until `shutdown` turns true; attempts in flight are abandoned then (their
@@ -120,7 +182,7 @@ impl Engine {
                     me.spool.wake.notify_one();
                 });
             }
-            self.dests.sweep();
+            self.setup().dests.sweep();
             if full {
                 continue;
             }
@@ -140,6 +202,8 @@ impl Engine {
 
     /// One attempt for the due recipients of one message.
     async fn deliver(&self, lease: Lease) {
+        let s = self.setup();
+        let s = s.as_ref();
         let body = match self.spool.body(&lease).await {
             Ok(b) => b,
             Err(e) => {
@@ -147,29 +211,32 @@ impl Engine {
                 let results = (0..lease.rcpts.len())
                     .map(|i| (i, "spool".to_string(), o.clone(), Duration::ZERO))
                     .collect();
-                return self.record(lease, results).await;
+                return self.record(s, lease, results).await;
             }
         };
         // recipients by destination, as positions in the lease
         let mut groups: HashMap<Hop, Vec<usize>> = HashMap::new();
         for (i, r) in lease.rcpts.iter().enumerate() {
-            groups.entry(self.hop(r)).or_default().push(i);
+            groups.entry(hop(&s.cfg, r)).or_default().push(i);
         }
         // mail that leaves carries a BATV-signed return path where the sender's domain signs
-        let signed = self.tags.sign(&self.cfg, &lease.from, self.clock.unix());
+        let signed = s.tags.sign(&s.cfg, &lease.from, self.clock.unix());
         let attempts = groups.into_iter().map(|(hop, positions)| {
             let (lease, body, signed) = (&lease, &body, &signed);
             async move {
                 let rcpts: Vec<&LeasedRcpt> = positions.iter().map(|&i| &lease.rcpts[i]).collect();
                 let leaves = rcpts
                     .iter()
-                    .any(|r| self.cfg.domain(r.mailbox.domain()).is_none());
+                    .any(|r| s.cfg.domain(r.mailbox.domain()).is_none());
                 let from = if leaves { signed } else { &lease.from };
                 let started = std::time::Instant::now();
                 let outcomes = match &hop {
-                    Hop::Smtp(dest) => self.dests.deliver(dest, lease, from, &rcpts, body).await,
-                    Hop::Maildir(dir) => self.to_maildir(dir, lease, &rcpts, body).await,
+                    Hop::Smtp(dest) => s.dests.deliver(dest, lease, from, &rcpts, body).await,
+                    Hop::Maildir(dir) => self.to_maildir(s, dir, lease, &rcpts, body).await,
                 };
+                if let Hop::Smtp(Dest::Smtp(target)) = &hop {
+                    self.tell_health(target, &outcomes);
+                }
                 let (name, took) = (hop.to_string(), started.elapsed());
                 positions
                     .into_iter()
@@ -179,20 +246,22 @@ impl Engine {
             }
         });
         let results = join_all(attempts).await.into_iter().flatten().collect();
-        self.record(lease, results).await;
+        self.record(s, lease, results).await;
     }
 
-    fn hop(&self, r: &LeasedRcpt) -> Hop {
-        let domain = r.mailbox.domain();
-        match self.cfg.route(domain) {
-            NextHop::Smtp(hp) => Hop::Smtp(Dest::Smtp(hp)),
-            NextHop::Mx => Hop::Smtp(Dest::Mx(domain.clone())),
-            NextHop::Maildir(p) => Hop::Maildir(p),
+    /// Tells the health watch whether a next hop could be reached: any reply says it was.
+    fn tell_health(&self, target: &crate::config::HostPort, outcomes: &[Outcome]) {
+        match outcomes.iter().any(|o| matches!(o, Outcome::Reply(..))) {
+            true => self
+                .backends
+                .answered(Role::NextHop, target, self.clock.unix()),
+            false => self.backends.unreachable(Role::NextHop, target),
         }
     }
 
     async fn to_maildir(
         &self,
+        s: &Setup,
         dir: &std::path::Path,
         lease: &Lease,
         rcpts: &[&LeasedRcpt],
@@ -200,7 +269,7 @@ impl Engine {
     ) -> Vec<Outcome> {
         let (dir, from, id) = (dir.to_path_buf(), lease.from.clone(), lease.id.clone());
         let mailboxes: Vec<_> = rcpts.iter().map(|r| r.mailbox.clone()).collect();
-        let (body, hostname, unix) = (body.to_vec(), self.cfg.hostname.clone(), self.clock.unix());
+        let (body, hostname, unix) = (body.to_vec(), s.cfg.hostname.clone(), self.clock.unix());
         let result = tokio::task::spawn_blocking(move || {
             let d = maildir::Delivery {
                 from: &from,
@@ -224,32 +293,43 @@ impl Engine {
 
     /// Turns outcomes (by position in the lease) into statuses, with the retry schedule and
     /// expiry, and stores them.
-    async fn record(&self, lease: Lease, results: Vec<(usize, String, Outcome, Duration)>) {
+    async fn record(
+        &self,
+        s: &Setup,
+        lease: Lease,
+        results: Vec<(usize, String, Outcome, Duration)>,
+    ) {
         let now = self.clock.unix();
         let expired = now
             >= lease
                 .arrived
-                .saturating_add(self.cfg.delivery.max_age.as_secs());
+                .saturating_add(s.cfg.delivery.max_age.as_secs());
         let mut updates = Vec::with_capacity(results.len());
         let mut watched = Vec::new();
         for (i, hop, outcome, latency) in results {
             let r = &lease.rcpts[i];
             let detail = outcome.detail();
-            let (status, result) = self.status(&outcome, &detail, r.attempts + 1, expired, now);
+            let (status, result) = status(s, &outcome, &detail, r.attempts + 1, expired, now);
+            let dsn = match &status {
+                Status::Failed { code: Some(c), .. } => c.clone(),
+                _ => diagnose(&outcome).status.to_string(),
+            };
             Event::Attempt {
                 id: &lease.id,
                 rcpt: &r.mailbox,
                 next_hop: &hop,
                 result,
+                dsn: &dsn,
                 attempts: r.attempts + 1,
+                delay: Duration::from_secs(now.saturating_sub(lease.arrived)),
                 detail: &detail,
                 latency,
             }
             .emit();
-            let how = self.watched(&lease, r, &outcome, result, &detail);
+            let how = what_watch_learns(&s.cfg, &lease, r, &outcome, result, &detail);
             if let Some(Finished::Failed { blocked: true }) = how {
                 let dest = r.mailbox.domain().as_str();
-                self.reputation.refused_as_blocked(dest, &detail, now).await;
+                s.reputation.refused_as_blocked(dest, &detail, now).await;
             }
             watched.extend(how);
             updates.push((r.index, status));
@@ -259,87 +339,94 @@ impl Engine {
         // after the spool knows: a hold then leaves this finished message alone
         if let Some(sender) = from.mailbox() {
             for how in watched {
-                if let Err(e) = self.watch.finished(sender, how, now).await {
+                if let Err(e) = s.watch.finished(sender, how, now).await {
                     tracing::warn!(error = %e, "sender watch not updated: store failed");
                 }
             }
         }
         self.notifier.settle(&id).await;
     }
+}
 
-    /// What the sender watch learns from how a recipient ended: only outbound recipients of
-    /// local senders that are done (delivered, failed, expired).
-    fn watched(
-        &self,
-        lease: &Lease,
-        r: &LeasedRcpt,
-        outcome: &Outcome,
-        result: &str,
-        detail: &str,
-    ) -> Option<Finished> {
-        let sender = lease.from.mailbox()?;
-        let local = |d: &backstop_proto::address::Domain| self.cfg.domain(d).is_some();
-        if !local(sender.domain()) || local(r.mailbox.domain()) {
-            return None;
-        }
-        match (result, outcome) {
-            ("delivered", _) => Some(Finished::Delivered),
-            ("failed", Outcome::Reply(reply, _)) => {
-                Some(Finished::failed(Some(reply.code), detail))
-            }
-            ("failed" | "expired", _) => Some(Finished::failed(None, detail)),
-            _ => None,
-        }
+fn hop(cfg: &Config, r: &LeasedRcpt) -> Hop {
+    let domain = r.mailbox.domain();
+    match cfg.route(domain) {
+        NextHop::Smtp(hp) => Hop::Smtp(Dest::Smtp(hp)),
+        NextHop::Mx => Hop::Smtp(Dest::Mx(domain.clone())),
+        NextHop::Maildir(p) => Hop::Maildir(p),
     }
+}
 
-    /// A recipient's new status after its `attempts`-th attempt ended in `outcome` (described
-    /// by `detail`), and the word for the log.
-    fn status(
-        &self,
-        outcome: &Outcome,
-        detail: &str,
-        attempts: u32,
-        expired: bool,
-        now: u64,
-    ) -> (Status, &'static str) {
-        let d = &self.cfg.delivery;
-        let detail = detail.to_string();
-        let diagnosis = diagnose(outcome);
-        let failed = |reason: String, code: Enhanced| Status::Failed {
-            at: now,
-            reason,
-            code: Some(code.to_string()),
-            remote: diagnosis.remote.clone(),
-            diagnostic: diagnosis.smtp.clone(),
-        };
-        match classify(outcome) {
-            Class::Delivered => (
-                Status::Delivered {
-                    at: now,
-                    reply: detail,
-                    action: success_action(outcome),
-                    remote: diagnosis.remote.clone(),
-                },
-                "delivered",
-            ),
-            Class::Permanent => (failed(detail, diagnosis.status), "failed"),
-            Class::Temporary if expired => {
-                let reason = format!(
-                    "expired: undelivered for {}; last error: {detail}",
-                    crate::config::format_duration(d.max_age)
-                );
-                // RFC 3463 X.4.7: delivery time expired
-                (failed(reason, Enhanced::new(4, 4, 7)), "expired")
-            }
-            Class::Temporary => (
-                Status::Queued {
-                    attempts,
-                    next_attempt: now + backoff(attempts, d.retry_min, d.retry_max).as_secs(),
-                    last: Some(detail),
-                },
-                "deferred",
-            ),
+/// What the sender watch learns from how a recipient ended: only outbound recipients of
+/// local senders that are done (delivered, failed, expired).
+fn what_watch_learns(
+    cfg: &Config,
+    lease: &Lease,
+    r: &LeasedRcpt,
+    outcome: &Outcome,
+    result: &str,
+    detail: &str,
+) -> Option<Finished> {
+    let sender = lease.from.mailbox()?;
+    let local = |d: &backstop_proto::address::Domain| cfg.domain(d).is_some();
+    if !local(sender.domain()) || local(r.mailbox.domain()) {
+        return None;
+    }
+    match (result, outcome) {
+        ("delivered", _) => Some(Finished::Delivered),
+        ("failed", Outcome::Reply(reply, _)) => Some(Finished::failed(Some(reply.code), detail)),
+        ("failed" | "expired", _) => Some(Finished::failed(None, detail)),
+        _ => None,
+    }
+}
+
+/// A recipient's new status after its `attempts`-th attempt ended in `outcome` (described
+/// by `detail`), and the word for the log.
+fn status(
+    s: &Setup,
+    outcome: &Outcome,
+    detail: &str,
+    attempts: u32,
+    expired: bool,
+    now: u64,
+) -> (Status, &'static str) {
+    let d = &s.cfg.delivery;
+    let detail = detail.to_string();
+    let diagnosis = diagnose(outcome);
+    let failed = |reason: String, code: Enhanced| Status::Failed {
+        at: now,
+        reason,
+        code: Some(code.to_string()),
+        remote: diagnosis.remote.clone(),
+        diagnostic: diagnosis.smtp.clone(),
+    };
+    match classify(outcome) {
+        Class::Delivered => (
+            Status::Delivered {
+                at: now,
+                reply: detail,
+                action: success_action(outcome),
+                remote: diagnosis.remote.clone(),
+            },
+            "delivered",
+        ),
+        Class::Permanent => (failed(detail, diagnosis.status), "failed"),
+        Class::Temporary if expired => {
+            let reason = format!(
+                "expired: undelivered for {}; last error: {detail}",
+                crate::config::format_duration(d.max_age)
+            );
+            // RFC 3463 X.4.7: delivery time expired
+            (failed(reason, Enhanced::new(4, 4, 7)), "expired")
         }
+        Class::Temporary => (
+            Status::Queued {
+                attempts,
+                next_attempt: now + backoff(attempts, d.retry_min, d.retry_max).as_secs(),
+                last: Some(detail),
+            },
+            "deferred",
+        ),
     }
 }
 

@@ -32,7 +32,7 @@ pub struct Harvest {
     store: Arc<dyn Store>,
     conns: Arc<Mutex<Conns>>,
     /// Counts not yet in the store: (day, label) -> n.
-    pending: Mutex<HashMap<(u64, &'static str), u64>>,
+    pending: Arc<Mutex<HashMap<(u64, &'static str), u64>>>,
 }
 
 #[derive(Default)]
@@ -148,7 +148,18 @@ impl Harvest {
             cfg,
             store,
             conns: Arc::default(),
-            pending: Mutex::default(),
+            pending: Arc::default(),
+        }
+    }
+
+    /// The defence under a new configuration (after a reload), with the same connections
+    /// and counts: a session of either counts against the limits of both.
+    pub fn reconfigured(&self, cfg: Arc<Config>) -> Harvest {
+        Harvest {
+            cfg,
+            store: self.store.clone(),
+            conns: self.conns.clone(),
+            pending: self.pending.clone(),
         }
     }
 

@@ -1,13 +1,11 @@
 //! One client connection: moves bytes between the socket and the sans-IO session, resolves its
 //! checks, upgrades to TLS on STARTTLS, and applies the session's timeouts.
 
-use super::Context;
+use super::Setup;
 use super::handler::Handler;
-use crate::config::Listener;
 use crate::telemetry::Event;
-use backstop_proto::smtp::server::{Output, Session, SessionConfig};
+use backstop_proto::smtp::server::{Output, Session};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,30 +57,45 @@ impl Stream {
         };
     }
 
-    async fn upgrade(self, acceptor: Option<TlsAcceptor>) -> Option<Stream> {
+    /// The TLS handshake: the encrypted stream and its `protocol:cipher`, or why it failed.
+    async fn upgrade(self, acceptor: Option<TlsAcceptor>) -> Result<(Stream, String), String> {
         let (Stream::Plain(tcp), Some(acceptor)) = (self, acceptor) else {
-            return None;
+            return Err("no TLS on this listener".into());
         };
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => Some(Stream::Tls(Box::new(tls))),
-            Ok(Err(e)) => {
-                tracing::info!(error = %e, "TLS handshake failed");
-                None
+            Ok(Ok(tls)) => {
+                let described = describe(tls.get_ref().1);
+                Ok((Stream::Tls(Box::new(tls)), described))
             }
-            Err(_) => None,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no handshake within {HANDSHAKE_TIMEOUT:?}")),
         }
     }
 }
 
-/// Runs one session to its end.
+/// `TLSv1.3:TLS13_AES_256_GCM_SHA384`, as Postfix names a session's TLS.
+fn describe(c: &rustls::ServerConnection) -> String {
+    let protocol = match c.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(v) => format!("{v:?}"),
+        None => "TLS".to_string(),
+    };
+    match c.negotiated_cipher_suite() {
+        Some(s) => format!("{protocol}:{:?}", s.suite()),
+        None => protocol,
+    }
+}
+
+/// Runs one session to its end, under `setup` (the configuration current when it connected).
 pub async fn run(
     tcp: TcpStream,
     peer: SocketAddr,
-    ctx: Arc<Context>,
-    (cfg, listener): (Arc<SessionConfig>, &Listener),
-    tls: Option<TlsAcceptor>,
+    setup: &Setup,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (ctx, listener, tls) = (setup.ctx.clone(), setup.config.as_ref(), &setup.tls);
+    let cfg = setup.session.clone();
     Event::Connect { peer }.emit();
     let _ = tcp.set_nodelay(true);
     let exempt = listener.may_relay(peer.ip()) || ctx.harvest.is_exempt(peer.ip());
@@ -94,6 +107,7 @@ pub async fn run(
             Event::ClientRefused {
                 peer,
                 why: refusal.why,
+                reply: &refusal.reply,
             }
             .emit();
             let mut io = Stream::Plain(tcp);
@@ -120,12 +134,28 @@ pub async fn run(
                     if io.write_all(&std::mem::take(&mut wbuf)).await.is_err() {
                         break 'session;
                     }
-                    match std::mem::replace(&mut io, Stream::Gone)
+                    let upgraded = std::mem::replace(&mut io, Stream::Gone)
                         .upgrade(tls.clone())
-                        .await
-                    {
-                        Some(s) => io = s,
-                        None => break 'session,
+                        .await;
+                    match upgraded {
+                        Ok((s, described)) => {
+                            io = s;
+                            handler.tls = described;
+                            Event::Tls {
+                                client: handler.client(&session),
+                                error: None,
+                            }
+                            .emit();
+                        }
+                        Err(e) => {
+                            let client = handler.client(&session);
+                            Event::Tls {
+                                client,
+                                error: Some(&e),
+                            }
+                            .emit();
+                            break 'session;
+                        }
                     }
                     session.tls_established(Instant::now());
                 }
@@ -163,7 +193,7 @@ pub async fn run(
     }
     handler.end_transaction();
     Event::Disconnect {
-        peer,
+        client: handler.client(&session),
         messages: handler.messages,
     }
     .emit();

@@ -7,12 +7,13 @@ use crate::backscatter::verdict::{BatvEvidence, Verdict};
 use crate::backscatter::{RcptBatv, Stopped, quarantine};
 use crate::config::BackscatterAction;
 use crate::config::{Listener, NextHop, RelayMode};
+use crate::health::Role;
 use crate::outbound::Counted;
 use crate::policy::Outcome;
 use crate::queue::{NewMessage, SpoolError};
 use crate::relay::maildir::{self, Delivery};
 use crate::relay::smtp::InSession;
-use crate::telemetry::{Answer, Event};
+use crate::telemetry::{Answer, Client, Event};
 use backstop_proto::address::{ForwardPath, Mailbox, ReversePath};
 use backstop_proto::smtp::command::{MailParams, RcptParams};
 use backstop_proto::smtp::reply::{Enhanced, Reply};
@@ -41,6 +42,11 @@ impl Mode {
 /// What the gateway holds for the open transaction, next to the session's envelope.
 #[derive(Default)]
 struct Txn {
+    /// Its id, given when MAIL is accepted: every line about it names it, and its message is
+    /// queued (or relayed) as this id.
+    id: String,
+    /// When MAIL was accepted.
+    started: Option<std::time::Instant>,
     mode: Option<Mode>,
     relay: Option<InSession>,
     rcpts: Vec<(Mailbox, RcptParams)>,
@@ -70,6 +76,8 @@ pub struct Handler {
     txn: Txn,
     /// Messages accepted in this session.
     pub messages: u32,
+    /// The session's TLS, `protocol:cipher`, once STARTTLS has worked.
+    pub tls: String,
 }
 
 impl Handler {
@@ -84,6 +92,16 @@ impl Handler {
             peer,
             txn: Txn::default(),
             messages: 0,
+            tls: String::new(),
+        }
+    }
+
+    /// The client as log lines name it.
+    pub fn client<'a>(&'a self, session: &'a Session) -> Client<'a> {
+        Client {
+            ip: self.peer.ip(),
+            helo: session.helo().map_or("", |h| h.name.as_str()),
+            tls: &self.tls,
         }
     }
 
@@ -92,7 +110,20 @@ impl Handler {
         match check {
             Check::Mail { from, .. } => {
                 self.end_transaction();
-                self.mail(&from).await
+                let reply = self.mail(&from).await;
+                match reply.is_success() {
+                    true => {
+                        self.txn.id = self.ctx.ids.next(self.ctx.clock.unix());
+                        self.txn.started = Some(std::time::Instant::now());
+                    }
+                    false => Event::MailRefused {
+                        client: self.client(session),
+                        from: &from,
+                        reply: &reply,
+                    }
+                    .emit(),
+                }
+                reply
             }
             Check::Rcpt { to, params } => self.rcpt(to, &params, session).await,
             Check::Data => self.data(session).await,
@@ -141,10 +172,13 @@ impl Handler {
             ForwardPath::Mailbox(m) => m,
         };
         let (reply, result, reason) = self.answer_rcpt(rcpt.clone(), params, session).await;
+        let none = ReversePath::Null;
         Event::Rcpt {
-            peer: self.peer.ip(),
+            client: self.client(session),
+            id: &self.txn.id,
+            from: session.transaction().map_or(&none, |t| &t.from),
             rcpt: &rcpt,
-            code: reply.code,
+            reply: &reply,
             result,
             reason,
         }
@@ -240,7 +274,12 @@ impl Handler {
                 .txn
                 .relay
                 .get_or_insert_with(|| InSession::new(self.ctx.relays.get(target)));
-            if let Err(refusal) = relay.rcpt(&tx.from, &tx.params, &rcpt, params).await {
+            let result = relay.rcpt(&tx.from, &tx.params, &rcpt, params).await;
+            self.tell_health(
+                target,
+                result.as_ref().map_or_else(|r| r.answered, |_| true),
+            );
+            if let Err(refusal) = result {
                 Event::RcptRelayRefused {
                     peer: self.peer.ip(),
                     rcpt: &rcpt,
@@ -254,6 +293,15 @@ impl Handler {
         self.txn.rcpts.push((rcpt, params.clone()));
         self.txn.batv = self.txn.batv.max(batv);
         Ok(())
+    }
+
+    /// Tells the health watch whether the next hop could be reached.
+    fn tell_health(&self, target: &crate::config::HostPort, answered: bool) {
+        let b = &self.ctx.backends;
+        match answered {
+            true => b.answered(Role::NextHop, target, self.ctx.clock.unix()),
+            false => b.unreachable(Role::NextHop, target),
+        }
     }
 
     /// Counts an outbound recipient (and, at the first, its message) against `[outbound]`;
@@ -414,19 +462,23 @@ impl Handler {
         if bounce && !self.may_relay && self.txn.rcpts.len() > 1 {
             let (now, label) = (self.ctx.clock.unix(), "refused=rcpts>1");
             self.ctx.guard.count(&[label], now).await;
-            Event::BounceRefused {
-                peer: self.peer.ip(),
-                id: "",
-                reasons: "rcpts>1",
-            }
-            .emit();
-            let rcpts: Vec<String> = self.txn.rcpts.iter().map(|(m, _)| m.to_string()).collect();
-            self.stopped(&rcpts.join(","), label.into(), "refused", now);
-            return Reply::new(
+            let reply = Reply::new(
                 550,
                 Enhanced::new(5, 7, 1),
                 "Error: a bounce has one recipient; this one has several",
             );
+            let rcpts: Vec<String> = self.txn.rcpts.iter().map(|(m, _)| m.to_string()).collect();
+            let rcpts = rcpts.join(",");
+            Event::BounceRefused {
+                client: self.client(session),
+                id: &self.txn.id,
+                rcpts: &rcpts,
+                reasons: "rcpts>1",
+                reply: &reply,
+            }
+            .emit();
+            self.stopped(&rcpts, label.into(), "refused", now);
+            return reply;
         }
         Reply::plain(354, "End data with <CR><LF>.<CR><LF>")
     }
@@ -436,18 +488,25 @@ impl Handler {
         let (Some(tx), Some(mode)) = (session.transaction(), self.txn.mode.clone()) else {
             return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need RCPT command");
         };
-        let (unix, size) = (self.ctx.clock.unix(), body.len());
-        let id = self.ctx.ids.next(unix);
-        let rcpts = self.txn.rcpts.len();
+        let size = body.len();
+        if self.txn.id.is_empty() {
+            self.txn.id = self.ctx.ids.next(self.ctx.clock.unix());
+        }
+        let id = self.txn.id.clone();
+        let nrcpt = self.txn.rcpts.len();
+        let message_id =
+            backstop_proto::dsn::message_id(backstop_proto::dsn::header_section(&body));
         let (reply, reason) = self.take_message(&id, tx, mode, body, session).await;
         Event::Message {
-            peer: self.peer.ip(),
+            client: self.client(session),
             id: &id,
-            code: reply.code,
+            from: &tx.from,
+            message_id: message_id.as_deref(),
+            size,
+            nrcpt,
+            reply: &reply,
             result: Answer::of(reply.code),
             reason,
-            rcpts,
-            size,
         }
         .emit();
         reply
@@ -461,7 +520,7 @@ impl Handler {
         body: Vec<u8>,
         session: &Session,
     ) -> (Reply, &'static str) {
-        let (unix, size) = (self.ctx.clock.unix(), body.len());
+        let unix = self.ctx.clock.unix();
         let rcpts: Vec<Mailbox> = self.txn.rcpts.iter().map(|(m, _)| m.clone()).collect();
         let (taken, lost_at) = match &mode {
             Mode::Queue => ("queued", "local-failure"),
@@ -482,11 +541,12 @@ impl Handler {
         let sent_log = sent_out.then(|| backstop_proto::dsn::header_section(&body).to_vec());
         let result = match &mode {
             Mode::Queue => self.queue(id, unix, session, tx, trace, body).await,
-            Mode::Direct(NextHop::Smtp(_)) => match self.txn.relay.take() {
-                Some(relay) => relay
-                    .message(trace.as_bytes(), &body)
-                    .await
-                    .map_err(|r| (r.reply, r.detail)),
+            Mode::Direct(NextHop::Smtp(target)) => match self.txn.relay.take() {
+                Some(relay) => {
+                    let r = relay.message(trace.as_bytes(), &body).await;
+                    self.tell_health(target, r.as_ref().map_or_else(|r| r.answered, |_| true));
+                    r.map_err(|r| (r.reply, r.detail))
+                }
                 None => Err((lost(), "no relay transaction".into())),
             },
             Mode::Direct(NextHop::Maildir(dir)) => {
@@ -513,7 +573,7 @@ impl Handler {
             }
             Mode::Direct(NextHop::Mx) => Err((local_failure(), "no direct MX delivery".into())),
         };
-        let reply = self.report(id, &mode, size, result);
+        let reply = self.report(id, &mode, result);
         if let Some(head) = sent_log
             && reply.is_success()
             && let Err(e) = self.ctx.guard.record_sent(&head, unix).await
@@ -670,37 +730,49 @@ impl Handler {
         }
     }
 
-    fn report(
-        &mut self,
-        id: &str,
-        mode: &Mode,
-        size: usize,
-        result: Result<String, (Reply, String)>,
-    ) -> Reply {
-        match result {
-            Ok(detail) => {
-                self.messages += 1;
-                let rcpts = self.txn.rcpts.len();
-                Event::Delivered {
-                    id,
-                    next_hop: mode.label(),
-                    rcpts,
-                    size,
-                    detail: &detail,
-                }
-                .emit();
-                Reply::new(250, Enhanced::new(2, 0, 0), format!("Ok: queued as {id}"))
-            }
+    /// Records how the message was handed on: per recipient where it went while the client
+    /// waited, or its place in the queue; the reply for the client.
+    fn report(&mut self, id: &str, mode: &Mode, result: Result<String, (Reply, String)>) -> Reply {
+        let next_hop = mode.label();
+        let (reply, detail) = match result {
+            Ok(detail) => (
+                Reply::new(250, Enhanced::new(2, 0, 0), format!("Ok: queued as {id}")),
+                detail,
+            ),
             Err((reply, detail)) => {
                 Event::NotDelivered {
                     id,
-                    next_hop: mode.label(),
+                    next_hop: &next_hop,
                     detail: &detail,
                 }
                 .emit();
-                reply
+                return reply;
             }
+        };
+        self.messages += 1;
+        if *mode == Mode::Queue {
+            Event::Queued {
+                id,
+                detail: &detail,
+            }
+            .emit();
+            return reply;
         }
+        let delay = self
+            .txn
+            .started
+            .map_or_else(Default::default, |s| s.elapsed());
+        for (rcpt, _) in &self.txn.rcpts {
+            Event::Delivered {
+                id,
+                rcpt,
+                next_hop: &next_hop,
+                delay,
+                detail: &detail,
+            }
+            .emit();
+        }
+        reply
     }
 }
 

@@ -18,6 +18,7 @@ use crate::ids::IdGen;
 use crate::policy::Verifier;
 use crate::queue::Spool;
 use crate::upstream::Pools;
+use arc_swap::ArcSwap;
 use backstop_proto::address::Mailbox;
 use backstop_proto::smtp::server::{Session, SessionConfig};
 use std::net::SocketAddr;
@@ -50,53 +51,178 @@ pub struct Context {
     pub outbound: Arc<crate::outbound::Limiter>,
     /// Held senders.
     pub watch: Arc<crate::senders::Watch>,
+    /// Whether the next hops answer (told what relaying sees).
+    pub backends: Arc<crate::health::Backends>,
 }
 
-/// A bound listener, ready to accept.
-pub struct Bound {
-    listener: TcpListener,
+/// What a listener's new sessions get: its settings and the gateway's context, as of the last
+/// reload. A session keeps the setup it started with to its end.
+pub struct Setup {
     session: Arc<SessionConfig>,
     tls: Option<TlsAcceptor>,
     config: Arc<Listener>,
+    ctx: Arc<Context>,
 }
 
-impl Bound {
-    /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+/// A running listener.
+struct Running {
+    /// The address actually bound (port 0 configured: the port given).
+    bound: SocketAddr,
+    setup: Arc<ArcSwap<Setup>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The running listeners, by their configured address.
+pub struct Listeners {
+    running: Vec<(SocketAddr, Running)>,
+    shutdown: watch::Receiver<bool>,
+    /// Each session holds a clone; none once stopping.
+    alive: Option<mpsc::Sender<()>>,
+}
+
+/// The listeners of a configuration, ready to take over: every certificate loaded and every
+/// new address bound. Nothing serves them until [`Listeners::apply`].
+pub struct Prepared {
+    setups: Vec<(SocketAddr, Setup)>,
+    fresh: Vec<(SocketAddr, TcpListener)>,
+}
+
+impl Listeners {
+    /// None yet. Sessions end when `shutdown` turns true; each holds a clone of `alive`, so the
+    /// caller learns when the last one has ended.
+    pub fn new(shutdown: watch::Receiver<bool>, alive: mpsc::Sender<()>) -> Listeners {
+        Listeners {
+            running: Vec::new(),
+            shutdown,
+            alive: Some(alive),
+        }
     }
-}
 
-/// Binds every configured listener (all or nothing) and loads their certificates.
-pub async fn bind(cfg: &Config) -> anyhow::Result<Vec<Bound>> {
-    let mut out = Vec::new();
-    for (i, l) in cfg.listeners.iter().enumerate() {
-        let tls = match (&l.tls_cert, &l.tls_key) {
-            (Some(c), Some(k)) => {
-                Some(tls::acceptor(c, k).map_err(|e| anyhow::anyhow!("listen[{i}]: {e}"))?)
-            }
-            _ => None,
+    /// Loads the certificates of `cfg`'s listeners and binds the addresses not bound yet (all
+    /// or nothing: an error leaves everything as it is).
+    pub fn prepare(&self, cfg: &Config, ctx: &Arc<Context>) -> anyhow::Result<Prepared> {
+        let mut prepared = Prepared {
+            setups: Vec::new(),
+            fresh: Vec::new(),
         };
-        let listener = listen(l.addr)
-            .map_err(|e| anyhow::anyhow!("listen[{i}]: cannot listen on {}: {e}", l.addr))?;
-        let session = Arc::new(SessionConfig {
-            hostname: cfg.hostname.clone(),
-            max_line: cfg.limits.max_line_length,
-            max_recipients: cfg.limits.max_recipients,
-            max_message_size: cfg.limits.max_message_size,
-            max_errors: cfg.limits.max_errors,
-            idle_timeout: cfg.limits.idle_timeout,
-            session_timeout: cfg.limits.session_timeout,
-            tls_available: tls.is_some(),
-        });
-        out.push(Bound {
-            listener,
-            session,
-            tls,
-            config: Arc::new(l.clone()),
-        });
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            let tls = match (&l.tls_cert, &l.tls_key) {
+                (Some(c), Some(k)) => {
+                    Some(tls::acceptor(c, k).map_err(|e| anyhow::anyhow!("listen[{i}]: {e}"))?)
+                }
+                _ => None,
+            };
+            if !self.running.iter().any(|(a, _)| *a == l.addr) {
+                let listener = listen(l.addr).map_err(|e| {
+                    anyhow::anyhow!(
+                        "listen[{i}]: cannot listen on {}: {}",
+                        l.addr,
+                        hint(&e, l.addr)
+                    )
+                })?;
+                prepared.fresh.push((l.addr, listener));
+            }
+            let session = Arc::new(SessionConfig {
+                hostname: cfg.hostname.clone(),
+                max_line: cfg.limits.max_line_length,
+                max_recipients: cfg.limits.max_recipients,
+                max_message_size: cfg.limits.max_message_size,
+                max_errors: cfg.limits.max_errors,
+                idle_timeout: cfg.limits.idle_timeout,
+                session_timeout: cfg.limits.session_timeout,
+                tls_available: tls.is_some(),
+            });
+            let setup = Setup {
+                session,
+                tls,
+                config: Arc::new(l.clone()),
+                ctx: ctx.clone(),
+            };
+            prepared.setups.push((l.addr, setup));
+        }
+        Ok(prepared)
     }
-    Ok(out)
+
+    /// Serves a prepared configuration: new sessions of kept listeners get its setup, new
+    /// listeners start, listeners no longer configured stop accepting (their sessions go on).
+    pub fn apply(&mut self, prepared: Prepared) {
+        let Prepared { setups, mut fresh } = prepared;
+        let Some(alive) = self.alive.clone() else {
+            return;
+        };
+        let wanted: Vec<SocketAddr> = setups.iter().map(|(a, _)| *a).collect();
+        self.running.retain(|(addr, r)| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                r.task.abort();
+                tracing::info!(addr = %r.bound, "listener on {} closed", r.bound);
+            }
+            keep
+        });
+        for (addr, setup) in setups {
+            if let Some((_, r)) = self.running.iter().find(|(a, _)| *a == addr) {
+                r.setup.store(Arc::new(setup));
+                continue;
+            }
+            let Some(pos) = fresh.iter().position(|(a, _)| *a == addr) else {
+                continue;
+            };
+            let (_, listener) = fresh.swap_remove(pos);
+            let bound = listener.local_addr().unwrap_or(addr);
+            let tls = if setup.tls.is_some() {
+                "STARTTLS"
+            } else {
+                "no TLS"
+            };
+            let relay = if setup.config.relay_from.is_empty() {
+                ""
+            } else {
+                ", relay_from"
+            };
+            tracing::info!(addr = %bound, "listening on {bound} ({tls}{relay})");
+            let setup = Arc::new(ArcSwap::from_pointee(setup));
+            let task = tokio::spawn(accept_loop(
+                listener,
+                setup.clone(),
+                self.shutdown.clone(),
+                alive.clone(),
+            ));
+            self.running.push((addr, Running { bound, setup, task }));
+        }
+    }
+
+    /// Stops accepting (the gateway is stopping): from now on only the sessions hold the
+    /// `alive` sender, so its receiver learns when the last one ends.
+    pub fn stop_accepting(&mut self) {
+        self.alive = None;
+        for (_, r) in &self.running {
+            r.task.abort();
+        }
+    }
+
+    /// The addresses bound, in configuration order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.running.iter().map(|(_, r)| r.bound).collect()
+    }
+}
+
+/// An error from binding a listener, with what to do about it where there is something.
+fn hint(e: &std::io::Error, addr: SocketAddr) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "{e}: ports below 1024 need root or the capability CAP_NET_BIND_SERVICE; run backstop \
+             from its systemd unit (AmbientCapabilities=CAP_NET_BIND_SERVICE, see contrib/), or \
+             `setcap cap_net_bind_service=+ep` on the binary, or listen on a port above 1023"
+        ),
+        std::io::ErrorKind::AddrInUse => format!(
+            "{e}: another process listens there already (`ss -ltnp 'sport = :{}'` shows which)",
+            addr.port()
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{e}: no interface of this machine has that address")
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// Pending connections the kernel may queue for us. SMTP servers speak first, so a client whose
@@ -115,24 +241,22 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Accepts clients until `shutdown` turns true. Each session holds a clone of `alive`, so the
-/// caller learns when the last one has ended.
-pub async fn accept_loop(
-    b: Bound,
-    ctx: Arc<Context>,
+/// Accepts clients until `shutdown` turns true; each session gets the setup current when it
+/// connected.
+async fn accept_loop(
+    listener: TcpListener,
+    setup: Arc<ArcSwap<Setup>>,
     shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
-            r = b.listener.accept() => match r {
+            r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    let (ctx, cfg, tls, sd, alive) =
-                        (ctx.clone(), b.session.clone(), b.tls.clone(), shutdown.clone(), alive.clone());
-                    let listener = b.config.clone();
+                    let (setup, sd, alive) = (setup.load_full(), shutdown.clone(), alive.clone());
                     tokio::spawn(async move {
-                        driver::run(stream, peer, ctx, (cfg, &listener), tls, sd).await;
+                        driver::run(stream, peer, &setup, sd).await;
                         drop(alive);
                     });
                 }

@@ -93,7 +93,8 @@ enum Sent {
 pub struct Notifier {
     spool: Arc<Spool>,
     store: Arc<dyn Store>,
-    cfg: Arc<Config>,
+    /// The configuration; a reload replaces it (reports decided afterwards follow it).
+    cfg: arc_swap::ArcSwap<Config>,
     clock: Arc<dyn Clock>,
     ids: Arc<IdGen>,
     /// The last day whose digest is done, plus one (0: none yet).
@@ -125,7 +126,7 @@ impl Notifier {
         Notifier {
             spool,
             store,
-            cfg,
+            cfg: arc_swap::ArcSwap::new(cfg),
             clock,
             ids,
             digest_done: AtomicU64::new(0),
@@ -133,10 +134,20 @@ impl Notifier {
         }
     }
 
+    /// Follows a new configuration (after a reload).
+    pub fn reconfigure(&self, cfg: Arc<Config>) {
+        self.cfg.store(cfg);
+    }
+
+    fn cfg(&self) -> Arc<Config> {
+        self.cfg.load_full()
+    }
+
     /// Sends the postmaster's digest of yesterday's (UTC) failures that got no report, once
     /// (one claim per day in the Store), when `[reports] digest` is set and there are any.
     pub async fn digest(&self) -> Result<(), NotifyError> {
-        let Some(to) = &self.cfg.reports.digest else {
+        let cfg = self.cfg();
+        let Some(to) = &cfg.reports.digest else {
             return Ok(());
         };
         let now = self.clock.unix();
@@ -150,8 +161,7 @@ impl Notifier {
         let key = format!("digest:{day}");
         if !entries.is_empty() && self.store.claim(&key, now + KEY_TTL).await? {
             let id = self.ids.next(now);
-            let text =
-                digest::message(&self.cfg.hostname, &to.to_string(), day, &entries, now, &id);
+            let text = digest::message(&cfg.hostname, &to.to_string(), day, &entries, now, &id);
             if let Err(e) = self
                 .spool
                 .enqueue(report::envelope(&id, to, text, now))
@@ -170,9 +180,10 @@ impl Notifier {
     }
 
     fn rules(&self) -> Rules {
+        let cfg = self.cfg();
         Rules {
-            delay_warning: self.cfg.reports.delay_warning.map(|d| d.as_secs()),
-            gather: self.cfg.reports.gather.as_secs(),
+            delay_warning: cfg.reports.delay_warning.map(|d| d.as_secs()),
+            gather: cfg.reports.gather.as_secs(),
         }
     }
 
@@ -286,11 +297,12 @@ impl Notifier {
             return Ok(Sent::Suppressed(why));
         }
         let rid = self.ids.next(now);
+        let cfg = self.cfg();
         let writing = report::Writing {
-            hostname: &self.cfg.hostname,
+            hostname: &cfg.hostname,
             report_id: &rid,
             now,
-            retry_until: rec.arrived + self.cfg.delivery.max_age.as_secs(),
+            retry_until: rec.arrived + cfg.delivery.max_age.as_secs(),
         };
         let message = report::build(&writing, rec, to, rcpts, head);
         self.spool
@@ -315,7 +327,8 @@ impl Notifier {
         to: &Mailbox,
         now: u64,
     ) -> Result<Option<(&'static str, String)>, StoreError> {
-        let r = &self.cfg.reports;
+        let cfg = self.cfg();
+        let r = &cfg.reports;
         let checks = [
             (
                 format!("dsn-budget:rcpt:{}", to.key()),

@@ -8,6 +8,7 @@
 use super::probe::{ProbeAnswer, Prober};
 use crate::clock::Clock;
 use crate::config::{self, HostPort};
+use crate::health::{Backends, Role};
 use crate::store::{CacheEntry, CacheVerdict, Store};
 use crate::telemetry;
 use backstop_proto::address::{Domain, Mailbox};
@@ -86,9 +87,11 @@ pub struct Callout {
     clock: Arc<dyn Clock>,
     prober: Arc<dyn Prober>,
     random: Random,
-    inflight: Inflight,
-    budget: Mutex<Budget>,
-    health: Mutex<HashMap<String, Health>>,
+    inflight: Arc<Inflight>,
+    budget: Arc<Mutex<Budget>>,
+    health: Arc<Mutex<HashMap<String, Health>>>,
+    /// Told whether each probe reached its server.
+    backends: Option<Arc<Backends>>,
 }
 
 /// How an internal server has answered probes since start (for `backstop status`).
@@ -130,13 +133,13 @@ fn domain_key(d: &Domain) -> String {
 }
 
 impl Callout {
-    /// A call-out verifier.
+    /// A call-out verifier; `backends`, if given, learns whether probes reach their servers.
     pub fn new(
         cfg: config::Callout,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        prober: Arc<dyn Prober>,
-        random: Random,
+        (prober, random): (Arc<dyn Prober>, Random),
+        backends: Option<Arc<Backends>>,
     ) -> Arc<Callout> {
         Arc::new(Callout {
             cfg,
@@ -144,9 +147,26 @@ impl Callout {
             clock,
             prober,
             random,
-            inflight: Mutex::new(HashMap::new()),
-            budget: Mutex::new(Budget::default()),
-            health: Mutex::new(HashMap::new()),
+            inflight: Arc::default(),
+            budget: Arc::default(),
+            health: Arc::default(),
+            backends,
+        })
+    }
+
+    /// The call-out under new settings and a new prober (after a reload), sharing probes in
+    /// flight, the budgets spent and the backends' health with this one.
+    pub fn reconfigured(&self, cfg: config::Callout, prober: Arc<dyn Prober>) -> Arc<Callout> {
+        Arc::new(Callout {
+            cfg,
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            prober,
+            random: self.random.clone(),
+            inflight: self.inflight.clone(),
+            budget: self.budget.clone(),
+            health: self.health.clone(),
+            backends: self.backends.clone(),
         })
     }
 
@@ -304,6 +324,15 @@ impl Callout {
     }
 
     fn note_health(&self, target: &HostPort, answer: &ProbeAnswer, now: u64) {
+        if let Some(b) = &self.backends {
+            match answer {
+                ProbeAnswer::Valid(_) | ProbeAnswer::Invalid(_) => {
+                    b.answered(Role::Callout, target, now)
+                }
+                // a 4xx is an answer too, but a failed probe may be a server gone: check it
+                ProbeAnswer::Failed(_) => b.unreachable(Role::Callout, target),
+            }
+        }
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let e = h.entry(target.to_string()).or_default();
         e.probes += 1;

@@ -1,5 +1,7 @@
 //! `list:FILE` recipient sources: one address a line (`user@domain`, or `@domain` for a whole
-//! domain), `#` comments, re-read when the file changes.
+//! domain), `#` comments, re-read when the file changes. A Postfix lookup table works as it
+//! is (`user@domain OK`: the value after the address is ignored, as `relay_recipient_maps`
+//! ignores it), so an existing recipient map can be used without conversion.
 //!
 //! Responsible for: parsing list files with errors that name file and line, answering "is this
 //! address listed?" without blocking, and reloading on change (a broken edit keeps the last
@@ -59,6 +61,12 @@ impl ListData {
                 text: line.to_string(),
                 why,
             };
+            let mut words = line.split_whitespace();
+            let key = words.next().unwrap_or(line);
+            if let Some(value) = words.next() {
+                refused_value(value).map_err(err)?;
+            }
+            let line = key;
             if let Some(d) = line.strip_prefix('@') {
                 data.domains
                     .insert(Domain::parse(d, true).map_err(|e| err(e.to_string()))?);
@@ -83,6 +91,22 @@ impl ListData {
     /// True when the list has no entries.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A Postfix table's value: anything means "valid" (as in `relay_recipient_maps`), except
+/// access-map actions, which would mean the opposite of what the file says here.
+fn refused_value(value: &str) -> Result<(), String> {
+    let upper = value.to_ascii_uppercase();
+    let action = ["REJECT", "DEFER", "DISCARD", "HOLD", "DUNNO"].contains(&upper.as_str())
+        || upper.starts_with("DEFER_IF")
+        || value.starts_with(['4', '5']);
+    match action {
+        true => Err(format!(
+            "{value:?} is an access-map action; a list holds valid addresses only (the value \
+             after an address, like OK, is ignored)"
+        )),
+        false => Ok(()),
     }
 }
 
@@ -167,6 +191,22 @@ mod tests {
         assert!(d.contains(&mb("ALICE@EXAMPLE.TEST")));
         assert!(d.contains(&mb("anyone@whole.test")));
         assert!(!d.contains(&mb("carol@example.test")));
+    }
+
+    #[test]
+    fn a_postfix_recipient_map_is_read_as_it_is() {
+        let d = ListData::parse(
+            "# relay_recipient_maps\nalice@example.test OK\nbob@example.test\tx\n@whole.test   OK\n",
+            Path::new("relay_recipients"),
+        )
+        .unwrap();
+        assert_eq!(d.len(), 3);
+        assert!(d.contains(&mb("bob@example.test")));
+        assert!(d.contains(&mb("anyone@whole.test")));
+        let e = ListData::parse("carol@example.test REJECT\n", Path::new("access")).unwrap_err();
+        assert!(e.to_string().contains("access-map action"), "{e}");
+        let e = ListData::parse("carol@example.test 550 no\n", Path::new("access")).unwrap_err();
+        assert!(e.to_string().starts_with("access:1:"), "{e}");
     }
 
     #[test]

@@ -152,6 +152,11 @@ impl Verifier {
         })
     }
 
+    /// The call-out verifier (a reload builds the next one from it).
+    pub fn callout(&self) -> &Arc<Callout> {
+        &self.callout
+    }
+
     /// The mailbox `<Postmaster>` stands for.
     pub fn postmaster(&self) -> &Mailbox {
         &self.postmaster

@@ -24,6 +24,17 @@ pub enum ProbeAnswer {
     Failed(String),
 }
 
+impl ProbeAnswer {
+    /// `valid`, `invalid` or `failed`, and the server's reply (or what went wrong).
+    pub fn parts(&self) -> (&'static str, &str) {
+        match self {
+            ProbeAnswer::Valid(r) => ("valid", r),
+            ProbeAnswer::Invalid(r) => ("invalid", r),
+            ProbeAnswer::Failed(r) => ("failed", r),
+        }
+    }
+}
+
 /// Something that can probe an address at an internal server.
 #[async_trait]
 pub trait Prober: Send + Sync + 'static {

@@ -15,6 +15,9 @@ pub struct Refusal {
     pub reply: Reply,
     /// The next hop's reply or the connection error, for the operator.
     pub detail: String,
+    /// The next hop answered (a reply); false when it could not be reached or the connection
+    /// was lost.
+    pub answered: bool,
 }
 
 /// One relayed transaction on one pooled connection.
@@ -224,6 +227,7 @@ fn refused(stage: Stage, r: &Reply, to: Option<&Mailbox>) -> Refusal {
     Refusal {
         reply: Reply::new(code, enhanced, format!("{who}{text}")),
         detail: r.to_string(),
+        answered: true,
     }
 }
 
@@ -237,6 +241,7 @@ fn unreachable(to: &Mailbox, detail: String) -> Refusal {
             ),
         ),
         detail,
+        answered: false,
     }
 }
 
@@ -249,6 +254,7 @@ fn lost(to: Option<&Mailbox>, detail: String) -> Refusal {
             format!("{who}Error: connection to internal server lost, try again later"),
         ),
         detail,
+        answered: false,
     }
 }
 

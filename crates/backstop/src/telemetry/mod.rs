@@ -6,12 +6,17 @@
 //! `event` field naming it) and which metrics it moves ([`metrics`]); the counters' history
 //! ([`series`]). Not responsible for: deciding anything, or serving the metrics (`web`).
 
+pub mod fields;
 pub mod metrics;
 pub mod series;
 
+pub use fields::Client;
+
 use crate::config::{BackscatterAction, HostPort};
 use crate::policy::probe::ProbeAnswer;
-use backstop_proto::address::Mailbox;
+use backstop_proto::address::{Mailbox, ReversePath};
+use backstop_proto::smtp::reply::Reply;
+use fields::{ADDRESS_MAX, Angle, Clean, MESSAGE_ID_MAX, TEXT_MAX, text};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -57,18 +62,38 @@ pub enum Event<'a> {
     /// A session ended.
     Disconnect {
         /// The client.
-        peer: SocketAddr,
+        client: Client<'a>,
         /// Messages accepted in the session.
         messages: u32,
+    },
+    /// A client's STARTTLS handshake ended.
+    Tls {
+        /// The client (its TLS as negotiated, when it worked).
+        client: Client<'a>,
+        /// Why the handshake failed, if it did.
+        error: Option<&'a str>,
+    },
+    /// MAIL FROM was refused (a held sender, a store failure).
+    MailRefused {
+        /// The client.
+        client: Client<'a>,
+        /// The sender given.
+        from: &'a ReversePath,
+        /// What the client got.
+        reply: &'a Reply,
     },
     /// A recipient was answered (once per RCPT, whichever step answered it).
     Rcpt {
         /// The client.
-        peer: IpAddr,
+        client: Client<'a>,
+        /// The transaction's id (the queue id its message gets).
+        id: &'a str,
+        /// The transaction's sender.
+        from: &'a ReversePath,
         /// The recipient (as verified: a BATV tag stripped).
         rcpt: &'a Mailbox,
-        /// The reply code given.
-        code: u16,
+        /// What the client got.
+        reply: &'a Reply,
         /// What it means to the client (a harvest cut-off's `421` counts as refused).
         result: Answer,
         /// Why, as a stable label: a verification reason (`listed`, `callout-invalid`, ...)
@@ -79,20 +104,24 @@ pub enum Event<'a> {
     /// A message got its answer at the end of DATA.
     Message {
         /// The client.
-        peer: IpAddr,
+        client: Client<'a>,
         /// Our id.
         id: &'a str,
-        /// The reply code given.
-        code: u16,
+        /// The sender.
+        from: &'a ReversePath,
+        /// Its Message-ID header, if it has a usable one.
+        message_id: Option<&'a str>,
+        /// Bytes.
+        size: usize,
+        /// Recipients.
+        nrcpt: usize,
+        /// What the client got.
+        reply: &'a Reply,
         /// What that means.
         result: Answer,
         /// `queued`, `relayed`, `delivered`, `quarantined`, `backscatter`, `next-hop`,
         /// `local-failure`, `store-failure`.
         reason: &'static str,
-        /// Recipients.
-        rcpts: usize,
-        /// Bytes.
-        size: usize,
     },
     /// The next hop refused a recipient we had accepted (in-session relay).
     RcptRelayRefused {
@@ -126,17 +155,24 @@ pub enum Event<'a> {
         /// The client charged, if any.
         client: Option<IpAddr>,
     },
-    /// A message was handed on (relayed or delivered to a Maildir).
+    /// A recipient was handed on while the client waited (relayed or put in a Maildir).
     Delivered {
         /// Our id.
         id: &'a str,
+        /// The recipient.
+        rcpt: &'a Mailbox,
         /// Where.
-        next_hop: String,
-        /// Recipients.
-        rcpts: usize,
-        /// Bytes.
-        size: usize,
+        next_hop: &'a str,
+        /// Since the transaction began.
+        delay: Duration,
         /// The next hop's answer, or the files written.
+        detail: &'a str,
+    },
+    /// A message was made durable in the queue (delivery follows: [`Event::Attempt`]).
+    Queued {
+        /// Our id.
+        id: &'a str,
+        /// Whether its sender may get reports, and why.
         detail: &'a str,
     },
     /// The next hop did not take a message; the client got a refusal, nothing was accepted.
@@ -144,7 +180,7 @@ pub enum Event<'a> {
         /// Our id.
         id: &'a str,
         /// Where.
-        next_hop: String,
+        next_hop: &'a str,
         /// Why.
         detail: &'a str,
     },
@@ -158,8 +194,12 @@ pub enum Event<'a> {
         next_hop: &'a str,
         /// `delivered`, `deferred`, `failed` or `expired`.
         result: &'static str,
+        /// The enhanced status of the outcome (`2.0.0`, `4.4.1`, `5.1.1`, ...).
+        dsn: &'a str,
         /// Attempts so far, this one included.
         attempts: u32,
+        /// Since the message arrived.
+        delay: Duration,
         /// The next hop's answer or what went wrong.
         detail: &'a str,
         /// How long the attempt took (the whole connection, shared by its recipients).
@@ -210,6 +250,8 @@ pub enum Event<'a> {
         /// `blocked`, `blocked-network`, `too-many-connections`, `connections-per-ip`,
         /// `connection-rate`.
         why: &'static str,
+        /// What it got.
+        reply: &'a Reply,
     },
     /// A client (an IP address or a network) went over its unknown-recipient limit and is
     /// refused at connect from now on, for `[harvest] block_for`.
@@ -263,14 +305,18 @@ pub enum Event<'a> {
         /// The recipient.
         rcpt: &'a Mailbox,
     },
-    /// A bounce was refused before its content was seen.
+    /// A bounce was refused at DATA, before its content was seen: it had several recipients.
     BounceRefused {
         /// The client.
-        peer: IpAddr,
-        /// Our id, when one was given.
+        client: Client<'a>,
+        /// The transaction's id.
         id: &'a str,
+        /// Its recipients, comma-separated.
+        rcpts: &'a str,
         /// Why (`rcpts>1`).
         reasons: &'a str,
+        /// What the client got.
+        reply: &'a Reply,
     },
     /// One of our IPs was looked up in a DNSBL zone.
     Dnsbl {
@@ -280,6 +326,18 @@ pub enum Event<'a> {
         zone: &'a str,
         /// Listed or not.
         listed: bool,
+    },
+    /// An internal server (next hop or call-out) was checked, or traffic showed that it
+    /// answers.
+    BackendCheck {
+        /// `next-hop` or `callout`.
+        role: &'static str,
+        /// `host:port`.
+        target: &'a str,
+        /// It answered.
+        up: bool,
+        /// Why not, when it did not.
+        detail: &'a str,
     },
     /// The verdict on a bounce, with its evidence.
     BounceVerdict {
@@ -303,91 +361,150 @@ impl Event<'_> {
         self.count();
     }
 
+    /// One line per event (target `backstop::event`, field `event`); lines about a session
+    /// or a message name it the way Postfix's do (`client=`, `helo=`, `from=`, `to=`,
+    /// `message-id=`, `relay=`, `delay=`, `dsn=`), with every value from a peer cleaned.
     fn log(&self) {
+        if !self.log_session() && !self.log_delivery() {
+            self.log_defence();
+        }
+    }
+
+    /// The SMTP dialogue: connections, TLS, MAIL, RCPT, the end of DATA. False for any other
+    /// event.
+    fn log_session(&self) -> bool {
         match self {
-            Event::Connect { peer } => {
-                tracing::info!(target: "backstop::event", event = "connect", %peer)
-            }
-            Event::Disconnect { peer, messages } => {
-                tracing::info!(target: "backstop::event", event = "disconnect", %peer, messages)
-            }
-            Event::Rcpt {
-                peer,
-                rcpt,
-                code,
-                result,
-                reason,
-            } => tracing::info!(
-                target: "backstop::event", event = "rcpt", %peer, %rcpt, code,
-                result = result.as_str(), reason
+            Event::Connect { peer } => tracing::info!(
+                target: "backstop::event", event = "connect", client = %peer.ip(),
+                port = peer.port()
             ),
-            Event::Message {
-                peer,
+            Event::Disconnect { client, messages } => tracing::info!(
+                target: "backstop::event", event = "disconnect", client = %client.ip,
+                helo = %client.helo(), messages
+            ),
+            Event::Tls {
+                client,
+                error: None,
+            } => tracing::info!(
+                target: "backstop::event", event = "tls", client = %client.ip,
+                tls = client.tls()
+            ),
+            Event::Tls {
+                client,
+                error: Some(e),
+            } => tracing::info!(
+                target: "backstop::event", event = "tls", client = %client.ip, tls = "failed",
+                error = text(e).as_str()
+            ),
+            Event::MailRefused {
+                client,
+                from,
+                reply,
+            } => tracing::info!(
+                target: "backstop::event", event = "mail", client = %client.ip,
+                helo = %client.helo(), from = %Clean(from, ADDRESS_MAX + 2), result = Answer::of(reply.code).as_str(),
+                reply = text(reply).as_str()
+            ),
+            Event::Rcpt { .. } => self.log_rcpt(),
+            Event::Message { .. } => self.log_message(),
+            Event::BounceRefused {
+                client,
                 id,
-                code,
-                result,
-                reason,
                 rcpts,
-                size,
+                reasons,
+                reply,
             } => tracing::info!(
-                target: "backstop::event", event = "message", %peer, id, code,
-                result = result.as_str(), reason, rcpts, size
+                target: "backstop::event", event = "bounce_refused", id, client = %client.ip,
+                helo = %client.helo(), from = "<>", to = %Clean(rcpts, TEXT_MAX), reasons,
+                reply = text(reply).as_str()
             ),
-            Event::CalloutCache { result } => {
-                tracing::debug!(target: "backstop::event", event = "callout_cache", result)
-            }
-            Event::RcptRelayRefused { peer, rcpt, reply } => tracing::info!(
-                target: "backstop::event", event = "rcpt_relay_refused", %peer, %rcpt, reply
+            Event::ClientRefused { peer, why, reply } => tracing::warn!(
+                target: "backstop::event", event = "client_refused", client = %peer.ip(), why,
+                reply = text(reply).as_str()
             ),
-            Event::CalloutProbe {
-                target,
-                addr,
-                answer,
-                latency,
-            } => tracing::info!(
-                target: "backstop::event", event = "callout_probe", %target, %addr,
-                answer = ?answer, latency_ms = latency.as_millis() as u64
-            ),
-            Event::ProbeBudgetExceeded { addr, client } => tracing::warn!(
-                target: "backstop::event", event = "probe_budget_exceeded", %addr, client = ?client
-            ),
+            _ => return false,
+        }
+        true
+    }
+
+    fn log_rcpt(&self) {
+        let Event::Rcpt {
+            client,
+            id,
+            from,
+            rcpt,
+            reply,
+            result,
+            reason,
+        } = self
+        else {
+            return;
+        };
+        tracing::info!(
+            target: "backstop::event", event = "rcpt", id, client = %client.ip,
+            helo = %client.helo(), from = %Clean(from, ADDRESS_MAX + 2), to = %Angle(rcpt), result = result.as_str(),
+            reason, code = reply.code, reply = text(reply).as_str()
+        );
+    }
+
+    fn log_message(&self) {
+        let Event::Message {
+            client,
+            id,
+            from,
+            message_id,
+            size,
+            nrcpt,
+            reply,
+            result,
+            reason,
+        } = self
+        else {
+            return;
+        };
+        let msgid = message_id.map_or_else(|| "none".to_string(), |m| Angle(m).to_string());
+        tracing::info!(
+            target: "backstop::event", event = "message", id, client = %client.ip,
+            helo = %client.helo(), tls = client.tls(), from = %Clean(from, ADDRESS_MAX + 2), size, nrcpt,
+            "message-id" = %Clean(&msgid, MESSAGE_ID_MAX + 2), result = result.as_str(), reason,
+            code = reply.code, reply = text(reply).as_str()
+        );
+    }
+
+    /// Where accepted mail went: relayed, stored, tried from the queue, reported. False for
+    /// any other event.
+    fn log_delivery(&self) -> bool {
+        match self {
             Event::Delivered {
                 id,
+                rcpt,
                 next_hop,
-                rcpts,
-                size,
+                delay,
                 detail,
             } => tracing::info!(
-                target: "backstop::event", event = "delivered", id, next_hop, rcpts, size, detail
+                target: "backstop::event", event = "delivered", id, to = %Angle(rcpt),
+                relay = next_hop, delay = %Secs(*delay), dsn = "2.0.0", result = "delivered",
+                detail = text(detail).as_str()
+            ),
+            Event::Queued { id, detail } => tracing::info!(
+                target: "backstop::event", event = "queued", id, detail = text(detail).as_str()
             ),
             Event::NotDelivered {
                 id,
                 next_hop,
                 detail,
             } => tracing::warn!(
-                target: "backstop::event", event = "not_delivered", id, next_hop, detail
+                target: "backstop::event", event = "not_delivered", id, relay = next_hop,
+                detail = text(detail).as_str()
             ),
-            Event::Attempt {
-                id,
-                rcpt,
-                next_hop,
-                result,
-                attempts,
-                detail,
-                latency,
-            } => {
-                let ms = latency.as_millis() as u64;
-                match *result {
-                    "delivered" => tracing::info!(
-                        target: "backstop::event", event = "attempt", id, %rcpt, next_hop,
-                        result, attempts, detail, latency_ms = ms
-                    ),
-                    _ => tracing::warn!(
-                        target: "backstop::event", event = "attempt", id, %rcpt, next_hop,
-                        result, attempts, detail, latency_ms = ms
-                    ),
-                }
+            Event::Attempt { result, .. } if *result == "delivered" => {
+                self.log_attempt(tracing::Level::INFO)
             }
+            Event::Attempt { .. } => self.log_attempt(tracing::Level::WARN),
+            Event::RcptRelayRefused { peer, rcpt, reply } => tracing::info!(
+                target: "backstop::event", event = "rcpt_relay_refused", client = %peer,
+                to = %Angle(rcpt), reply = text(reply).as_str()
+            ),
             Event::ReportSent {
                 id,
                 kind,
@@ -395,38 +512,93 @@ impl Event<'_> {
                 to,
                 rcpts,
             } => tracing::info!(
-                target: "backstop::event", event = "report_sent", id, kind, report_id, %to, rcpts
+                target: "backstop::event", event = "report_sent", id, kind, report_id,
+                to = %Angle(to), rcpts
             ),
             Event::ReportSuppressed {
-                id,
-                kind,
-                to,
-                why,
-                label: _,
+                id, kind, to, why, ..
             } => tracing::warn!(
-                target: "backstop::event", event = "report_suppressed", id, kind, %to, why
+                target: "backstop::event", event = "report_suppressed", id, kind,
+                to = %Angle(to), why
             ),
             Event::NoReport { id, rcpt, why, .. } => tracing::info!(
-                target: "backstop::event", event = "no_report", id, %rcpt, why
+                target: "backstop::event", event = "no_report", id, to = %Angle(rcpt), why
             ),
-            Event::ClientRefused { peer, why } => tracing::warn!(
-                target: "backstop::event", event = "client_refused", %peer, why
+            _ => return false,
+        }
+        true
+    }
+
+    fn log_attempt(&self, level: tracing::Level) {
+        let Event::Attempt {
+            id,
+            rcpt,
+            next_hop,
+            result,
+            dsn,
+            attempts,
+            delay,
+            detail,
+            latency,
+        } = self
+        else {
+            return;
+        };
+        let (delay, ms) = (Secs(*delay), latency.as_millis() as u64);
+        macro_rules! line {
+            ($lvl:ident) => {
+                tracing::$lvl!(
+                    target: "backstop::event", event = "attempt", id, to = %Angle(rcpt),
+                    relay = next_hop, delay = %delay, dsn, result, attempts,
+                    detail = text(detail).as_str(), latency_ms = ms
+                )
+            };
+        }
+        match level {
+            tracing::Level::INFO => line!(info),
+            _ => line!(warn),
+        }
+    }
+
+    /// The defences, probes, checks and alerts.
+    fn log_defence(&self) {
+        match self {
+            Event::CalloutCache { result } => {
+                tracing::debug!(target: "backstop::event", event = "callout_cache", result)
+            }
+            Event::CalloutProbe {
+                target,
+                addr,
+                answer,
+                latency,
+            } => {
+                let (answer, reply) = answer.parts();
+                let code = reply.get(..3).and_then(|c| c.parse::<u16>().ok());
+                tracing::info!(
+                    target: "backstop::event", event = "callout_probe", %target, %addr, answer,
+                    code, reply = text(reply).as_str(), latency_ms = latency.as_millis() as u64
+                )
+            }
+            Event::ProbeBudgetExceeded { addr, client } => tracing::warn!(
+                target: "backstop::event", event = "probe_budget_exceeded", %addr,
+                client = %client.map_or_else(|| "none".to_string(), |c| c.to_string())
             ),
             Event::ClientBlocked { peer, blocked } => tracing::warn!(
-                target: "backstop::event", event = "client_blocked", %peer, blocked
+                target: "backstop::event", event = "client_blocked", client = %peer, blocked
             ),
             Event::OutboundLimit { peer, rcpt, limit } => tracing::warn!(
-                target: "backstop::event", event = "outbound_limit", %peer, %rcpt, limit
+                target: "backstop::event", event = "outbound_limit", client = %peer,
+                to = %Angle(rcpt), limit
             ),
             Event::Alert {
                 kind,
                 subject,
                 detail,
             } => tracing::warn!(
-                target: "backstop::event", event = "alert", kind, subject, detail
+                target: "backstop::event", event = "alert", kind, subject, detail = text(detail).as_str()
             ),
             Event::HarvestCutOff { peer, unknown } => tracing::warn!(
-                target: "backstop::event", event = "harvest_cut_off", %peer, unknown
+                target: "backstop::event", event = "harvest_cut_off", client = %peer, unknown
             ),
             Event::Batv {
                 peer,
@@ -434,18 +606,33 @@ impl Event<'_> {
                 result,
                 refused,
             } => tracing::info!(
-                target: "backstop::event", event = "batv", %peer, %rcpt, batv = result,
-                refused = refused.is_some()
+                target: "backstop::event", event = "batv", client = %peer, to = %Angle(rcpt),
+                batv = result, refused = refused.is_some()
             ),
             Event::BounceRateExceeded { peer, rcpt } => tracing::warn!(
-                target: "backstop::event", event = "bounce_rate_exceeded", %peer, %rcpt
-            ),
-            Event::BounceRefused { peer, id, reasons } => tracing::info!(
-                target: "backstop::event", event = "bounce_refused", %peer, id, reasons
+                target: "backstop::event", event = "bounce_rate_exceeded", client = %peer,
+                to = %Angle(rcpt)
             ),
             Event::Dnsbl { ip, zone, listed } => {
                 tracing::info!(target: "backstop::event", event = "dnsbl", %ip, zone, listed)
             }
+            Event::BackendCheck {
+                role,
+                target,
+                up: true,
+                ..
+            } => tracing::debug!(
+                target: "backstop::event", event = "backend_check", role, target, up = true
+            ),
+            Event::BackendCheck {
+                role,
+                target,
+                up: false,
+                detail,
+            } => tracing::warn!(
+                target: "backstop::event", event = "backend_check", role, target, up = false,
+                error = text(detail).as_str()
+            ),
             Event::BounceVerdict {
                 peer,
                 id,
@@ -453,9 +640,10 @@ impl Event<'_> {
                 reasons,
                 action,
             } => tracing::info!(
-                target: "backstop::event", event = "bounce_verdict", %peer, id, verdict,
-                reasons, action = ?action
+                target: "backstop::event", event = "bounce_verdict", id, client = %peer, verdict,
+                reasons, action = action.label()
             ),
+            _ => {}
         }
     }
 
@@ -544,10 +732,23 @@ impl Event<'_> {
             )
             .set(f64::from(u8::from(*listed))),
             Event::Disconnect { .. }
+            | Event::Tls { .. }
+            | Event::MailRefused { .. }
+            | Event::BackendCheck { .. }
             | Event::RcptRelayRefused { .. }
             | Event::Delivered { .. }
+            | Event::Queued { .. }
             | Event::NotDelivered { .. } => {}
         }
+    }
+}
+
+/// A duration as Postfix writes delays: seconds with two decimals (`delay=0.12`).
+pub struct Secs(pub Duration);
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2}", self.0.as_secs_f64())
     }
 }
 

@@ -19,7 +19,14 @@ use serde_json::{Map, Value, json};
 /// What `backstop status --json` shows.
 pub async fn status_of(s: &Served) -> Result<Value, StoreError> {
     let now = s.clock.unix();
-    crate::status::gather(&s.cfg, s.store.as_ref(), &s.spool, &s.verifier, now).await
+    crate::status::gather(
+        &s.cfg,
+        s.store.as_ref(),
+        &s.spool,
+        (&s.verifier, Some(&s.backends)),
+        now,
+    )
+    .await
 }
 
 fn store_failed(e: StoreError) -> Response {
@@ -37,7 +44,7 @@ fn answer(v: Value, status: StatusCode) -> Response {
 
 /// `GET /api/status`.
 pub async fn status(State(web): State<Shared>) -> Response {
-    match status_of(&web.served).await {
+    match status_of(&web.served()).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => store_failed(e),
     }
@@ -65,7 +72,7 @@ pub fn grouped(readings: &[Reading]) -> Value {
 /// `GET /api/summary`: this node's counters over the last hour and the last day (since it
 /// started, when younger: `since`), and today's per-day totals from the store.
 pub async fn summary(State(web): State<Shared>) -> Response {
-    let now = web.served.clock.unix();
+    let now = web.served().clock.unix();
     let counters = web.metrics.tally().counters();
     let (hour, day, since) = {
         let series = web.series.lock().unwrap_or_else(|e| e.into_inner());
@@ -75,7 +82,7 @@ pub async fn summary(State(web): State<Shared>) -> Response {
             series.first().unwrap_or(now),
         )
     };
-    let status = match status_of(&web.served).await {
+    let status = match status_of(&web.served()).await {
         Ok(v) => v,
         Err(e) => return store_failed(e),
     };
@@ -89,7 +96,7 @@ pub async fn summary(State(web): State<Shared>) -> Response {
     .map(|k| (k.to_string(), status[*k].clone()))
     .collect();
     Json(json!({
-        "host": web.served.cfg.hostname,
+        "host": web.served().cfg.hostname,
         "now": now,
         "since": since,
         "last_hour": grouped(&hour),
@@ -101,7 +108,7 @@ pub async fn summary(State(web): State<Shared>) -> Response {
 
 /// `GET /api/queue`: every message, held ones with why.
 pub async fn queue(State(web): State<Shared>) -> Response {
-    let s = &web.served;
+    let s = &web.served();
     let now = s.clock.unix();
     let mut v = control::queue_request(&s.spool, now, &["list"]).await;
     control::why_held(&s.watch, &mut v, now).await;
@@ -110,14 +117,14 @@ pub async fn queue(State(web): State<Shared>) -> Response {
 
 /// `GET /api/queue/{id}`.
 pub async fn show(State(web): State<Shared>, Path(id): Path<String>) -> Response {
-    let s = &web.served;
+    let s = &web.served();
     let v = control::queue_request(&s.spool, s.clock.unix(), &["show", &id]).await;
     answer(v, StatusCode::NOT_FOUND)
 }
 
 /// `DELETE /api/queue/{id}` (admin).
 pub async fn delete(State(web): State<Shared>, Path(id): Path<String>) -> Response {
-    let s = &web.served;
+    let s = &web.served();
     let v = control::queue_request(&s.spool, s.clock.unix(), &["delete", &id]).await;
     answer(v, StatusCode::NOT_FOUND)
 }
@@ -131,21 +138,21 @@ pub async fn queue_action(
         let why = format!("{action:?}: expected retry, hold, release or delete");
         return answer(json!({ "error": why }), StatusCode::BAD_REQUEST);
     }
-    let s = &web.served;
+    let s = &web.served();
     let v = control::queue_request(&s.spool, s.clock.unix(), &[&action, &id]).await;
     answer(v, StatusCode::NOT_FOUND)
 }
 
 /// `POST /api/queue/retry-all` (admin).
 pub async fn retry_all(State(web): State<Shared>) -> Response {
-    let s = &web.served;
+    let s = &web.served();
     Json(control::queue_request(&s.spool, s.clock.unix(), &["retry", "--all"]).await)
         .into_response()
 }
 
 /// `GET /api/senders/held`.
 pub async fn held(State(web): State<Shared>) -> Response {
-    let s = &web.served;
+    let s = &web.served();
     match crate::senders::held_senders(s.store.as_ref(), s.clock.unix()).await {
         Ok(list) => {
             let list: Vec<Value> = list
@@ -163,7 +170,7 @@ pub async fn sender_action(
     State(web): State<Shared>,
     Path((sender, action)): Path<(String, String)>,
 ) -> Response {
-    let s = &web.served;
+    let s = &web.served();
     let now = s.clock.unix();
     match action.as_str() {
         "release" => answer(
@@ -193,7 +200,7 @@ pub async fn sender_action(
 
 /// `GET /api/clients/blocked`.
 pub async fn blocked(State(web): State<Shared>) -> Response {
-    let s = &web.served;
+    let s = &web.served();
     match crate::harvest::blocked(s.store.as_ref(), s.clock.unix()).await {
         Ok(list) => {
             let list: Vec<Value> = list
@@ -208,7 +215,7 @@ pub async fn blocked(State(web): State<Shared>) -> Response {
 
 /// `POST /api/clients/{client}/unblock` (admin; a network's `/` written `%2F`).
 pub async fn unblock(State(web): State<Shared>, Path(client): Path<String>) -> Response {
-    let s = &web.served;
+    let s = &web.served();
     match crate::harvest::unblock(s.store.as_ref(), &client, s.clock.unix()).await {
         Ok(true) => {
             tracing::info!(client, "client unblocked by the operator");
@@ -224,11 +231,13 @@ pub async fn unblock(State(web): State<Shared>, Path(client): Path<String>) -> R
 
 /// `GET /api/bounces/refused`: the bounces this node stopped lately, newest first.
 pub async fn refused(State(web): State<Shared>) -> Response {
-    Json(json!({ "refused": web.served.guard.recent() })).into_response()
+    Json(json!({ "refused": web.served().guard.recent() })).into_response()
 }
 
-/// `GET /api/callout`: each internal server's health since start.
-pub async fn callout(State(web): State<Shared>) -> Response {
-    let s = &web.served;
-    Json(json!({ "callout": crate::status::callout(&s.cfg, &s.verifier) })).into_response()
+/// `GET /api/backends` (and its old name `/api/callout`): each next hop and call-out server,
+/// whether it answers, and the probes made.
+pub async fn backends(State(web): State<Shared>) -> Response {
+    let s = &web.served();
+    let backends = crate::status::backends_of(&s.cfg, &s.verifier, Some(&s.backends));
+    Json(json!({ "backends": backends })).into_response()
 }

@@ -63,15 +63,15 @@ const STOPPED: &[Line] = &[
 
 /// `GET /`.
 pub async fn page(State(web): State<Shared>) -> Response {
-    let now = web.served.clock.unix();
+    let now = web.served().clock.unix();
     let counters = web.metrics.tally().counters();
-    let status = super::api::status_of(&web.served)
+    let status = super::api::status_of(&web.served())
         .await
         .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
     let series = web.series.lock().unwrap_or_else(|e| e.into_inner());
     let day = series.growth(&counters, now.saturating_sub(86_400));
     let mut out = String::with_capacity(32 * 1024);
-    head(&mut out, &web.served.cfg.hostname, now, series.first());
+    head(&mut out, &web.served().cfg.hostname, now, series.first());
     tiles(&mut out, &day, &status);
     out.push_str("<section class=\"charts\">");
     for (title, lines, n, width) in [
@@ -91,7 +91,7 @@ pub async fn page(State(web): State<Shared>) -> Response {
     drop(series);
     reasons(&mut out, &day);
     state(&mut out, &status);
-    recent(&mut out, &web.served.guard.recent());
+    recent(&mut out, &web.served().guard.recent());
     out.push_str("</main></body></html>\n");
     Html(out).into_response()
 }
@@ -326,7 +326,7 @@ fn reasons(out: &mut String, day: &[Reading]) {
     out.push_str("</section>");
 }
 
-/// Queue, held senders, blocked clients, DNSBL, call-out backends.
+/// Queue, held senders, blocked clients, DNSBL, internal servers.
 fn state(out: &mut String, status: &Value) {
     let s = |v: &Value| esc(v.as_str().unwrap_or(""));
     let list = |k: &str| status[k].as_array().cloned().unwrap_or_default();
@@ -389,20 +389,33 @@ fn state(out: &mut String, status: &Value) {
         })
         .collect();
     out.push_str(&rows("DNSBL state of our IPs", dnsbl));
-    let callout = list("callout")
+    let backends = list("backends")
         .iter()
-        .map(|c| {
-            let h = &c["health"];
+        .map(|b| {
+            let (class, state) = match b["up"].as_bool() {
+                Some(true) => ("ok", "answering".to_string()),
+                Some(false) => (
+                    "bad",
+                    format!("down: {}", b["error"].as_str().unwrap_or("")),
+                ),
+                None => ("muted", "not checked yet".to_string()),
+            };
+            let probes = match b["probes"].as_u64() {
+                Some(p) => format!("; {p} probes, {} failed", b["failures"]),
+                None => String::new(),
+            };
+            let domains: Vec<String> = b["for"].as_array().into_iter().flatten().map(s).collect();
             format!(
-                "<tr><td>{}</td><td>{}</td><td>{} probes, {} failed</td></tr>",
-                s(&c["domain"]),
-                s(&c["target"]),
-                h["probes"],
-                h["failures"]
+                "<tr><td>{} {}</td><td>{}</td><td class=\"{class}\">{}{}</td></tr>",
+                s(&b["role"]),
+                s(&b["target"]),
+                domains.join(", "),
+                esc(&state),
+                probes
             )
         })
         .collect();
-    out.push_str(&rows("Call-out backends", callout));
+    out.push_str(&rows("Internal servers", backends));
     out.push_str("</section>");
 }
 

@@ -32,8 +32,8 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(60);
 
 /// What the handlers use.
 pub struct Web {
-    /// The same parts the control socket serves.
-    pub served: Arc<Served>,
+    /// The same parts the control socket serves, as of the last reload.
+    pub current: Arc<arc_swap::ArcSwap<Served>>,
     /// The metrics recorder.
     pub metrics: Metrics,
     /// The counters' history.
@@ -42,14 +42,21 @@ pub struct Web {
 
 impl Web {
     /// The web side of a running gateway; its counters' history starts now.
-    pub fn new(served: Arc<Served>, metrics: Metrics) -> Web {
+    pub fn new(current: Arc<arc_swap::ArcSwap<Served>>, metrics: Metrics) -> Web {
         let mut series = Series::default();
-        series.sample(served.clock.unix(), &metrics.tally().counters());
+        series.sample(current.load().clock.unix(), &metrics.tally().counters());
         Web {
-            served,
+            current,
             metrics,
             series: Mutex::new(series),
         }
+    }
+}
+
+impl Web {
+    /// What requests are answered from now (the configuration of the last reload).
+    pub fn served(&self) -> Arc<Served> {
+        self.current.load_full()
     }
 }
 
@@ -72,7 +79,8 @@ pub fn router(web: Shared) -> Router {
         .route("/api/clients/blocked", get(api::blocked))
         .route("/api/clients/{client}/unblock", post(api::unblock))
         .route("/api/bounces/refused", get(api::refused))
-        .route("/api/callout", get(api::callout))
+        .route("/api/backends", get(api::backends))
+        .route("/api/callout", get(api::backends))
         .layer(middleware::from_fn_with_state(web.clone(), access))
         .with_state(web)
 }
@@ -105,7 +113,7 @@ async fn sample(web: Shared) {
     let mut tick = tokio::time::interval_at(first, SAMPLE_EVERY);
     loop {
         tick.tick().await;
-        let now = web.served.clock.unix();
+        let now = web.served().clock.unix();
         let counters = web.metrics.tally().counters();
         web.series
             .lock()
@@ -126,7 +134,8 @@ async fn access(
     if req.uri().path() == "/healthz" {
         return next.run(req).await;
     }
-    let cfg = &web.served.cfg.web;
+    let served = web.served();
+    let cfg = &served.cfg.web;
     if !in_networks(&cfg.allow, peer.ip()) {
         let ip = unmapped(peer.ip());
         return refuse(StatusCode::FORBIDDEN, format!("{ip} is not in [web] allow"));
@@ -165,15 +174,27 @@ fn refuse(status: StatusCode, why: String) -> Response {
 /// still serves safely) and the spool can be written (the SMTP listeners are bound before this
 /// one).
 async fn healthz(State(web): State<Shared>) -> Response {
-    let s = &web.served;
+    let s = &web.served();
     let now = s.clock.unix();
     // a read: a load balancer's probe every few seconds must not cost a durable write
     let store = s.store.get("web:healthz", now).await.map(|_| ());
     let spool = s.spool.usable().await;
+    let mut degraded: Vec<String> = s
+        .backends
+        .down()
+        .iter()
+        .map(|b| {
+            let e = b.error.as_deref().unwrap_or("");
+            format!("{} {} does not answer ({e})", b.role.as_str(), b.target)
+        })
+        .collect();
+    if s.store.degraded() {
+        degraded.push("the shared store is unreachable; this node runs on its own".into());
+    }
     match (store, spool) {
-        // a node on its own while Redis is away still serves safely: ready, and says so
-        (Ok(()), Ok(())) if s.store.degraded() => {
-            let why = "ok, degraded: the shared store is unreachable; this node runs on its own\n";
+        // still serving safely (what cannot be verified or relayed gets 451): ready, and says so
+        (Ok(()), Ok(())) if !degraded.is_empty() => {
+            let why = format!("ok, degraded: {}\n", degraded.join("; "));
             (StatusCode::OK, why).into_response()
         }
         (Ok(()), Ok(())) => (StatusCode::OK, "ok\n").into_response(),
@@ -192,7 +213,7 @@ async fn healthz(State(web): State<Shared>) -> Response {
 
 /// The Prometheus exposition, with the gauges read now.
 async fn metrics(State(web): State<Shared>) -> Response {
-    let s = &web.served;
+    let s = &web.served();
     let status = api::status_of(s).await;
     let degraded = f64::from(u8::from(s.store.degraded()));
     web.metrics.with(|| {
@@ -224,11 +245,14 @@ fn set_gauges(status: &serde_json::Value) {
     let len = |k: &str| status[k].as_array().map_or(0, Vec::len) as f64;
     gauge!("backstop_senders_held").set(len("held_senders"));
     gauge!("backstop_clients_blocked").set(len("blocked_clients"));
-    for c in status["callout"].as_array().into_iter().flatten() {
-        // no probe yet: nothing known against it
-        let up = crate::status::answering(&c["health"]).unwrap_or(true);
-        let target = c["target"].as_str().unwrap_or("").to_string();
-        gauge!("backstop_callout_backend_up", "target" => target).set(f64::from(u8::from(up)));
+    for b in status["backends"].as_array().into_iter().flatten() {
+        // not checked yet: nothing known against it
+        let up = f64::from(u8::from(b["up"].as_bool().unwrap_or(true)));
+        let target = b["target"].as_str().unwrap_or("").to_string();
+        match b["role"].as_str() {
+            Some("callout") => gauge!("backstop_callout_backend_up", "target" => target).set(up),
+            _ => gauge!("backstop_next_hop_up", "target" => target).set(up),
+        }
     }
 }
 

@@ -30,8 +30,8 @@ async fn web(extra: &str) -> (tempfile::TempDir, Shared) {
         cfg.callout.clone(),
         store.clone(),
         clock.clone(),
-        prober,
-        Arc::new(|| 7),
+        (prober, Arc::new(|| 7)),
+        None,
     );
     let verifier = Arc::new(Verifier::new(&cfg, callout, clock.clone()).unwrap());
     let tags = Tags::load(&cfg, store.as_ref(), NOW, || [1; 16])
@@ -56,9 +56,10 @@ async fn web(extra: &str) -> (tempfile::TempDir, Shared) {
         watch,
         spool,
         clock,
+        backends: crate::health::Backends::new(Arc::new(|_, _, _, _| {})),
     });
     let web = Arc::new(Web {
-        served,
+        current: Arc::new(arc_swap::ArcSwap::new(served)),
         metrics: Metrics::new(),
         series: Mutex::new(Series::default()),
     });
@@ -155,7 +156,7 @@ async fn clients_and_senders_are_unblocked_held_and_released() {
         "[harvest]\nblock_after = 1\n[web]\ntoken = \"{TOKEN}\"\n"
     ))
     .await;
-    let harvest = crate::harvest::Harvest::new(w.served.cfg.clone(), w.served.store.clone());
+    let harvest = crate::harvest::Harvest::new(w.served().cfg.clone(), w.served().store.clone());
     let ip: IpAddr = "192.0.2.7".parse().unwrap();
     harvest.unknown_rcpt(ip, NOW).await.unwrap();
     assert!(harvest.unknown_rcpt(ip, NOW).await.unwrap().is_some());
@@ -201,12 +202,24 @@ async fn clients_and_senders_are_unblocked_held_and_released() {
 async fn metrics_show_events_and_the_gauges_read_at_scrape_time() {
     let (_d, w) = web("").await;
     let rcpt = Mailbox::parse("nobody@example.test", false).unwrap();
+    let reply = backstop_proto::smtp::reply::Reply::new(
+        550,
+        backstop_proto::smtp::reply::Enhanced::new(5, 1, 1),
+        "<nobody@example.test>: Recipient address rejected: User unknown",
+    );
+    let client = crate::telemetry::Client {
+        ip: "192.0.2.1".parse().unwrap(),
+        helo: "client.test",
+        tls: "",
+    };
     w.metrics.with(|| {
         for _ in 0..2 {
             Event::Rcpt {
-                peer: "192.0.2.1".parse().unwrap(),
+                client,
+                id: "6B0F4E6C9D505F",
+                from: &ReversePath::Null,
                 rcpt: &rcpt,
-                code: 550,
+                reply: &reply,
                 result: Answer::Refused,
                 reason: "not-listed",
             }

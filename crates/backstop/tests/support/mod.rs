@@ -119,6 +119,7 @@ impl Backstop {
             .args(args)
             .current_dir(cwd)
             .env("RUST_LOG", "info")
+            .env_remove("BACKSTOP_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -188,12 +189,22 @@ impl Backstop {
 
     /// Sends SIGTERM without waiting.
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) without waiting.
+    pub fn signal(&self, name: &str) {
         if let Some(c) = &self.child {
             Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
+                .args([&format!("-{name}"), &c.id().to_string()])
                 .status()
                 .unwrap();
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGTERM, then its exit status (None if it had to be killed).
@@ -229,6 +240,7 @@ impl Drop for Backstop {
 pub fn run_backstop<'a>(args: impl IntoIterator<Item = &'a str>) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
         .args(args)
+        .env_remove("BACKSTOP_CONFIG")
         .output()
         .unwrap();
     (

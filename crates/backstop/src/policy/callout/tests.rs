@@ -66,7 +66,7 @@ fn fixture(cfg: config::Callout, delay_ms: u64) -> Fixture {
     });
     let n = Arc::new(AtomicUsize::new(0));
     let random: Random = Arc::new(move || n.fetch_add(1, Ordering::SeqCst) as u64);
-    let callout = Callout::new(cfg, store, clock.clone(), prober.clone(), random);
+    let callout = Callout::new(cfg, store, clock.clone(), (prober.clone(), random), None);
     Fixture {
         callout,
         prober,

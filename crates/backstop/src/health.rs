@@ -1,0 +1,327 @@
+//! Whether each internal server answers: every `smtp:` next hop (of a domain or a route) and
+//! every call-out server, checked in the background (connect, EHLO, QUIT every
+//! `[health] interval`) and corrected by what real traffic sees.
+//!
+//! Responsible for: the up/down state of each backend with since when and the last error, the
+//! transitions (one alert down, one alert back, through the hook the caller gives), the
+//! `backstop_next_hop_up` / `backstop_callout_backend_up` gauges' values, and the checks
+//! themselves (also used by `check-config --connect`). A failure seen by traffic (a connection
+//! refused, lost or timed out) asks for a check at once rather than marking the backend down
+//! by itself, so one lost connection does not flap the state; a transaction that worked marks
+//! it up at once. Not responsible for: what the gateway answers while a backend is down (policy
+//! and relay answer 451 on their own).
+
+use crate::config::{Config, HostPort, NextHop, Source};
+use crate::upstream::Connection;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// What a backend is to us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Where a domain's (or a route's) mail goes: `smtp:HOST:PORT`.
+    NextHop,
+    /// Asked whether recipients exist: `callout:HOST:PORT`.
+    Callout,
+}
+
+impl Role {
+    /// `next-hop` or `callout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::NextHop => "next-hop",
+            Role::Callout => "callout",
+        }
+    }
+}
+
+/// One backend's state, as shown by `backstop status`, `/api/status` and `/healthz`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    /// Next hop or call-out.
+    pub role: Role,
+    /// `host:port`.
+    pub target: String,
+    /// Answering; none before the first check.
+    pub up: Option<bool>,
+    /// Since when (Unix seconds) it is in that state.
+    pub since: u64,
+    /// What went wrong last, while down.
+    pub error: Option<String>,
+}
+
+/// Called on every change of state: `(down, role, target, detail)`.
+pub type Hook = Arc<dyn Fn(bool, Role, &str, &str) + Send + Sync>;
+
+/// The backends of the running configuration and their states.
+pub struct Backends {
+    states: Mutex<BTreeMap<(Role, HostPort), Backend>>,
+    hook: Hook,
+    /// Wakes the checker for a check now (traffic saw a failure).
+    wake: Notify,
+}
+
+/// Every backend `cfg` names, each once.
+pub fn targets(cfg: &Config) -> Vec<(Role, HostPort)> {
+    let mut out: Vec<(Role, HostPort)> = Vec::new();
+    let mut add = |role, hp: &HostPort| {
+        if !out.iter().any(|(r, h)| *r == role && h == hp) {
+            out.push((role, hp.clone()));
+        }
+    };
+    for d in &cfg.domains {
+        for s in &d.sources {
+            if let Source::Callout(hp) = s {
+                add(Role::Callout, hp);
+            }
+        }
+        if let NextHop::Smtp(hp) = &d.next_hop {
+            add(Role::NextHop, hp);
+        }
+    }
+    for r in &cfg.routes {
+        if let NextHop::Smtp(hp) = &r.next_hop {
+            add(Role::NextHop, hp);
+        }
+    }
+    out
+}
+
+impl Backends {
+    /// None known yet; `hook` hears every change of state.
+    pub fn new(hook: Hook) -> Arc<Backends> {
+        Arc::new(Backends {
+            states: Mutex::default(),
+            hook,
+            wake: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Role, HostPort), Backend>> {
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Watches the backends of `cfg` (after a start or a reload): new ones are added, unknown
+    /// until checked; ones no longer configured are forgotten; the rest keep their state.
+    pub fn follow(&self, cfg: &Config, now: u64) {
+        let wanted = targets(cfg);
+        let mut states = self.lock();
+        states.retain(|k, _| wanted.contains(k));
+        for (role, hp) in wanted {
+            states.entry((role, hp.clone())).or_insert_with(|| Backend {
+                role,
+                target: hp.to_string(),
+                up: None,
+                since: now,
+                error: None,
+            });
+        }
+        drop(states);
+        self.wake.notify_one();
+    }
+
+    /// Records a check's result or what traffic saw: `Ok` (it answered) or the error. A change
+    /// of state calls the hook.
+    pub fn record(&self, role: Role, target: &HostPort, result: Result<(), String>, now: u64) {
+        let mut states = self.lock();
+        let Some(b) = states.get_mut(&(role, target.clone())) else {
+            return;
+        };
+        let up = result.is_ok();
+        let was = b.up;
+        b.error = result.err();
+        if was != Some(up) {
+            b.up = Some(up);
+            b.since = now;
+        }
+        let (target, detail) = (b.target.clone(), b.error.clone().unwrap_or_default());
+        drop(states);
+        crate::telemetry::Event::BackendCheck {
+            role: role.as_str(),
+            target: &target,
+            up,
+            detail: &detail,
+        }
+        .emit();
+        // the first check of a backend that answers is no news
+        if was != Some(up) && (was.is_some() || !up) {
+            (self.hook)(!up, role, &target, &detail);
+        }
+    }
+
+    /// Traffic reached `target`: it answers.
+    pub fn answered(&self, role: Role, target: &HostPort, now: u64) {
+        if self.lock().get(&(role, target.clone())).and_then(|b| b.up) != Some(true) {
+            self.record(role, target, Ok(()), now);
+        }
+    }
+
+    /// Traffic could not reach `target` (connection refused, lost, timed out): check it now.
+    pub fn unreachable(&self, role: Role, target: &HostPort) {
+        if self.lock().contains_key(&(role, target.clone())) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Every backend's state, next hops first.
+    pub fn list(&self) -> Vec<Backend> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// The backends known to be down.
+    pub fn down(&self) -> Vec<Backend> {
+        self.list()
+            .into_iter()
+            .filter(|b| b.up == Some(false))
+            .collect()
+    }
+
+    /// Checks every backend each `interval()` (read at every round, so a reload's new interval
+    /// applies), and at once when traffic saw a failure; runs until aborted.
+    pub async fn run(
+        self: Arc<Self>,
+        helo: impl Fn() -> (String, Duration, Duration) + Send + Sync,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) {
+        loop {
+            let (helo, timeout, interval) = helo();
+            let targets: Vec<(Role, HostPort)> = self.lock().keys().cloned().collect();
+            let checks = targets.iter().map(|(role, hp)| {
+                let helo = helo.clone();
+                async move { (*role, hp, check(hp, &helo, timeout).await) }
+            });
+            for (role, hp, result) in futures_util::future::join_all(checks).await {
+                self.record(role, hp, result.map(|_| ()), clock.unix());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.wake.notified() => {
+                    // a burst of failures asks once
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Connects to `target`, says EHLO and QUIT: what it offered and how long it took, or why
+/// it did not answer.
+pub async fn check(target: &HostPort, helo: &str, timeout: Duration) -> Result<String, String> {
+    let started = Instant::now();
+    let conn = Connection::open(target, helo, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = match conn.capabilities().starttls {
+        true => "STARTTLS offered",
+        false => "no STARTTLS",
+    };
+    let took = started.elapsed().as_millis();
+    conn.quit().await;
+    Ok(format!("EHLO accepted, {tls}, {took} ms"))
+}
+
+/// Checks every backend of `cfg` once (`check-config --connect`): role, target, result.
+pub async fn check_all(cfg: &Config) -> Vec<(&'static str, HostPort, Result<String, String>)> {
+    let timeout = cfg.callout.timeout.min(cfg.delivery.timeout);
+    let checks = targets(cfg).into_iter().map(|(role, hp)| async move {
+        let r = check(&hp, &cfg.hostname, timeout).await;
+        (role.as_str(), hp, r)
+    });
+    futures_util::future::join_all(checks).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    fn hp(s: &str) -> HostPort {
+        HostPort::parse(s).unwrap()
+    }
+
+    fn backends() -> (Arc<Backends>, Arc<StdMutex<Vec<String>>>) {
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let s = seen.clone();
+        let hook: Hook = Arc::new(move |down, role, target, _| {
+            s.lock().unwrap().push(format!(
+                "{} {} {target}",
+                if down { "down" } else { "up" },
+                role.as_str()
+            ));
+        });
+        (Backends::new(hook), seen)
+    }
+
+    fn cfg() -> Config {
+        let text = "hostname = \"mx.example.test\"\nstate_dir = \"/tmp\"\n\
+             [[listen]]\naddr = \"127.0.0.1:0\"\n\
+             [[domain]]\nname = \"example.test\"\n\
+             recipients = [\"callout:127.0.0.1:2526\"]\nnext_hop = \"smtp:127.0.0.1:2526\"\n\
+             [[domain]]\nname = \"other.test\"\n\
+             recipients = [\"callout:127.0.0.1:2526\"]\nnext_hop = \"smtp:127.0.0.1:2526\"\n\
+             [[route]]\ndomain = \"partner.test\"\nnext_hop = \"smtp:[::1]:2627\"\n";
+        Config::from_toml(text, std::path::Path::new("/")).unwrap()
+    }
+
+    #[test]
+    fn every_backend_is_named_once_per_role() {
+        let t: Vec<String> = targets(&cfg())
+            .iter()
+            .map(|(r, h)| format!("{} {h}", r.as_str()))
+            .collect();
+        assert_eq!(
+            t,
+            [
+                "callout 127.0.0.1:2526",
+                "next-hop 127.0.0.1:2526",
+                "next-hop [::1]:2627"
+            ]
+        );
+    }
+
+    #[test]
+    fn one_alert_down_and_one_back_and_none_for_a_first_good_check() {
+        let (b, seen) = backends();
+        b.follow(&cfg(), 100);
+        let t = hp("127.0.0.1:2526");
+        b.record(Role::NextHop, &t, Ok(()), 101);
+        b.record(Role::NextHop, &t, Err("connect: refused".into()), 102);
+        b.record(Role::NextHop, &t, Err("connect: refused".into()), 103);
+        assert_eq!(b.down().len(), 1);
+        assert_eq!(b.down()[0].since, 102);
+        assert_eq!(b.down()[0].error.as_deref(), Some("connect: refused"));
+        b.answered(Role::NextHop, &t, 104);
+        b.answered(Role::NextHop, &t, 105);
+        assert!(b.down().is_empty());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["down next-hop 127.0.0.1:2526", "up next-hop 127.0.0.1:2526"]
+        );
+    }
+
+    #[test]
+    fn a_first_check_that_fails_alerts_and_a_reload_forgets_old_backends() {
+        let (b, seen) = backends();
+        b.follow(&cfg(), 100);
+        b.record(
+            Role::Callout,
+            &hp("127.0.0.1:2526"),
+            Err("timed out".into()),
+            101,
+        );
+        assert_eq!(*seen.lock().unwrap(), ["down callout 127.0.0.1:2526"]);
+        // a backend not configured is not tracked
+        b.record(Role::Callout, &hp("192.0.2.1:25"), Err("x".into()), 101);
+        assert_eq!(b.list().len(), 3);
+        let mut smaller = cfg();
+        smaller.routes.clear();
+        b.follow(&smaller, 102);
+        assert_eq!(b.list().len(), 2);
+        // what stays keeps its state
+        assert_eq!(b.down()[0].since, 101);
+    }
+}
