@@ -363,8 +363,8 @@ stop_backstop
 echo
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$MODE" = queue ]; then
-  # "delivered" with next_hop="queue" is the acceptance into the spool; "attempt" the delivery
-  echo "backstop log: $(grep -c 'event="delivered" .*next_hop="queue"' "$W/backstop.log" || true) queued," \
+  # "queued" is the acceptance into the spool; "attempt" the delivery
+  echo "backstop log: $(grep -c 'event="queued"' "$W/backstop.log" || true) queued," \
     "$(grep -c 'event="not_delivered"' "$W/backstop.log" || true) not queued," \
     "attempts: $(grep -c 'event="attempt" .*result="delivered"' "$W/backstop.log" || true) delivered" \
     "$(grep -c 'event="attempt" .*result="deferred"' "$W/backstop.log" || true) deferred" \
@@ -376,13 +376,13 @@ if [ "$MODE" = queue ]; then
     sort | uniq -d | wc -l)
   [ "$dups" = 0 ] || echo "ANOMALY backstop: $dups queue ids delivered more than once"
   # every queued message had its sender checked: SPF must have passed (dnsmasq answered)
-  queued=$(grep -c 'event="delivered" .*next_hop="queue"' "$W/backstop.log" || true)
+  queued=$(grep -c 'event="queued"' "$W/backstop.log" || true)
   spf=$(grep -c 'reports allowed: spf=pass' "$W/backstop.log" || true)
   [ "$spf" = "$queued" ] || echo "ANOMALY backstop: SPF passed for $spf of $queued queued messages"
   grep -o 'spool: [0-9]* records made durable with [0-9]* syncs.*' "$W/backstop.log" ||
     echo "(no spool statistics in the backstop log)"
 else
-  echo "backstop log: $(grep -c 'event="delivered"' "$W/backstop.log" || true) delivered," \
+  echo "backstop log: $(grep -c 'event="delivered"' "$W/backstop.log" || true) recipients delivered," \
     "$(grep -c 'event="not_delivered"' "$W/backstop.log" || true) not delivered," \
     "$(grep -c 'event="rcpt_relay_refused"' "$W/backstop.log" || true) relay refusals," \
     "$(grep -c 'event="callout_probe"' "$W/backstop.log" || true) call-out probes," \

@@ -102,7 +102,12 @@ pub async fn open_store(
             master: master.clone(),
         },
     };
-    let shared = RedisStore::connect(&target, &cfg.store.namespace)
+    // rediss://: the one crypto provider, also for commands that do not `serve`
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let s = &cfg.store;
+    let client = s.tls_cert.as_deref().zip(s.tls_key.as_deref());
+    let tls = crate::store::redis::Tls::read(s.tls_ca.as_deref(), client).context("[store] TLS")?;
+    let shared = RedisStore::connect_with_tls(&target, &tls, &s.namespace)
         .await
         .context("[store] redis")?;
     let local = EmbeddedStore::open(&cfg.state_dir.join("local.redb"))?;
@@ -452,9 +457,21 @@ pub async fn serve(
     systemd_notify("STOPPING=1\nSTATUS=stopping: sessions in flight may finish");
     let _ = shutdown_tx.send(true);
     gw.listeners.stop_accepting();
-    match tokio::time::timeout(cfg.limits.shutdown_timeout, alive_rx.recv()).await {
+    // sessions finish their transaction, deliveries theirs, both within shutdown_timeout
+    let deadline = tokio::time::Instant::now() + cfg.limits.shutdown_timeout;
+    let sessions = tokio::time::timeout_at(deadline, alive_rx.recv());
+    let (sessions, deliveries) = tokio::join!(sessions, gw.engine.drain(deadline));
+    match sessions {
         Ok(_) => tracing::info!("all sessions ended"),
         Err(_) => tracing::warn!("sessions still open after the shutdown timeout were cut off"),
+    }
+    match deliveries {
+        0 => tracing::info!("no delivery in flight"),
+        n => tracing::warn!(
+            deliveries = n,
+            "{n} delivery transaction(s) still running after the shutdown timeout were cut off; \
+             they are tried again at the next start (a message may arrive twice)"
+        ),
     }
     gw.stop(background, delivery).await;
     Ok(())

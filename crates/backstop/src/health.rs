@@ -187,6 +187,8 @@ impl Backends {
         helo: impl Fn() -> (String, Duration, Duration) + Send + Sync,
         clock: Arc<dyn crate::clock::Clock>,
     ) {
+        // the first round checks everything anyway: a wake-up asked before it is served by it
+        let _ = futures_util::FutureExt::now_or_never(self.wake.notified());
         loop {
             let (helo, timeout, interval) = helo();
             let targets: Vec<(Role, HostPort)> = self.lock().keys().cloned().collect();

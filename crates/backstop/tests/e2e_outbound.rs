@@ -130,8 +130,16 @@ fn a_sender_whose_mail_mostly_fails_is_held_alerted_and_released() {
         "{}",
         b.log()
     );
-    assert!(support::wait_until(10, || !hook.bodies().is_empty()));
-    let alert: serde_json::Value = serde_json::from_str(&hook.bodies()[0]).unwrap();
+    // the webhook also hears that slow.test's next hop does not answer (backend_down)
+    let of_kind = |kind: &str| -> Vec<serde_json::Value> {
+        hook.bodies()
+            .iter()
+            .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
+            .filter(|a| a["kind"] == kind)
+            .collect()
+    };
+    assert!(support::wait_until(10, || of_kind("sender_held").len() == 1));
+    let alert = of_kind("sender_held").remove(0);
     assert_eq!(alert["kind"], "sender_held");
     assert_eq!(alert["subject"], "alice@example.test");
     assert_eq!(alert["host"], "mx.example.test");
@@ -193,6 +201,6 @@ fn a_sender_whose_mail_mostly_fails_is_held_alerted_and_released() {
     let (code, _, err) = b.cli(&["sender", "release", "alice@example.test"]);
     assert_eq!(code, 2);
     assert!(err.contains("alice@example.test is not held"), "{err}");
-    assert!(support::wait_until(10, || hook.bodies().len() == 2));
-    assert!(hook.bodies()[1].contains("\"kind\":\"sender_released\""));
+    assert!(support::wait_until(10, || of_kind("sender_released").len() == 1));
+    assert_eq!(of_kind("sender_held").len(), 1);
 }

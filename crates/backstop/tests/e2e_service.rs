@@ -393,3 +393,160 @@ fn relay_traffic_that_cannot_reach_the_next_hop_shows_it_down_at_once() {
         healthz()
     );
 }
+
+#[test]
+fn sigterm_lets_a_delivery_in_flight_finish_and_hands_back_what_had_not_begun() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    // the next hop answers DATA after 3 s; one connection to it at a time
+    let slow = Sink::start_with(port, &["-w", "3"]);
+    let config = list_config(
+        dir.path(),
+        &["alice@example.test", "bob@example.test"],
+        &format!("smtp:127.0.0.1:{port}"),
+        "[delivery]\ndestination_concurrency = 1\n",
+    )
+    .replace("next_hop =", "relay = \"queue\"\nnext_hop =");
+    let mut b = Backstop::start(dir.path(), &config);
+    for (to, subject) in [
+        ("alice@example.test", "first"),
+        ("bob@example.test", "second"),
+    ] {
+        let (code, t) = swaks(
+            b.addr,
+            &["--to", to, "--header", &format!("Subject: {subject}")],
+        );
+        assert_eq!(code, 0, "{t}");
+    }
+    // the first is in its transaction (the sink has begun its dump), the second waits
+    assert!(wait_until(10, || !slow.messages().is_empty()));
+    b.sigterm();
+    assert_eq!(b.stop().and_then(|s| s.code()), Some(0), "{}", b.log());
+    let log = b.log();
+    assert_eq!(
+        b.count(&[
+            "event=\"attempt\"",
+            "to=<alice@example.test>",
+            "result=\"delivered\""
+        ]),
+        1,
+        "the transaction in flight finished: {log}"
+    );
+    assert_eq!(b.count(&["event=\"handed_back\"", "rcpts=1"]), 1, "{log}");
+    assert_eq!(
+        b.count(&["to=<bob@example.test>", "event=\"attempt\""]),
+        0,
+        "{log}"
+    );
+    let first = slow.wait_for(1);
+    assert_eq!(first.len(), 1);
+    assert!(first[0].contains("Subject: first"));
+    drop(slow);
+
+    // after a restart only the second goes out: the first is never sent twice
+    let fast = Sink::start_on(port);
+    let text = std::fs::read_to_string(&b.config).unwrap();
+    let b = Backstop::start(dir.path(), &text);
+    let after = fast.wait_for(1);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(after[0].contains("Subject: second"), "{}", after[0]);
+    assert_eq!(
+        b.count_reaching(
+            &["event=\"attempt\"", "to=<bob@example.test>", "attempts=1"],
+            1
+        ),
+        1,
+        "the handed-back recipient was not counted as tried: {}",
+        b.log()
+    );
+}
+
+/// The certificate's subject as a STARTTLS client sees it (swaks keeps the peer's
+/// certificate).
+fn peer_subject(addr: std::net::SocketAddr, dir: &Path) -> String {
+    let pem = dir.join("peer.pem");
+    let _ = std::fs::remove_file(&pem);
+    let (code, t) = swaks(
+        addr,
+        &[
+            "--tls",
+            "--quit-after",
+            "EHLO",
+            "--tls-get-peer-cert",
+            pem.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{t}");
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_reload_renews_the_certificate_adds_a_listener_and_moves_the_web() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = |name: &str| {
+        let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), c.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), c.signing_key.serialize_pem()).unwrap();
+    };
+    cert("one.example.test");
+    let maildir = format!("maildir:{}", dir.path().join("mail").display());
+    let web = support::free_port();
+    let base = list_config(
+        dir.path(),
+        &["alice@example.test"],
+        &maildir,
+        &format!("[web]\naddr = \"127.0.0.1:{web}\"\n"),
+    )
+    .replace(
+        "addr = \"127.0.0.1:0\"",
+        "addr = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"",
+    );
+    let b = Backstop::start(dir.path(), &base);
+    assert!(peer_subject(b.addr, dir.path()).contains("one.example.test"));
+
+    // the certificate renewed in place, a second listener, the web elsewhere
+    cert("two.example.test");
+    let (second, web2) = (support::free_port(), support::free_port());
+    let config = base.replace(&format!("127.0.0.1:{web}"), &format!("127.0.0.1:{web2}"))
+        + &format!("\n[[listen]]\naddr = \"127.0.0.1:{second}\"\n");
+    std::fs::write(&b.config, config).unwrap();
+    let (code, out, err) = b.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("listen 127.0.0.1:{second}: added")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "web.addr: \"127.0.0.1:{web}\" -> \"127.0.0.1:{web2}\""
+        )),
+        "{out}"
+    );
+    assert!(peer_subject(b.addr, dir.path()).contains("two.example.test"));
+    let second: std::net::SocketAddr = format!("127.0.0.1:{second}").parse().unwrap();
+    let (code, t) = swaks(second, &["--to", "alice@example.test"]);
+    assert_eq!(code, 0, "{t}");
+    let moved: std::net::SocketAddr = format!("127.0.0.1:{web2}").parse().unwrap();
+    assert_eq!(http(moved, "GET", "/healthz", None).0, 200);
+    assert!(
+        wait_until(5, || std::net::TcpStream::connect(("127.0.0.1", web))
+            .is_err()),
+        "the old web address is closed"
+    );
+
+    // and the listener goes again
+    std::fs::write(
+        &b.config,
+        base.replace(&format!("127.0.0.1:{web}"), &format!("127.0.0.1:{web2}")),
+    )
+    .unwrap();
+    let (code, out, _) = b.cli(&["reload"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("listen {second}: removed")), "{out}");
+    assert!(std::net::TcpStream::connect(second).is_err());
+}

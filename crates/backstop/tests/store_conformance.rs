@@ -1,19 +1,86 @@
-//! Conformance tests every store backend passes: each case runs against the embedded store
-//! and against the Redis store on a private `redis-server` (Debian's, on a free loopback port,
-//! stopped by its PID afterwards); and what only Redis can show: two nodes sharing one state.
+//! Conformance tests every store backend passes: each case runs against the embedded store,
+//! against the Redis store on a private `redis-server` (Debian's, on a free loopback port,
+//! stopped by its PID afterwards), and on one that speaks only TLS (certificates made here
+//! with rcgen); and what only Redis can show: two nodes sharing one state, client
+//! certificates, certificate checks.
 
 mod support;
 
 use backstop::store::embedded::EmbeddedStore;
-use backstop::store::redis::{RedisStore, Target};
+use backstop::store::redis::{RedisStore, Target, Tls};
 use backstop::store::{Store, Window, claim_until};
+use std::path::PathBuf;
 use std::sync::Arc;
-use support::RedisServer;
+use std::time::{Duration, Instant};
+use support::{RedisServer, RedisTlsFiles};
 
 /// A backend and what keeps it alive.
 enum Held {
     Dir(#[allow(dead_code)] tempfile::TempDir),
     Redis(#[allow(dead_code)] RedisServer),
+    Tls(#[allow(dead_code)] RedisServer, #[allow(dead_code)] Pki),
+}
+
+/// A test CA (`ca.pem`) and two certificates it signed for 127.0.0.1 and localhost
+/// (`server.pem` + `server.key`, `client.pem` + `client.key`), in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A new CA and its two certificates.
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+        use rcgen::{CertifiedIssuer, ExtendedKeyUsagePurpose};
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        // a name of its own: another test CA is not taken for this one
+        static CAS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("backstop test CA {n}");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        for name in ["server", "client"] {
+            let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &ca).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        Pki { dir }
+    }
+
+    /// The file `name` of it.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The server's files.
+    fn server(&self) -> RedisTlsFiles {
+        RedisTlsFiles {
+            cert: self.path("server.pem"),
+            key: self.path("server.key"),
+            ca: self.path("ca.pem"),
+        }
+    }
+
+    /// A client's settings read from the files: this CA, and the client certificate when
+    /// `client`.
+    fn tls(&self, client: bool) -> Tls {
+        let (cert, key) = (self.path("client.pem"), self.path("client.key"));
+        let client = client.then_some((cert.as_path(), key.as_path()));
+        Tls::read(Some(&self.path("ca.pem")), client).unwrap()
+    }
 }
 
 fn embedded() -> (Held, Arc<dyn Store>) {
@@ -29,15 +96,28 @@ async fn redis() -> (Held, Arc<dyn Store>) {
     (Held::Redis(server), Arc::new(store))
 }
 
-/// Runs each case against both backends: `embedded::CASE` and `redis::CASE`; and all of them,
-/// one after the other (each in its own namespace), against a Redis Cluster and through Redis
-/// Sentinel.
+/// A TLS-only server with a new CA, and a store on it that trusts that CA (`tls_ca`).
+async fn redis_tls() -> (Held, Arc<dyn Store>) {
+    let pki = Pki::new();
+    let server = RedisServer::start_tls(&pki.server(), false);
+    let target = Target::Single(server.url.clone());
+    let store = RedisStore::connect_with_tls(&target, &pki.tls(false), "test")
+        .await
+        .unwrap();
+    (Held::Tls(server, pki), Arc::new(store))
+}
+
+/// Runs each case against the backends: `embedded::CASE`, `redis::CASE` and
+/// `redis_tls::CASE`; and all of them, one after the other (each in its own namespace),
+/// against a Redis Cluster and through Redis Sentinel.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         /// Every case in turn on `target`, each in a namespace of its own.
-        async fn every_case(target: &Target) {
+        async fn every_case(target: &Target, tls: &Tls) {
             $(
-                let s = RedisStore::connect(target, stringify!($case)).await.unwrap();
+                let s = RedisStore::connect_with_tls(target, tls, stringify!($case))
+                    .await
+                    .unwrap();
                 $case(Arc::new(s)).await;
             )*
         }
@@ -59,6 +139,15 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod redis_tls {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (_held, s) = super::redis_tls().await;
+                    super::$case(s).await;
+                }
+            )*
+        }
     };
 }
 
@@ -76,7 +165,7 @@ conformance!(
 #[tokio::test]
 async fn redis_cluster_passes_every_case() {
     let cluster = support::RedisCluster::start();
-    every_case(&Target::Cluster(cluster.urls())).await;
+    every_case(&Target::Cluster(cluster.urls()), &Tls::default()).await;
 }
 
 #[tokio::test]
@@ -84,7 +173,25 @@ async fn redis_sentinel_passes_every_case() {
     let set = support::RedisSentinel::start();
     let sentinels = vec![set.sentinel.url.clone()];
     let master = "mymaster".to_string();
-    every_case(&Target::Sentinel { sentinels, master }).await;
+    every_case(&Target::Sentinel { sentinels, master }, &Tls::default()).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_over_tls_passes_every_case() {
+    let pki = Pki::new();
+    let cluster = support::RedisCluster::start_tls(&pki.server());
+    assert!(cluster.urls().iter().all(|u| u.starts_with("rediss://")));
+    every_case(&Target::Cluster(cluster.urls()), &pki.tls(false)).await;
+}
+
+#[tokio::test]
+async fn redis_sentinel_over_tls_passes_every_case() {
+    let pki = Pki::new();
+    let set = support::RedisSentinel::start_tls(&pki.server());
+    let sentinels = vec![set.sentinel.url.clone()];
+    assert!(sentinels[0].starts_with("rediss://"));
+    let master = "mymaster".to_string();
+    every_case(&Target::Sentinel { sentinels, master }, &pki.tls(false)).await;
 }
 
 async fn a_key_is_claimed_once_and_can_be_given_back(s: Arc<dyn Store>) {
@@ -380,4 +487,55 @@ async fn redis_sentinel_follows_a_failover() {
     }
     assert!(moved, "no failover to the replica");
     assert_eq!(s.count("rate", 0).await.unwrap(), 4);
+}
+
+/// A server that requires client certificates: served with `tls_cert` and `tls_key`, refused
+/// (at once, not after a hang) without them.
+#[tokio::test]
+async fn redis_tls_client_certificate_is_required_and_shown() {
+    let pki = Pki::new();
+    let server = RedisServer::start_tls(&pki.server(), true);
+    let target = Target::Single(server.url.clone());
+    let s = RedisStore::connect_with_tls(&target, &pki.tls(true), "mtls")
+        .await
+        .unwrap();
+    s.put("batv:key:0", "secret", None).await.unwrap();
+    assert_eq!(
+        s.get("batv:key:0", 0).await.unwrap().as_deref(),
+        Some("secret")
+    );
+    let started = Instant::now();
+    let e = RedisStore::connect_with_tls(&target, &pki.tls(false), "mtls")
+        .await
+        .err()
+        .expect("connected without a client certificate");
+    let e = e.to_string();
+    assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+    assert!(e.starts_with("store backend: redis:"), "{e}");
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+}
+
+/// A server whose certificate another CA signed is refused with a certificate error; so is
+/// one no system root vouches for when no CA is given.
+#[tokio::test]
+async fn redis_tls_wrong_ca_is_a_certificate_error() {
+    let (pki, other) = (Pki::new(), Pki::new());
+    let server = RedisServer::start_tls(&pki.server(), false);
+    let target = Target::Single(server.url.clone());
+    for tls in [other.tls(false), Tls::default()] {
+        let started = Instant::now();
+        let e = RedisStore::connect_with_tls(&target, &tls, "ca")
+            .await
+            .err()
+            .expect("connected to a server the CA did not sign");
+        let e = e.to_string();
+        assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+        assert!(e.contains("invalid peer certificate"), "{e}");
+        assert!(e.contains("UnknownIssuer"), "{e}");
+    }
+    // the right one: served
+    let s = RedisStore::connect_with_tls(&target, &pki.tls(false), "ca")
+        .await
+        .unwrap();
+    assert!(s.claim("k", 100).await.unwrap());
 }

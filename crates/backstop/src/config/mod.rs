@@ -167,6 +167,14 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     /// Key prefix in Redis (`{NAMESPACE}:`): one per cluster of gateways.
     pub namespace: String,
+    /// `tls_ca`: PEM CA certificate(s) the Redis servers' (and sentinels') certificates are
+    /// verified with (`rediss://` only). None: the system's root certificates.
+    pub tls_ca: Option<PathBuf>,
+    /// `tls_cert`: the PEM client certificate (chain) shown to Redis servers that require one
+    /// (`rediss://` only; with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`: the PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The store's backend.

@@ -77,35 +77,136 @@ struct RawStore {
     sentinel: Option<Vec<String>>,
     master: Option<String>,
     namespace: Option<String>,
+    tls_ca: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 fn redis_url(key: String, u: &str) -> Result<String, ConfigError> {
-    if u.starts_with("rediss://") {
-        let why =
-            format!("{u:?}: TLS to Redis is not supported yet; use redis:// on a trusted network");
+    if u.starts_with("rediss://") && u.contains('#') {
+        let why = format!(
+            "{u:?}: a fragment (#insecure) would turn the certificate check off; \
+             name the CA in store.tls_ca instead"
+        );
         return Err(invalid(key, why));
     }
-    let ok = ["redis://", "redis+unix://", "unix://"]
+    let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
         .iter()
         .any(|p| u.starts_with(p));
     match ok {
         true => Ok(u.to_string()),
         false => Err(invalid(
             key,
-            format!("{u:?}: expected redis://HOST:PORT/DB (or redis+unix:///PATH)"),
+            format!(
+                "{u:?}: expected redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) \
+                 or redis+unix:///PATH"
+            ),
         )),
     }
 }
 
 fn redis_urls(key: &str, list: &[String]) -> Result<Vec<String>, ConfigError> {
-    list.iter()
+    let urls = list
+        .iter()
         .enumerate()
         .map(|(i, u)| redis_url(format!("{key}[{i}]"), u))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+    if tls != 0 && tls != urls.len() {
+        let why = "mixes redis:// and rediss://: use rediss:// for every node or for none";
+        return Err(invalid(key, why));
+    }
+    Ok(urls)
 }
 
+/// Whether the store is reached over TLS (`rediss://`).
+fn uses_tls(backend: &super::StoreBackend) -> bool {
+    use super::{RedisTarget, StoreBackend};
+    let urls: &[String] = match backend {
+        StoreBackend::Embedded => &[],
+        StoreBackend::Redis(RedisTarget::Single(u)) => std::slice::from_ref(u),
+        StoreBackend::Redis(RedisTarget::Cluster(nodes)) => nodes,
+        StoreBackend::Redis(RedisTarget::Sentinel { sentinels, .. }) => sentinels,
+    };
+    urls.iter().any(|u| u.starts_with("rediss://"))
+}
+
+/// Reads the file `s` (relative to `base`) given for `key` and parses it with `parse`; either
+/// failing is an error naming the key and the file.
+fn pem_file<T>(
+    key: &str,
+    base: &Path,
+    s: &str,
+    parse: fn(&[u8]) -> Result<T, String>,
+) -> Result<(PathBuf, T), ConfigError> {
+    let p = path(base, s);
+    let bytes = std::fs::read(&p)
+        .map_err(|e| invalid(key, format!("{}: cannot read it: {e}", p.display())))?;
+    let parsed = parse(&bytes).map_err(|e| invalid(key, format!("{}: {e}", p.display())))?;
+    Ok((p, parsed))
+}
+
+/// The certificates of a PEM file (at least one).
+fn pem_certificates(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM: {e}"))?;
+    match certs.is_empty() {
+        true => Err("no certificate in it (expected -----BEGIN CERTIFICATE-----)".into()),
+        false => Ok(certs),
+    }
+}
+
+/// CA certificates in PEM, each usable as a trust anchor.
+fn pem_trust_anchors(pem: &[u8]) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in pem_certificates(pem)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A private key in PEM.
+fn pem_private_key(pem: &[u8]) -> Result<rustls::pki_types::PrivateKeyDer<'static>, String> {
+    use rustls::pki_types::{PrivateKeyDer, pem, pem::PemObject};
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => {
+            "no private key in it (expected -----BEGIN PRIVATE KEY-----)".to_string()
+        }
+        e => format!("not PEM: {e}"),
+    })
+}
+
+/// The checked `tls_ca`, `tls_cert` and `tls_key` of `[store]`.
+type StoreTls = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
+
 impl RawStore {
-    fn validate(&self) -> Result<super::StoreConfig, ConfigError> {
+    /// The `[store]` table checked; TLS files relative to `base`.
+    fn validate(&self, base: &Path) -> Result<super::StoreConfig, ConfigError> {
+        let backend = self.backend()?;
+        let namespace = self.namespace.clone().unwrap_or_else(|| "backstop".into());
+        let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if namespace.is_empty() || !namespace.chars().all(fine) {
+            return Err(invalid(
+                "store.namespace",
+                format!("{namespace:?}: letters, digits, '-', '_' and '.' only"),
+            ));
+        }
+        let (tls_ca, tls_cert, tls_key) = self.tls(base, uses_tls(&backend))?;
+        Ok(super::StoreConfig {
+            backend,
+            namespace,
+            tls_ca,
+            tls_cert,
+            tls_key,
+        })
+    }
+
+    /// `backend` with `url`, `cluster` or `sentinel` and `master`.
+    fn backend(&self) -> Result<super::StoreBackend, ConfigError> {
         use super::{RedisTarget, StoreBackend};
         if self.master.is_some() != self.sentinel.is_some() {
             return Err(invalid(
@@ -114,7 +215,7 @@ impl RawStore {
             ));
         }
         let given = (&self.url, &self.cluster, &self.sentinel);
-        let backend = match (self.backend.as_deref(), given) {
+        Ok(match (self.backend.as_deref(), given) {
             (None | Some("embedded"), (None, None, None)) => StoreBackend::Embedded,
             (None | Some("embedded"), _) => {
                 let why = "url, cluster and sentinel are for backend = \"redis\"";
@@ -143,16 +244,57 @@ impl RawStore {
                     format!("{other:?}: expected \"embedded\" or \"redis\""),
                 ));
             }
-        };
-        let namespace = self.namespace.clone().unwrap_or_else(|| "backstop".into());
-        let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-        if namespace.is_empty() || !namespace.chars().all(fine) {
-            return Err(invalid(
-                "store.namespace",
-                format!("{namespace:?}: letters, digits, '-', '_' and '.' only"),
-            ));
+        })
+    }
+
+    /// `tls_ca`, `tls_cert` and `tls_key`: only with `rediss://` URLs (`tls`), the last two
+    /// together, each file read and parsed, and the key the certificate's.
+    fn tls(&self, base: &Path, tls: bool) -> Result<StoreTls, ConfigError> {
+        let given = [
+            ("store.tls_ca", &self.tls_ca),
+            ("store.tls_cert", &self.tls_cert),
+            ("store.tls_key", &self.tls_key),
+        ];
+        if let Some((key, _)) = given.iter().find(|(_, v)| v.is_some())
+            && !tls
+        {
+            let why = "only for TLS to Redis: the store's URLs must be rediss://HOST:PORT/DB";
+            return Err(invalid(*key, why));
         }
-        Ok(super::StoreConfig { backend, namespace })
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                let why =
+                    "tls_cert and tls_key go together: the client certificate's key is missing";
+                return Err(invalid("store.tls_key", why));
+            }
+            (None, Some(_)) => {
+                let why = "tls_cert and tls_key go together: the key's certificate is missing";
+                return Err(invalid("store.tls_cert", why));
+            }
+            _ => {}
+        }
+        let ca = self.tls_ca.as_deref();
+        let ca = ca.map(|s| pem_file("store.tls_ca", base, s, pem_trust_anchors));
+        let cert = self.tls_cert.as_deref();
+        let cert = cert.map(|s| pem_file("store.tls_cert", base, s, pem_certificates));
+        let key = self.tls_key.as_deref();
+        let key = key.map(|s| pem_file("store.tls_key", base, s, pem_private_key));
+        let (ca, cert, key) = (ca.transpose()?, cert.transpose()?, key.transpose()?);
+        if let (Some((cert_path, chain)), Some((key_path, key))) = (&cert, key.as_ref()) {
+            let provider = rustls::crypto::aws_lc_rs::default_provider();
+            rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider)
+                .map_err(|e| {
+                    invalid(
+                        "store.tls_key",
+                        format!(
+                            "{}: not the key of the certificate in {}: {e}",
+                            key_path.display(),
+                            cert_path.display()
+                        ),
+                    )
+                })?;
+        }
+        Ok((ca.map(|c| c.0), cert.map(|c| c.0), key.map(|k| k.0)))
     }
 }
 
@@ -643,7 +785,7 @@ impl RawConfig {
             alerts: self.alerts.validate()?,
             reputation: self.reputation.validate()?,
             web: self.web.validate()?,
-            store: self.store.validate()?,
+            store: self.store.validate(base)?,
             health: self.health.validate()?,
         })
     }

@@ -364,11 +364,6 @@ fn store_backends() {
             "go together",
         ),
         (
-            "[store]\nbackend = \"redis\"\nurl = \"rediss://h:1/\"\n",
-            "store.url",
-            "TLS to Redis is not supported",
-        ),
-        (
             "[store]\nbackend = \"memcached\"\n",
             "store.backend",
             "expected \"embedded\"",
@@ -402,4 +397,164 @@ fn store_backends() {
         let e = err(&with_domain(extra));
         assert!(e.contains(key) && e.contains(words), "{extra}: {e}");
     }
+}
+
+/// A CA (`tls/ca.pem`) and a client certificate it signed (`tls/client.pem`, `tls/client.key`),
+/// plus a key of another certificate (`tls/other.key`), beside the list file.
+fn dir_with_tls() -> tempfile::TempDir {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let d = dir_with_list();
+    let tls = d.path().join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(tls.join("ca.pem"), ca.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["gateway.example.test".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(tls.join("client.pem"), cert.pem()).unwrap();
+    std::fs::write(tls.join("client.key"), key.serialize_pem()).unwrap();
+    let other = KeyPair::generate().unwrap().serialize_pem();
+    std::fs::write(tls.join("other.key"), other).unwrap();
+    d
+}
+
+/// The error of a configuration with `[store] backend = "redis"` and `store` (files from `d`).
+fn store_error(d: &tempfile::TempDir, store: &str) -> String {
+    let text = with_domain(&format!("[store]\nbackend = \"redis\"\n{store}"));
+    Config::from_toml(&text, d.path()).unwrap_err().to_string()
+}
+
+#[test]
+fn store_over_tls_takes_rediss_urls_and_certificate_files() {
+    let d = dir_with_tls();
+    let text = with_domain(
+        "[store]\nbackend = \"redis\"\nurl = \"rediss://:pw@redis.example.test:6380/0\"\n\
+         tls_ca = \"tls/ca.pem\"\ntls_cert = \"tls/client.pem\"\ntls_key = \"tls/client.key\"\n",
+    );
+    let c = Config::from_toml(&text, d.path()).unwrap();
+    assert!(matches!(
+        &c.store.backend,
+        StoreBackend::Redis(RedisTarget::Single(u)) if u == "rediss://:pw@redis.example.test:6380/0"
+    ));
+    // relative to the config file's directory
+    assert_eq!(c.store.tls_ca, Some(d.path().join("tls/ca.pem")));
+    assert_eq!(c.store.tls_cert, Some(d.path().join("tls/client.pem")));
+    assert_eq!(c.store.tls_key, Some(d.path().join("tls/client.key")));
+    // no tls_ca: the system's roots
+    let text = with_domain("[store]\nbackend = \"redis\"\nurl = \"rediss://h:6380/\"\n");
+    let c = Config::from_toml(&text, d.path()).unwrap();
+    assert_eq!(
+        (c.store.tls_ca, c.store.tls_cert, c.store.tls_key),
+        (None, None, None)
+    );
+    for nodes in [
+        "cluster = [\"rediss://h:7000\", \"rediss://h:7001\"]\n",
+        "sentinel = [\"rediss://h:26379\"]\nmaster = \"mymaster\"\n",
+    ] {
+        let text = with_domain(&format!(
+            "[store]\nbackend = \"redis\"\n{nodes}tls_ca = \"tls/ca.pem\"\n"
+        ));
+        let c = Config::from_toml(&text, d.path()).unwrap();
+        assert_eq!(c.store.tls_ca, Some(d.path().join("tls/ca.pem")), "{nodes}");
+    }
+}
+
+#[test]
+fn store_tls_errors_name_the_key_and_the_file() {
+    let d = dir_with_tls();
+    let dir = d.path().display().to_string();
+    let url = "url = \"rediss://h:6380/\"\n";
+    for (store, key, words) in [
+        // TLS options without rediss://
+        (
+            "url = \"redis://h:6379/\"\ntls_ca = \"tls/ca.pem\"\n",
+            "store.tls_ca",
+            "rediss://",
+        ),
+        (
+            "url = \"redis://h:6379/\"\ntls_cert = \"tls/client.pem\"\ntls_key = \"tls/client.key\"\n",
+            "store.tls_cert",
+            "rediss://",
+        ),
+        (
+            "cluster = [\"redis://h:7000\"]\ntls_key = \"tls/client.key\"\n",
+            "store.tls_key",
+            "rediss://",
+        ),
+        // one of the pair
+        (
+            "url = \"rediss://h:6380/\"\ntls_cert = \"tls/client.pem\"\n",
+            "store.tls_key",
+            "go together",
+        ),
+        (
+            "url = \"rediss://h:6380/\"\ntls_key = \"tls/client.key\"\n",
+            "store.tls_cert",
+            "go together",
+        ),
+        // mixed schemes, and the certificate check turned off
+        (
+            "cluster = [\"rediss://h:7000\", \"redis://h:7001\"]\n",
+            "store.cluster",
+            "mixes redis:// and rediss://",
+        ),
+        (
+            "sentinel = [\"redis://h:1\", \"rediss://h:2\"]\nmaster = \"m\"\n",
+            "store.sentinel",
+            "mixes",
+        ),
+        (
+            "url = \"rediss://h:6380/#insecure\"\n",
+            "store.url",
+            "certificate check off",
+        ),
+    ] {
+        let e = store_error(&d, store);
+        assert!(e.starts_with(key) && e.contains(words), "{store}: {e}");
+    }
+    for (files, key, words) in [
+        (
+            "tls_ca = \"tls/missing.pem\"\n",
+            "store.tls_ca",
+            "tls/missing.pem: cannot read",
+        ),
+        (
+            "tls_ca = \"tls/client.key\"\n",
+            "store.tls_ca",
+            "tls/client.key: no certificate",
+        ),
+        (
+            "tls_cert = \"tls/client.key\"\ntls_key = \"tls/client.key\"\n",
+            "store.tls_cert",
+            "tls/client.key: no certificate",
+        ),
+        (
+            "tls_cert = \"tls/client.pem\"\ntls_key = \"tls/ca.pem\"\n",
+            "store.tls_key",
+            "tls/ca.pem: no private key",
+        ),
+        (
+            "tls_cert = \"tls/client.pem\"\ntls_key = \"tls/other.key\"\n",
+            "store.tls_key",
+            "tls/other.key: not the key of the certificate in",
+        ),
+    ] {
+        let e = store_error(&d, &format!("{url}{files}"));
+        assert!(
+            e.starts_with(key) && e.contains(&format!("{dir}/{words}")),
+            "{files}: {e}"
+        );
+    }
+    // the embedded store has no TLS
+    let text = with_domain("[store]\ntls_ca = \"tls/ca.pem\"\n");
+    let e = Config::from_toml(&text, d.path()).unwrap_err().to_string();
+    assert!(
+        e.starts_with("store.tls_ca") && e.contains("rediss://"),
+        "{e}"
+    );
 }

@@ -29,6 +29,7 @@ use smtp::{Dest, Destinations, Settings};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
@@ -110,6 +111,8 @@ pub struct Engine {
     notifier: Arc<Notifier>,
     /// Told whether `smtp:` next hops could be reached.
     backends: Arc<Backends>,
+    /// Set at shutdown: no new message is taken, no new transaction begun.
+    stopping: AtomicBool,
 }
 
 impl Engine {
@@ -129,6 +132,7 @@ impl Engine {
             clock,
             notifier,
             backends,
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -158,10 +162,14 @@ impl Engine {
         *permits = max;
     }
 
-    /// Delivers until `shutdown` turns true; attempts in flight are abandoned then (their
-    /// messages stay queued and are tried again after a restart).
+    /// Delivers until `shutdown` turns true; then takes no new message and begins no new
+    /// transaction ([`Engine::drain`] waits for those in flight).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
+            if *shutdown.borrow() {
+                self.stopping.store(true, Ordering::SeqCst);
+                return;
+            }
             let now = self.clock.unix();
             let free = self.inflight.available_permits().min(BATCH);
             let leases = if free > 0 {
@@ -195,8 +203,21 @@ impl Engine {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.spool.wake.notified() => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.wait_for(|s| *s) => {}
             }
+        }
+    }
+
+    /// At shutdown: waits until every delivery in flight has ended (a transaction once begun
+    /// is finished; recipients whose transaction had not begun are handed back untried), or
+    /// `deadline` passes. The number still in flight then (0: all ended).
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> usize {
+        self.stopping.store(true, Ordering::SeqCst);
+        let permits = *self.permits.lock().unwrap_or_else(|e| e.into_inner());
+        let all = self.inflight.acquire_many(permits as u32);
+        match tokio::time::timeout_at(deadline, all).await {
+            Ok(_) => 0,
+            Err(_) => permits.saturating_sub(self.inflight.available_permits()),
         }
     }
 
@@ -231,8 +252,23 @@ impl Engine {
                 let from = if leaves { signed } else { &lease.from };
                 let started = std::time::Instant::now();
                 let outcomes = match &hop {
-                    Hop::Smtp(dest) => s.dests.deliver(dest, lease, from, &rcpts, body).await,
-                    Hop::Maildir(dir) => self.to_maildir(s, dir, lease, &rcpts, body).await,
+                    Hop::Smtp(dest) => {
+                        let stopping = &self.stopping;
+                        s.dests
+                            .deliver(dest, lease, (from, &rcpts), body, stopping)
+                            .await
+                    }
+                    Hop::Maildir(_) if self.stopping.load(Ordering::SeqCst) => None,
+                    Hop::Maildir(dir) => Some(self.to_maildir(s, dir, lease, &rcpts, body).await),
+                };
+                let Some(outcomes) = outcomes else {
+                    Event::HandedBack {
+                        id: &lease.id,
+                        next_hop: &hop.to_string(),
+                        rcpts: rcpts.len(),
+                    }
+                    .emit();
+                    return Vec::new();
                 };
                 if let Hop::Smtp(Dest::Smtp(target)) = &hop {
                     self.tell_health(target, &outcomes);
@@ -245,7 +281,11 @@ impl Engine {
                     .collect::<Vec<_>>()
             }
         });
-        let results = join_all(attempts).await.into_iter().flatten().collect();
+        let results: Vec<_> = join_all(attempts).await.into_iter().flatten().collect();
+        if results.is_empty() {
+            // nothing was tried (stopping): the message stays due, as it was
+            return self.spool.hand_back(lease);
+        }
         self.record(s, lease, results).await;
     }
 

@@ -16,6 +16,7 @@ use backstop_proto::address::{Domain, ForwardPath, ReversePath};
 use backstop_proto::smtp::command::MailParams;
 use backstop_proto::smtp::reply::Reply;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_rustls::TlsConnector;
@@ -93,23 +94,32 @@ impl Destinations {
     }
 
     /// Delivers `body` to `rcpts` of `lease` at `dest`: one outcome per recipient, in order.
+    /// None when `stopping` turned true before the transaction began: nothing was tried (the
+    /// caller hands the recipients back); a transaction once begun is finished.
     pub async fn deliver(
         &self,
         dest: &Dest,
         lease: &Lease,
-        from: &ReversePath,
-        rcpts: &[&LeasedRcpt],
+        (from, rcpts): (&ReversePath, &[&LeasedRcpt]),
         body: &[u8],
-    ) -> Vec<Outcome> {
+        stopping: &AtomicBool,
+    ) -> Option<Vec<Outcome>> {
         let slot = self.slot(dest);
         let _permit = slot.permit().await;
+        if stopping.load(Ordering::SeqCst) {
+            return None;
+        }
         let (mut conn, reused) = match slot.take_idle() {
             Some(c) => (c, true),
             None => match self.connect(dest).await {
                 Ok(c) => (c, false),
-                Err(o) => return fan_out(o, rcpts.len()),
+                Err(o) => return Some(fan_out(o, rcpts.len())),
             },
         };
+        if stopping.load(Ordering::SeqCst) {
+            conn.quit().await;
+            return None;
+        }
         let mut result = transaction(&mut conn, lease, from, rcpts, body).await;
         if reused && matches!(result, Err(Early::Stale(_))) {
             // the server closed the kept connection meanwhile: nothing was taken, so a fresh
@@ -119,10 +129,10 @@ impl Destinations {
                     conn = c;
                     result = transaction(&mut conn, lease, from, rcpts, body).await;
                 }
-                Err(o) => return fan_out(o, rcpts.len()),
+                Err(o) => return Some(fan_out(o, rcpts.len())),
             }
         }
-        match result {
+        Some(match result {
             Ok(outcomes) => {
                 conn.transactions += 1;
                 slot.put(conn);
@@ -132,7 +142,7 @@ impl Destinations {
                 fan_out(Outcome::Upstream(Arc::new(e)), rcpts.len())
             }
             Err(Early::Partial(outcomes)) => outcomes,
-        }
+        })
     }
 
     /// Connects to the first host of `dest` that answers, with STARTTLS when offered.

@@ -264,6 +264,11 @@ impl Spool {
             .map_err(io::Error::other)?
     }
 
+    /// Ends a lease with nothing tried: the message stays as it was (due again at once).
+    pub fn hand_back(&self, lease: Lease) {
+        self.lock().unlease(&lease.id);
+    }
+
     /// Records the outcome of a lease: new statuses for (some of) its recipients, by index.
     /// Recipients not mentioned keep their status. The lease ends.
     pub async fn finish(&self, lease: Lease, updates: Vec<(usize, Status)>) {

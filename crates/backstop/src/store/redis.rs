@@ -9,6 +9,10 @@
 //! Redis Cluster they live in one slot and the scripts stay atomic (backstop's shared state is
 //! small: call-out answers, counters, claims).
 //!
+//! `rediss://` URLs are reached over TLS (rustls, the process's crypto provider), the servers
+//! verified with the system's root certificates or a CA given in [`Tls`], which may also carry
+//! a client certificate.
+//!
 //! Not responsible for: what to do when Redis is unreachable (callers get [`StoreError`] and
 //! answer with a temporary failure).
 
@@ -17,8 +21,11 @@ use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{FromRedisValue, Script, ScriptInvocation};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    ClientTlsConfig, FromRedisValue, IntoConnectionInfo, Script, ScriptInvocation, TlsCertificates,
+};
+use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -49,6 +56,59 @@ pub enum Target {
         /// The master's name in their configuration.
         master: String,
     },
+}
+
+/// Certificates for `rediss://` connections, in PEM. Empty (the default): servers are
+/// verified with the system's root certificates and no client certificate is shown.
+#[derive(Clone, Default)]
+pub struct Tls {
+    /// CA certificate(s) the servers' certificates must chain to, instead of the system's
+    /// roots.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate (chain) and its private key, for servers that require one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the key
+        f.debug_struct("Tls")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Reads the CA file and the client certificate and key files.
+    pub fn read(ca: Option<&Path>, client: Option<(&Path, &Path)>) -> Result<Tls, StoreError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| {
+                StoreError::Backend(format!("redis: cannot read {}: {e}", p.display()))
+            })
+        };
+        Ok(Tls {
+            ca: ca.map(read).transpose()?,
+            client: match client {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            },
+        })
+    }
+
+    /// The redis crate's form; None when there is nothing to add to the defaults.
+    fn certificates(&self) -> Option<TlsCertificates> {
+        if self.ca.is_none() && self.client.is_none() {
+            return None;
+        }
+        Some(TlsCertificates {
+            client_tls: self.client.as_ref().map(|(cert, key)| ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: self.ca.clone(),
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -203,38 +263,23 @@ macro_rules! on_conn {
 
 impl RedisStore {
     /// Connects; every key starts with `{namespace}:`. Fails (with the server's error) when
-    /// Redis cannot be reached now.
+    /// Redis cannot be reached now. `rediss://` URLs are verified with the system's root
+    /// certificates ([`RedisStore::connect_with_tls`] for others).
     pub async fn connect(target: &Target, namespace: &str) -> Result<RedisStore, StoreError> {
+        RedisStore::connect_with_tls(target, &Tls::default(), namespace).await
+    }
+
+    /// Connects as [`RedisStore::connect`] does, `rediss://` URLs with `tls`'s certificates.
+    pub async fn connect_with_tls(
+        target: &Target,
+        tls: &Tls,
+        namespace: &str,
+    ) -> Result<RedisStore, StoreError> {
         let conn = match target {
-            Target::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(backend)?;
-                let cfg = ConnectionManagerConfig::new()
-                    .set_number_of_retries(1)
-                    .set_connection_timeout(Some(TIMEOUT))
-                    .set_response_timeout(Some(TIMEOUT));
-                Conn::Single(
-                    ConnectionManager::new_with_config(client, cfg)
-                        .await
-                        .map_err(backend)?,
-                )
-            }
-            Target::Cluster(urls) => {
-                let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
-                    .connection_timeout(TIMEOUT)
-                    .response_timeout(TIMEOUT)
-                    .retries(1)
-                    .build()
-                    .map_err(backend)?;
-                Conn::Cluster(client.get_async_connection().await.map_err(backend)?)
-            }
+            Target::Single(url) => single(url, tls).await?,
+            Target::Cluster(urls) => cluster(urls, tls).await?,
             Target::Sentinel { sentinels, master } => {
-                let client = SentinelClient::build(
-                    sentinels.clone(),
-                    master.clone(),
-                    None,
-                    SentinelServerType::Master,
-                )
-                .map_err(backend)?;
+                let client = sentinel_client(sentinels, master, tls).map_err(backend)?;
                 let mut watched = Watched { client, conn: None };
                 watched.conn().await.map_err(backend)?;
                 Conn::Sentinel(Arc::new(tokio::sync::Mutex::new(watched)))
@@ -276,6 +321,98 @@ impl RedisStore {
             .await?;
         Ok(v.map(|v| (v, e)))
     }
+}
+
+/// Whether `url` asks for TLS.
+fn is_tls(url: &str) -> bool {
+    url.starts_with("rediss://")
+}
+
+/// One server; with `tls`'s certificates when it has any (the URL must then be `rediss://`).
+async fn single(url: &str, tls: &Tls) -> Result<Conn, StoreError> {
+    let client = match tls.certificates() {
+        Some(certs) => redis::Client::build_with_tls(url, certs),
+        None => redis::Client::open(url),
+    }
+    .map_err(backend)?;
+    let cfg = ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT));
+    let manager = ConnectionManager::new_with_config(client, cfg)
+        .await
+        .map_err(backend)?;
+    Ok(Conn::Single(manager))
+}
+
+/// A Redis Cluster; every node with `tls`'s certificates when it has any.
+async fn cluster(urls: &[String], tls: &Tls) -> Result<Conn, StoreError> {
+    let mut builder = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
+        .connection_timeout(TIMEOUT)
+        .response_timeout(TIMEOUT)
+        .retries(1);
+    if let Some(certs) = tls.certificates() {
+        builder = builder.certs(certs);
+    }
+    let client = builder.build().map_err(backend)?;
+    Ok(Conn::Cluster(
+        client.get_async_connection().await.map_err(backend)?,
+    ))
+}
+
+/// A configuration the redis crate would refuse or misread.
+fn invalid_config(why: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, why))
+}
+
+/// The client asking `sentinels` for `master`. With `rediss://` sentinels, the master is
+/// reached over TLS too, both verified with `tls`'s CA (else the system's roots) and shown its
+/// client certificate; the sentinels must then share one user name and password.
+fn sentinel_client(
+    sentinels: &[String],
+    master: &str,
+    tls: &Tls,
+) -> redis::RedisResult<SentinelClient> {
+    if !sentinels.iter().any(|u| is_tls(u)) {
+        if tls.certificates().is_some() {
+            return Err(invalid_config(
+                "TLS certificates are for rediss:// sentinels",
+            ));
+        }
+        return SentinelClient::build(sentinels.to_vec(), master, None, SentinelServerType::Master);
+    }
+    let infos = sentinels
+        .iter()
+        .map(|u| u.as_str().into_connection_info())
+        .collect::<redis::RedisResult<Vec<_>>>()?;
+    let login = |i: &redis::ConnectionInfo| {
+        let r = i.redis_settings();
+        (
+            r.username().map(str::to_owned),
+            r.password().map(str::to_owned),
+        )
+    };
+    if infos.iter().any(|i| login(i) != login(&infos[0])) {
+        let why = "rediss:// sentinels must share one user name and password";
+        return Err(invalid_config(why));
+    }
+    let addrs = infos.iter().map(|i| i.addr().clone());
+    let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?
+        .set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+    if let Some(first) = infos.first().map(|i| i.redis_settings()) {
+        if let Some(user) = first.username() {
+            builder = builder.set_client_to_sentinel_username(user);
+        }
+        if let Some(password) = first.password() {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+    }
+    if let Some(certs) = tls.certificates() {
+        builder = builder
+            .set_client_to_sentinel_certificates(certs.clone())
+            .set_client_to_redis_certificates(certs);
+    }
+    builder.build()
 }
 
 /// A connection that Redis (restarted, or a proxy) dropped: the manager reconnects, and the

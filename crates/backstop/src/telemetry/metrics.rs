@@ -149,7 +149,12 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
     (
         "backstop_callout_backend_up",
         Kind::Gauge,
-        "1 when the internal server's last probe was answered, 0 when it failed",
+        "1 while the call-out server answers (health checks and probes), 0 while it does not",
+    ),
+    (
+        "backstop_next_hop_up",
+        Kind::Gauge,
+        "1 while the next hop answers (health checks and relayed mail), 0 while it does not",
     ),
 ];
 

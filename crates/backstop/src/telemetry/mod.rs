@@ -205,6 +205,16 @@ pub enum Event<'a> {
         /// How long the attempt took (the whole connection, shared by its recipients).
         latency: Duration,
     },
+    /// Recipients whose transaction had not begun when the gateway began to stop: not tried,
+    /// handed back to the queue as they were (tried after the restart).
+    HandedBack {
+        /// Queue id.
+        id: &'a str,
+        /// Where they were to go.
+        next_hop: &'a str,
+        /// How many.
+        rcpts: usize,
+    },
     /// A delivery report was queued for a message's sender.
     ReportSent {
         /// The original's queue id.
@@ -501,6 +511,14 @@ impl Event<'_> {
                 self.log_attempt(tracing::Level::INFO)
             }
             Event::Attempt { .. } => self.log_attempt(tracing::Level::WARN),
+            Event::HandedBack {
+                id,
+                next_hop,
+                rcpts,
+            } => tracing::info!(
+                target: "backstop::event", event = "handed_back", id, relay = next_hop, rcpts,
+                "stopping: {rcpts} recipient(s) of {id} not tried, left in the queue"
+            ),
             Event::RcptRelayRefused { peer, rcpt, reply } => tracing::info!(
                 target: "backstop::event", event = "rcpt_relay_refused", client = %peer,
                 to = %Angle(rcpt), reply = text(reply).as_str()
@@ -616,21 +634,14 @@ impl Event<'_> {
             Event::Dnsbl { ip, zone, listed } => {
                 tracing::info!(target: "backstop::event", event = "dnsbl", %ip, zone, listed)
             }
+            // each check: a change of state is also an alert (backend_down, backend_up)
             Event::BackendCheck {
                 role,
                 target,
-                up: true,
-                ..
-            } => tracing::debug!(
-                target: "backstop::event", event = "backend_check", role, target, up = true
-            ),
-            Event::BackendCheck {
-                role,
-                target,
-                up: false,
+                up,
                 detail,
-            } => tracing::warn!(
-                target: "backstop::event", event = "backend_check", role, target, up = false,
+            } => tracing::debug!(
+                target: "backstop::event", event = "backend_check", role, target, up,
                 error = text(detail).as_str()
             ),
             Event::BounceVerdict {
@@ -738,6 +749,7 @@ impl Event<'_> {
             | Event::RcptRelayRefused { .. }
             | Event::Delivered { .. }
             | Event::Queued { .. }
+            | Event::HandedBack { .. }
             | Event::NotDelivered { .. } => {}
         }
     }

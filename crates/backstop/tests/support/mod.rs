@@ -115,11 +115,33 @@ impl Backstop {
 
     /// Starts `backstop ARGS...` in `cwd` and waits for its "listening on" line.
     pub fn start_with(cwd: &Path, args: &[&str], config: PathBuf) -> Backstop {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        Backstop::start_wrapped(cwd, &[], args, &[], config)
+    }
+
+    /// Starts `WRAPPER... backstop ARGS...` (e.g. `setpriv --reuid=...` to run it as another
+    /// user) in `cwd` with `env` added, and waits for its "listening on" line.
+    pub fn start_wrapped(
+        cwd: &Path,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        config: PathBuf,
+    ) -> Backstop {
+        let bin = env!("CARGO_BIN_EXE_backstop");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(args)
             .current_dir(cwd)
             .env("RUST_LOG", "info")
             .env_remove("BACKSTOP_CONFIG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -266,17 +288,17 @@ impl Sink {
 
     /// Starts a sink on `port` (for a next hop configured before the sink runs).
     pub fn start_on(port: u16) -> Sink {
+        Sink::start_with(port, &[])
+    }
+
+    /// Starts a sink on `port` with more smtp-sink options (`-w 3`: answer DATA after 3 s).
+    pub fn start_with(port: u16, options: &[&str]) -> Sink {
         let dir = world_dir();
         let template = format!("{}/m.", dir.path().display());
         let child = Command::new("/usr/sbin/smtp-sink")
-            .args([
-                "-u",
-                "nobody",
-                "-d",
-                &template,
-                &format!("127.0.0.1:{port}"),
-                "256",
-            ])
+            .args(["-u", "nobody", "-d", &template])
+            .args(options)
+            .args([&format!("127.0.0.1:{port}"), "256"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -625,6 +647,27 @@ impl RedisServer {
         }
     }
 
+    /// Starts one that speaks only TLS, on a free port (`rediss://127.0.0.1:PORT/`), with
+    /// `files`; it asks clients for a certificate signed by `files.ca` when `auth_clients`.
+    pub fn start_tls(files: &RedisTlsFiles, auth_clients: bool) -> RedisServer {
+        RedisServer::start_tls_with(files, auth_clients, &[])
+    }
+
+    /// [`RedisServer::start_tls`] with more `redis-server` options.
+    fn start_tls_with(files: &RedisTlsFiles, auth_clients: bool, extra: &[&str]) -> RedisServer {
+        let port = free_port();
+        let p = port.to_string();
+        let auth = if auth_clients { "yes" } else { "no" };
+        let mut args = files.options(&p);
+        args.extend(["--tls-auth-clients".to_string(), auth.to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // `--port 0` after start_with's `--port PORT`: the later one counts (no plaintext)
+        let mut server = RedisServer::start_with(port, tempfile::tempdir().unwrap(), &args);
+        server.url = format!("rediss://127.0.0.1:{port}/");
+        server
+    }
+
     /// Stops it (as a crash would: SIGKILL), keeping the port for [`RedisServer::restart`].
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -637,6 +680,34 @@ impl RedisServer {
         old.stop();
         let dir = std::mem::replace(&mut old.dir, tempfile::tempdir().unwrap());
         RedisServer::start_on(old.port, dir)
+    }
+}
+
+/// The PEM files of a TLS-only `redis-server`.
+#[allow(dead_code)]
+pub struct RedisTlsFiles {
+    /// Its certificate (for 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA it verifies clients (and, replicating or in a cluster, its peers) with.
+    pub ca: PathBuf,
+}
+
+impl RedisTlsFiles {
+    /// The `redis-server` options for TLS only, on `port`.
+    fn options(&self, port: &str) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        [
+            ("--port", "0".to_string()),
+            ("--tls-port", port.to_string()),
+            ("--tls-cert-file", path(&self.cert)),
+            ("--tls-key-file", path(&self.key)),
+            ("--tls-ca-cert-file", path(&self.ca)),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect()
     }
 }
 
@@ -671,11 +742,36 @@ impl RedisCluster {
                 )
             })
             .collect();
+        RedisCluster::join(nodes, None)
+    }
+
+    /// Starts one whose nodes speak only TLS, to clients and to each other, with `files`.
+    pub fn start_tls(files: &RedisTlsFiles) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let bus = free_port().to_string();
+                // in the node's --dir
+                let cluster = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ];
+                let tls = ["--tls-cluster", "yes", "--cluster-port", &bus];
+                RedisServer::start_tls_with(files, false, &[&cluster[..], &tls[..]].concat())
+            })
+            .collect();
+        RedisCluster::join(nodes, Some(files))
+    }
+
+    /// Joins `nodes` (asking them over TLS with `tls`) and waits until the cluster is ok.
+    fn join(nodes: Vec<RedisServer>, tls: Option<&RedisTlsFiles>) -> RedisCluster {
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let out = Command::new("redis-cli")
+            .args(cli_tls(tls))
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -688,11 +784,7 @@ impl RedisCluster {
         );
         let ok = wait_until(20, || {
             nodes.iter().all(|n| {
-                let out = Command::new("redis-cli")
-                    .args(["-p", &n.port.to_string(), "cluster", "info"])
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
+                redis_cli_with(n.port, tls, &["cluster", "info"]).contains("cluster_state:ok")
             })
         });
         assert!(ok, "the cluster did not come up");
@@ -713,6 +805,8 @@ pub struct RedisSentinel {
     pub servers: Vec<RedisServer>,
     /// The sentinel.
     pub sentinel: RedisServer,
+    /// `redis-cli` options to reach them (TLS).
+    cli: Vec<String>,
 }
 
 #[allow(dead_code)]
@@ -726,15 +820,45 @@ impl RedisSentinel {
             tempfile::tempdir().unwrap(),
             &["--replicaof", "127.0.0.1", &mp],
         );
+        let port = free_port();
+        RedisSentinel::watch(master, replica, format!("port {port}\n"), port, None)
+    }
+
+    /// Starts them speaking only TLS, to clients and to each other, with `files`.
+    pub fn start_tls(files: &RedisTlsFiles) -> RedisSentinel {
+        let master = RedisServer::start_tls(files, false);
+        let mp = master.port.to_string();
+        let replicate = ["--replicaof", "127.0.0.1", &mp, "--tls-replication", "yes"];
+        let replica = RedisServer::start_tls_with(files, false, &replicate);
+        let port = free_port();
+        let conf = format!(
+            "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+             tls-auth-clients no\ntls-replication yes\n",
+            files.cert.display(),
+            files.key.display(),
+            files.ca.display()
+        );
+        RedisSentinel::watch(master, replica, conf, port, Some(files))
+    }
+
+    /// Starts a sentinel on `port` (its configuration begins with `listen`) watching `master`,
+    /// and waits until the replica is in sync and the sentinel sees both.
+    fn watch(
+        master: RedisServer,
+        replica: RedisServer,
+        listen: String,
+        port: u16,
+        tls: Option<&RedisTlsFiles>,
+    ) -> RedisSentinel {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("sentinel.conf");
-        let port = free_port();
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {mp} 1\n\
+                "{listen}bind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\n\
                  sentinel down-after-milliseconds mymaster 500\nsentinel failover-timeout mymaster 5000\n",
-                dir.path().display()
+                dir.path().display(),
+                master.port
             ),
         )
         .unwrap();
@@ -745,41 +869,65 @@ impl RedisSentinel {
             .spawn()
             .expect("redis-server --sentinel");
         wait_listening(port);
+        let scheme = if tls.is_some() { "rediss" } else { "redis" };
         let sentinel = RedisServer {
             child,
             port,
-            url: format!("redis://127.0.0.1:{port}/"),
+            url: format!("{scheme}://127.0.0.1:{port}/"),
             dir,
         };
         let in_sync = wait_until(20, || {
-            redis_cli(replica.port, &["info", "replication"]).contains("master_link_status:up")
-                && redis_cli(port, &["sentinel", "replicas", "mymaster"])
+            redis_cli_with(replica.port, tls, &["info", "replication"])
+                .contains("master_link_status:up")
+                && redis_cli_with(port, tls, &["sentinel", "replicas", "mymaster"])
                     .contains(&format!("{}", replica.port))
         });
         assert!(in_sync, "the replica or the sentinel did not come up");
         RedisSentinel {
             servers: vec![master, replica],
             sentinel,
+            cli: cli_tls(tls),
         }
     }
 
     /// The port of the master the sentinel names now.
     pub fn master_port(&self) -> u16 {
-        let out = redis_cli(
-            self.sentinel.port,
-            &["sentinel", "get-master-addr-by-name", "mymaster"],
-        );
-        out.lines()
+        let out = Command::new("redis-cli")
+            .args(&self.cli)
+            .args(["-h", "127.0.0.1", "-p", &self.sentinel.port.to_string()])
+            .args(["sentinel", "get-master-addr-by-name", "mymaster"])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
             .nth(1)
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or(0)
     }
 }
 
+/// `redis-cli` options for a TLS-only server whose certificate `tls.ca` signed.
+fn cli_tls(tls: Option<&RedisTlsFiles>) -> Vec<String> {
+    match tls {
+        Some(f) => vec![
+            "--tls".into(),
+            "--cacert".into(),
+            f.ca.display().to_string(),
+        ],
+        None => Vec::new(),
+    }
+}
+
 /// `redis-cli -p PORT ARGS...`: what it printed.
 #[allow(dead_code)]
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    redis_cli_with(port, None, args)
+}
+
+/// [`redis_cli`], over TLS with `tls`.
+fn redis_cli_with(port: u16, tls: Option<&RedisTlsFiles>, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
+        .args(cli_tls(tls))
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
