@@ -57,9 +57,12 @@ pub struct Backend {
 /// Called on every change of state: `(down, role, target, detail)`.
 pub type Hook = Arc<dyn Fn(bool, Role, &str, &str) + Send + Sync>;
 
+/// The states, by role and target.
+type States = BTreeMap<Role, BTreeMap<HostPort, Backend>>;
+
 /// The backends of the running configuration and their states.
 pub struct Backends {
-    states: Mutex<BTreeMap<(Role, HostPort), Backend>>,
+    states: Mutex<States>,
     hook: Hook,
     /// Wakes the checker for a check now (traffic saw a failure).
     wake: Notify,
@@ -101,7 +104,7 @@ impl Backends {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Role, HostPort), Backend>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, States> {
         self.states.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -110,9 +113,12 @@ impl Backends {
     pub fn follow(&self, cfg: &Config, now: u64) {
         let wanted = targets(cfg);
         let mut states = self.lock();
-        states.retain(|k, _| wanted.contains(k));
+        for (role, of_role) in states.iter_mut() {
+            of_role.retain(|hp, _| wanted.contains(&(*role, hp.clone())));
+        }
         for (role, hp) in wanted {
-            states.entry((role, hp.clone())).or_insert_with(|| Backend {
+            let of_role = states.entry(role).or_default();
+            of_role.entry(hp.clone()).or_insert_with(|| Backend {
                 role,
                 target: hp.to_string(),
                 up: None,
@@ -128,7 +134,7 @@ impl Backends {
     /// of state calls the hook.
     pub fn record(&self, role: Role, target: &HostPort, result: Result<(), String>, now: u64) {
         let mut states = self.lock();
-        let Some(b) = states.get_mut(&(role, target.clone())) else {
+        let Some(b) = states.get_mut(&role).and_then(|r| r.get_mut(target)) else {
             return;
         };
         let up = result.is_ok();
@@ -155,21 +161,26 @@ impl Backends {
 
     /// Traffic reached `target`: it answers.
     pub fn answered(&self, role: Role, target: &HostPort, now: u64) {
-        if self.lock().get(&(role, target.clone())).and_then(|b| b.up) != Some(true) {
+        if self.state(role, target).flatten() != Some(true) {
             self.record(role, target, Ok(()), now);
         }
     }
 
+    /// Whether `target` is watched (and then whether it answers; none before its first check).
+    fn state(&self, role: Role, target: &HostPort) -> Option<Option<bool>> {
+        self.lock().get(&role)?.get(target).map(|b| b.up)
+    }
+
     /// Traffic could not reach `target` (connection refused, lost, timed out): check it now.
     pub fn unreachable(&self, role: Role, target: &HostPort) {
-        if self.lock().contains_key(&(role, target.clone())) {
+        if self.state(role, target).is_some() {
             self.wake.notify_one();
         }
     }
 
     /// Every backend's state, next hops first.
     pub fn list(&self) -> Vec<Backend> {
-        self.lock().values().cloned().collect()
+        self.lock().values().flat_map(|r| r.values().cloned()).collect()
     }
 
     /// The backends known to be down.
@@ -191,7 +202,11 @@ impl Backends {
         let _ = futures_util::FutureExt::now_or_never(self.wake.notified());
         loop {
             let (helo, timeout, interval) = helo();
-            let targets: Vec<(Role, HostPort)> = self.lock().keys().cloned().collect();
+            let targets: Vec<(Role, HostPort)> = self
+                .lock()
+                .iter()
+                .flat_map(|(role, r)| r.keys().map(|hp| (*role, hp.clone())))
+                .collect();
             let checks = targets.iter().map(|(role, hp)| {
                 let helo = helo.clone();
                 async move { (*role, hp, check(hp, &helo, timeout).await) }

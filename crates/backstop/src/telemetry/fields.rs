@@ -45,6 +45,11 @@ struct Bounded<'a, 'b> {
 
 impl fmt::Write for Bounded<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // the usual case, at once: printable ASCII that fits
+        if s.len() <= self.left && s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            self.left -= s.len();
+            return self.out.write_str(s);
+        }
         for c in s.chars() {
             if self.left == 0 {
                 self.cut = true;
