@@ -371,6 +371,11 @@ struct Gateway {
     /// The dashboard's state (history and metrics): kept when its listener moves.
     web_state: Arc<crate::web::Web>,
     dnsbl: tokio::task::JoinHandle<()>,
+    delivery: tokio::task::JoinHandle<()>,
+    /// Turns true at SIGTERM: sessions and delivery stop taking new work.
+    shutdown: watch::Sender<bool>,
+    /// Every session holds a sender: this yields `None` once the last one has ended.
+    alive: mpsc::Receiver<()>,
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then stops gracefully; SIGHUP (or `backstop
@@ -383,98 +388,25 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     preflight(&cfg)?;
-    let metrics = Metrics::install().unwrap_or_default();
-    let parts = build(cfg).await?;
-    let cfg = parts.cfg.clone();
-    let spool = Spool::open(&spool_dir(&cfg)).map_err(|e| match e {
-        crate::queue::SpoolError::Io(io) | crate::queue::SpoolError::Full(io) => {
-            anyhow::anyhow!("spool {}: {io}", spool_dir(&cfg).display())
-        }
-        locked => anyhow::anyhow!("{locked}"),
-    })?;
-    let kept = Kept {
-        source,
-        store: parts.store.clone(),
-        store_alerts: parts.store_alerts.clone(),
-        spool: spool.clone(),
-        clock: parts.clock.clone(),
-        ids: Arc::new(IdGen::new(rand::random::<u64>())),
-        backends: Backends::new(backend_alerts(
-            parts.store_alerts.clone(),
-            parts.clock.clone(),
-        )),
-    };
-    kept.backends.follow(&cfg, kept.clock.unix());
-    let (generation, setup) = generation(&kept, cfg.clone(), None).await?;
-    kept.store_alerts.store(Some(generation.alerts.clone()));
-    log_startup(&kept.source, &cfg);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let listeners = Listeners::new(shutdown_rx.clone(), alive_tx);
-    let prepared = listeners.prepare(&cfg, &generation.ctx)?;
-    let current = Arc::new(ArcSwap::new(generation.served.clone()));
-    let web_state = Arc::new(crate::web::Web::new(current.clone(), metrics));
-    let web = match cfg.web.addr {
-        Some(addr) => Some(start_web(addr, bind_web(addr).await?, &web_state)?),
-        None => None,
-    };
-    let notifier = Arc::new(Notifier::new(
-        spool.clone(),
-        parts.store.clone(),
-        cfg.clone(),
-        parts.clock.clone(),
-        kept.ids.clone(),
-    ));
-    tracing::info!(messages = spool.len(), "queue loaded");
-    let engine = Arc::new(Engine::new(
-        spool.clone(),
-        parts.clock.clone(),
-        (notifier.clone(), kept.backends.clone()),
-        setup,
-    ));
-    let delivery = tokio::spawn(engine.clone().run(shutdown_rx.clone()));
-    let dnsbl = tokio::spawn(generation.reputation.clone().run(parts.clock.clone()));
-    let mut gw = Gateway {
-        kept,
-        generation,
-        listeners,
-        current,
-        engine,
-        notifier,
-        web,
-        web_state,
-        dnsbl,
-    };
+    let (mut gw, prepared) = Gateway::start(source, cfg).await?;
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let background = gw.spawn_background(reload_tx)?;
     gw.listeners.apply(prepared);
     ready(&gw.listeners.addrs());
     systemd_notify("READY=1\nSTATUS=accepting mail");
-
     gw.run_until_stopped(&mut reload_rx).await?;
-    let cfg = gw.generation.cfg.clone();
-    tracing::info!(grace = ?cfg.limits.shutdown_timeout, "stopping: no new connections, sessions in flight may finish");
-    systemd_notify("STOPPING=1\nSTATUS=stopping: sessions in flight may finish");
-    let _ = shutdown_tx.send(true);
-    gw.listeners.stop_accepting();
-    // sessions finish their transaction, deliveries theirs, both within shutdown_timeout
-    let deadline = tokio::time::Instant::now() + cfg.limits.shutdown_timeout;
-    let sessions = tokio::time::timeout_at(deadline, alive_rx.recv());
-    let (sessions, deliveries) = tokio::join!(sessions, gw.engine.drain(deadline));
-    match sessions {
-        Ok(_) => tracing::info!("all sessions ended"),
-        Err(_) => tracing::warn!("sessions still open after the shutdown timeout were cut off"),
-    }
-    match deliveries {
-        0 => tracing::info!("no delivery in flight"),
-        n => tracing::warn!(
-            deliveries = n,
-            "{n} delivery transaction(s) still running after the shutdown timeout were cut off; \
-             they are tried again at the next start (a message may arrive twice)"
-        ),
-    }
-    gw.stop(background, delivery).await;
+    gw.stop(background).await;
     Ok(())
+}
+
+/// The spool, with an error that names its directory once.
+fn open_spool(cfg: &Config) -> anyhow::Result<Arc<Spool>> {
+    Spool::open(&spool_dir(cfg)).map_err(|e| match e {
+        crate::queue::SpoolError::Io(io) | crate::queue::SpoolError::Full(io) => {
+            anyhow::anyhow!("spool {}: {io}", spool_dir(cfg).display())
+        }
+        locked => anyhow::anyhow!("{locked}"),
+    })
 }
 
 /// Tells systemd (`Type=notify`) how the service is doing, when it runs under systemd
@@ -569,6 +501,71 @@ fn redact(url: &str) -> String {
 }
 
 impl Gateway {
+    /// Opens the store and the spool, builds the first generation, binds the listeners (not
+    /// serving them yet: see [`Listeners::apply`]) and the web, and starts delivery.
+    async fn start(
+        source: ConfigSource,
+        cfg: Config,
+    ) -> anyhow::Result<(Gateway, crate::inbound::Prepared)> {
+        let metrics = Metrics::install().unwrap_or_default();
+        let parts = build(cfg).await?;
+        let cfg = parts.cfg.clone();
+        let spool = open_spool(&cfg)?;
+        let hook = backend_alerts(parts.store_alerts.clone(), parts.clock.clone());
+        let kept = Kept {
+            source,
+            store: parts.store.clone(),
+            store_alerts: parts.store_alerts.clone(),
+            spool: spool.clone(),
+            clock: parts.clock.clone(),
+            ids: Arc::new(IdGen::new(rand::random::<u64>())),
+            backends: Backends::new(hook),
+        };
+        kept.backends.follow(&cfg, kept.clock.unix());
+        let (generation, setup) = generation(&kept, cfg.clone(), None).await?;
+        kept.store_alerts.store(Some(generation.alerts.clone()));
+        log_startup(&kept.source, &cfg);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (alive_tx, alive) = mpsc::channel::<()>(1);
+        let listeners = Listeners::new(shutdown_rx.clone(), alive_tx);
+        let prepared = listeners.prepare(&cfg, &generation.ctx)?;
+        let current = Arc::new(ArcSwap::new(generation.served.clone()));
+        let web_state = Arc::new(crate::web::Web::new(current.clone(), metrics));
+        let web = match cfg.web.addr {
+            Some(addr) => Some(start_web(addr, bind_web(addr).await?, &web_state)?),
+            None => None,
+        };
+        let (store, clock, ids) = (&kept.store, &kept.clock, &kept.ids);
+        let notifier = Notifier::new(
+            spool.clone(),
+            store.clone(),
+            cfg,
+            clock.clone(),
+            ids.clone(),
+        );
+        let notifier = Arc::new(notifier);
+        tracing::info!(messages = spool.len(), "queue loaded");
+        let parts = (notifier.clone(), kept.backends.clone());
+        let engine = Arc::new(Engine::new(spool, clock.clone(), parts, setup));
+        let delivery = tokio::spawn(engine.clone().run(shutdown_rx));
+        let dnsbl = tokio::spawn(generation.reputation.clone().run(clock.clone()));
+        let gw = Gateway {
+            kept,
+            generation,
+            listeners,
+            current,
+            engine,
+            notifier,
+            web,
+            web_state,
+            dnsbl,
+            delivery,
+            shutdown,
+            alive,
+        };
+        Ok((gw, prepared))
+    }
+
     /// The tasks that run beside the listeners; they follow reloads through `current`.
     fn spawn_background(
         &self,
@@ -653,7 +650,9 @@ impl Gateway {
                     .filter(|l| !l.is_empty())
                     .collect::<Vec<_>>()
                     .join(" ");
-                tracing::error!(config = %self.kept.source, error = %e, "configuration not reloaded; the running one stays");
+                let source = &self.kept.source;
+                let what = "configuration not reloaded; the running one stays";
+                tracing::error!(config = %source, error = %e, "{what}");
                 Err(e)
             }
         }
@@ -723,13 +722,30 @@ impl Gateway {
         Ok(changes)
     }
 
-    /// After the sessions: stops the background tasks, writes what is kept in memory,
-    /// lets the web finish its requests, and waits for delivery.
-    async fn stop(
-        self,
-        background: Vec<tokio::task::JoinHandle<()>>,
-        delivery: tokio::task::JoinHandle<()>,
-    ) {
+    /// Stops: no new connections or deliveries; sessions and deliveries in flight finish their
+    /// transaction within `shutdown_timeout`; then the background tasks stop, what is kept in
+    /// memory is written, and the web finishes its requests.
+    async fn stop(mut self, background: Vec<tokio::task::JoinHandle<()>>) {
+        let timeout = self.generation.cfg.limits.shutdown_timeout;
+        tracing::info!(grace = ?timeout, "stopping: no new connections, sessions in flight may finish");
+        systemd_notify("STOPPING=1\nSTATUS=stopping: sessions in flight may finish");
+        let _ = self.shutdown.send(true);
+        self.listeners.stop_accepting();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let sessions = tokio::time::timeout_at(deadline, self.alive.recv());
+        let (sessions, deliveries) = tokio::join!(sessions, self.engine.drain(deadline));
+        match sessions {
+            Ok(_) => tracing::info!("all sessions ended"),
+            Err(_) => tracing::warn!("sessions still open after the shutdown timeout were cut off"),
+        }
+        match deliveries {
+            0 => tracing::info!("no delivery in flight"),
+            n => tracing::warn!(
+                deliveries = n,
+                "{n} delivery transaction(s) still running after the shutdown timeout were cut \
+                 off; they are tried again at the next start (a message may arrive twice)"
+            ),
+        }
         for t in background {
             t.abort();
         }
@@ -744,7 +760,7 @@ impl Gateway {
                 tracing::warn!("web requests still open after {WEB_GRACE:?} were cut off");
             }
         }
-        let _ = delivery.await;
+        let _ = self.delivery.await;
         let spool = &self.kept.spool;
         let (records, syncs) = spool.write_stats();
         tracing::info!(

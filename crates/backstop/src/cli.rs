@@ -2,8 +2,9 @@
 //! `quarantine`, `bounce`, `generate`. Every command that needs a configuration finds it the
 //! same way ([`ConfigSource::resolve`]: `--config`, `BACKSTOP_CONFIG`,
 //! `/etc/backstop/backstop.toml`, the built-in example). Errors become exit codes here and only
-//! here: 0 success; 1 `verify` says the recipient would be refused; 2 an error (bad
-//! configuration, cannot listen, no gateway to reload, ...).
+//! here: 0 success; 1 `verify` says the recipient would be refused, or `check-config --connect`
+//! found a server that does not answer; 2 an error (bad configuration, cannot listen, a reload
+//! refused, no gateway to reload, ...).
 
 use crate::config::ago;
 use crate::config::{Config, ConfigSource};

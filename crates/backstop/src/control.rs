@@ -170,6 +170,22 @@ pub struct Served {
     pub backends: Arc<crate::health::Backends>,
 }
 
+impl Served {
+    /// What `backstop status --json` shows, from the running gateway.
+    pub async fn status(&self) -> Result<serde_json::Value, crate::store::StoreError> {
+        let now = self.clock.unix();
+        let (store, verifier) = (self.store.as_ref(), &self.verifier);
+        crate::status::gather(
+            &self.cfg,
+            store,
+            &self.spool,
+            (verifier, Some(&self.backends)),
+            now,
+        )
+        .await
+    }
+}
+
 /// A request to reload the configuration, and where its answer goes: `{"config": FILE,
 /// "changes": [...]}` or `{"error": ...}`.
 pub type ReloadRequest = tokio::sync::oneshot::Sender<serde_json::Value>;
@@ -230,18 +246,10 @@ async fn handle(stream: UnixStream, c: &Control) -> std::io::Result<()> {
             why_held(&s.watch, &mut answer, s.clock.unix()).await;
             answer
         }
-        ["status"] => {
-            let now = s.clock.unix();
-            crate::status::gather(
-                &s.cfg,
-                s.store.as_ref(),
-                &s.spool,
-                (&s.verifier, Some(&s.backends)),
-                now,
-            )
+        ["status"] => s
+            .status()
             .await
-            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
-        }
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
         ["sender-release", a] => sender_release(&s.watch, a, s.clock.unix()).await,
         ["bounce-stats"] => stats_answer(s.guard.stats(s.clock.unix()).await, s.clock.unix()),
         _ => serde_json::json!({ "error": "unknown request" }),

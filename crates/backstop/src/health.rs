@@ -180,7 +180,10 @@ impl Backends {
 
     /// Every backend's state, next hops first.
     pub fn list(&self) -> Vec<Backend> {
-        self.lock().values().flat_map(|r| r.values().cloned()).collect()
+        self.lock()
+            .values()
+            .flat_map(|r| r.values().cloned())
+            .collect()
     }
 
     /// The backends known to be down.

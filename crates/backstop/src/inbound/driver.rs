@@ -134,28 +134,8 @@ pub async fn run(
                     if io.write_all(&std::mem::take(&mut wbuf)).await.is_err() {
                         break 'session;
                     }
-                    let upgraded = std::mem::replace(&mut io, Stream::Gone)
-                        .upgrade(tls.clone())
-                        .await;
-                    match upgraded {
-                        Ok((s, described)) => {
-                            io = s;
-                            handler.tls = described;
-                            Event::Tls {
-                                client: handler.client(&session),
-                                error: None,
-                            }
-                            .emit();
-                        }
-                        Err(e) => {
-                            let client = handler.client(&session);
-                            Event::Tls {
-                                client,
-                                error: Some(&e),
-                            }
-                            .emit();
-                            break 'session;
-                        }
+                    if !start_tls(&mut io, tls, &mut handler, &session).await {
+                        break 'session;
                     }
                     session.tls_established(Instant::now());
                 }
@@ -197,6 +177,33 @@ pub async fn run(
         messages: handler.messages,
     }
     .emit();
+}
+
+/// The handshake after `220 Ready to start TLS`, logged either way; false when it failed (the
+/// session ends).
+async fn start_tls(
+    io: &mut Stream,
+    tls: &Option<TlsAcceptor>,
+    handler: &mut Handler,
+    session: &Session,
+) -> bool {
+    let upgraded = std::mem::replace(io, Stream::Gone)
+        .upgrade(tls.clone())
+        .await;
+    let error = match upgraded {
+        Ok((s, described)) => {
+            *io = s;
+            handler.tls = described;
+            None
+        }
+        Err(e) => Some(e),
+    };
+    Event::Tls {
+        client: handler.client(session),
+        error: error.as_deref(),
+    }
+    .emit();
+    error.is_none()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -172,11 +172,15 @@ impl Handler {
             ForwardPath::Mailbox(m) => m,
         };
         let (reply, result, reason) = self.answer_rcpt(rcpt.clone(), params, session).await;
-        let none = ReversePath::Null;
+        // without a transaction (no MAIL, or after RSET) there is no id either
+        let (id, from) = match session.transaction() {
+            Some(t) => (self.txn.id.as_str(), &t.from),
+            None => ("", &ReversePath::Null),
+        };
         Event::Rcpt {
             client: self.client(session),
-            id: &self.txn.id,
-            from: session.transaction().map_or(&none, |t| &t.from),
+            id,
+            from,
             rcpt: &rcpt,
             reply: &reply,
             result,

@@ -412,7 +412,8 @@ impl Event<'_> {
                 reply,
             } => tracing::info!(
                 target: "backstop::event", event = "mail", client = %client.ip,
-                helo = %client.helo(), from = %Clean(from, ADDRESS_MAX + 2), result = Answer::of(reply.code).as_str(),
+                helo = %client.helo(), from = %Clean(from, ADDRESS_MAX + 2),
+                result = Answer::of(reply.code).as_str(),
                 reply = text(reply).as_str()
             ),
             Event::Rcpt { .. } => self.log_rcpt(),
@@ -452,8 +453,8 @@ impl Event<'_> {
         };
         tracing::info!(
             target: "backstop::event", event = "rcpt", id, client = %client.ip,
-            helo = %client.helo(), from = %Clean(from, ADDRESS_MAX + 2), to = %Angle(rcpt), result = result.as_str(),
-            reason, code = reply.code, reply = text(reply).as_str()
+            helo = %client.helo(), from = %Clean(from, ADDRESS_MAX + 2), to = %Angle(rcpt),
+            result = result.as_str(), reason, code = reply.code, reply = text(reply).as_str()
         );
     }
 
@@ -475,7 +476,8 @@ impl Event<'_> {
         let msgid = message_id.map_or_else(|| "none".to_string(), |m| Angle(m).to_string());
         tracing::info!(
             target: "backstop::event", event = "message", id, client = %client.ip,
-            helo = %client.helo(), tls = client.tls(), from = %Clean(from, ADDRESS_MAX + 2), size, nrcpt,
+            helo = %client.helo(), tls = client.tls(), from = %Clean(from, ADDRESS_MAX + 2),
+            size, nrcpt,
             "message-id" = %Clean(&msgid, MESSAGE_ID_MAX + 2), result = result.as_str(), reason,
             code = reply.code, reply = text(reply).as_str()
         );
@@ -613,7 +615,8 @@ impl Event<'_> {
                 subject,
                 detail,
             } => tracing::warn!(
-                target: "backstop::event", event = "alert", kind, subject, detail = text(detail).as_str()
+                target: "backstop::event", event = "alert", kind, subject,
+                detail = text(detail).as_str()
             ),
             Event::HarvestCutOff { peer, unknown } => tracing::warn!(
                 target: "backstop::event", event = "harvest_cut_off", client = %peer, unknown

@@ -7,7 +7,7 @@
 //! may call (`super::access`).
 
 use super::Shared;
-use crate::control::{self, Served, parse_address};
+use crate::control::{self, parse_address};
 use crate::store::StoreError;
 use crate::telemetry::metrics::Reading;
 use axum::Json;
@@ -15,19 +15,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-
-/// What `backstop status --json` shows.
-pub async fn status_of(s: &Served) -> Result<Value, StoreError> {
-    let now = s.clock.unix();
-    crate::status::gather(
-        &s.cfg,
-        s.store.as_ref(),
-        &s.spool,
-        (&s.verifier, Some(&s.backends)),
-        now,
-    )
-    .await
-}
 
 fn store_failed(e: StoreError) -> Response {
     let body = json!({ "error": format!("store: {e}") });
@@ -44,7 +31,7 @@ fn answer(v: Value, status: StatusCode) -> Response {
 
 /// `GET /api/status`.
 pub async fn status(State(web): State<Shared>) -> Response {
-    match status_of(&web.served()).await {
+    match web.served().status().await {
         Ok(v) => Json(v).into_response(),
         Err(e) => store_failed(e),
     }
@@ -82,7 +69,7 @@ pub async fn summary(State(web): State<Shared>) -> Response {
             series.first().unwrap_or(now),
         )
     };
-    let status = match status_of(&web.served()).await {
+    let status = match web.served().status().await {
         Ok(v) => v,
         Err(e) => return store_failed(e),
     };

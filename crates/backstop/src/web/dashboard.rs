@@ -65,7 +65,9 @@ const STOPPED: &[Line] = &[
 pub async fn page(State(web): State<Shared>) -> Response {
     let now = web.served().clock.unix();
     let counters = web.metrics.tally().counters();
-    let status = super::api::status_of(&web.served())
+    let status = web
+        .served()
+        .status()
         .await
         .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
     let series = web.series.lock().unwrap_or_else(|e| e.into_inner());

@@ -214,7 +214,7 @@ async fn healthz(State(web): State<Shared>) -> Response {
 /// The Prometheus exposition, with the gauges read now.
 async fn metrics(State(web): State<Shared>) -> Response {
     let s = &web.served();
-    let status = api::status_of(s).await;
+    let status = s.status().await;
     let degraded = f64::from(u8::from(s.store.degraded()));
     web.metrics.with(|| {
         metrics::gauge!("backstop_store_degraded").set(degraded);
