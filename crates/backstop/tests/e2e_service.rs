@@ -550,3 +550,53 @@ fn a_reload_renews_the_certificate_adds_a_listener_and_moves_the_web() {
     assert!(out.contains(&format!("listen {second}: removed")), "{out}");
     assert!(std::net::TcpStream::connect(second).is_err());
 }
+
+#[test]
+fn refusals_the_session_makes_by_itself_are_logged_with_client_helo_and_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = format!("maildir:{}", dir.path().join("mail").display());
+    let b = Backstop::start(
+        dir.path(),
+        &list_config(
+            dir.path(),
+            &["alice@example.test"],
+            &maildir,
+            "[limits]\nmax_message_size = 2000\n",
+        ),
+    );
+    let (mut c, _) = Client::connect(b.addr);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<someone@client.test>").starts_with("250"));
+    // a bare LF in a command, then a message over the size limit
+    c.send(b"RCPT TO:<alice@example.test>\nX\r\n");
+    assert!(c.reply().starts_with("500 5.5.2"));
+    assert!(c.cmd("RCPT TO:<alice@example.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(3000)).as_bytes());
+    assert!(c.reply().starts_with("552 5.3.4"));
+    c.cmd("QUIT");
+    assert_eq!(
+        b.count_reaching(&["event=\"reply\"", "code=552"], 1),
+        1,
+        "{}",
+        b.log()
+    );
+    for code in ["500", "552"] {
+        let line = b
+            .log()
+            .lines()
+            .find(|l| l.contains("event=\"reply\"") && l.contains(&format!("code={code}")))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("{}", b.log()));
+        assert!(
+            line.contains("client=127.0.0.1")
+                && line.contains("helo=<client.test>")
+                && line.contains("from=<someone@client.test>")
+                && line.contains("result=\"refused\""),
+            "{line}"
+        );
+    }
+    // the answers to checks are logged once, by their own lines
+    assert_eq!(b.count(&["event=\"reply\"", "code=250"]), 0);
+    assert_eq!(b.count(&["event=\"reply\""]), 2, "{}", b.log());
+}

@@ -4,6 +4,8 @@
 use super::Setup;
 use super::handler::Handler;
 use crate::telemetry::Event;
+use backstop_proto::address::ReversePath;
+use backstop_proto::smtp::reply::Reply;
 use backstop_proto::smtp::server::{Output, Session};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -122,12 +124,22 @@ pub async fn run(
     let mut wbuf = Vec::with_capacity(4096);
     let mut rbuf = vec![0u8; 32 * 1024];
     let mut draining = false;
+    // the reply of the last check: its line was written by the handler
+    let mut resolved: Option<Reply> = None;
+    // the transaction open when the last input came (a refusal may have ended it since)
+    let mut open: Option<(String, ReversePath)> = None;
     'session: loop {
         while let Some(out) = session.poll_output() {
             match out {
-                Output::Reply(r) => r.encode_into(&mut wbuf),
+                Output::Reply(r) => {
+                    if resolved.take().as_ref() != Some(&r) && r.code >= 400 {
+                        log_refusal(&handler, &session, open.as_ref(), &r);
+                    }
+                    r.encode_into(&mut wbuf)
+                }
                 Output::Check(c) => {
                     let reply = handler.check(c, &session).await;
+                    resolved = Some(reply.clone());
                     session.resolve(reply, Instant::now());
                 }
                 Output::StartTls => {
@@ -161,7 +173,10 @@ pub async fn run(
         tokio::select! {
             r = io.read(&mut rbuf), if session.wants_input() => match r {
                 Ok(0) | Err(_) => break,
-                Ok(n) => session.handle_input(&rbuf[..n], Instant::now()),
+                Ok(n) => {
+                    open = session.transaction().map(|t| (handler.txn_id().to_string(), t.from.clone()));
+                    session.handle_input(&rbuf[..n], Instant::now())
+                }
             },
             _ = sleep_until(deadline) => session.handle_timeout(Instant::now()),
             r = shutdown.changed(), if !draining => if r.is_err() {
@@ -175,6 +190,23 @@ pub async fn run(
     Event::Disconnect {
         client: handler.client(&session),
         messages: handler.messages,
+    }
+    .emit();
+}
+
+/// A refusal the session gave by itself (a syntax error, a bare LF, a message too big, too
+/// many errors, a time limit, shutting down): the client, its HELO and sender, and the reply.
+fn log_refusal(
+    handler: &Handler,
+    session: &Session,
+    open: Option<&(String, ReversePath)>,
+    reply: &Reply,
+) {
+    Event::SessionReply {
+        client: handler.client(session),
+        id: open.map_or("", |(id, _)| id.as_str()),
+        from: open.map(|(_, from)| from),
+        reply,
     }
     .emit();
 }

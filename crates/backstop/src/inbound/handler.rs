@@ -96,6 +96,11 @@ impl Handler {
         }
     }
 
+    /// The open transaction's queue id (empty before the first MAIL).
+    pub fn txn_id(&self) -> &str {
+        &self.txn.id
+    }
+
     /// The client as log lines name it.
     pub fn client<'a>(&'a self, session: &'a Session) -> Client<'a> {
         Client {

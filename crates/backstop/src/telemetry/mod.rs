@@ -82,6 +82,18 @@ pub enum Event<'a> {
         /// What the client got.
         reply: &'a Reply,
     },
+    /// The session refused something by itself, before any check (a syntax error, a bare LF,
+    /// a message too big, too many errors, a time limit, shutting down).
+    SessionReply {
+        /// The client.
+        client: Client<'a>,
+        /// The transaction's id, if one was open.
+        id: &'a str,
+        /// The transaction's sender, if one was open.
+        from: Option<&'a ReversePath>,
+        /// What the client got (4xx or 5xx).
+        reply: &'a Reply,
+    },
     /// A recipient was answered (once per RCPT, whichever step answered it).
     Rcpt {
         /// The client.
@@ -416,6 +428,18 @@ impl Event<'_> {
                 result = Answer::of(reply.code).as_str(),
                 reply = text(reply).as_str()
             ),
+            Event::SessionReply {
+                client,
+                id,
+                from,
+                reply,
+            } => tracing::info!(
+                target: "backstop::event", event = "reply", id, client = %client.ip,
+                helo = %client.helo(),
+                from = %from.map_or_else(|| "none".to_string(), |f| Clean(f, ADDRESS_MAX + 2).to_string()),
+                result = Answer::of(reply.code).as_str(), code = reply.code,
+                reply = text(reply).as_str()
+            ),
             Event::Rcpt { .. } => self.log_rcpt(),
             Event::Message { .. } => self.log_message(),
             Event::BounceRefused {
@@ -746,6 +770,7 @@ impl Event<'_> {
             )
             .set(f64::from(u8::from(*listed))),
             Event::Disconnect { .. }
+            | Event::SessionReply { .. }
             | Event::Tls { .. }
             | Event::MailRefused { .. }
             | Event::BackendCheck { .. }
