@@ -117,7 +117,7 @@ impl Listeners {
                     anyhow::anyhow!(
                         "listen[{i}]: cannot listen on {}: {}",
                         l.addr,
-                        hint(&e, l.addr)
+                        self.why_not(&e, l.addr)
                     )
                 })?;
                 prepared.fresh.push((l.addr, listener));
@@ -197,6 +197,23 @@ impl Listeners {
         self.alive = None;
         for (_, r) in &self.running {
             r.task.abort();
+        }
+    }
+
+    /// Why `addr` cannot be bound, and what to do: a port backstop holds itself under
+    /// another address cannot move by a reload.
+    fn why_not(&self, e: &std::io::Error, addr: SocketAddr) -> String {
+        let ours = self
+            .running
+            .iter()
+            .find(|(_, r)| r.bound.port() == addr.port());
+        match ours {
+            Some((_, r)) if e.kind() == std::io::ErrorKind::AddrInUse => format!(
+                "{e}: backstop itself listens on {} (moving a listener between a specific \
+                 address and the wildcard on one port needs a restart)",
+                r.bound
+            ),
+            _ => hint(e, addr),
         }
     }
 
