@@ -27,9 +27,10 @@
 # Each round runs ceiling, backstop, Postfix in turn; medians are over the rounds.
 # A run ends when the side's sink has counted all N messages (for Postfix: the queue has
 # drained; for backstop in queue mode: its queue has drained), not when smtp-source finishes.
-# In queue mode backstop checks each message's sender (SPF, then DKIM) to decide whether it may
-# ever get a delivery report: its resolver is a dnsmasq on loopback started here, with an SPF
-# record for the sender's domain that passes (so every message costs one SPF evaluation).
+# backstop's resolver is a dnsmasq on loopback started here, with an SPF record for the sender's
+# domain that passes. No reply waits for it: a sender's SPF and DKIM are checked only when a
+# report is due (none is, here). DNS_DELAY=0.5 puts a proxy in front of dnsmasq that answers
+# every query after 0.5 s, as a slow resolver would.
 # Needs root, postfix (smtp-source, smtp-sink), swaks, dnsmasq (Debian dnsmasq-base).
 set -eu
 
@@ -211,6 +212,30 @@ for _ in range(50):
 sys.exit(1)
 PY
 echo "dns: dnsmasq on 127.0.0.1:$P_DNS (SPF for ${FROM#*@}: v=spf1 ip4:127.0.0.1 -all)"
+if [ "${DNS_DELAY:-0}" != 0 ]; then
+  # a slow resolver: every answer of dnsmasq handed on DNS_DELAY seconds late
+  P_SLOW=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  python3 - "$P_SLOW" "$P_DNS" "$DNS_DELAY" >"$W/slowdns.out" 2>&1 <<'PY' &
+import socket, sys, threading, time
+listen, upstream, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", listen))
+def answer(q, client):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+    u.sendto(q, ("127.0.0.1", upstream))
+    try:
+        a = u.recv(4096)
+    except OSError:
+        return
+    time.sleep(delay)
+    s.sendto(a, client)
+while True:
+    q, client = s.recvfrom(4096)
+    threading.Thread(target=answer, args=(q, client), daemon=True).start()
+PY
+  PIDS+=($!)
+  echo "dns: every answer ${DNS_DELAY}s late, through 127.0.0.1:$P_SLOW"
+  P_DNS=$P_SLOW
+fi
 
 # --- the shared store, when STORE=redis: a private redis-server on a free loopback port ---------
 STORE_CFG=""
@@ -375,10 +400,9 @@ if [ "$MODE" = queue ]; then
   dups=$(grep 'event="attempt" .*result="delivered"' "$W/backstop.log" | grep -o ' id="[^"]*"' |
     sort | uniq -d | wc -l)
   [ "$dups" = 0 ] || echo "ANOMALY backstop: $dups queue ids delivered more than once"
-  # every queued message had its sender checked: SPF must have passed (dnsmasq answered)
-  queued=$(grep -c 'event="queued"' "$W/backstop.log" || true)
-  spf=$(grep -c 'reports allowed: spf=pass' "$W/backstop.log" || true)
-  [ "$spf" = "$queued" ] || echo "ANOMALY backstop: SPF passed for $spf of $queued queued messages"
+  # no report was due: no sender needed SPF or DKIM
+  checked=$(grep -c 'event="trust"' "$W/backstop.log" || true)
+  [ "$checked" = 0 ] || echo "ANOMALY backstop: $checked senders checked though no report was due"
   grep -o 'spool: [0-9]* records made durable with [0-9]* syncs.*' "$W/backstop.log" ||
     echo "(no spool statistics in the backstop log)"
 else

@@ -242,6 +242,8 @@ struct Generation {
     served: Arc<Served>,
     alerts: Arc<Alerts>,
     reputation: Arc<Reputation>,
+    /// SPF and DKIM through this configuration's resolver (for the notifier).
+    auth: Arc<SenderAuth>,
 }
 
 /// Builds a generation for `cfg` (and the delivery setup that goes with it). With `previous`,
@@ -296,7 +298,6 @@ async fn generation(
         relays: Pools::new(&cfg.hostname, RELAY_TIMEOUT, MAX_RELAY_CONNECTIONS),
         clock: clock.clone(),
         ids: kept.ids.clone(),
-        auth: Arc::new(auth),
         spool: kept.spool.clone(),
         guard: guard.clone(),
         harvest: Arc::new(harvest),
@@ -321,6 +322,7 @@ async fn generation(
         served,
         alerts,
         reputation,
+        auth: Arc::new(auth),
     };
     Ok((generation, setup))
 }
@@ -537,9 +539,8 @@ impl Gateway {
         };
         let (store, clock, ids) = (&kept.store, &kept.clock, &kept.ids);
         let notifier = Notifier::new(
-            spool.clone(),
-            store.clone(),
-            cfg,
+            (spool.clone(), store.clone()),
+            (cfg, generation.auth.clone()),
             clock.clone(),
             ids.clone(),
         );
@@ -695,7 +696,8 @@ impl Gateway {
             .store_alerts
             .store(Some(generation.alerts.clone()));
         self.engine.reconfigure(setup);
-        self.notifier.reconfigure(cfg.clone());
+        self.notifier
+            .reconfigure(cfg.clone(), generation.auth.clone());
         self.kept.backends.follow(&cfg, self.kept.clock.unix());
         if web_moves {
             if let Some(w) = self.web.take() {

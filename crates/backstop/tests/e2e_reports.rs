@@ -198,3 +198,49 @@ fn a_thousand_failures_to_one_domain_get_at_most_the_budget() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(reports.wait_for(10).len(), 10);
 }
+
+/// A resolver that never answers is not on the path of any reply: the message is queued (250)
+/// without a DNS query; only when a report comes due are SPF and DKIM asked, off the SMTP
+/// path, and no answer means no report.
+#[test]
+fn a_dead_resolver_never_delays_the_250_and_means_no_report() {
+    let quiet = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    quiet.set_nonblocking(true).unwrap();
+    let reports = Sink::start();
+    let refusing = Sink::start_with(free_port(), &["-f", "RCPT"]);
+    let dir = tempfile::tempdir().unwrap();
+    let base = list_config(
+        dir.path(),
+        &["u0@example.test"],
+        &format!("smtp:127.0.0.1:{}", refusing.port),
+        "",
+    );
+    let config = format!(
+        "{base}relay = \"queue\"\n\n[[route]]\ndomain = \"sender.test\"\n\
+         next_hop = \"smtp:127.0.0.1:{}\"\n\n[delivery]\nresolver = \"{}\"\ntimeout = \"2s\"\n",
+        reports.port,
+        quiet.local_addr().unwrap()
+    );
+    let b = Backstop::start(dir.path(), &config);
+    let (code, t) = swaks(
+        b.addr,
+        &["--from", "someone@sender.test", "--to", "u0@example.test"],
+    );
+    assert_eq!(code, 0, "{t}");
+    assert!(t.contains("250 2.0.0 Ok: queued as"), "{t}");
+    let mut buf = [0u8; 1024];
+    assert!(quiet.recv(&mut buf).is_err(), "a DNS query before the 250");
+    // the next hop refuses the recipient: a report is due, and now SPF is asked
+    assert!(
+        wait_until(20, || quiet.recv(&mut buf).is_ok()),
+        "{}",
+        b.log()
+    );
+    assert_eq!(
+        b.count_reaching(&["event=\"trust\"", "trusted=false", "temperror"], 1),
+        1,
+        "{}",
+        b.log()
+    );
+    assert!(reports.messages().is_empty());
+}

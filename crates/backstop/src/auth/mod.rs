@@ -405,7 +405,7 @@ fn cpu_bound<R>(len: usize, work: impl FnOnce() -> R) -> R {
 #[cfg(test)]
 #[allow(clippy::duplicate_mod)]
 #[path = "../../tests/support/dns.rs"]
-mod test_dns;
+pub(crate) mod test_dns;
 
 #[cfg(test)]
 mod tests;

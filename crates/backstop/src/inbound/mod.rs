@@ -9,7 +9,6 @@ mod driver;
 mod handler;
 pub mod tls;
 
-use crate::auth::SenderAuth;
 use crate::backscatter::Guard;
 use crate::clock::Clock;
 use crate::config::{Config, Listener};
@@ -39,8 +38,6 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Message ids.
     pub ids: Arc<IdGen>,
-    /// SPF and DKIM, for deciding whether a sender may get delivery reports.
-    pub auth: Arc<SenderAuth>,
     /// The durable queue.
     pub spool: Arc<Spool>,
     /// BATV checks, bounce rates, the sent log and the verdict on bounces.

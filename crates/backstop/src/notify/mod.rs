@@ -38,35 +38,26 @@ const KEY_TTL: u64 = 60 * 86_400;
 /// The budget's window.
 const HOUR: u64 = 3600;
 
-/// Whether a message's sender may ever get a delivery report, decided when it is accepted.
-pub async fn eligibility(
-    auth: &SenderAuth,
+/// Whether a message's sender may ever get a delivery report, as far as the session knows it
+/// at acceptance, without a DNS lookup: a null sender or a report never gets one, a relay
+/// client always may; anyone else waits for SPF and DKIM, checked by [`Notifier`] only when a
+/// report is due (most messages never need one).
+pub fn eligibility(
     from: &ReversePath,
     relay_client: bool,
     ip: IpAddr,
     helo: &str,
     message: &[u8],
 ) -> Trust {
-    let no = |why: &str| Trust {
-        trusted: false,
-        why: why.into(),
-    };
-    let Some(sender) = from.mailbox() else {
-        return no("null sender");
-    };
+    if from.mailbox().is_none() {
+        return Trust::no("null sender");
+    }
     if is_report(backstop_proto::dsn::header_section(message)) {
-        return no("a delivery report");
+        return Trust::no("a delivery report");
     }
-    if relay_client {
-        return Trust {
-            trusted: true,
-            why: format!("relay client {ip}"),
-        };
-    }
-    let evidence = auth.check(ip, helo, sender, message).await;
-    Trust {
-        trusted: evidence.trusted(),
-        why: evidence.to_string(),
+    match relay_client {
+        true => Trust::yes(format!("relay client {ip}")),
+        false => Trust::undecided(ip, helo),
     }
 }
 
@@ -95,6 +86,8 @@ pub struct Notifier {
     store: Arc<dyn Store>,
     /// The configuration; a reload replaces it (reports decided afterwards follow it).
     cfg: arc_swap::ArcSwap<Config>,
+    /// SPF and DKIM, for senders whose trust is still to be decided (replaced by a reload).
+    auth: arc_swap::ArcSwap<SenderAuth>,
     clock: Arc<dyn Clock>,
     ids: Arc<IdGen>,
     /// The last day whose digest is done, plus one (0: none yet).
@@ -115,11 +108,11 @@ impl Notifier {
         }
     }
 
-    /// A notifier for the messages of `spool`.
+    /// A notifier for the messages of `spool`; `auth` checks the senders not decided at
+    /// acceptance.
     pub fn new(
-        spool: Arc<Spool>,
-        store: Arc<dyn Store>,
-        cfg: Arc<Config>,
+        (spool, store): (Arc<Spool>, Arc<dyn Store>),
+        (cfg, auth): (Arc<Config>, Arc<SenderAuth>),
         clock: Arc<dyn Clock>,
         ids: Arc<IdGen>,
     ) -> Notifier {
@@ -127,6 +120,7 @@ impl Notifier {
             spool,
             store,
             cfg: arc_swap::ArcSwap::new(cfg),
+            auth: arc_swap::ArcSwap::new(auth),
             clock,
             ids,
             digest_done: AtomicU64::new(0),
@@ -134,9 +128,10 @@ impl Notifier {
         }
     }
 
-    /// Follows a new configuration (after a reload).
-    pub fn reconfigure(&self, cfg: Arc<Config>) {
+    /// Follows a new configuration (after a reload), and its resolver.
+    pub fn reconfigure(&self, cfg: Arc<Config>, auth: Arc<SenderAuth>) {
         self.cfg.store(cfg);
+        self.auth.store(auth);
     }
 
     fn cfg(&self) -> Arc<Config> {
@@ -213,11 +208,17 @@ impl Notifier {
     }
 
     async fn try_settle(&self, id: &str) -> Result<(), NotifyError> {
-        let Some(rec) = self.spool.record(id) else {
+        let Some(mut rec) = self.spool.record(id) else {
             return Ok(());
         };
         let now = self.clock.unix();
-        let Plan { report, mut notes } = plan(&rec, now, self.rules());
+        let Plan { report, mut notes } = match rec.trust.pending.is_some() {
+            true => match self.plan_pending(&mut rec, now).await? {
+                Some(p) => p,
+                None => return Ok(()),
+            },
+            false => plan(&rec, now, self.rules()),
+        };
         let kind = match report {
             Some((kind, rcpts)) => {
                 let note = match self.send(&rec, kind, &rcpts, now).await? {
@@ -244,6 +245,50 @@ impl Notifier {
             .reported(id, kind.map(Kind::as_str), notes, done)
             .await?;
         Ok(())
+    }
+
+    /// The plan for a message whose sender's trust is still open. Only when the plan of a
+    /// trusted sender would send a report is the trust decided (SPF and DKIM, now, bounded by
+    /// the resolver's timeouts; a failed lookup means no report), recorded, and the real plan
+    /// made; otherwise the trusted plan holds (its notes do not depend on trust), or, with
+    /// nothing to do yet, none.
+    async fn plan_pending(&self, rec: &mut Record, now: u64) -> Result<Option<Plan>, NotifyError> {
+        let mut assumed = rec.clone();
+        assumed.trust.trusted = true;
+        let trusted = plan(&assumed, now, self.rules());
+        if trusted.report.is_none() {
+            return Ok((!trusted.notes.is_empty()).then_some(trusted));
+        }
+        rec.trust = self.decide(rec).await;
+        Event::Trust {
+            id: &rec.id,
+            trusted: rec.trust.trusted,
+            why: &rec.trust.why,
+        }
+        .emit();
+        self.spool.set_trust(&rec.id, rec.trust.clone()).await?;
+        Ok(Some(plan(rec, now, self.rules())))
+    }
+
+    /// SPF and DKIM for a sender left undecided at acceptance.
+    async fn decide(&self, rec: &Record) -> Trust {
+        let (Some(p), Some(sender)) = (&rec.trust.pending, rec.from.mailbox()) else {
+            return Trust::no("null sender");
+        };
+        let message = match self.spool.head(&rec.id, u64::MAX).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Trust::no("no longer queued"),
+            Err(e) => return Trust::no(format!("message unreadable: {e}")),
+        };
+        let evidence = self
+            .auth
+            .load()
+            .check(p.ip, &p.helo, sender, &message)
+            .await;
+        match evidence.trusted() {
+            true => Trust::yes(evidence.to_string()),
+            false => Trust::no(evidence.to_string()),
+        }
     }
 
     /// Claims, budgets, builds and queues one report.

@@ -157,9 +157,6 @@ pub fn envelope(report_id: &str, to: &Mailbox, message: Vec<u8>, now: u64) -> Ne
         },
         rcpts: vec![(to.clone(), RcptParams::default())],
         data: vec![message],
-        trust: Trust {
-            trusted: false,
-            why: "a report from this gateway".into(),
-        },
+        trust: Trust::no("a report from this gateway"),
     }
 }

@@ -14,10 +14,7 @@ fn mailbox(s: &str) -> Mailbox {
 }
 
 fn trusted() -> Trust {
-    Trust {
-        trusted: true,
-        why: "spf=pass (sender.test)".into(),
-    }
+    Trust::yes("spf=pass (sender.test)")
 }
 
 fn failed(at: u64) -> Status {
@@ -151,10 +148,7 @@ fn later_failures_wait_for_one_last_report_when_nothing_is_left() {
 #[test]
 fn untrusted_and_null_senders_get_nothing_and_the_reason_is_noted() {
     let mut rec = record(vec![(failed(T0), None), (failed(T0), None)]);
-    rec.trust = Trust {
-        trusted: false,
-        why: "spf=fail dkim=none".into(),
-    };
+    rec.trust = Trust::no("spf=fail dkim=none");
     let p = plan(&rec, T0, NO_DELAY);
     assert_eq!(p.report, None);
     assert_eq!(
@@ -231,13 +225,24 @@ fn config(extra: &str) -> Arc<Config> {
     Arc::new(Config::from_toml(&text, std::path::Path::new("/")).unwrap())
 }
 
+/// SPF and DKIM through a resolver nobody answers at: for tests whose senders are decided.
+fn no_dns() -> Arc<crate::auth::SenderAuth> {
+    let addr = "127.0.0.1:9".parse().unwrap();
+    Arc::new(
+        crate::auth::SenderAuth::new(Some(addr), std::time::Duration::from_millis(200)).unwrap(),
+    )
+}
+
 fn rig(store: Arc<dyn Store>, extra: &str) -> Rig {
+    rig_with(store, extra, no_dns())
+}
+
+fn rig_with(store: Arc<dyn Store>, extra: &str, auth: Arc<crate::auth::SenderAuth>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&dir.path().join("queue")).unwrap();
     let notifier = Notifier::new(
-        spool.clone(),
-        store,
-        config(extra),
+        (spool.clone(), store),
+        (config(extra), auth),
         Arc::new(ManualClock::new(T0 + 60)),
         Arc::new(IdGen::new(0)),
     );
@@ -326,10 +331,7 @@ async fn a_hundred_failures_make_exactly_one_report_with_headers_only() {
 async fn an_untrusted_sender_gets_none_and_the_failure_stays_listed() {
     let (_s, store) = store();
     let r = rig(store, "");
-    let forged = Trust {
-        trusted: false,
-        why: "spf=fail dkim=none".into(),
-    };
+    let forged = Trust::no("spf=fail dkim=none");
     failed_message(&r.spool, "A1", "victim@sender.test", 100, forged).await;
     r.notifier.settle("A1").await;
     assert!(reports(&r.spool).is_empty());
@@ -410,16 +412,15 @@ async fn the_postmaster_gets_one_digest_of_yesterdays_unreported_failures() {
     let spool = Spool::open(&dir.path().join("queue")).unwrap();
     let clock = Arc::new(ManualClock::new(T0 + 60));
     let notifier = Notifier::new(
-        spool.clone(),
-        store,
-        config("[reports]\ndigest = \"postmaster@example.test\"\n"),
+        (spool.clone(), store),
+        (
+            config("[reports]\ndigest = \"postmaster@example.test\"\n"),
+            no_dns(),
+        ),
         clock.clone(),
         Arc::new(IdGen::new(0)),
     );
-    let forged = Trust {
-        trusted: false,
-        why: "spf=fail dkim=none".into(),
-    };
+    let forged = Trust::no("spf=fail dkim=none");
     failed_message(&spool, "A1", "victim@sender.test", 2, forged).await;
     notifier.settle("A1").await;
     // the day is not over: nothing yet
@@ -451,9 +452,8 @@ async fn one_delay_warning_through_the_queue() {
     let spool = Spool::open(&dir.path().join("queue")).unwrap();
     let clock = Arc::new(ManualClock::new(T0 + 2 * 3600));
     let notifier = Notifier::new(
-        spool.clone(),
-        store,
-        config("[reports]\ndelay_warning = \"1h\"\n"),
+        (spool.clone(), store),
+        (config("[reports]\ndelay_warning = \"1h\"\n"), no_dns()),
         clock,
         Arc::new(IdGen::new(0)),
     );
@@ -499,4 +499,73 @@ async fn one_delay_warning_through_the_queue() {
         "{text}"
     );
     assert!(spool.show("B1").is_some());
+}
+
+/// A sender not decided at acceptance is checked (SPF, through a real DNS server) only when a
+/// report is due; the decision is kept with the message.
+#[tokio::test]
+async fn an_undecided_sender_is_checked_when_a_report_is_due_and_not_before() {
+    let dns = crate::auth::test_dns::Dns::start(&[
+        "--txt-record=sender.test,v=spf1 ip4:192.0.2.7 -all".to_string(),
+    ]);
+    let timeout = std::time::Duration::from_secs(2);
+    let auth = Arc::new(crate::auth::SenderAuth::new(Some(dns.addr), timeout).unwrap());
+    let (_s, store) = store();
+    let r = rig_with(store, "", auth);
+    // the sender's client is in its SPF record: a report, and the trust recorded
+    let ok = Trust::undecided("192.0.2.7".parse().unwrap(), "client.test");
+    failed_message(&r.spool, "A1", "user@sender.test", 2, ok).await;
+    r.notifier.settle("A1").await;
+    assert_eq!(reports(&r.spool).len(), 1);
+    // another client: no report, and why
+    let forged = Trust::undecided("198.51.100.9".parse().unwrap(), "forger.test");
+    failed_message(&r.spool, "A2", "user@sender.test", 2, forged).await;
+    r.notifier.settle("A2").await;
+    assert_eq!(reports(&r.spool).len(), 1);
+    let m = r.spool.show("A2").unwrap();
+    assert_eq!(m.trust.pending, None);
+    assert!(m.trust.why.starts_with("spf=fail"), "{:?}", m.trust);
+    assert!(
+        m.rcpts[0]
+            .report
+            .as_deref()
+            .is_some_and(|n| n.starts_with("no report: sender not trusted (spf=fail")),
+        "{:?}",
+        m.rcpts[0]
+    );
+}
+
+#[tokio::test]
+async fn an_undecided_sender_with_nothing_to_report_costs_no_lookup() {
+    // a resolver that counts what it is asked and never answers
+    let quiet = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    quiet.set_nonblocking(true).unwrap();
+    let timeout = std::time::Duration::from_millis(300);
+    let auth = crate::auth::SenderAuth::new(Some(quiet.local_addr().unwrap()), timeout).unwrap();
+    let (_s, store) = store();
+    // failures wait 10 minutes for more before the first report
+    let r = rig_with(store, "[reports]\ngather = \"10m\"\n", Arc::new(auth));
+    let undecided = Trust::undecided("192.0.2.7".parse().unwrap(), "client.test");
+    // one recipient failed, another is still queued: the report waits, and so does the check
+    r.spool
+        .enqueue(NewMessage {
+            id: "A1".into(),
+            arrived: T0,
+            from: ReversePath::Mailbox(mailbox("user@sender.test")),
+            params: MailParams::default(),
+            rcpts: ["u0@example.test", "u1@example.test"]
+                .iter()
+                .map(|a| (mailbox(a), RcptParams::default()))
+                .collect(),
+            data: vec![b"Subject: hi\r\n\r\nbody\r\n".to_vec()],
+            trust: undecided.clone(),
+        })
+        .await
+        .unwrap();
+    let lease = r.spool.take_due(T0, 10).pop().unwrap();
+    r.spool.finish(lease, vec![(0, failed(T0 + 30))]).await;
+    r.notifier.settle("A1").await;
+    let mut buf = [0u8; 512];
+    assert!(quiet.recv(&mut buf).is_err(), "no DNS query");
+    assert_eq!(r.spool.show("A1").unwrap().trust, undecided);
 }

@@ -17,7 +17,9 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use state::{Lease, LeasedRcpt, RcptRecord, RcptSummary, Record, Status, Summary, Trust};
+pub use state::{
+    Lease, LeasedRcpt, Pending, RcptRecord, RcptSummary, Record, Status, Summary, Trust,
+};
 
 use log::{Landed, Request, Writer};
 use state::{BodyLoc, Change, Entry, Index, Meta, RcptMeta};
@@ -349,6 +351,16 @@ impl Spool {
             kind: kind.map(str::to_string),
             rcpts,
             done,
+        })
+        .await
+    }
+
+    /// Records whether the sender may get reports, decided after acceptance; false when the
+    /// message is no longer queued.
+    pub async fn set_trust(&self, id: &str, trust: Trust) -> Result<bool, SpoolError> {
+        self.change(Change::Trust {
+            id: id.to_string(),
+            trust,
         })
         .await
     }

@@ -68,7 +68,9 @@ impl Status {
     }
 }
 
-/// Whether a message's sender may ever get a delivery report, decided when it was accepted.
+/// Whether a message's sender may ever get a delivery report: decided at acceptance from what
+/// the session knows (a relay client, a null sender, a report), or, when that needs DNS (SPF,
+/// DKIM), left pending with the facts the check needs and decided when a report is due.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trust {
     /// A report may be sent to the envelope sender.
@@ -76,15 +78,56 @@ pub struct Trust {
     /// The evidence, for the operator: `relay network 10.0.0.0/8`, `spf=pass (example.test)`,
     /// `null sender`, `spf=fail dkim=none`.
     pub why: String,
+    /// Not decided yet: what the session knew that SPF needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// What an SPF check made after acceptance needs from the session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The client's IP address.
+    pub ip: std::net::IpAddr,
+    /// Its HELO name.
+    pub helo: String,
+}
+
+impl Trust {
+    /// Decided: the sender may get reports, because of `why`.
+    pub fn yes(why: impl Into<String>) -> Trust {
+        Trust {
+            trusted: true,
+            why: why.into(),
+            pending: None,
+        }
+    }
+
+    /// Decided: never a report, because of `why`.
+    pub fn no(why: impl Into<String>) -> Trust {
+        Trust {
+            trusted: false,
+            why: why.into(),
+            pending: None,
+        }
+    }
+
+    /// To be decided by SPF and DKIM when a report is due; no report until then.
+    pub fn undecided(ip: std::net::IpAddr, helo: &str) -> Trust {
+        Trust {
+            trusted: false,
+            why: "not checked yet (SPF and DKIM are checked when a report is due)".into(),
+            pending: Some(Pending {
+                ip,
+                helo: helo.to_string(),
+            }),
+        }
+    }
 }
 
 impl Default for Trust {
     /// Messages queued before reports existed: never reported.
     fn default() -> Trust {
-        Trust {
-            trusted: false,
-            why: "not recorded".into(),
-        }
+        Trust::no("not recorded")
     }
 }
 
@@ -129,6 +172,11 @@ pub(crate) enum Change {
     },
     Delete {
         id: String,
+    },
+    /// Whether the sender may get reports was decided (after acceptance).
+    Trust {
+        id: String,
+        trust: Trust,
     },
     /// Reports were decided for some recipients; `done`: nothing is left to do or show.
     Reported {
@@ -443,6 +491,7 @@ impl Index {
             Change::Update { id, .. }
             | Change::Hold { id, .. }
             | Change::Delete { id }
+            | Change::Trust { id, .. }
             | Change::Reported { id, .. } => id,
         };
         let Some(e) = self.msgs.get_mut(id) else {
@@ -461,6 +510,7 @@ impl Index {
                 }
             }
             Change::Hold { held, .. } => e.meta.held = *held,
+            Change::Trust { trust, .. } => e.meta.trust = trust.clone(),
             Change::Delete { .. }
             | Change::Reported {
                 done: true,

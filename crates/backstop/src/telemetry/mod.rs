@@ -227,6 +227,16 @@ pub enum Event<'a> {
         /// How many.
         rcpts: usize,
     },
+    /// Whether a message's sender may get reports was decided after acceptance, when a report
+    /// came due (SPF, DKIM).
+    Trust {
+        /// Queue id.
+        id: &'a str,
+        /// It may.
+        trusted: bool,
+        /// The evidence.
+        why: &'a str,
+    },
     /// A delivery report was queued for a message's sender.
     ReportSent {
         /// The original's queue id.
@@ -549,6 +559,9 @@ impl Event<'_> {
                 target: "backstop::event", event = "rcpt_relay_refused", client = %peer,
                 to = %Angle(rcpt), reply = text(reply).as_str()
             ),
+            Event::Trust { id, trusted, why } => tracing::info!(
+                target: "backstop::event", event = "trust", id, trusted, why
+            ),
             Event::ReportSent {
                 id,
                 kind,
@@ -778,6 +791,7 @@ impl Event<'_> {
             | Event::Delivered { .. }
             | Event::Queued { .. }
             | Event::HandedBack { .. }
+            | Event::Trust { .. }
             | Event::NotDelivered { .. } => {}
         }
     }
