@@ -315,7 +315,8 @@ async fn generation(
         clock: clock.clone(),
         backends: kept.backends.clone(),
     });
-    let setup = Setup::new(cfg.clone(), resolver, (tags, watch, reputation.clone()));
+    let setup = Setup::new(cfg.clone(), resolver, (tags, watch, reputation.clone()))
+        .correcting(served.verifier.callout().clone());
     let generation = Generation {
         cfg,
         ctx,

@@ -123,6 +123,15 @@ enum Cmd {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// The call-out cache: what is known of ADDRESS (or whether @DOMAIN is a catch-all),
+    /// through the running gateway or directly on the store.
+    Cache {
+        #[command(subcommand)]
+        action: CacheCmd,
+        /// Print the answer as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Read bounces written by other servers.
     Bounce {
         #[command(subcommand)]
@@ -133,6 +142,21 @@ enum Cmd {
     Generate {
         #[command(subcommand)]
         what: GenerateCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCmd {
+    /// The cached answer, when it was asked, when it is checked again and forgotten.
+    Show {
+        /// user@domain, or @domain for its catch-all answer.
+        what: String,
+    },
+    /// Forget it: the next RCPT asks the internal server again (@domain: whether it is a
+    /// catch-all).
+    Forget {
+        /// user@domain, or @domain.
+        what: String,
     },
 }
 
@@ -336,7 +360,58 @@ fn run(cmd: Cmd, source: ConfigSource) -> anyhow::Result<ExitCode> {
             action: BounceCmd::Stats { json },
         } => runtime()?.block_on(bounce_stats(load(&source)?, json)),
         Cmd::Generate { what } => generate(what),
+        Cmd::Cache { action, json } => runtime()?.block_on(cache(load(&source)?, action, json)),
     }
+}
+
+/// `backstop cache show|forget`: asks the running gateway, or the store when none runs.
+async fn cache(cfg: Config, action: CacheCmd, json: bool) -> anyhow::Result<ExitCode> {
+    let (verb, what) = match &action {
+        CacheCmd::Show { what } => ("show", what.as_str()),
+        CacheCmd::Forget { what } => ("forget", what.as_str()),
+    };
+    let sock = control::socket_path(&cfg.state_dir);
+    let answer = match control::query(&sock, &format!("cache {verb} {what}")).await? {
+        Some(a) => a,
+        None => {
+            let parts = crate::app::build(cfg).await?;
+            control::cache_request(&parts.verifier, verb, what, unix_now()).await
+        }
+    };
+    if let Some(e) = answer.get("error") {
+        anyhow::bail!("{}", e.as_str().unwrap_or("error"));
+    }
+    if json {
+        println!("{answer:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match verb {
+        "forget" if answer["forgot"] == true => println!("{what}: forgotten"),
+        "forget" => println!("{what}: nothing cached"),
+        _ => println!("{}", cache_line(what, &answer["entry"], unix_now())),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `alice@example.test: valid, asked 3h ago ("250 2.1.5 Ok"); checked again in 6d 21h,
+/// forgotten in 30d 21h`.
+fn cache_line(what: &str, e: &serde_json::Value, now: u64) -> String {
+    if e.is_null() {
+        return format!("{what}: nothing cached (the next RCPT asks the internal server)");
+    }
+    let n = |k: &str| e[k].as_u64().unwrap_or(0);
+    let in_ = |t: u64| match t > now {
+        true => format!("in {}", ago(t - now)),
+        false => "at the next RCPT".to_string(),
+    };
+    format!(
+        "{what}: {}, asked {} ago ({:?}); checked again {}, forgotten {}",
+        e["verdict"].as_str().unwrap_or("?"),
+        ago(now.saturating_sub(n("checked_at"))),
+        e["detail"].as_str().unwrap_or(""),
+        in_(n("refresh_at")),
+        in_(n("expire_at"))
+    )
 }
 
 /// Man pages and completions from the same definition as the parser.

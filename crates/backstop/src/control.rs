@@ -251,6 +251,7 @@ async fn handle(stream: UnixStream, c: &Control) -> std::io::Result<()> {
             .await
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
         ["sender-release", a] => sender_release(&s.watch, a, s.clock.unix()).await,
+        ["cache", action, what] => cache_request(&s.verifier, action, what, s.clock.unix()).await,
         ["bounce-stats"] => stats_answer(s.guard.stats(s.clock.unix()).await, s.clock.unix()),
         _ => serde_json::json!({ "error": "unknown request" }),
     };
@@ -266,6 +267,48 @@ async fn reload(c: &Control) -> serde_json::Value {
     }
     rx.await
         .unwrap_or_else(|_| serde_json::json!({ "error": "the gateway is stopping" }))
+}
+
+/// `backstop cache show|forget ADDRESS|@DOMAIN`: the call-out cache entry of an address (or a
+/// domain's catch-all answer) with its times, or forgetting it, as one JSON object.
+pub async fn cache_request(
+    verifier: &Verifier,
+    action: &str,
+    what: &str,
+    now: u64,
+) -> serde_json::Value {
+    use crate::policy::callout::CacheKey;
+    use serde_json::json;
+    let parsed = match what.strip_prefix('@') {
+        Some(d) => backstop_proto::address::Domain::parse(d, true)
+            .map(|d| (None, Some(d)))
+            .map_err(|e| e.to_string()),
+        None => parse_address(what)
+            .map(|m| (Some(m), None))
+            .map_err(|e| e.to_string()),
+    };
+    let (addr, domain) = match parsed {
+        Ok(p) => p,
+        Err(e) => return json!({ "error": format!("{what:?} is not an address or @domain: {e}") }),
+    };
+    let key = match (&addr, &domain) {
+        (Some(a), _) => CacheKey::Address(a),
+        (None, Some(d)) => CacheKey::Domain(d),
+        (None, None) => return json!({ "error": "nothing to look up" }),
+    };
+    let callout = verifier.callout();
+    let result = match action {
+        "show" => callout.entry(key).await.map(|e| {
+            let e = e.filter(|e| !e.is_expired(now));
+            json!({ "key": what, "entry": e, "now": now })
+        }),
+        "forget" => callout
+            .forget(key)
+            .await
+            .map(|forgot| json!({ "key": what, "forgot": forgot })),
+        _ => return json!({ "error": format!("unknown cache request {action:?}") }),
+    };
+    result.unwrap_or_else(|e| json!({ "error": e.to_string() }))
 }
 
 /// Adds `held_why` to the held messages of a queue answer whose sender the watch held.

@@ -433,3 +433,120 @@ fn internal_server_down_known_good_is_accepted_unknown_is_deferred() {
         "{out}"
     );
 }
+
+/// A user removed from the internal server: in-session relay hears `550 5.1.1` for an address
+/// the cache holds as valid, passes the refusal on, and corrects the cache at once; `backstop
+/// cache show` says so, `cache forget` forgets it, and the JSON API does the same.
+#[test]
+fn what_the_internal_server_says_in_relay_corrects_the_cache() {
+    let sink = Sink::start();
+    let pf = Postfix::internal_with(
+        "example.test",
+        &[VALID, "bob@example.test"],
+        sink.port,
+        "smtpd_error_sleep_time = 0",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let hop = format!("smtp:127.0.0.1:{}", pf.port);
+    let token = "0123456789abcdef-token";
+    let extra = format!("[web]\naddr = \"127.0.0.1:0\"\ntoken = \"{token}\"\n");
+    let b = Backstop::start(dir.path(), &callout_config(dir.path(), &pf, &hop, &extra));
+    let (code, t) = swaks(b.addr, &["--to", VALID]);
+    assert_eq!(code, 0, "{t}");
+    let (_, shown, _) = b.cli(&["cache", "show", VALID]);
+    assert!(
+        shown.starts_with(&format!("{VALID}: valid, asked ")),
+        "{shown}"
+    );
+
+    pf.set_users(&["bob@example.test"]);
+    let (_, t) = swaks(b.addr, &["--to", VALID]);
+    assert!(t.contains("550 5.1.1"), "{t}");
+    assert_eq!(
+        b.count_reaching(
+            &[
+                "event=\"callout_corrected\"",
+                "was=\"valid\"",
+                "now=\"invalid\"",
+                "by=\"relay\""
+            ],
+            1
+        ),
+        1,
+        "{}",
+        b.log()
+    );
+    let (_, shown, _) = b.cli(&["cache", "show", VALID]);
+    assert!(
+        shown.starts_with(&format!("{VALID}: invalid, asked ")),
+        "{shown}"
+    );
+    // now refused at RCPT from the cache, without asking the internal server
+    let probes = b.count(&["event=\"callout_probe\""]);
+    let (_, t) = swaks(b.addr, &["--to", VALID]);
+    assert!(t.contains("550 5.1.1"), "{t}");
+    assert_eq!(b.count(&["event=\"callout_probe\""]), probes);
+
+    // forgotten: the next RCPT asks again
+    let (code, out, _) = b.cli(&["cache", "forget", VALID]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), format!("{VALID}: forgotten"));
+    let (_, shown, _) = b.cli(&["cache", "show", VALID]);
+    assert!(shown.contains("nothing cached"), "{shown}");
+
+    // the same through the API: a read, and a forget that needs the token
+    let web = b.web();
+    let path = "/api/cache/bob@example.test";
+    swaks(b.addr, &["--to", "bob@example.test"]);
+    let (status, body) = http(web, "GET", path, None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["entry"]["verdict"], "valid", "{body}");
+    assert_eq!(http(web, "DELETE", path, None).0, 401);
+    let (status, body) = http(web, "DELETE", path, Some(token));
+    assert_eq!(
+        (status, body.contains("\"forgot\":true")),
+        (200, true),
+        "{body}"
+    );
+    assert_eq!(http(web, "DELETE", path, Some(token)).0, 404);
+}
+
+/// In queue mode the same refusal comes from the delivery: the message was taken on the
+/// cached "valid"; the next hop's `550 5.1.1` at delivery corrects the cache, so the next
+/// message to that address is refused at RCPT instead of being taken and failing later.
+#[test]
+fn what_the_internal_server_says_at_delivery_corrects_the_cache() {
+    let sink = Sink::start();
+    let pf = Postfix::internal_with(
+        "example.test",
+        &[VALID],
+        sink.port,
+        "smtpd_error_sleep_time = 0",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let hop = format!("smtp:127.0.0.1:{}", pf.port);
+    let config = callout_config(dir.path(), &pf, &hop, "")
+        .replace("next_hop =", "relay = \"queue\"\nnext_hop =");
+    let b = Backstop::start(dir.path(), &config);
+    let (code, t) = swaks(b.addr, &["--to", VALID]);
+    assert_eq!(code, 0, "{t}");
+    pf.set_users(&["bob@example.test"]);
+    let (code, t) = swaks(b.addr, &["--to", VALID]);
+    assert_eq!(code, 0, "taken on the cached answer: {t}");
+    assert_eq!(
+        b.count_reaching(
+            &[
+                "event=\"callout_corrected\"",
+                "now=\"invalid\"",
+                "by=\"delivery\""
+            ],
+            1
+        ),
+        1,
+        "{}",
+        b.log()
+    );
+    let (_, t) = swaks(b.addr, &["--to", VALID]);
+    assert!(t.contains("550 5.1.1"), "refused at RCPT now: {t}");
+}

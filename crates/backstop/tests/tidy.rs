@@ -103,10 +103,7 @@ fn modules_import_only_what_the_architecture_allows() {
                 "cli",
             ],
         ),
-        (
-            "delivery",
-            vec!["policy", "inbound", "control", "app", "cli"],
-        ),
+        ("delivery", vec!["inbound", "control", "app", "cli"]),
         (
             "notify",
             vec![

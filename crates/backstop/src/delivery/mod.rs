@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::config::{Config, NextHop};
 use crate::health::{Backends, Role};
 use crate::notify::Notifier;
+use crate::policy::callout::{Callout, Heard};
 use crate::queue::{Lease, LeasedRcpt, Spool, Status};
 use crate::relay::maildir;
 use crate::reputation::Reputation;
@@ -62,6 +63,8 @@ pub struct Setup {
     tags: Arc<Tags>,
     watch: Arc<Watch>,
     reputation: Arc<Reputation>,
+    /// Told when a next hop says one of our users does not exist (the call-out cache).
+    callout: Option<Arc<Callout>>,
 }
 
 impl Setup {
@@ -85,7 +88,14 @@ impl Setup {
             tags,
             watch,
             reputation,
+            callout: None,
         }
+    }
+
+    /// Tells `callout` what the next hops say of our users (see [`Callout::heard`]).
+    pub fn correcting(mut self, callout: Arc<Callout>) -> Setup {
+        self.callout = Some(callout);
+        self
     }
 
     /// Keeps `previous`'s connections and per-destination slots when the settings they
@@ -289,6 +299,19 @@ impl Engine {
         self.record(s, lease, results).await;
     }
 
+    /// A next hop that says one of our users does not exist (5.1.x) corrects the call-out
+    /// cache at once, rather than when the cached "valid" expires.
+    async fn correct_cache(&self, s: &Setup, rcpt: &backstop_proto::address::Mailbox, o: &Outcome) {
+        let (Some(callout), Outcome::Reply(reply, _)) = (&s.callout, o) else {
+            return;
+        };
+        if let Some(h @ Heard::Unknown(_)) = Heard::of(reply)
+            && s.cfg.domain(rcpt.domain()).is_some()
+        {
+            callout.heard(rcpt, h, "delivery").await;
+        }
+    }
+
     /// Tells the health watch whether a next hop could be reached: any reply says it was.
     fn tell_health(&self, target: &crate::config::HostPort, outcomes: &[Outcome]) {
         match outcomes.iter().any(|o| matches!(o, Outcome::Reply(..))) {
@@ -366,6 +389,7 @@ impl Engine {
                 latency,
             }
             .emit();
+            self.correct_cache(s, &r.mailbox, &outcome).await;
             let how = what_watch_learns(&s.cfg, &lease, r, &outcome, result, &detail);
             if let Some(Finished::Failed { blocked: true }) = how {
                 let dest = r.mailbox.domain().as_str();

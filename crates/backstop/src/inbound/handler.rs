@@ -10,6 +10,7 @@ use crate::config::{Listener, NextHop, RelayMode};
 use crate::health::Role;
 use crate::outbound::Counted;
 use crate::policy::Outcome;
+use crate::policy::callout::Heard;
 use crate::queue::{NewMessage, SpoolError};
 use crate::relay::maildir::{self, Delivery};
 use crate::relay::smtp::InSession;
@@ -240,7 +241,11 @@ impl Handler {
         {
             return (refusal, Answer::Deferred, "outbound-limit");
         }
-        match self.take_rcpt(rcpt, params, session, batv).await {
+        let by_callout = decision.reason == "callout-valid";
+        match self
+            .take_rcpt(rcpt, params, session, (batv, by_callout))
+            .await
+        {
             Ok(()) => (reply, Answer::Accepted, decision.reason),
             Err((refusal, reason)) => {
                 let result = Answer::of(refusal.code);
@@ -256,7 +261,7 @@ impl Handler {
         rcpt: Mailbox,
         params: &RcptParams,
         session: &Session,
-        batv: Option<BatvEvidence>,
+        (batv, by_callout): (Option<BatvEvidence>, bool),
     ) -> Result<(), (Reply, &'static str)> {
         let mode = match self.ctx.cfg.domain(rcpt.domain()) {
             Some(d) if d.relay == RelayMode::InSession => Mode::Direct(d.next_hop.clone()),
@@ -289,6 +294,12 @@ impl Handler {
                 result.as_ref().map_or_else(|r| r.answered, |_| true),
             );
             if let Err(refusal) = result {
+                // the call-out said valid, the internal server now says no such user
+                if let (true, Some(h @ Heard::Unknown(_))) =
+                    (by_callout, refusal.said.as_ref().and_then(Heard::of))
+                {
+                    self.ctx.verifier.callout().heard(&rcpt, h, "relay").await;
+                }
                 Event::RcptRelayRefused {
                     peer: self.peer.ip(),
                     rcpt: &rcpt,

@@ -387,6 +387,105 @@ impl Callout {
     }
 }
 
+/// What an internal server said about an address outside a probe: to the RCPT of a relayed
+/// transaction, or of a delivery from the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// 2xx: the address exists.
+    Accepted(String),
+    /// 5.1.x: no such user.
+    Unknown(String),
+}
+
+impl Heard {
+    /// What a reply says about the address it answered: `None` when it says nothing about
+    /// the user (a 4xx, or a 5xx for another reason: policy, size, ...).
+    pub fn of(reply: &backstop_proto::smtp::reply::Reply) -> Option<Heard> {
+        match (reply.code, reply.enhanced) {
+            (200..=299, _) => Some(Heard::Accepted(reply.to_string())),
+            (500..=599, Some(e)) if e.class == 5 && e.subject == 1 => {
+                Some(Heard::Unknown(reply.to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Callout {
+    /// Corrects the cache from what the internal server just said about `addr` while mail
+    /// went to it (`by`: `relay` or `delivery`): a cached "valid" for a user it no longer
+    /// knows becomes "invalid" now, a cached "invalid" it now accepts becomes "valid". Each
+    /// correction is an event. Answers that agree with the cache, and addresses with no
+    /// entry, leave the cache alone.
+    pub async fn heard(&self, addr: &Mailbox, heard: Heard, by: &'static str) {
+        let key = address_key(addr);
+        let Some(entry) = self.cached(&key).await else {
+            return;
+        };
+        let (answer, now_is) = match (&heard, entry.verdict) {
+            (Heard::Unknown(r), CacheVerdict::Valid) => {
+                (ProbeAnswer::Invalid(r.clone()), "invalid")
+            }
+            (Heard::Accepted(r), CacheVerdict::Invalid) => (ProbeAnswer::Valid(r.clone()), "valid"),
+            _ => return,
+        };
+        let (_, reply) = answer.parts();
+        telemetry::Event::CalloutCorrected {
+            addr,
+            was: entry.verdict.as_str(),
+            now: now_is,
+            by,
+            reply,
+        }
+        .emit();
+        self.record(&key, answer).await;
+    }
+
+    /// The cache entry of an address (or of a domain's catch-all answer) as stored, expired
+    /// or not, for `backstop cache show`.
+    pub async fn entry(
+        &self,
+        key: CacheKey<'_>,
+    ) -> Result<Option<CacheEntry>, crate::store::StoreError> {
+        self.store.cache_get(&key.key()).await
+    }
+
+    /// Forgets what is cached for `addr` (or, with `domain`, whether the domain is a
+    /// catch-all): the next RCPT probes again. False when nothing was cached.
+    pub async fn forget(&self, key: CacheKey<'_>) -> Result<bool, crate::store::StoreError> {
+        let key = key.key();
+        let now = self.clock.unix();
+        let Some(mut entry) = self.store.cache_get(&key).await? else {
+            return Ok(false);
+        };
+        let live = !entry.is_expired(now);
+        // an entry that expired now: ignored by every reader, deleted by the next purge
+        entry.expire_at = now;
+        entry.refresh_at = now;
+        self.store.cache_put(&key, &entry).await?;
+        Ok(live)
+    }
+}
+
+/// What `backstop cache` is about: one address, or a domain's catch-all answer.
+#[derive(Clone, Copy, Debug)]
+pub enum CacheKey<'a> {
+    /// `user@domain`
+    Address(&'a Mailbox),
+    /// `@domain`
+    Domain(&'a Domain),
+}
+
+impl CacheKey<'_> {
+    /// Its key in the store.
+    fn key(self) -> String {
+        match self {
+            CacheKey::Address(a) => address_key(a),
+            CacheKey::Domain(d) => domain_key(d),
+        }
+    }
+}
+
 fn from_entry(entry: CacheEntry, cached: bool) -> CalloutResult {
     let k = Known { entry, cached };
     match k.entry.verdict {

@@ -18,6 +18,8 @@ pub struct Refusal {
     /// The next hop answered (a reply); false when it could not be reached or the connection
     /// was lost.
     pub answered: bool,
+    /// The next hop's own reply to this recipient's RCPT, when that is what refused it.
+    pub said: Option<Reply>,
 }
 
 /// One relayed transaction on one pooled connection.
@@ -176,10 +178,13 @@ enum Failure {
 
 fn check(stage: Stage, r: &Reply, to: &Mailbox) -> Result<String, Failure> {
     if r.is_success() {
-        Ok(r.to_string())
-    } else {
-        Err(Failure::Refused(refused(stage, r, Some(to))))
+        return Ok(r.to_string());
     }
+    let mut refusal = refused(stage, r, Some(to));
+    if matches!(stage, Stage::Rcpt) {
+        refusal.said = Some(r.clone());
+    }
+    Err(Failure::Refused(refusal))
 }
 
 #[derive(Clone, Copy)]
@@ -228,6 +233,7 @@ fn refused(stage: Stage, r: &Reply, to: Option<&Mailbox>) -> Refusal {
         reply: Reply::new(code, enhanced, format!("{who}{text}")),
         detail: r.to_string(),
         answered: true,
+        said: None,
     }
 }
 
@@ -242,6 +248,7 @@ fn unreachable(to: &Mailbox, detail: String) -> Refusal {
         ),
         detail,
         answered: false,
+        said: None,
     }
 }
 
@@ -255,6 +262,7 @@ fn lost(to: Option<&Mailbox>, detail: String) -> Refusal {
         ),
         detail,
         answered: false,
+        said: None,
     }
 }
 

@@ -27,6 +27,18 @@ pub enum CacheVerdict {
     NotCatchAll,
 }
 
+impl CacheVerdict {
+    /// `valid`, `invalid`, `catch-all`, `not-catch-all`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheVerdict::Valid => "valid",
+            CacheVerdict::Invalid => "invalid",
+            CacheVerdict::CatchAll => "catch-all",
+            CacheVerdict::NotCatchAll => "not-catch-all",
+        }
+    }
+}
+
 /// One cached call-out answer with its times, in seconds since the Unix epoch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheEntry {

@@ -57,6 +57,11 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         "Call-out cache lookups, by result (hit, stale, miss)",
     ),
     (
+        "backstop_callout_corrections_total",
+        Kind::Counter,
+        "Call-out cache entries corrected by what the internal server said in relay or delivery, by new verdict (to) and where (by)",
+    ),
+    (
         "backstop_callout_budget_exceeded_total",
         Kind::Counter,
         "Probes not made because the probe budget was spent",

@@ -155,6 +155,20 @@ pub enum Event<'a> {
         /// How long it took.
         latency: Duration,
     },
+    /// What the internal server said while mail went to it contradicted the call-out cache,
+    /// and the cache now says what the server said.
+    CalloutCorrected {
+        /// The address.
+        addr: &'a Mailbox,
+        /// The cached verdict (`valid`, `invalid`).
+        was: &'static str,
+        /// The verdict now.
+        now: &'static str,
+        /// `relay` or `delivery`.
+        by: &'static str,
+        /// The server's reply.
+        reply: &'a str,
+    },
     /// The call-out cache was consulted for an address.
     CalloutCache {
         /// `hit` (fresh), `stale` (served, refreshed in the background) or `miss`.
@@ -636,6 +650,16 @@ impl Event<'_> {
                     code, reply = text(reply).as_str(), latency_ms = latency.as_millis() as u64
                 )
             }
+            Event::CalloutCorrected {
+                addr,
+                was,
+                now,
+                by,
+                reply,
+            } => tracing::info!(
+                target: "backstop::event", event = "callout_corrected", %addr, was, now, by,
+                reply = text(reply).as_str()
+            ),
             Event::ProbeBudgetExceeded { addr, client } => tracing::warn!(
                 target: "backstop::event", event = "probe_budget_exceeded", %addr,
                 client = %client.map_or_else(|| "none".to_string(), |c| c.to_string())
@@ -729,6 +753,10 @@ impl Event<'_> {
             Event::CalloutCache { result } => {
                 counter!("backstop_callout_cache_total", "result" => *result).increment(1)
             }
+            Event::CalloutCorrected { now, by, .. } => counter!(
+                "backstop_callout_corrections_total", "to" => *now, "by" => *by
+            )
+            .increment(1),
             Event::ProbeBudgetExceeded { .. } => {
                 counter!("backstop_callout_budget_exceeded_total").increment(1)
             }

@@ -216,6 +216,26 @@ pub async fn unblock(State(web): State<Shared>, Path(client): Path<String>) -> R
     }
 }
 
+/// `GET /api/cache/{what}`: the call-out cache entry of an address (or `@domain`'s catch-all
+/// answer); `DELETE /api/cache/{what}` (admin): forget it.
+pub async fn cache(
+    State(web): State<Shared>,
+    method: axum::http::Method,
+    Path(what): Path<String>,
+) -> Response {
+    let s = &web.served();
+    let action = match method {
+        axum::http::Method::DELETE => "forget",
+        _ => "show",
+    };
+    let v = control::cache_request(&s.verifier, action, &what, s.clock.unix()).await;
+    if action == "forget" && v["forgot"] == false {
+        let why = format!("{what}: nothing cached");
+        return answer(json!({ "error": why }), StatusCode::NOT_FOUND);
+    }
+    answer(v, StatusCode::BAD_REQUEST)
+}
+
 /// `GET /api/bounces/refused`: the bounces this node stopped lately, newest first.
 pub async fn refused(State(web): State<Shared>) -> Response {
     Json(json!({ "refused": web.served().guard.recent() })).into_response()

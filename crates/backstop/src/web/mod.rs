@@ -80,6 +80,7 @@ pub fn router(web: Shared) -> Router {
         .route("/api/clients/{client}/unblock", post(api::unblock))
         .route("/api/bounces/refused", get(api::refused))
         .route("/api/backends", get(api::backends))
+        .route("/api/cache/{what}", get(api::cache).delete(api::cache))
         .route("/api/callout", get(api::backends))
         .layer(middleware::from_fn_with_state(web.clone(), access))
         .with_state(web)

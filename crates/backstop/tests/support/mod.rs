@@ -398,6 +398,25 @@ impl Postfix {
         self.dir.path().join("pf")
     }
 
+    /// Changes the users it knows (its relay_recipient_maps) and restarts it, as an
+    /// administrator would after removing an account (a reload would leave the smtpd
+    /// processes of kept-alive connections on the old table).
+    pub fn set_users(&self, users: &[&str]) {
+        let valid: String = users.iter().map(|u| format!("{u} OK\n")).collect();
+        std::fs::write(self.conf().join("valid"), valid).unwrap();
+        for verb in ["stop", "start"] {
+            let ok = Command::new("postfix")
+                .args(["-c", self.conf().to_str().unwrap(), verb])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "postfix {verb}");
+        }
+        wait_listening(self.port);
+    }
+
     /// Its log.
     pub fn maillog(&self) -> String {
         std::fs::read_to_string(self.conf().join("maillog")).unwrap_or_default()
