@@ -54,16 +54,26 @@ fn the_backscatter_attack_is_refused_at_rcpt_cold_warm_and_with_the_internal_ser
         &callout_config(dir.path(), &pf, &hop, no_harvest),
     );
 
-    // cold cache: every recipient is probed once
+    // cold cache: every recipient is asked of the internal server once: the first five by
+    // the relayed RCPT itself (the internal server is also the next hop), then, with five
+    // refusals on the relayed connection, by probes on connections retired early
     let (r, end) = attack(b.addr);
     assert_eq!(count(&r[..100], "550 5.1.1 <nobody"), 100, "{r:?}");
     assert_eq!(r[100], "250 2.1.5 Ok");
     assert!(end.starts_with("250 2.0.0 Ok: queued as"), "{end}");
     assert_eq!(
-        b.count_reaching(&["event=\"callout_probe\"", "addr=nobody"], 100),
-        100,
-        "one probe per address"
+        b.count_reaching(&["event=\"callout_probe\"", "addr=nobody"], 95),
+        95,
+        "one probe per address not asked by the relay"
     );
+    assert_eq!(b.count(&["event=\"rcpt\"", "reason=\"relay-invalid\""]), 5);
+    for i in 0..100 {
+        assert_eq!(
+            pf.rejects_of(&format!("nobody{i}@example.test")),
+            1,
+            "nobody{i}"
+        );
+    }
     assert_eq!(
         b.count_reaching(&["event=\"callout_probe\"", "addr=alice@"], 1),
         1
@@ -549,4 +559,48 @@ fn what_the_internal_server_says_at_delivery_corrects_the_cache() {
     );
     let (_, t) = swaks(b.addr, &["--to", VALID]);
     assert!(t.contains("550 5.1.1"), "refused at RCPT now: {t}");
+}
+
+/// A recipient not in the cache, of a domain relayed in the session to its call-out server:
+/// one round trip to the internal server, not a probe and then the relayed RCPT; the answer
+/// fills the cache (valid, or our own 550 5.1.1 for an unknown user).
+#[test]
+fn a_new_recipient_costs_one_round_trip_when_the_callout_server_is_the_next_hop() {
+    let sink = Sink::start();
+    let pf = Postfix::internal_with(
+        "example.test",
+        &[VALID],
+        sink.port,
+        "smtpd_error_sleep_time = 0",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let hop = format!("smtp:127.0.0.1:{}", pf.port);
+    let b = Backstop::start(dir.path(), &callout_config(dir.path(), &pf, &hop, ""));
+    let (code, t) = swaks(b.addr, &["--to", VALID]);
+    assert_eq!(code, 0, "{t}");
+    assert_eq!(
+        b.count_reaching(&["event=\"rcpt\"", "reason=\"relay-valid\""], 1),
+        1
+    );
+    assert_eq!(
+        b.count(&["event=\"callout_probe\"", "addr=alice@"]),
+        0,
+        "{}",
+        b.log()
+    );
+    let (_, shown, _) = b.cli(&["cache", "show", VALID]);
+    assert!(shown.starts_with(&format!("{VALID}: valid")), "{shown}");
+
+    let (_, t) = swaks(b.addr, &["--to", "nobody@example.test"]);
+    assert!(
+        t.contains("550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown\n"),
+        "our words, not the internal server's: {t}"
+    );
+    assert_eq!(pf.rejects_of("nobody@example.test"), 1);
+    assert_eq!(b.count(&["event=\"callout_probe\"", "addr=nobody@"]), 0);
+    // the second time from the cache: the internal server is not asked again
+    let (_, t) = swaks(b.addr, &["--to", "nobody@example.test"]);
+    assert!(t.contains("550 5.1.1"), "{t}");
+    assert_eq!(pf.rejects_of("nobody@example.test"), 1);
+    assert_eq!(sink.wait_for(1).len(), 1);
 }

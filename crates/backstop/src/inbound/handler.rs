@@ -57,6 +57,22 @@ struct Txn {
     counted_out: bool,
 }
 
+/// Refusals on a relayed transaction's connection after which unknown recipients are probed
+/// instead of verified by the relayed RCPT (below the point where servers slow down).
+const RELAY_VERIFIES_UNTIL: u32 = 5;
+
+/// How an accepted recipient was verified, for what the relayed RCPT's answer teaches the
+/// call-out cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verified {
+    /// The call-out said valid (the answer may be old).
+    ByCallout,
+    /// Nothing known: the relayed RCPT decides.
+    ByRelay,
+    /// A list, postmaster, a relay client: the cache is not involved.
+    Otherwise,
+}
+
 /// What the verdict on a message leaves to do.
 enum Judged {
     /// Deliver it, with this header first.
@@ -220,11 +236,21 @@ impl Handler {
         {
             return (refusal, Answer::Deferred, "bounce-rate");
         }
+        // the relayed RCPT verifies while its connection is clean; a session collecting
+        // refusals goes back to probes (whose connections are retired early)
+        let relaying = self
+            .txn
+            .relay
+            .as_ref()
+            .is_none_or(|r| r.refusals() < RELAY_VERIFIES_UNTIL);
         let decision = self
             .ctx
             .verifier
-            .verify(&rcpt, self.peer.ip(), self.may_relay)
+            .verify_in(&rcpt, self.peer.ip(), self.may_relay, relaying)
             .await;
+        if decision.outcome == Outcome::NextHop {
+            return self.rcpt_by_next_hop(rcpt, params, session, batv).await;
+        }
         let reply = decision.reply(&rcpt);
         if decision.outcome == Outcome::UnknownUser
             && let Some(cut) = self.unknown_rcpt()
@@ -241,9 +267,12 @@ impl Handler {
         {
             return (refusal, Answer::Deferred, "outbound-limit");
         }
-        let by_callout = decision.reason == "callout-valid";
+        let verified = match decision.reason {
+            "callout-valid" => Verified::ByCallout,
+            _ => Verified::Otherwise,
+        };
         match self
-            .take_rcpt(rcpt, params, session, (batv, by_callout))
+            .take_rcpt(rcpt, params, session, (batv, verified))
             .await
         {
             Ok(()) => (reply, Answer::Accepted, decision.reason),
@@ -254,6 +283,62 @@ impl Handler {
         }
     }
 
+    /// An address the call-out has not seen, of a domain relayed in the session to the
+    /// call-out server itself: the relayed RCPT is the verification (one round trip, not a
+    /// probe and then the RCPT again), and its answer fills the cache.
+    async fn rcpt_by_next_hop(
+        &mut self,
+        rcpt: Mailbox,
+        params: &RcptParams,
+        session: &Session,
+        batv: Option<BatvEvidence>,
+    ) -> (Reply, Answer, &'static str) {
+        let taken = self
+            .take_rcpt(rcpt, params, session, (batv, Verified::ByRelay))
+            .await;
+        match taken {
+            Ok(()) => {
+                let ok = Reply::new(250, Enhanced::new(2, 1, 5), "Ok");
+                (ok, Answer::Accepted, "relay-valid")
+            }
+            Err((refusal, reason)) => (refusal.clone(), Answer::of(refusal.code), reason),
+        }
+    }
+
+    /// What the next hop said to a relayed RCPT, for the call-out cache: the first answer for
+    /// an address it has not seen, or a correction of a cached "valid". A refusal for an
+    /// unknown user becomes our own `550 5.1.1` (and counts for the harvest defence).
+    async fn heard_from_relay(
+        &mut self,
+        rcpt: &Mailbox,
+        verified: Verified,
+        heard: Option<Heard>,
+    ) -> Option<(Reply, &'static str)> {
+        let callout = self.ctx.verifier.callout().clone();
+        match (verified, heard) {
+            (Verified::ByRelay, Some(h @ Heard::Accepted(_))) => {
+                callout.learned(rcpt, h).await;
+                None
+            }
+            (Verified::ByRelay, Some(h @ Heard::Unknown(_))) => {
+                callout.learned(rcpt, h).await;
+                let unknown = crate::policy::Decision {
+                    outcome: Outcome::UnknownUser,
+                    reason: "relay-invalid",
+                    steps: Vec::new(),
+                };
+                let reply = self.unknown_rcpt().unwrap_or_else(|| unknown.reply(rcpt));
+                Some((reply, "relay-invalid"))
+            }
+            (Verified::ByCallout, Some(h @ Heard::Unknown(_))) => {
+                // the call-out said valid, the internal server now says no such user
+                callout.heard(rcpt, h, "relay").await;
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// Adds an accepted recipient to the transaction (and, when relayed in session, to the
     /// next hop's), or the refusal with its reason.
     async fn take_rcpt(
@@ -261,7 +346,7 @@ impl Handler {
         rcpt: Mailbox,
         params: &RcptParams,
         session: &Session,
-        (batv, by_callout): (Option<BatvEvidence>, bool),
+        (batv, verified): (Option<BatvEvidence>, Verified),
     ) -> Result<(), (Reply, &'static str)> {
         let mode = match self.ctx.cfg.domain(rcpt.domain()) {
             Some(d) if d.relay == RelayMode::InSession => Mode::Direct(d.next_hop.clone()),
@@ -293,20 +378,26 @@ impl Handler {
                 target,
                 result.as_ref().map_or_else(|r| r.answered, |_| true),
             );
+            let heard = match &result {
+                Ok(detail) => Some(Heard::Accepted(detail.clone())),
+                Err(refusal) => refusal.said.as_ref().and_then(Heard::of),
+            };
+            // no answer at all (unreachable, or only a 4xx): the address could not be verified
+            let unanswered = result
+                .as_ref()
+                .is_err_and(|r| !r.answered || r.said.as_ref().is_none_or(|s| s.code < 500));
+            let own = match (verified, unanswered) {
+                (Verified::ByRelay, true) => Some((unverifiable(&rcpt), "callout-unavailable")),
+                _ => self.heard_from_relay(&rcpt, verified, heard).await,
+            };
             if let Err(refusal) = result {
-                // the call-out said valid, the internal server now says no such user
-                if let (true, Some(h @ Heard::Unknown(_))) =
-                    (by_callout, refusal.said.as_ref().and_then(Heard::of))
-                {
-                    self.ctx.verifier.callout().heard(&rcpt, h, "relay").await;
-                }
                 Event::RcptRelayRefused {
                     peer: self.peer.ip(),
                     rcpt: &rcpt,
                     reply: &refusal.detail,
                 }
                 .emit();
-                return Err((refusal.reply, "relay-refused"));
+                return Err(own.unwrap_or((refusal.reply, "relay-refused")));
             }
         }
         self.txn.mode = Some(mode);
@@ -803,6 +894,16 @@ fn action_label(a: BackscatterAction) -> &'static str {
         BackscatterAction::Quarantine => "action=quarantine",
         BackscatterAction::Reject => "action=reject",
     }
+}
+
+/// What an address that could not be verified gets, as the verifier says it.
+fn unverifiable(rcpt: &Mailbox) -> Reply {
+    let d = crate::policy::Decision {
+        outcome: Outcome::Unverifiable,
+        reason: "callout-unavailable",
+        steps: Vec::new(),
+    };
+    d.reply(rcpt)
 }
 
 /// The store could not be asked or written: the client tries again later.

@@ -30,6 +30,11 @@ pub enum CalloutResult {
     Unavailable(String),
     /// The probe budget of the client or of the gateway is spent for this minute.
     OverBudget,
+    /// Not known, and the internal server is also the next hop of a transaction relayed in
+    /// the session: its answer to the relayed RCPT decides (one round trip, not a probe and
+    /// then the RCPT again); the caller reports it with [`Callout::learned`]. Charged to the
+    /// probe budget like a probe.
+    ByRelay,
 }
 
 /// Where a verdict came from.
@@ -177,6 +182,18 @@ impl Callout {
         addr: &Mailbox,
         client: IpAddr,
     ) -> CalloutResult {
+        self.check_or_relay(target, addr, client, false).await
+    }
+
+    /// Like [`Callout::check`]; with `relayed`, an address not in the cache is left to the
+    /// relayed RCPT ([`CalloutResult::ByRelay`]) instead of probed.
+    pub async fn check_or_relay(
+        self: &Arc<Self>,
+        target: &HostPort,
+        addr: &Mailbox,
+        client: IpAddr,
+        relayed: bool,
+    ) -> CalloutResult {
         let key = address_key(addr);
         if let Some(entry) = self.cached(&key).await {
             let fresh = entry.is_fresh(self.clock.unix());
@@ -197,8 +214,36 @@ impl Callout {
                 cached: true,
             });
         }
+        if relayed {
+            return match self.spend(Some(client)) {
+                true => CalloutResult::ByRelay,
+                false => {
+                    telemetry::probe_budget_exceeded(addr, Some(client));
+                    CalloutResult::OverBudget
+                }
+            };
+        }
         self.probe_once(key, target.clone(), addr.clone(), Some(client))
             .await
+    }
+
+    /// Takes one probe from the budgets (the client's and the total); false when spent.
+    fn spend(&self, client: Option<IpAddr>) -> bool {
+        let now = self.clock.unix();
+        self.budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(&self.cfg, client, now)
+    }
+
+    /// Caches what the internal server answered to a relayed RCPT (after
+    /// [`CalloutResult::ByRelay`]): valid, invalid, or nothing for any other answer.
+    pub async fn learned(&self, addr: &Mailbox, heard: Heard) {
+        let answer = match heard {
+            Heard::Accepted(r) => ProbeAnswer::Valid(r),
+            Heard::Unknown(r) => ProbeAnswer::Invalid(r),
+        };
+        self.record(&address_key(addr), answer).await;
     }
 
     /// The cached entry for `key` unless missing or expired (a store error counts as missing).
@@ -233,7 +278,9 @@ impl Callout {
             CalloutResult::CatchAll(k) | CalloutResult::Valid(k) | CalloutResult::Invalid(k) => {
                 Some(k.entry)
             }
-            CalloutResult::Unavailable(_) | CalloutResult::OverBudget => None,
+            CalloutResult::Unavailable(_) | CalloutResult::OverBudget | CalloutResult::ByRelay => {
+                None
+            }
         }
     }
 
@@ -306,13 +353,7 @@ impl Callout {
             let why = "the shared store is unreachable: only answers known to this node are used";
             return CalloutResult::Unavailable(why.into());
         }
-        let now = self.clock.unix();
-        if !self
-            .budget
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(&self.cfg, client, now)
-        {
+        if !self.spend(client) {
             telemetry::probe_budget_exceeded(addr, client);
             return CalloutResult::OverBudget;
         }

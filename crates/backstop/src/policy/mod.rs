@@ -34,6 +34,11 @@ pub enum Outcome {
     Unverifiable,
     /// `450 4.7.1`: too many verifications for this client or in total.
     OverBudget,
+    /// Not decided here: the internal server that would be probed is the next hop of the
+    /// transaction relayed in the session, and its answer to the relayed RCPT decides (the
+    /// caller then tells [`callout::Callout::learned`]). Only from [`Verifier::verify`] with
+    /// `in_session` set.
+    NextHop,
 }
 
 /// The verdict on one recipient, with its reason (a stable label for logs and metrics) and the
@@ -78,6 +83,15 @@ impl Decision {
                     "<{addr}>: Recipient address rejected: too many address verifications, try again later"
                 ),
             ),
+            // never sent by itself: the relayed RCPT answers (this is what a caller that
+            // cannot relay would say)
+            Outcome::NextHop => Reply::new(
+                451,
+                Enhanced::new(4, 4, 3),
+                format!(
+                    "<{addr}>: Recipient address rejected: unable to verify address, try again later"
+                ),
+            ),
         }
     }
 }
@@ -90,6 +104,9 @@ enum SourceImpl {
 struct DomainPolicy {
     sources: Vec<SourceImpl>,
     next_hop: NextHop,
+    /// Relayed in the session (not queued): a call-out to the next hop itself is answered by
+    /// the relayed RCPT.
+    in_session: bool,
 }
 
 /// The recipient verifier shared by all sessions.
@@ -136,6 +153,7 @@ impl Verifier {
                 DomainPolicy {
                     sources,
                     next_hop: d.next_hop.clone(),
+                    in_session: d.relay == crate::config::RelayMode::InSession,
                 },
             );
         }
@@ -175,6 +193,19 @@ impl Verifier {
     /// Judges one recipient; `client` pays for any probe. `may_relay`: the client is in its
     /// listener's `relay_from` networks, so other domains are accepted (and queued).
     pub async fn verify(&self, addr: &Mailbox, client: IpAddr, may_relay: bool) -> Decision {
+        self.verify_in(addr, client, may_relay, false).await
+    }
+
+    /// Like [`Verifier::verify`], for a session that relays the recipient to the next hop at
+    /// once when it is accepted (`relaying`): an unknown address whose call-out server is that
+    /// next hop gets [`Outcome::NextHop`] instead of a probe.
+    pub async fn verify_in(
+        &self,
+        addr: &Mailbox,
+        client: IpAddr,
+        may_relay: bool,
+        relaying: bool,
+    ) -> Decision {
         let Some(domain) = self.domains.get(addr.domain()) else {
             if may_relay {
                 return decision(
@@ -215,7 +246,13 @@ impl Verifier {
                     ));
                 }
                 SourceImpl::Callout(target) => {
-                    let r = self.callout.check(target, addr, client).await;
+                    let by_relay = relaying
+                        && domain.in_session
+                        && domain.next_hop == NextHop::Smtp(target.clone());
+                    let r = self
+                        .callout
+                        .check_or_relay(target, addr, client, by_relay)
+                        .await;
                     steps.push(format!("callout:{target}: {}", self.describe(&r)));
                     match r {
                         CalloutResult::Valid(_) => {
@@ -234,6 +271,9 @@ impl Verifier {
                         }
                         CalloutResult::OverBudget => {
                             deferred.get_or_insert((Outcome::OverBudget, "probe-budget"));
+                        }
+                        CalloutResult::ByRelay => {
+                            return decision(Outcome::NextHop, "relay", steps);
                         }
                     }
                 }
@@ -269,6 +309,7 @@ impl Verifier {
             CalloutResult::CatchAll(k) => known("domain is a catch-all, answers not trusted", k),
             CalloutResult::Unavailable(why) => format!("cannot verify: {why}"),
             CalloutResult::OverBudget => "probe budget spent for this minute".into(),
+            CalloutResult::ByRelay => "not cached: the relayed RCPT asks the next hop".into(),
         }
     }
 }

@@ -42,8 +42,6 @@ pub trait Prober: Send + Sync + 'static {
     async fn probe(&self, target: &HostPort, addr: &Mailbox) -> ProbeAnswer;
 }
 
-/// Refusals after which a probe connection is retired (Postfix slows down after 10).
-const MAX_REFUSALS_PER_CONNECTION: u32 = 8;
 /// Probes after which a connection is retired (Postfix counts RSETs as junk after 100).
 const MAX_PROBES_PER_CONNECTION: u32 = 50;
 
@@ -144,7 +142,7 @@ async fn run(
         c.refusals += 1;
     }
     let reusable = rset.is_success()
-        && c.refusals < MAX_REFUSALS_PER_CONNECTION
+        && c.refusals < crate::upstream::MAX_REFUSALS
         && c.transactions < MAX_PROBES_PER_CONNECTION;
     Ok((answer, reusable))
 }

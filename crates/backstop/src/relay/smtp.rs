@@ -95,6 +95,7 @@ impl InSession {
             p.conn.client().mail(from, mail);
             if !pipelining {
                 let r = p.conn.reply().await.map_err(Failure::Io)?;
+                count_refusal(p, &r);
                 if !r.is_success() {
                     return Err(Failure::Refused(refused(Stage::Mail, &r, Some(to))));
                 }
@@ -106,14 +107,17 @@ impl InSession {
         if first && pipelining {
             let m = p.conn.reply().await.map_err(Failure::Io)?;
             let r = p.conn.reply().await.map_err(Failure::Io)?;
+            count_refusal(p, &m);
             if !m.is_success() {
                 return Err(Failure::Refused(refused(Stage::Mail, &m, Some(to))));
             }
             self.mail_sent = true;
+            count_refusal(p, &r);
             return check(Stage::Rcpt, &r, to);
         }
         self.mail_sent = true;
         let r = p.conn.reply().await.map_err(Failure::Io)?;
+        count_refusal(p, &r);
         check(Stage::Rcpt, &r, to)
     }
 
@@ -134,6 +138,11 @@ impl InSession {
             }
             Err(Failure::Io(e)) => Err(lost(None, e.to_string())),
         }
+    }
+
+    /// Permanent refusals on the connection this transaction runs on (0 before it has one).
+    pub fn refusals(&self) -> u32 {
+        self.conn.as_ref().map_or(0, |p| p.conn.refusals)
     }
 
     /// Ends the transaction without a message: RSET in the background, and the connection
@@ -174,6 +183,13 @@ async fn send_message(p: &mut Pooled, trace: &[u8], body: &[u8]) -> Result<Strin
 enum Failure {
     Io(UpstreamError),
     Refused(Refusal),
+}
+
+/// A permanent refusal counts against the connection (see [`crate::upstream::MAX_REFUSALS`]).
+fn count_refusal(p: &mut Pooled, r: &Reply) {
+    if r.class() == ReplyClass::Permanent {
+        p.conn.refusals += 1;
+    }
 }
 
 fn check(stage: Stage, r: &Reply, to: &Mailbox) -> Result<String, Failure> {

@@ -14,6 +14,11 @@ mod tests;
 mod tls;
 
 pub use pool::{Pool, Pooled, Pools, Slots};
+
+/// Permanent refusals after which a connection is retired rather than used again: servers
+/// slow down and disconnect clients that collect many (Postfix sleeps after 10, hangs up after
+/// 20), and a connection one client filled with refusals must not slow another's mail.
+pub const MAX_REFUSALS: u32 = 8;
 pub use tls::{opportunistic_tls, server_name};
 
 use crate::config::HostPort;

@@ -133,9 +133,12 @@ impl Pool {
         })
     }
 
-    /// Returns a connection that is between transactions and fit for another.
+    /// Returns a connection that is between transactions and fit for another; one that has
+    /// collected [`super::MAX_REFUSALS`] refusals is closed instead.
     pub fn put(&self, p: Pooled) {
-        self.slots.put(p.conn);
+        if p.conn.refusals < super::MAX_REFUSALS {
+            self.slots.put(p.conn);
+        }
     }
 }
 
