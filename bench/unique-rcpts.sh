@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Every recipient new: backstop's call-out against Postfix's reject_unverified_recipient, with a
+# cold cache, in one run.
+#
+#   bench/unique-rcpts.sh            # N=2000 messages for backstop, N_PF=200 for Postfix, 3 rounds
+#
+# Both gateways verify against the same internal Postfix (it knows u0..uK@example.test and
+# relays what it takes to an smtp-sink) and relay to it: backstop in the session
+# (callout:INTERNAL, next_hop smtp:INTERNAL, so a new recipient is verified by the relayed RCPT
+# itself), the Postfix gateway through its queue (tests/support/postfix-peer.sh ... gateway
+# ... verify). Each message goes to a recipient neither has seen: SESSIONS client sessions at a
+# time, one message each (MAIL, one RCPT, DATA, 1 KiB), by a small Python client. A round's rate
+# is the messages accepted (250 after DATA) per second until the last session ends; deferred
+# (4xx) and refused (5xx) answers are counted too. Rounds alternate backstop, Postfix.
+# backstop's probe budgets are lifted (all load comes from one client IP, which the default
+# budget of 120 probes a minute would defer as a harvest).
+# Environment: N, N_PF, RUNS (3), SESSIONS (20), BACKSTOP_BIN, KEEP=1. Needs root, postfix.
+set -eu
+N=${N:-2000} N_PF=${N_PF:-200} RUNS=${RUNS:-3} SESSIONS=${SESSIONS:-20}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PEER=$ROOT/tests/support/postfix-peer.sh
+[ "$(id -u)" = 0 ] || { echo "unique-rcpts: must run as root (Postfix peers)" >&2; exit 2; }
+if [ -n "${BACKSTOP_BIN:-}" ]; then
+  BIN=$BACKSTOP_BIN
+else
+  (cd "$ROOT" && cargo build --release -q -p backstop)
+  BIN=$ROOT/target/release/backstop
+fi
+W=$(mktemp -d "${TMPDIR:-/tmp}/unique-rcpts.XXXXXX")
+chmod 755 "$W"
+PIDS=() PEERS=()
+cleanup() {
+  set +e
+  [ -n "${BS_PID:-}" ] && kill -TERM "$BS_PID" 2>/dev/null && wait "$BS_PID" 2>/dev/null
+  for d in "${PEERS[@]}"; do "$PEER" stop "$d"; done
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  [ "${KEEP:-0}" = 1 ] && echo "work directory kept: $W" >&2 || rm -rf "$W"
+}
+trap cleanup EXIT
+read -r P_INT S_INT P_BS P_PF < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(4)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+wait_port() {
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "unique-rcpts: nothing listening on port $1" >&2; exit 1
+}
+
+# users for every round of both sides, never one twice
+USERS=$(( RUNS * (N + N_PF) + 10 ))
+python3 -c "import sys; sys.stdout.write(''.join(f'u{i}@example.test\n' for i in range($USERS)))" >"$W/users"
+/usr/sbin/smtp-sink -u nobody -c "127.0.0.1:$S_INT" 1024 >"$W/sink.out" 2>&1 &
+PIDS+=($!)
+wait_port "$S_INT"
+PEERS+=("$W/pf-int")
+PEER_MAIN_CF="default_process_limit = 200" "$PEER" start "$W/pf-int" "$P_INT" internal example.test "$W/users" "$S_INT"
+PEERS+=("$W/pf-gw")
+"$PEER" start "$W/pf-gw" "$P_PF" gateway example.test "$P_INT" verify
+cat >"$W/backstop.toml" <<EOF
+hostname = "gw.example.test"
+state_dir = "$W/bs-state"
+[[listen]]
+addr = "127.0.0.1:$P_BS"
+[[domain]]
+name = "example.test"
+recipients = ["callout:127.0.0.1:$P_INT"]
+next_hop = "smtp:127.0.0.1:$P_INT"
+[callout]
+# every client is one IP here: lift the probe budgets, made against harvests, to measure speed
+budget_per_client = 1000000
+budget_total = 1000000
+[delivery]
+resolver = "127.0.0.1:9"
+EOF
+RUST_LOG=info "$BIN" serve --config "$W/backstop.toml" 2>"$W/backstop.log" &
+BS_PID=$!
+wait_port "$P_BS"
+wait_port "$P_PF"
+
+load() { # PORT FIRST COUNT -> "accepted deferred refused seconds"
+  python3 - "$1" "$2" "$3" "$SESSIONS" <<'PY'
+import asyncio, sys, time
+port, first, count, sessions = (int(a) for a in sys.argv[1:])
+body = "Subject: unique\r\n\r\n" + ("x" * 76 + "\r\n") * 12 + ".\r\n"
+async def reply(r):
+    while True:
+        line = await r.readline()
+        if not line or line[3:4] != b"-":
+            return line.decode(errors="replace")
+async def one(i, tally):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    await reply(r)
+    async def cmd(c):
+        w.write((c + "\r\n").encode()); await w.drain(); return await reply(r)
+    await cmd("EHLO load.client.test")
+    await cmd("MAIL FROM:<load@client.test>")
+    rc = await cmd(f"RCPT TO:<u{i}@example.test>")
+    if rc.startswith("250"):
+        d = await cmd("DATA")
+        end = await cmd(body[:-5] + "\r\n.") if d.startswith("354") else d
+        rc = end
+    tally[rc[:1]] = tally.get(rc[:1], 0) + 1
+    w.write(b"QUIT\r\n"); await w.drain(); w.close()
+async def main():
+    tally, queue = {}, asyncio.Queue()
+    for i in range(first, first + count): queue.put_nowait(i)
+    async def worker():
+        while not queue.empty():
+            await one(queue.get_nowait(), tally)
+    t0 = time.monotonic()
+    await asyncio.gather(*[worker() for _ in range(sessions)])
+    dt = time.monotonic() - t0
+    print(tally.get("2", 0), tally.get("4", 0), tally.get("5", 0), f"{dt:.2f}")
+asyncio.run(main())
+PY
+}
+
+echo "N=$N (backstop) and N_PF=$N_PF (Postfix) new recipients per round, $SESSIONS sessions, $RUNS rounds"
+next=0
+: >"$W/results"
+for i in $(seq 1 "$RUNS"); do
+  for side in backstop postfix; do
+    if [ "$side" = backstop ]; then port=$P_BS n=$N; else port=$P_PF n=$N_PF; fi
+    read -r ok deferred refused secs < <(load "$port" "$next" "$n")
+    next=$((next + n))
+    rate=$(python3 -c "print(round($ok / $secs, 1))")
+    echo "$side round $i: $ok accepted, $deferred deferred, $refused refused in ${secs}s: $rate msg/s"
+    echo "$side $i $rate" >>"$W/results"
+  done
+done
+python3 - "$W/results" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+med = {s: statistics.median(float(r[2]) for r in rows if r[0] == s) for s in ("backstop", "postfix")}
+print(f"median: backstop {med['backstop']:.1f} msg/s, Postfix {med['postfix']:.1f} msg/s; "
+      f"ratio {med['backstop'] / max(med['postfix'], 1e-9):.1f}x")
+PY
+echo "backstop: $(grep -c 'event="callout_probe"' "$W/backstop.log" || true) probes," \
+  "$(grep -c 'reason="relay-valid"' "$W/backstop.log" || true) recipients verified by the relayed RCPT"
