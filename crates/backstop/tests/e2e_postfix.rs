@@ -381,6 +381,30 @@ fn probe_budget_per_client_turns_unknown_addresses_into_450() {
     );
 }
 
+/// A client over its probe budget is treated as the harvester it looks like: its 450s count
+/// for the harvest defence, so it is cut off instead of going on at full speed.
+#[test]
+fn a_client_over_its_probe_budget_is_cut_off_like_a_harvester() {
+    let sink = Sink::start();
+    let pf = Postfix::internal("example.test", &[VALID], sink.port);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[callout]\nbudget_per_client = 2\ncatch_all_check = false\n\
+                 [harvest]\ntarpit_after = 5\ntarpit_delay = \"1s\"\nclose_after = 6\n";
+    let hop = format!("smtp:127.0.0.1:{}", sink.port);
+    let b = Backstop::start(dir.path(), &callout_config(dir.path(), &pf, &hop, extra));
+    let (mut c, _) = Client::connect(b.addr);
+    c.cmd("HELO client.test");
+    c.cmd("MAIL FROM:<harvester@client.test>");
+    let replies: Vec<String> = (0..6)
+        .map(|i| c.cmd(&format!("RCPT TO:<guess{i}@example.test>")))
+        .collect();
+    assert_eq!(count(&replies[..5], "550 5.1.1"), 2, "{replies:?}");
+    assert_eq!(count(&replies[..5], "450 4.7.1"), 3, "{replies:?}");
+    assert!(replies[5].starts_with("421 4.7.0"), "{replies:?}");
+    assert!(c.closed());
+    assert_eq!(b.count_reaching(&["event=\"harvest_cut_off\""], 1), 1);
+}
+
 #[test]
 fn a_catch_all_internal_server_is_detected_and_not_trusted() {
     let sink = Sink::start();

@@ -252,7 +252,10 @@ impl Handler {
             return self.rcpt_by_next_hop(rcpt, params, session, batv).await;
         }
         let reply = decision.reply(&rcpt);
-        if decision.outcome == Outcome::UnknownUser
+        // a client over its probe budget is asking after addresses nobody here knows, as a
+        // harvester does: it counts for the defence like an unknown recipient (else it could
+        // go on at full speed, answered 450 forever)
+        if matches!(decision.outcome, Outcome::UnknownUser | Outcome::OverBudget)
             && let Some(cut) = self.unknown_rcpt()
         {
             return (cut, Answer::Refused, decision.reason);
