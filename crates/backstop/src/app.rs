@@ -50,8 +50,6 @@ const WEB_GRACE: Duration = Duration::from_secs(5);
 const LIST_RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// How often expired cache entries are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
-/// Longest wait for one DNS answer.
-const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often undecided reports and old finished messages are looked at.
 const REPORT_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How often the spool's disk space is reclaimed.
@@ -271,10 +269,10 @@ async fn generation(
         None => Guard::new(cfg.clone(), store.clone(), tags.clone(), now).await,
     };
     let guard = Arc::new(guard.context("BATV enforcement")?);
-    let dns_timeout = DNS_TIMEOUT.min(cfg.delivery.timeout);
+    let dns = &cfg.dns;
     let resolver =
-        MxResolver::new(cfg.delivery.resolver, dns_timeout).context("delivery.resolver")?;
-    let auth = SenderAuth::new(cfg.delivery.resolver, dns_timeout).context("delivery.resolver")?;
+        MxResolver::new(dns.resolver, dns.timeout, dns.attempts).context("dns.resolver")?;
+    let auth = SenderAuth::new(dns.resolver, dns.timeout, dns.attempts).context("dns.resolver")?;
     let alerts = Arc::new(Alerts::new(cfg.clone(), store.clone()));
     let watch = Arc::new(Watch::new(
         cfg.clone(),
@@ -711,7 +709,7 @@ impl Gateway {
         let watched = |c: &Config| {
             (
                 c.reputation.clone(),
-                c.delivery.resolver,
+                c.dns.clone(),
                 c.alerts.clone(),
                 c.hostname.clone(),
             )

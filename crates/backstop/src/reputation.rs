@@ -201,6 +201,7 @@ mod tests {
         let resolver = MxResolver::new(
             Some("127.0.0.1:9".parse().unwrap()),
             std::time::Duration::from_secs(1),
+            1,
         )
         .unwrap();
         let r = Reputation::new(cfg, store.clone(), resolver, alerts);

@@ -151,12 +151,17 @@ pub struct SenderAuth {
 }
 
 impl SenderAuth {
-    /// `resolver`: the DNS server to ask, over UDP and TCP (config `[delivery] resolver`, for
+    /// `resolver`: the DNS server to ask, over UDP and TCP (config `[dns] resolver`, for
     /// example 127.0.0.1:5353); None: the system's (/etc/resolv.conf, whose timeout and
-    /// attempts are replaced by ours). `timeout`: for each lookup (one try). The resolver is
-    /// mail-auth's hickory-resolver (the same 0.26 that `delivery::mx` uses), with its cache;
-    /// the hosts file is not consulted.
-    pub fn new(resolver: Option<SocketAddr>, timeout: Duration) -> Result<SenderAuth, AuthError> {
+    /// attempts are replaced by ours). `timeout`: for each try of a lookup, `attempts` tries.
+    /// The resolver is mail-auth's hickory-resolver (the same 0.26 that `delivery::mx` uses),
+    /// with its cache (positive and negative answers kept for their TTL); the hosts file is
+    /// not consulted.
+    pub fn new(
+        resolver: Option<SocketAddr>,
+        timeout: Duration,
+        attempts: usize,
+    ) -> Result<SenderAuth, AuthError> {
         let (config, mut opts) = match resolver {
             Some(addr) => {
                 let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
@@ -169,13 +174,15 @@ impl SenderAuth {
             None => read_system_conf().map_err(AuthError::SystemConf)?,
         };
         opts.timeout = timeout;
-        opts.attempts = 0;
+        opts.attempts = attempts.saturating_sub(1);
         opts.edns0 = true;
         opts.use_hosts_file = ResolveHosts::Never;
         let authenticator = MessageAuthenticator::new(config, opts).map_err(AuthError::Resolver)?;
         Ok(SenderAuth {
             authenticator,
-            phase_budget: timeout.saturating_mul(PHASE_LOOKUPS),
+            phase_budget: timeout
+                .saturating_mul(attempts.max(1) as u32)
+                .saturating_mul(PHASE_LOOKUPS),
         })
     }
 

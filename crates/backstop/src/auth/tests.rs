@@ -58,7 +58,7 @@ impl Zone {
     }
 
     fn auth(&self) -> SenderAuth {
-        SenderAuth::new(Some(self.dns.addr), TIMEOUT).unwrap()
+        SenderAuth::new(Some(self.dns.addr), TIMEOUT, 1).unwrap()
     }
 
     /// The evidence for `from` sending `message` from `client` (HELO [`HELO`]).
@@ -342,7 +342,7 @@ async fn message_without_headers_has_no_dkim() {
 /// about one lookup timeout per phase.
 async fn check_dead_server(server: SocketAddr) {
     let timeout = Duration::from_secs(1);
-    let auth = SenderAuth::new(Some(server), timeout).unwrap();
+    let auth = SenderAuth::new(Some(server), timeout, 1).unwrap();
     let from = mailbox("user@example.test");
 
     let started = Instant::now();
@@ -422,7 +422,7 @@ fn evidence_serialises_tagged_by_kind() {
 #[test]
 fn system_resolver_can_be_built() {
     // /etc/resolv.conf exists on the test machines; a missing one is an error, not a panic.
-    match SenderAuth::new(None, TIMEOUT) {
+    match SenderAuth::new(None, TIMEOUT, 1) {
         Ok(_) | Err(AuthError::SystemConf(_)) => {}
         Err(e) => panic!("{e}"),
     }

@@ -149,6 +149,22 @@ pub struct Config {
     pub store: StoreConfig,
     /// The checks of the internal servers (`[health]`).
     pub health: Health,
+    /// How backstop asks DNS (`[dns]`): MX, SPF, DKIM, DNSBL.
+    pub dns: Dns,
+}
+
+/// The one resolver configuration for everything backstop looks up (`[dns]`): MX and A/AAAA
+/// for delivery, SPF and DKIM for reports, the DNS blocklists. Answers are cached for their
+/// TTL, negative ones too.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Dns {
+    /// The DNS server (UDP and TCP); none: the system's (/etc/resolv.conf).
+    pub resolver: Option<SocketAddr>,
+    /// How long one try of a query may take.
+    #[serde(serialize_with = "duration::serialize")]
+    pub timeout: Duration,
+    /// Tries of a query before it fails.
+    pub attempts: usize,
 }
 
 /// The background checks of every next hop and call-out server (`[health]`).
@@ -443,8 +459,6 @@ pub struct Route {
 /// Delivery settings for the queue (`[delivery]`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Delivery {
-    /// DNS server for MX lookups; none: the system's resolver.
-    pub resolver: Option<SocketAddr>,
     /// TCP port of MX hosts.
     pub smtp_port: u16,
     /// Most connections to one destination at a time.

@@ -50,6 +50,58 @@ pub struct RawConfig {
     store: RawStore,
     #[serde(default)]
     health: RawHealth,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    resolver: Option<String>,
+    timeout: Option<String>,
+    attempts: Option<usize>,
+}
+
+impl RawDns {
+    /// `[dns]`; `old`: the resolver given the older way, as `[delivery] resolver`.
+    fn validate(&self, old: Option<&String>) -> Result<super::Dns, ConfigError> {
+        let resolver = match (&self.resolver, old) {
+            (Some(_), Some(_)) => {
+                let why = "the resolver is set in [dns]: remove this older name for it";
+                return Err(invalid("delivery.resolver", why));
+            }
+            (Some(s), None) => Some(resolver("dns.resolver", s)?),
+            (None, Some(s)) => Some(resolver("delivery.resolver", s)?),
+            (None, None) => None,
+        };
+        let timeout = duration("dns.timeout", &self.timeout, "5s")?;
+        if timeout < std::time::Duration::from_secs(1) {
+            return Err(invalid("dns.timeout", "must be at least 1s"));
+        }
+        let attempts = self.attempts.unwrap_or(2);
+        if !(1..=5).contains(&attempts) {
+            return Err(invalid("dns.attempts", "must be 1 to 5"));
+        }
+        Ok(super::Dns {
+            resolver,
+            timeout,
+            attempts,
+        })
+    }
+}
+
+fn resolver(key: &str, s: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    s.parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| {
+            invalid(
+                key,
+                format!("{s:?} is not IP or IP:PORT (like 127.0.0.1:5353)"),
+            )
+        })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -787,6 +839,7 @@ impl RawConfig {
             web: self.web.validate()?,
             store: self.store.validate(base)?,
             health: self.health.validate()?,
+            dns: self.dns.validate(self.delivery.resolver.as_ref())?,
         })
     }
 }
@@ -1062,24 +1115,7 @@ impl RawRoute {
 
 impl RawDelivery {
     fn validate(&self) -> Result<Delivery, ConfigError> {
-        let resolver = match &self.resolver {
-            None => None,
-            Some(s) => Some(
-                s.parse::<std::net::SocketAddr>()
-                    .or_else(|_| {
-                        s.parse::<std::net::IpAddr>()
-                            .map(|ip| std::net::SocketAddr::new(ip, 53))
-                    })
-                    .map_err(|_| {
-                        invalid(
-                            "delivery.resolver",
-                            format!("{s:?} is not IP or IP:PORT (like 127.0.0.1:5353)"),
-                        )
-                    })?,
-            ),
-        };
         let d = Delivery {
-            resolver,
             smtp_port: positive("delivery.smtp_port", self.smtp_port, 25)?,
             destination_concurrency: positive(
                 "delivery.destination_concurrency",

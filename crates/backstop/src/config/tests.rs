@@ -149,7 +149,7 @@ resolver = "127.0.0.1:5353"        # DNS server for MX lookups (default: the sys
     );
     assert_eq!(c.route(&dom("elsewhere.test")), NextHop::Mx);
     assert_eq!(c.route(&dom("example.test")), c.domains[0].next_hop);
-    assert_eq!(c.delivery.resolver, Some("127.0.0.1:5353".parse().unwrap()));
+    assert_eq!(c.dns.resolver, Some("127.0.0.1:5353".parse().unwrap()));
     // Postfix-like defaults
     assert_eq!(c.delivery.retry_min, Duration::from_secs(300));
     assert_eq!(c.delivery.retry_max, Duration::from_secs(3600));
@@ -557,4 +557,34 @@ fn store_tls_errors_name_the_key_and_the_file() {
         e.starts_with("store.tls_ca") && e.contains("rediss://"),
         "{e}"
     );
+}
+
+#[test]
+fn one_resolver_for_everything_in_dns_and_its_older_name() {
+    let base = "hostname = \"mx.example.test\"\nstate_dir = \"/tmp\"\n[[listen]]\naddr = \"127.0.0.1:0\"\n\
+        [[domain]]\nname = \"example.test\"\nrecipients = [\"callout:127.0.0.1:2526\"]\n\
+        next_hop = \"smtp:127.0.0.1:2526\"\n";
+    let parse = |extra: &str| Config::from_toml(&format!("{base}{extra}"), Path::new("/"));
+    let c = parse("").unwrap();
+    assert_eq!(
+        (c.dns.resolver, c.dns.timeout.as_secs(), c.dns.attempts),
+        (None, 5, 2)
+    );
+    let c = parse("[dns]\nresolver = \"127.0.0.1\"\ntimeout = \"2s\"\nattempts = 3\n").unwrap();
+    assert_eq!(c.dns.resolver, Some("127.0.0.1:53".parse().unwrap()));
+    assert_eq!((c.dns.timeout.as_secs(), c.dns.attempts), (2, 3));
+    let c = parse("[delivery]\nresolver = \"127.0.0.1:5353\"\n").unwrap();
+    assert_eq!(c.dns.resolver, Some("127.0.0.1:5353".parse().unwrap()));
+    let both = "[delivery]\nresolver = \"127.0.0.1:5353\"\n[dns]\nresolver = \"127.0.0.1:53\"\n";
+    let e = parse(both).unwrap_err().to_string();
+    assert!(
+        e.starts_with("delivery.resolver: the resolver is set in [dns]"),
+        "{e}"
+    );
+    let e = parse("[dns]\nattempts = 0\n").unwrap_err().to_string();
+    assert!(e.starts_with("dns.attempts:"), "{e}");
+    let e = parse("[dns]\nresolver = \"dns.example\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("dns.resolver:"), "{e}");
 }

@@ -25,9 +25,6 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use tokio::task::JoinSet;
 
-/// Retries of a query after the first try fails (timeout, SERVFAIL, network error).
-const RETRIES: usize = 1;
-
 /// At most this many MX hosts (the most preferred) are looked up; the rest are ignored.
 /// Bounds the work one hostile MX record set can cause.
 pub const MAX_MX_HOSTS: usize = 10;
@@ -125,9 +122,14 @@ impl From<&NetError> for Negative {
 impl MxResolver {
     /// `server`: the DNS server to ask (UDP and TCP on that address), or None for the
     /// system's (/etc/resolv.conf; its search list applies to nothing, names are absolute).
-    /// `timeout`: for each try of a query; a failed try is retried once, so one lookup
-    /// gives up after about twice this.
-    pub fn new(server: Option<SocketAddr>, timeout: Duration) -> Result<MxResolver, MxError> {
+    /// `timeout`: for each try of a query; `attempts`: tries of a query before it fails, so
+    /// one lookup gives up after about `attempts` times `timeout`. Answers are cached for
+    /// their TTL, negative ones (NXDOMAIN, no data) too.
+    pub fn new(
+        server: Option<SocketAddr>,
+        timeout: Duration,
+        attempts: usize,
+    ) -> Result<MxResolver, MxError> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = match server {
             Some(addr) => {
@@ -142,7 +144,7 @@ impl MxResolver {
         };
         let opts = builder.options_mut();
         opts.timeout = timeout;
-        opts.attempts = RETRIES;
+        opts.attempts = attempts.saturating_sub(1);
         opts.use_hosts_file = ResolveHosts::Never;
         let resolver = builder.build().map_err(|e| MxError(e.to_string()))?;
         Ok(MxResolver {
@@ -424,7 +426,7 @@ mod tests {
     ];
 
     fn resolver(dns: &dns::Dns) -> MxResolver {
-        MxResolver::new(Some(dns.addr), Duration::from_secs(2)).unwrap()
+        MxResolver::new(Some(dns.addr), Duration::from_secs(2), 2).unwrap()
     }
 
     fn host(name: &str, preference: u16, addrs: &[&str]) -> MxHost {
@@ -503,7 +505,7 @@ mod tests {
     #[tokio::test]
     async fn server_not_answering_is_temporary() {
         let closed = SocketAddr::from(([127, 0, 0, 1], dns::free_udp_port()));
-        let r = MxResolver::new(Some(closed), Duration::from_millis(200)).unwrap();
+        let r = MxResolver::new(Some(closed), Duration::from_millis(200), 2).unwrap();
         let started = Instant::now();
         let got = r.targets("two.test", 25).await.unwrap_err();
         assert!(matches!(got, DnsFailure::Temporary(_)), "{got:?}");

@@ -229,7 +229,7 @@ fn config(extra: &str) -> Arc<Config> {
 fn no_dns() -> Arc<crate::auth::SenderAuth> {
     let addr = "127.0.0.1:9".parse().unwrap();
     Arc::new(
-        crate::auth::SenderAuth::new(Some(addr), std::time::Duration::from_millis(200)).unwrap(),
+        crate::auth::SenderAuth::new(Some(addr), std::time::Duration::from_millis(200), 1).unwrap(),
     )
 }
 
@@ -509,7 +509,7 @@ async fn an_undecided_sender_is_checked_when_a_report_is_due_and_not_before() {
         "--txt-record=sender.test,v=spf1 ip4:192.0.2.7 -all".to_string(),
     ]);
     let timeout = std::time::Duration::from_secs(2);
-    let auth = Arc::new(crate::auth::SenderAuth::new(Some(dns.addr), timeout).unwrap());
+    let auth = Arc::new(crate::auth::SenderAuth::new(Some(dns.addr), timeout, 1).unwrap());
     let (_s, store) = store();
     let r = rig_with(store, "", auth);
     // the sender's client is in its SPF record: a report, and the trust recorded
@@ -541,7 +541,7 @@ async fn an_undecided_sender_with_nothing_to_report_costs_no_lookup() {
     let quiet = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     quiet.set_nonblocking(true).unwrap();
     let timeout = std::time::Duration::from_millis(300);
-    let auth = crate::auth::SenderAuth::new(Some(quiet.local_addr().unwrap()), timeout).unwrap();
+    let auth = crate::auth::SenderAuth::new(Some(quiet.local_addr().unwrap()), timeout, 1).unwrap();
     let (_s, store) = store();
     // failures wait 10 minutes for more before the first report
     let r = rig_with(store, "[reports]\ngather = \"10m\"\n", Arc::new(auth));
