@@ -8,6 +8,7 @@ pub mod bounces;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod content;
 pub mod control;
 pub mod delivery;
 pub mod harvest;

@@ -298,6 +298,7 @@ mod tests {
                 params: Default::default(),
                 rcpts: vec![(mb("x@far.test"), Default::default())],
                 data: vec![b"Subject: x\r\n\r\nx\r\n".to_vec()],
+                rest: None,
                 trust: Default::default(),
             })
             .await

@@ -836,6 +836,7 @@ impl Handler {
             },
             rcpts: self.txn.rcpts.clone(),
             data: vec![trace.into_bytes(), body],
+            rest: None,
             trust,
         };
         match self.ctx.spool.enqueue(m).await {

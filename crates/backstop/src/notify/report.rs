@@ -157,6 +157,7 @@ pub fn envelope(report_id: &str, to: &Mailbox, message: Vec<u8>, now: u64) -> Ne
         },
         rcpts: vec![(to.clone(), RcptParams::default())],
         data: vec![message],
+        rest: None,
         trust: Trust::no("a report from this gateway"),
     }
 }

@@ -280,6 +280,7 @@ async fn failed_message(spool: &Spool, id: &str, from: &str, n: usize, trust: Tr
                 b"Received: by gw.example.test\r\n".to_vec(),
                 b"Message-ID: <m1@sender.test>\r\nSubject: hi\r\n\r\nsecret body\r\n".to_vec(),
             ],
+            rest: None,
             trust,
         })
         .await
@@ -467,6 +468,7 @@ async fn one_delay_warning_through_the_queue() {
             params: MailParams::default(),
             rcpts: vec![(mailbox("slow@example.test"), RcptParams::default())],
             data: vec![b"Subject: slow\r\n\r\nbody\r\n".to_vec()],
+            rest: None,
             trust: trusted(),
         })
         .await
@@ -558,6 +560,7 @@ async fn an_undecided_sender_with_nothing_to_report_costs_no_lookup() {
                 .map(|a| (mailbox(a), RcptParams::default()))
                 .collect(),
             data: vec![b"Subject: hi\r\n\r\nbody\r\n".to_vec()],
+            rest: None,
             trust: undecided.clone(),
         })
         .await

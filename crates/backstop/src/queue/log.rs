@@ -28,11 +28,26 @@ const MAX_FRAME: usize = 1 << 30;
 
 /// Appends one frame to `out`.
 pub fn frame(out: &mut Vec<u8>, kind: u8, parts: &[&[u8]]) {
-    let len: usize = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    frame_with_tail(out, kind, parts, None);
+}
+
+/// Appends the start of one frame to `out`: its header and `parts`; with `tail`, the frame
+/// goes on with that many more bytes of that checksum, which the caller writes right after.
+pub fn frame_with_tail(
+    out: &mut Vec<u8>,
+    kind: u8,
+    parts: &[&[u8]],
+    tail: Option<(u64, &crc32fast::Hasher)>,
+) {
+    let tail_len = tail.map_or(0, |(n, _)| n);
+    let len = 1 + parts.iter().map(|p| p.len() as u64).sum::<u64>() + tail_len;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&[kind]);
     for p in parts {
         crc.update(p);
+    }
+    if let Some((_, t)) = tail {
+        crc.combine(t);
     }
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&crc.finalize().to_le_bytes());
@@ -142,6 +157,8 @@ pub struct Landed {
 pub struct Request {
     /// One or more frames.
     pub bytes: Vec<u8>,
+    /// The rest of the last frame, copied from a file after `bytes` (a large message).
+    pub file: Option<crate::content::FileRange>,
     /// Told where the bytes landed, or why they did not.
     pub done: tokio::sync::oneshot::Sender<io::Result<Landed>>,
 }
@@ -191,12 +208,13 @@ impl Writer {
     /// Runs until every sender is gone: takes what is waiting, writes it, syncs once, answers.
     pub fn run(mut self, rx: mpsc::Receiver<Request>, on_new_segment: impl Fn(u64)) {
         while let Ok(first) = rx.recv() {
+            let size = |r: &Request| r.bytes.len() as u64 + r.file.as_ref().map_or(0, |f| f.len);
+            let mut bytes = size(&first);
             let mut batch = vec![first];
-            let mut bytes = batch[0].bytes.len();
             while bytes < 16 << 20 {
                 match rx.try_recv() {
                     Ok(r) => {
-                        bytes += r.bytes.len();
+                        bytes += size(&r);
                         batch.push(r);
                     }
                     Err(_) => break,
@@ -223,19 +241,23 @@ impl Writer {
 
     fn write_batch(&mut self, batch: Vec<Request>) {
         let start = self.len;
-        let mut buf = Vec::with_capacity(batch.iter().map(|r| r.bytes.len()).sum());
         let mut offsets = Vec::with_capacity(batch.len());
+        let mut at = start;
+        let mut result = Ok(());
+        // one request after another, a file's bytes copied as they are read: a large message
+        // is never whole in memory
         for r in &batch {
-            offsets.push(start + buf.len() as u64);
-            buf.extend_from_slice(&r.bytes);
+            offsets.push(at);
+            result = self.append(r);
+            if result.is_err() {
+                break;
+            }
+            at += r.bytes.len() as u64 + r.file.as_ref().map_or(0, |f| f.len);
         }
-        let result = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data());
+        let result = result.and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
-                self.len += buf.len() as u64;
+                self.len = at;
                 use std::sync::atomic::Ordering::Relaxed;
                 self.stats.syncs.fetch_add(1, Relaxed);
                 self.stats.requests.fetch_add(batch.len() as u64, Relaxed);
@@ -258,6 +280,26 @@ impl Writer {
                 fail(batch, &e);
             }
         }
+    }
+
+    fn append(&mut self, r: &Request) -> io::Result<()> {
+        self.file.write_all(&r.bytes)?;
+        let Some(f) = &r.file else {
+            return Ok(());
+        };
+        let mut at = 0;
+        while at < f.len {
+            let piece = f.read(at, crate::content::PIECE)?;
+            if piece.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "spill file too short",
+                ));
+            }
+            self.file.write_all(&piece)?;
+            at += piece.len() as u64;
+        }
+        Ok(())
     }
 }
 

@@ -73,6 +73,9 @@ pub struct NewMessage {
     pub rcpts: Vec<(Mailbox, RcptParams)>,
     /// The message as it will be delivered (our trace header first), CRLF line ends.
     pub data: Vec<Vec<u8>>,
+    /// What follows `data`: the rest of a large message's body, in its spill file, with the
+    /// CRC-32 of those bytes (so the frame's checksum needs no second read).
+    pub rest: Option<(crate::content::FileRange, crc32fast::Hasher)>,
     /// Whether its sender may ever get a delivery report.
     pub trust: Trust,
 }
@@ -179,8 +182,17 @@ impl Spool {
     }
 
     fn submit(&self, bytes: Vec<u8>) -> tokio::sync::oneshot::Receiver<io::Result<Landed>> {
+        self.submit_with(bytes, None)
+    }
+
+    /// Frames to write, the last of which continues with the bytes of `file`.
+    fn submit_with(
+        &self,
+        bytes: Vec<u8>,
+        file: Option<crate::content::FileRange>,
+    ) -> tokio::sync::oneshot::Receiver<io::Result<Landed>> {
         let (done, rx) = tokio::sync::oneshot::channel();
-        if let Err(mpsc::SendError(r)) = self.writer.send(Request { bytes, done }) {
+        if let Err(mpsc::SendError(r)) = self.writer.send(Request { bytes, file, done }) {
             let _ = r
                 .done
                 .send(Err(io::Error::other("spool writer has stopped")));
@@ -217,12 +229,16 @@ impl Spool {
             reports: Vec::new(),
         };
         let parts: Vec<&[u8]> = m.data.iter().map(Vec::as_slice).collect();
-        let (bytes, body_at) = state::message_frame(&meta, &parts);
-        let landed = Spool::wait(self.submit(bytes)).await?;
+        let tail = m.rest.as_ref().map(|(r, crc)| (r.len, crc));
+        let (bytes, body_at) = state::message_frame(&meta, &parts, tail);
+        let file = m.rest.map(|(r, _)| r);
+        let len =
+            parts.iter().map(|p| p.len() as u64).sum::<u64>() + file.as_ref().map_or(0, |r| r.len);
+        let landed = Spool::wait(self.submit_with(bytes, file)).await?;
         let body = BodyLoc {
             segment: landed.segment,
             offset: landed.offset + body_at,
-            len: parts.iter().map(|p| p.len() as u64).sum(),
+            len,
         };
         let entry = Entry::new(meta, body)
             .ok_or_else(|| SpoolError::Io(io::Error::other("envelope cannot be read back")))?;
@@ -244,6 +260,24 @@ impl Spool {
     /// The message of a lease, as it is to be delivered.
     pub async fn body(&self, lease: &Lease) -> io::Result<Vec<u8>> {
         self.read(lease.body, u64::MAX).await
+    }
+
+    /// The message of a lease, to read a piece at a time (the segment stays open while it
+    /// is read).
+    pub fn content(&self, lease: &Lease) -> io::Result<crate::content::Content> {
+        let loc = lease.body;
+        let file = lock(&self.readers)
+            .get(&loc.segment)
+            .cloned()
+            .ok_or_else(|| io::Error::other(format!("segment {} missing", loc.segment)))?;
+        Ok(crate::content::Content {
+            parts: Vec::new(),
+            rest: Some(crate::content::FileRange {
+                file,
+                offset: loc.offset,
+                len: loc.len,
+            }),
+        })
     }
 
     /// The first `max` bytes of a queued message (enough for its header section); `None` when
@@ -445,21 +479,38 @@ impl Spool {
     }
 
     /// Writes a queued message again at the log's end; `None` if it was deleted meanwhile.
+    /// The body is copied a piece at a time (its checksum first, in one more pass).
     async fn rewrite(&self, lease: &Lease) -> Result<Option<BodyLoc>, SpoolError> {
-        let body = self.body(lease).await?;
+        let Some(range) = self.content(lease)?.rest else {
+            return Ok(None);
+        };
+        let for_crc = range.clone();
+        let crc = tokio::task::spawn_blocking(move || {
+            let mut crc = crc32fast::Hasher::new();
+            let mut at = 0;
+            while at < for_crc.len {
+                let piece = for_crc.read(at, crate::content::PIECE)?;
+                crc.update(&piece);
+                at += piece.len() as u64;
+            }
+            io::Result::Ok(crc)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let len = range.len;
         let (rx, body_at) = {
             let ix = self.lock();
             let Some(meta) = ix.meta(&lease.id) else {
                 return Ok(None);
             };
-            let (bytes, body_at) = state::message_frame(meta, &[&body]);
-            (self.submit(bytes), body_at)
+            let (bytes, body_at) = state::message_frame(meta, &[], Some((len, &crc)));
+            (self.submit_with(bytes, Some(range)), body_at)
         };
         let landed = Spool::wait(rx).await?;
         Ok(Some(BodyLoc {
             segment: landed.segment,
             offset: landed.offset + body_at,
-            len: body.len() as u64,
+            len,
         }))
     }
 }

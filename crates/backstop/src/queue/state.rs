@@ -377,14 +377,21 @@ pub struct RcptRecord {
 }
 
 /// The message frame for `meta` and body `parts`, and where the body starts in it.
-pub(crate) fn message_frame(meta: &Meta, parts: &[&[u8]]) -> (Vec<u8>, u64) {
+/// The frame of a new message: its envelope, then `parts`, then (written after these bytes by
+/// the writer) the `tail` of that length and checksum. Returns the bytes and the offset of the
+/// message in the frame.
+pub(crate) fn message_frame(
+    meta: &Meta,
+    parts: &[&[u8]],
+    tail: Option<(u64, &crc32fast::Hasher)>,
+) -> (Vec<u8>, u64) {
     let json = serde_json::to_vec(meta).expect("meta serializes");
     let len = (json.len() as u32).to_le_bytes();
     let mut all: Vec<&[u8]> = vec![&len, &json];
     all.extend_from_slice(parts);
     let mut out =
         Vec::with_capacity(64 + json.len() + parts.iter().map(|p| p.len()).sum::<usize>());
-    log::frame(&mut out, KIND_MESSAGE, &all);
+    log::frame_with_tail(&mut out, KIND_MESSAGE, &all, tail);
     (out, log::PAYLOAD_OFFSET + 4 + json.len() as u64)
 }
 

@@ -7,7 +7,7 @@
 //! (the driver classifies outcomes).
 
 use super::command::{MailParams, PeerSupport, RcptParams};
-use super::data::stuff_parts;
+use super::data::{Stuffer, stuff_parts};
 use super::reply::{Reply, ReplyParser};
 use crate::address::{ForwardPath, ReversePath};
 use std::collections::VecDeque;
@@ -162,6 +162,19 @@ impl Client {
     /// body), dot-stuffed and terminated; send after a `354`.
     pub fn message(&mut self, parts: &[&[u8]]) {
         stuff_parts(parts, &mut self.out);
+        self.expect.push_back(Expect::Message);
+    }
+
+    /// A piece of a message sent piece by piece (after a `354`): stuffed with `stuffer`, which
+    /// carries the state from one piece to the next; take the output after each piece so it
+    /// need not grow with the message.
+    pub fn message_piece(&mut self, stuffer: &mut Stuffer, piece: &[u8]) {
+        stuffer.push(piece, &mut self.out);
+    }
+
+    /// Ends a message sent with [`Client::message_piece`]; its reply is the message's.
+    pub fn message_end(&mut self, stuffer: Stuffer) {
+        stuffer.finish(&mut self.out);
         self.expect.push_back(Expect::Message);
     }
 

@@ -154,27 +154,87 @@ pub fn stuff(body: &[u8], out: &mut Vec<u8>) {
 /// parts need not be copied into one buffer first.
 pub fn stuff_parts(parts: &[&[u8]], out: &mut Vec<u8>) {
     out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 8);
-    let mut at_line_start = true;
-    let mut last = [0u8; 2];
-    let mut empty = true;
-    for &b in parts.iter().flat_map(|p| p.iter()) {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
+    let mut s = Stuffer::default();
+    for p in parts {
+        s.push(p, out);
+    }
+    s.finish(out);
+}
+
+/// Dot-stuffing for a message given piece by piece, as it is read (from a file, a spool): the
+/// same output as [`stuff_parts`] over all the pieces, without holding them together.
+#[derive(Clone, Copy, Debug)]
+pub struct Stuffer {
+    at_line_start: bool,
+    last: [u8; 2],
+    empty: bool,
+}
+
+impl Default for Stuffer {
+    fn default() -> Stuffer {
+        Stuffer {
+            at_line_start: true,
+            last: [0; 2],
+            empty: true,
         }
-        out.push(b);
-        at_line_start = b == b'\n';
-        last = [last[1], b];
-        empty = false;
     }
-    if !empty && last != *b"\r\n" {
-        out.extend_from_slice(b"\r\n");
+}
+
+impl Stuffer {
+    /// Appends `piece`, stuffed, to `out`.
+    pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        let mut from = 0;
+        for (i, &b) in piece.iter().enumerate() {
+            if self.at_line_start && b == b'.' {
+                // copy what came before in one piece, then the extra dot
+                out.extend_from_slice(&piece[from..i]);
+                out.push(b'.');
+                from = i;
+            }
+            self.at_line_start = b == b'\n';
+        }
+        out.extend_from_slice(&piece[from..]);
+        match piece {
+            [] => {}
+            [b] => self.last = [self.last[1], *b],
+            [.., a, b] => self.last = [*a, *b],
+        }
+        self.empty &= piece.is_empty();
     }
-    out.extend_from_slice(b".\r\n");
+
+    /// Ends the message: a CRLF if it did not end with one, then `.CRLF`.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if !self.empty && self.last != *b"\r\n" {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stuffing_in_pieces_is_stuffing_at_once() {
+        let msg = b".first\r\nline\r\n..two\r\n.\r\nend\r\nno crlf.".as_slice();
+        let mut whole = Vec::new();
+        stuff(msg, &mut whole);
+        for cut in 0..msg.len() {
+            for cut2 in cut..msg.len() {
+                let mut out = Vec::new();
+                let mut s = Stuffer::default();
+                for piece in [&msg[..cut], &msg[cut..cut2], &msg[cut2..]] {
+                    s.push(piece, &mut out);
+                }
+                s.finish(&mut out);
+                assert_eq!(out, whole, "cut at {cut} and {cut2}");
+            }
+        }
+        let mut empty = Vec::new();
+        Stuffer::default().finish(&mut empty);
+        assert_eq!(empty, b".\r\n");
+    }
 
     fn recv(input: &[u8]) -> (usize, Option<Received>) {
         DataReceiver::new(1 << 20).feed(input)
