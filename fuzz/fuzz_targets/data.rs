@@ -8,7 +8,10 @@
 //!   from every other line; a CR not before LF, or a LF not after CR, sets the bare flags);
 //! - `stuff(body)` read back by a receiver gives `body` (plus the CRLF `stuff` appends when
 //!   `body` does not end in one), all of the stuffed bytes consumed, no bare flags, and the
-//!   size limit applied as documented.
+//!   size limit applied as documented;
+//! - a spilling receiver (keeping `keep` bytes) fed the same chunks keeps at most `keep`, and
+//!   what it kept followed by the pieces it handed out is the whole message, `spilled` counting
+//!   the pieces.
 
 #![no_main]
 
@@ -20,6 +23,8 @@ use libfuzzer_sys::fuzz_target;
 struct Input {
     /// Size limit of the receiver; kept small so `too_big` is reached.
     limit: u8,
+    /// Bytes a spilling receiver keeps.
+    keep: u8,
     /// Chunk lengths for the split feed; the rest goes in one last chunk.
     chunks: Vec<u8>,
     /// A message body for the `stuff` round trip (bare CR/LF are normalised to CRLF).
@@ -52,6 +57,7 @@ fuzz_target!(|inp: Input| {
     let (chunk_n, chunked) = feed_in_chunks(input, &inp.chunks, limit);
     assert_eq!(chunked, whole, "chunked vs whole result");
     assert_eq!(chunk_n, whole_n, "chunked vs whole consumed total");
+    check_spilling(input, &inp.chunks, limit, u64::from(inp.keep), &whole);
 
     // stuff round trip
     let body = normalise(&inp.body);
@@ -115,6 +121,31 @@ fn feed_in_chunks(input: &[u8], chunks: &[u8], limit: u64) -> (usize, Option<Rec
     (total, None)
 }
 
+/// The same chunks through a receiver keeping `keep` bytes, its spill taken after each feed.
+fn check_spilling(input: &[u8], chunks: &[u8], limit: u64, keep: u64, whole: &Option<Received>) {
+    let mut rx = DataReceiver::spilling(limit, keep);
+    let mut rest = input;
+    let mut spill = Vec::new();
+    let lens = chunks.iter().map(|&c| usize::from(c));
+    for len in lens.chain(std::iter::once(usize::MAX)) {
+        let (n, r) = rx.feed(&rest[..len.min(rest.len())]);
+        rest = &rest[n..];
+        spill.extend(rx.take_spill());
+        let Some(r) = r else { continue };
+        let whole = whole.as_ref().expect("ended only when spilling");
+        assert_eq!(r.spilled, spill.len() as u64, "spilled count");
+        assert!(r.body.len() as u64 <= keep, "kept {} of {keep}", r.body.len());
+        assert_eq!((r.size, r.too_big), (whole.size, whole.too_big));
+        if !r.too_big {
+            let mut all = r.body.clone();
+            all.extend(&spill);
+            assert_eq!(all, whole.body, "kept + spilled vs whole");
+        }
+        return;
+    }
+    assert!(whole.is_none(), "ended only when not spilling");
+}
+
 fn check_received(r: &Option<Received>, limit: u64) {
     if let Some(r) = r {
         assert_eq!(r.too_big, r.size > limit, "{r:?}");
@@ -155,6 +186,7 @@ fn reference(input: &[u8], limit: u64) -> (usize, Option<Received>) {
     let too_big = size > limit;
     let received = Received {
         body: if too_big { Vec::new() } else { body },
+        spilled: 0,
         size,
         bare_lf,
         bare_cr,

@@ -1,7 +1,7 @@
 //! A whole server `Session` driven by an arbitrary script of driver operations.
 //!
-//! Small limits (64-byte lines, 512-byte messages, 5 errors, STARTTLS offered, short timers)
-//! so every limit and timer is reachable. Besides raw bytes, the script can feed canned
+//! Small limits (64-byte lines, 512-byte messages of which 128 kept in memory, 5 errors,
+//! STARTTLS offered, short timers) so every limit and timer is reachable. Besides raw bytes, the script can feed canned
 //! command lines, which gets the fuzzer past EHLO/MAIL/RCPT/DATA quickly.
 //!
 //! Checks:
@@ -10,6 +10,8 @@
 //! - every `Output::Reply` encodes to bytes that end in CRLF and hold no other CR or LF than
 //!   line ends, each line starting with the reply's three-digit code;
 //! - at most one `Output::Check` is outstanding at a time (the next comes only after resolve);
+//! - a message's `Check` keeps at most 128 bytes, and its `spilled` count is the bytes of the
+//!   `Output::Spill` pieces since the transaction began;
 //! - between `Output::StartTls` and `tls_established`, input produces no output;
 //! - after `Output::Close`, nothing more is output whatever the driver does, and the session
 //!   reports itself closed.
@@ -18,13 +20,14 @@
 
 use arbitrary::Arbitrary;
 use backstop_proto::smtp::reply::{Enhanced, Reply};
-use backstop_proto::smtp::server::{Output, Session, SessionConfig};
+use backstop_proto::smtp::server::{Check, Output, Session, SessionConfig};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const IDLE: Duration = Duration::from_secs(10);
 const TOTAL: Duration = Duration::from_secs(60);
+const KEEP: u64 = 128;
 
 /// Command lines worth sending whole; fed by [`Op::Line`].
 const LINES: &[&[u8]] = &[
@@ -128,6 +131,8 @@ struct Driver {
     awaiting_tls: bool,
     closed: bool,
     outputs: usize,
+    /// Bytes spilled since the transaction began.
+    spilled: u64,
 }
 
 impl Driver {
@@ -151,6 +156,19 @@ impl Driver {
                     );
                     assert!(!self.awaiting_tls, "check during STARTTLS: {c:?}");
                     self.check_outstanding = true;
+                    match &c {
+                        Check::Mail { .. } => self.spilled = 0,
+                        Check::Message { body, spilled } => {
+                            assert!(body.len() as u64 <= KEEP, "kept {} bytes", body.len());
+                            assert_eq!(*spilled, self.spilled, "spilled count");
+                            self.spilled = 0;
+                        }
+                        _ => {}
+                    }
+                }
+                Output::Spill(piece) => {
+                    assert!(!piece.is_empty(), "empty spill piece");
+                    self.spilled += piece.len() as u64;
                 }
                 Output::StartTls => {
                     assert!(!self.check_outstanding, "STARTTLS while a check is pending");
@@ -227,6 +245,7 @@ fuzz_target!(|ops: Vec<Op>| {
         idle_timeout: IDLE,
         session_timeout: TOTAL,
         tls_available: true,
+        keep_in_memory: KEEP,
     };
     let now = Instant::now();
     let mut d = Driver {
@@ -236,6 +255,7 @@ fuzz_target!(|ops: Vec<Op>| {
         awaiting_tls: false,
         closed: false,
         outputs: 0,
+        spilled: 0,
     };
     d.drain();
     assert_eq!(d.outputs, 1, "greeting");

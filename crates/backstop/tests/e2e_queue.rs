@@ -302,3 +302,131 @@ fn queued_mail_goes_out_over_starttls_when_the_next_hop_offers_it() {
     assert!(text.contains("(backstop) with ESMTPS id"), "{text}");
     assert!(wait_until(10, || b.count(&["result=\"delivered\""]) == 1));
 }
+
+/// A 3 MB message (as its lines arrive: CRLF, some starting with a dot) and the same with LF
+/// line ends, as smtp-sink and Maildir store it.
+fn large_message() -> (Vec<u8>, Vec<u8>) {
+    let mut m = b"Subject: large\r\nMessage-ID: <large@client.test>\r\n\r\n".to_vec();
+    for i in 0..40_000 {
+        let dot = if i % 7 == 0 { "." } else { "" };
+        m.extend(format!("{dot}{i:08} {}\r\n", "x".repeat(64 + i % 5)).as_bytes());
+    }
+    let lf = String::from_utf8(m.clone()).unwrap().replace("\r\n", "\n");
+    (m, lf.into_bytes())
+}
+
+/// Sends `message` to alice through a raw client (dot-stuffed, in 64 KiB writes); the final
+/// reply.
+fn send_large(addr: std::net::SocketAddr, message: &[u8]) -> String {
+    let (mut c, _) = support::Client::connect(addr);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<s@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let text = String::from_utf8(message.to_vec()).unwrap();
+    let stuffed: String = text
+        .split_inclusive("\r\n")
+        .map(|l| match l.starts_with('.') {
+            true => format!(".{l}"),
+            false => l.to_string(),
+        })
+        .collect();
+    for piece in stuffed.as_bytes().chunks(64 * 1024) {
+        c.send(piece);
+    }
+    c.send(b".\r\n");
+    c.reply()
+}
+
+#[test]
+fn a_large_message_arrives_intact_queued_relayed_and_in_maildir() {
+    let (message, lf) = large_message();
+    let lf = String::from_utf8(lf).unwrap();
+    for mode in ["queue", "in-session", "maildir"] {
+        let dir = world_dir();
+        let sink = Sink::start();
+        let config = match mode {
+            "queue" => queue_config(dir.path(), sink.port, ""),
+            "in-session" => list_config(
+                dir.path(),
+                &["alice@example.test"],
+                &format!("smtp:127.0.0.1:{}", sink.port),
+                "",
+            ),
+            _ => list_config(
+                dir.path(),
+                &["alice@example.test"],
+                &format!("maildir:{}", dir.path().join("mail").display()),
+                "",
+            ),
+        };
+        let b = Backstop::start(dir.path(), &config);
+        let reply = send_large(b.addr, &message);
+        assert!(
+            reply.starts_with("250 2.0.0 Ok: queued as "),
+            "{mode}: {reply}"
+        );
+        assert!(
+            b.count_reaching(&[&format!("size={}", message.len())], 1) == 1,
+            "{mode}: the whole size logged\n{}",
+            b.log()
+        );
+        let got = match mode {
+            "maildir" => {
+                let new = dir.path().join("mail/new");
+                let files: Vec<_> = std::fs::read_dir(&new).unwrap().collect();
+                assert_eq!(files.len(), 1, "{mode}");
+                std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap()
+            }
+            _ => {
+                let got = sink.wait_for(1);
+                assert_eq!(got.len(), 1, "{mode}");
+                got[0].clone()
+            }
+        };
+        // our Received line first, then the message as it was sent, to the byte
+        let at = got.find("Subject: large\n").expect("the message's header");
+        assert_eq!(
+            got[at..].trim_end(),
+            lf.trim_end(),
+            "{mode}: the message intact"
+        );
+        assert!(got[..at].contains("Received: from client.test"), "{mode}");
+        // the spill file left nothing behind
+        let spill = dir.path().join("state/spill");
+        let left = std::fs::read_dir(&spill).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "{mode}: files left in {}", spill.display());
+    }
+}
+
+#[test]
+fn a_large_message_that_cannot_be_stored_gets_451_and_the_session_goes_on() {
+    let (message, _) = large_message();
+    let dir = world_dir();
+    let sink = Sink::start();
+    let config = queue_config(dir.path(), sink.port, "");
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    // where spill files go is taken by a file
+    std::fs::write(dir.path().join("state/spill"), "in the way").unwrap();
+    let b = Backstop::start(dir.path(), &config);
+    let reply = send_large(b.addr, &message);
+    assert_eq!(
+        reply,
+        "451 4.3.0 Error: queue file write error, try again later",
+        "{}",
+        b.log()
+    );
+    assert_eq!(
+        b.count_reaching(&["spill file write failed"], 1),
+        1,
+        "{}",
+        b.log()
+    );
+    // a small message still goes through
+    let (code, t) = swaks(
+        b.addr,
+        &["--from", "s@client.test", "--to", "alice@example.test"],
+    );
+    assert_eq!(code, 0, "{t}");
+    assert_eq!(sink.wait_for(1).len(), 1);
+}

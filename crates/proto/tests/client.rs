@@ -31,7 +31,7 @@ fn pump(
                             Reply::new(550, Enhanced::new(5, 1, 1), "User unknown")
                         }
                         Check::Data => Reply::plain(354, "go ahead"),
-                        Check::Message { body } => {
+                        Check::Message { body, .. } => {
                             let t = s.transaction().unwrap();
                             let rcpts = t.recipients.iter().map(|r| r.path.to_string()).collect();
                             got.push((rcpts, body.clone()));
@@ -41,7 +41,7 @@ fn pump(
                     };
                     s.resolve(reply, now);
                 }
-                Output::StartTls | Output::Close => {}
+                Output::StartTls | Output::Close | Output::Spill(_) => {}
             }
         }
         if c.has_transmit() {

@@ -19,10 +19,10 @@ fn policy(check: &Check) -> Reply {
             _ => Reply::new(550, Enhanced::new(5, 1, 1), format!("{to}: User unknown")),
         },
         Check::Data => Reply::plain(354, "End data with <CR><LF>.<CR><LF>"),
-        Check::Message { body } => Reply::new(
+        Check::Message { body, spilled } => Reply::new(
             250,
             Enhanced::new(2, 0, 0),
-            format!("Ok: {} bytes", body.len()),
+            format!("Ok: {} bytes", body.len() as u64 + spilled),
         ),
     }
 }
@@ -32,6 +32,8 @@ struct T {
     now: Instant,
     log: String,
     auto: bool,
+    /// The `Output::Spill` pieces, in order.
+    spill: Vec<Vec<u8>>,
 }
 
 impl T {
@@ -42,6 +44,7 @@ impl T {
             now,
             log: String::new(),
             auto: true,
+            spill: Vec::new(),
         };
         t.drain();
         assert_eq!(t.log, "220 mx.example.test ESMTP\r\n");
@@ -69,13 +72,19 @@ impl T {
                         Check::Mail { from, .. } => format!("[mail {from}]\n"),
                         Check::Rcpt { to, .. } => format!("[rcpt {to}]\n"),
                         Check::Data => "[data]\n".to_string(),
-                        Check::Message { body } => format!("[message {}]\n", body.len()),
+                        Check::Message { body, spilled: 0 } => {
+                            format!("[message {}]\n", body.len())
+                        }
+                        Check::Message { body, spilled } => {
+                            format!("[message {}+{spilled}]\n", body.len())
+                        }
                     };
                     self.log.push_str(&label);
                     if self.auto {
                         self.s.resolve(policy(&c), self.now);
                     }
                 }
+                Output::Spill(piece) => self.spill.push(piece),
                 Output::StartTls => self.log.push_str("[starttls]\n"),
                 Output::Close => self.log.push_str("[close]\n"),
             }
@@ -398,6 +407,57 @@ fn size_limit_at_mail_and_during_data() {
         "the message is read to its end, refused, and the session goes on"
     );
     assert!(t.s.transaction().is_none());
+}
+
+#[test]
+fn a_large_message_leaves_in_pieces_past_what_is_kept() {
+    let mut t = T::new(SessionConfig {
+        keep_in_memory: 1000,
+        ..cfg()
+    });
+    t.send(b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<ok@example.test>\r\nDATA\r\n");
+    // 300 lines of 1,000 bytes, every one dot-stuffed: 300,600 bytes stuffed, 300,300 not
+    let line = format!("..{}\r\n", "z".repeat(998));
+    let mut said = String::new();
+    for chunk in line.repeat(300).as_bytes().chunks(7_001) {
+        said.push_str(&t.send(chunk));
+    }
+    assert_eq!(said, "", "nothing said before the end");
+    assert!(
+        t.spill.len() >= 4 && t.spill.iter().all(|p| p.len() >= 64 * 1024),
+        "pieces of at least 64 KiB while it arrives: {:?}",
+        t.spill.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    t.auto = false;
+    assert_eq!(t.send(b".\r\n"), "[message 1000+299300]\n");
+    let spilled: Vec<u8> = t.spill.concat();
+    let whole = format!(".{}\r\n", "z".repeat(998)).repeat(300);
+    assert_eq!(
+        spilled,
+        whole.as_bytes()[1000..],
+        "the rest, un-stuffed, in order"
+    );
+}
+
+#[test]
+fn a_message_too_big_stops_spilling_at_the_limit() {
+    let mut t = T::new(SessionConfig {
+        keep_in_memory: 100,
+        max_message_size: 100_000,
+        ..cfg()
+    });
+    t.send(b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<ok@example.test>\r\nDATA\r\n");
+    let big = format!("{}\r\n.\r\n", "y".repeat(300_000));
+    assert_eq!(
+        t.send(big.as_bytes()),
+        "552 5.3.4 Error: message file too big\r\n"
+    );
+    let spilled: usize = t.spill.iter().map(Vec::len).sum();
+    assert_eq!(
+        spilled,
+        100_000 - 100,
+        "nothing past the limit is handed out"
+    );
 }
 
 #[test]

@@ -45,8 +45,8 @@ pub struct Kept {
     pub reasons: String,
     /// Our `Received:` line.
     pub trace: String,
-    /// The message.
-    pub body: Vec<u8>,
+    /// The message (read a piece at a time).
+    pub body: crate::content::Content,
 }
 
 /// Writes `kept` durably (temporary file, fsync, rename, fsync of the directory).
@@ -68,7 +68,7 @@ pub fn keep(dir: &Path, kept: &Kept) -> std::io::Result<PathBuf> {
         one_line(&kept.reasons),
     )?;
     f.write_all(kept.trace.as_bytes())?;
-    f.write_all(&kept.body)?;
+    std::io::copy(&mut kept.body.reader(), &mut f)?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, &path)?;
@@ -139,7 +139,9 @@ mod tests {
                     to: to.clone(),
                     reasons: "batv=missing,msgid=unknown,relay=foreign".into(),
                     trace: "Received: from x\r\n".into(),
-                    body: b"Subject: bounce\r\n\r\nbody\r\n".to_vec(),
+                    body: crate::content::Content::of(vec![
+                        b"Subject: bounce\r\n\r\nbody\r\n".to_vec(),
+                    ]),
                 },
             )
             .unwrap();

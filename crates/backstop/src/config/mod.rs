@@ -490,6 +490,9 @@ pub struct Limits {
     pub max_recipients: usize,
     /// Largest message in bytes.
     pub max_message_size: u64,
+    /// Bytes of a message a session keeps in memory; the rest goes to a spill file as it
+    /// arrives (so memory does not grow with message size).
+    pub message_in_memory: u64,
     /// Protocol errors before `421` and close.
     pub max_errors: u32,
     /// Longest silence from a client.

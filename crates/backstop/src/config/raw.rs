@@ -690,6 +690,7 @@ struct RawLimits {
     max_line_length: Option<usize>,
     max_recipients: Option<usize>,
     max_message_size: Option<u64>,
+    message_in_memory: Option<u64>,
     max_errors: Option<u32>,
     idle_timeout: Option<String>,
     session_timeout: Option<String>,
@@ -860,6 +861,13 @@ impl RawLimits {
                 "must be at least 100 (RFC 5321 §4.5.3.1.8)",
             ));
         }
+        let message_in_memory = self.message_in_memory.unwrap_or(262_144);
+        if message_in_memory < 65_536 {
+            return Err(invalid(
+                "limits.message_in_memory",
+                "must be at least 65536 (bounces are judged by their first part)",
+            ));
+        }
         Ok(Limits {
             max_line_length,
             max_recipients,
@@ -868,6 +876,7 @@ impl RawLimits {
                 self.max_message_size,
                 10_240_000,
             )?,
+            message_in_memory,
             max_errors: positive("limits.max_errors", self.max_errors, 20)?,
             idle_timeout: duration("limits.idle_timeout", &self.idle_timeout, "5m")?,
             session_timeout: duration("limits.session_timeout", &self.session_timeout, "30m")?,

@@ -15,6 +15,7 @@ pub mod smtp;
 use crate::backscatter::Tags;
 use crate::clock::Clock;
 use crate::config::{Config, NextHop};
+use crate::content::Content;
 use crate::health::{Backends, Role};
 use crate::notify::Notifier;
 use crate::policy::callout::{Callout, Heard};
@@ -235,7 +236,8 @@ impl Engine {
     async fn deliver(&self, lease: Lease) {
         let s = self.setup();
         let s = s.as_ref();
-        let body = match self.spool.body(&lease).await {
+        // read a piece at a time while it is sent: a large message is never whole in memory
+        let body = match self.spool.content(&lease) {
             Ok(b) => b,
             Err(e) => {
                 let o = Outcome::Local(format!("spool read: {e}"));
@@ -328,11 +330,11 @@ impl Engine {
         dir: &std::path::Path,
         lease: &Lease,
         rcpts: &[&LeasedRcpt],
-        body: &[u8],
+        body: &Content,
     ) -> Vec<Outcome> {
         let (dir, from, id) = (dir.to_path_buf(), lease.from.clone(), lease.id.clone());
         let mailboxes: Vec<_> = rcpts.iter().map(|r| r.mailbox.clone()).collect();
-        let (body, hostname, unix) = (body.to_vec(), s.cfg.hostname.clone(), self.clock.unix());
+        let (body, hostname, unix) = (body.clone(), s.cfg.hostname.clone(), self.clock.unix());
         let result = tokio::task::spawn_blocking(move || {
             let d = maildir::Delivery {
                 from: &from,

@@ -10,6 +10,7 @@
 use super::classify::{Outcome, Remote, host_of};
 use super::mx::MxResolver;
 use crate::config::HostPort;
+use crate::content::Content;
 use crate::queue::{Lease, LeasedRcpt};
 use crate::upstream::{Connection, Slots, StartTlsError, UpstreamError};
 use backstop_proto::address::{Domain, ForwardPath, ReversePath};
@@ -101,7 +102,7 @@ impl Destinations {
         dest: &Dest,
         lease: &Lease,
         (from, rcpts): (&ReversePath, &[&LeasedRcpt]),
-        body: &[u8],
+        body: &Content,
         stopping: &AtomicBool,
     ) -> Option<Vec<Outcome>> {
         let slot = self.slot(dest);
@@ -250,10 +251,10 @@ async fn transaction(
     lease: &Lease,
     from: &ReversePath,
     rcpts: &[&LeasedRcpt],
-    body: &[u8],
+    body: &Content,
 ) -> Result<Vec<Outcome>, Early> {
     let params = MailParams {
-        size: Some(body.len() as u64),
+        size: Some(body.len()),
         ..lease.params.clone()
     };
     let pipelining = conn.capabilities().pipelining;
@@ -308,7 +309,9 @@ async fn transaction(
         Err(e) => return Err(partial(answers, e, n)),
     };
     let last = if d.code == 354 {
-        conn.client().message(&[body]);
+        if let Err(e) = conn.send_message(body).await {
+            return Err(partial(answers, e, n));
+        }
         match conn.reply().await {
             Ok(r) => r,
             Err(e) => return Err(partial(answers, e, n)),

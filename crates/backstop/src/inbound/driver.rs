@@ -142,6 +142,7 @@ pub async fn run(
                     resolved = Some(reply.clone());
                     session.resolve(reply, Instant::now());
                 }
+                Output::Spill(piece) => handler.spill(piece).await,
                 Output::StartTls => {
                     if io.write_all(&std::mem::take(&mut wbuf)).await.is_err() {
                         break 'session;

@@ -7,6 +7,7 @@ use crate::backscatter::verdict::{BatvEvidence, Verdict};
 use crate::backscatter::{RcptBatv, Stopped, quarantine};
 use crate::config::BackscatterAction;
 use crate::config::{Listener, NextHop, RelayMode};
+use crate::content::{Content, FileRange, Spill};
 use crate::health::Role;
 use crate::outbound::Counted;
 use crate::policy::Outcome;
@@ -55,6 +56,10 @@ struct Txn {
     batv: Option<BatvEvidence>,
     /// The message has been counted against the outbound limits.
     counted_out: bool,
+    /// The body past what the session keeps in memory, as it arrives.
+    spill: Option<Spill>,
+    /// Storing it failed (logged then; the message gets `451 4.3.0`).
+    spill_failed: bool,
 }
 
 /// Refusals on a relayed transaction's connection after which unknown recipients are probed
@@ -71,6 +76,27 @@ enum Verified {
     ByRelay,
     /// A list, postmaster, a relay client: the cache is not involved.
     Otherwise,
+}
+
+/// A received message: the part the session kept in memory, then the rest from its spill file
+/// (with the rest's CRC-32, for the queue).
+struct Body {
+    head: Vec<u8>,
+    rest: Option<(FileRange, crc32fast::Hasher)>,
+}
+
+impl Body {
+    /// The message with `first` in front (nothing when empty), to read piece by piece.
+    fn content(&self, first: Vec<u8>) -> Content {
+        let parts = match first.is_empty() {
+            true => vec![self.head.clone()],
+            false => vec![first, self.head.clone()],
+        };
+        Content {
+            rest: self.rest.as_ref().map(|(r, _)| r.clone()),
+            ..Content::of(parts)
+        }
+    }
 }
 
 /// What the verdict on a message leaves to do.
@@ -149,8 +175,8 @@ impl Handler {
             }
             Check::Rcpt { to, params } => self.rcpt(to, &params, session).await,
             Check::Data => self.data(session).await,
-            Check::Message { body } => {
-                let reply = self.message(body, session).await;
+            Check::Message { body, spilled } => {
+                let reply = self.message(body, spilled, session).await;
                 self.end_transaction();
                 reply
             }
@@ -176,6 +202,35 @@ impl Handler {
             Err(e) => {
                 tracing::warn!(error = %e, "sender hold not checked: store failed");
                 store_trouble()
+            }
+        }
+    }
+
+    /// Stores the next piece of the message past what the session keeps in memory, in a
+    /// spill file under `state_dir` (on the blocking pool: a slow disk delays only this client).
+    pub async fn spill(&mut self, piece: Vec<u8>) {
+        if self.txn.spill_failed {
+            return;
+        }
+        let dir = self.ctx.cfg.state_dir.join("spill");
+        let shown = dir.display().to_string();
+        let spill = self.txn.spill.take();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut spill = match spill {
+                Some(s) => s,
+                None => Spill::create(&dir)?,
+            };
+            spill.write(&piece).map(|()| spill)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        match stored {
+            Ok(spill) => self.txn.spill = Some(spill),
+            Err(e) => {
+                tracing::error!(id = %self.txn.id, dir = shown, error = %e,
+                    "message not stored: spill file write failed");
+                self.txn.spill_failed = true;
             }
         }
     }
@@ -598,25 +653,33 @@ impl Handler {
     }
 
     /// The end of DATA: one answer for the message, recorded with its reason.
-    async fn message(&mut self, body: Vec<u8>, session: &Session) -> Reply {
+    async fn message(&mut self, head: Vec<u8>, spilled: u64, session: &Session) -> Reply {
         let (Some(tx), Some(mode)) = (session.transaction(), self.txn.mode.clone()) else {
             return Reply::new(503, Enhanced::new(5, 5, 1), "Error: need RCPT command");
         };
-        let size = body.len();
         if self.txn.id.is_empty() {
             self.txn.id = self.ctx.ids.next(self.ctx.clock.unix());
         }
         let id = self.txn.id.clone();
         let nrcpt = self.txn.rcpts.len();
         let message_id =
-            backstop_proto::dsn::message_id(backstop_proto::dsn::header_section(&body));
-        let (reply, reason) = self.take_message(&id, tx, mode, body, session).await;
+            backstop_proto::dsn::message_id(backstop_proto::dsn::header_section(&head));
+        let size = head.len() as u64 + spilled;
+        let (reply, reason) = match self.body(head, spilled) {
+            Ok(body) => self.take_message(&id, tx, mode, body, session).await,
+            Err(e) => {
+                if let Some(e) = e {
+                    tracing::error!(id, error = %e, "message not stored");
+                }
+                (queue_file_error(), "local-failure")
+            }
+        };
         Event::Message {
             client: self.client(session),
             id: &id,
             from: &tx.from,
             message_id: message_id.as_deref(),
-            size,
+            size: size as usize,
             nrcpt,
             reply: &reply,
             result: Answer::of(reply.code),
@@ -626,12 +689,29 @@ impl Handler {
         reply
     }
 
+    /// The message as received: the part the session kept, then what was spilled. The error
+    /// says why not, unless that was logged already.
+    fn body(&mut self, head: Vec<u8>, spilled: u64) -> Result<Body, Option<String>> {
+        if self.txn.spill_failed {
+            return Err(None);
+        }
+        let rest = match self.txn.spill.take() {
+            None if spilled == 0 => None,
+            Some(s) if s.len() == spilled => Some(s.finish()),
+            other => {
+                let stored = other.map_or(0, |s| s.len());
+                return Err(Some(format!("{spilled} bytes spilled, {stored} stored")));
+            }
+        };
+        Ok(Body { head, rest })
+    }
+
     async fn take_message(
         &mut self,
         id: &str,
         tx: &Transaction,
         mode: Mode,
-        body: Vec<u8>,
+        body: Body,
         session: &Session,
     ) -> (Reply, &'static str) {
         let unix = self.ctx.clock.unix();
@@ -652,12 +732,12 @@ impl Handler {
             && rcpts
                 .iter()
                 .any(|r| self.ctx.cfg.domain(r.domain()).is_none());
-        let sent_log = sent_out.then(|| backstop_proto::dsn::header_section(&body).to_vec());
+        let sent_log = sent_out.then(|| backstop_proto::dsn::header_section(&body.head).to_vec());
         let result = match &mode {
             Mode::Queue => self.queue(id, unix, session, tx, trace, body).await,
             Mode::Direct(NextHop::Smtp(target)) => match self.txn.relay.take() {
                 Some(relay) => {
-                    let r = relay.message(trace.as_bytes(), &body).await;
+                    let r = relay.message(&body.content(trace.into_bytes())).await;
                     self.tell_health(target, r.as_ref().map_or_else(|r| r.answered, |_| true));
                     r.map_err(|r| (r.reply, r.detail))
                 }
@@ -667,12 +747,13 @@ impl Handler {
                 let (dir, shown) = (dir.clone(), dir.display().to_string());
                 let from = tx.from.clone();
                 let (hostname, id2) = (self.ctx.cfg.hostname.clone(), id.to_string());
+                let content = body.content(Vec::new());
                 tokio::task::spawn_blocking(move || {
                     let d = Delivery {
                         from: &from,
                         rcpts: &rcpts,
                         trace: trace.as_bytes(),
-                        body: &body,
+                        body: &content,
                         id: &id2,
                         unix,
                         hostname: &hostname,
@@ -709,7 +790,7 @@ impl Handler {
         from: &ReversePath,
         rcpts: &[Mailbox],
         trace: &str,
-        body: &[u8],
+        body: &Body,
         now: u64,
     ) -> Judged {
         if self.may_relay {
@@ -719,7 +800,7 @@ impl Handler {
         let evidence = match self
             .ctx
             .guard
-            .evidence(null, self.txn.batv, body, now)
+            .evidence(null, self.txn.batv, &body.head, now)
             .await
         {
             Ok(e) => e,
@@ -777,7 +858,7 @@ impl Handler {
                     to: rcpts.iter().map(ToString::to_string).collect(),
                     reasons,
                     trace: trace.to_string(),
-                    body: body.to_vec(),
+                    body: body.content(Vec::new()),
                 })
                 .await,
                 "quarantined",
@@ -815,12 +896,12 @@ impl Handler {
         session: &Session,
         tx: &Transaction,
         trace: String,
-        body: Vec<u8>,
+        body: Body,
     ) -> Result<String, (Reply, String)> {
         let helo = session.helo().map_or("", |h| h.name.as_str());
         let ip = self.peer.ip();
         // no DNS before the 250: SPF and DKIM wait until a report is due
-        let trust = crate::notify::eligibility(&tx.from, self.may_relay, ip, helo, &body);
+        let trust = crate::notify::eligibility(&tx.from, self.may_relay, ip, helo, &body.head);
         let detail = match (trust.trusted, &trust.pending) {
             (true, _) => format!("queued; reports allowed: {}", trust.why),
             (false, Some(_)) => "queued; reports: SPF and DKIM checked if one is due".to_string(),
@@ -835,8 +916,8 @@ impl Handler {
                 ..tx.params.clone()
             },
             rcpts: self.txn.rcpts.clone(),
-            data: vec![trace.into_bytes(), body],
-            rest: None,
+            data: vec![trace.into_bytes(), body.head],
+            rest: body.rest,
             trust,
         };
         match self.ctx.spool.enqueue(m).await {
@@ -934,12 +1015,17 @@ fn spool_failure(e: &SpoolError) -> Reply {
             Enhanced::new(4, 3, 1),
             "Error: insufficient system storage, try again later",
         ),
-        SpoolError::Io(_) | SpoolError::Locked(_) => Reply::new(
-            451,
-            Enhanced::new(4, 3, 0),
-            "Error: queue file write error, try again later",
-        ),
+        SpoolError::Io(_) | SpoolError::Locked(_) => queue_file_error(),
     }
+}
+
+/// The message could not be written here (to the queue, or its spill file), as Postfix says it.
+fn queue_file_error() -> Reply {
+    Reply::new(
+        451,
+        Enhanced::new(4, 3, 0),
+        "Error: queue file write error, try again later",
+    )
 }
 
 fn local_failure() -> Reply {

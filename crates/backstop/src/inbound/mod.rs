@@ -128,6 +128,7 @@ impl Listeners {
                 idle_timeout: cfg.limits.idle_timeout,
                 session_timeout: cfg.limits.session_timeout,
                 tls_available: tls.is_some(),
+                keep_in_memory: cfg.limits.message_in_memory,
             });
             let setup = Setup {
                 session,

@@ -2,9 +2,10 @@
 //! written to `tmp`, fsync'd, renamed into `new`, and the directory fsync'd before success is
 //! reported. Files use LF line ends, as mail readers expect of a Maildir.
 
+use crate::content::Content;
 use backstop_proto::address::{Mailbox, ReversePath};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// One delivery: who it is for and what to write.
@@ -15,8 +16,8 @@ pub struct Delivery<'a> {
     pub rcpts: &'a [Mailbox],
     /// Header lines to put first (our `Received:`), CRLF line ends.
     pub trace: &'a [u8],
-    /// The message as received, CRLF line ends.
-    pub body: &'a [u8],
+    /// The message as received, CRLF line ends (read a piece at a time).
+    pub body: &'a Content,
     /// Unique part of the file names (the queue id).
     pub id: &'a str,
     /// Seconds since the epoch, first part of the file names.
@@ -50,24 +51,57 @@ pub fn deliver(dir: &Path, d: &Delivery<'_>) -> io::Result<Vec<PathBuf>> {
 }
 
 fn write_one(path: &Path, d: &Delivery<'_>, rcpt: &Mailbox) -> io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
-    let mut buf = Vec::with_capacity(d.trace.len() + d.body.len() + 128);
-    buf.extend_from_slice(format!("Return-Path: {}\nDelivered-To: {}\n", d.from, rcpt).as_bytes());
-    to_lf(d.trace, &mut buf);
-    to_lf(d.body, &mut buf);
-    f.write_all(&buf)?;
-    f.sync_all()
+    let f = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let mut out = BufWriter::new(f);
+    write!(out, "Return-Path: {}\nDelivered-To: {}\n", d.from, rcpt)?;
+    let mut lf = ToLf::default();
+    lf.write(d.trace, &mut out)?;
+    let mut reader = d.body.reader();
+    let mut buf = vec![0u8; crate::content::PIECE];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        lf.write(&buf[..n], &mut out)?;
+    }
+    lf.finish(&mut out)?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
-fn to_lf(src: &[u8], out: &mut Vec<u8>) {
-    let mut i = 0;
-    while i < src.len() {
-        if src[i] == b'\r' && src.get(i + 1) == Some(&b'\n') {
-            i += 1;
-            continue;
+/// CRLF to LF, for text given piece by piece (a CR at the end of a piece waits for the next).
+#[derive(Default)]
+struct ToLf {
+    cr: bool,
+}
+
+impl ToLf {
+    fn write(&mut self, src: &[u8], out: &mut impl Write) -> io::Result<()> {
+        let mut from = 0;
+        if self.cr {
+            self.cr = false;
+            if src.first() != Some(&b'\n') {
+                out.write_all(b"\r")?;
+            }
         }
-        out.push(src[i]);
-        i += 1;
+        for (i, &b) in src.iter().enumerate() {
+            if b == b'\r' && src.get(i + 1) == Some(&b'\n') {
+                out.write_all(&src[from..i])?;
+                from = i + 1;
+            } else if b == b'\r' && i + 1 == src.len() {
+                out.write_all(&src[from..i])?;
+                self.cr = true;
+                return Ok(());
+            }
+        }
+        out.write_all(&src[from..])
+    }
+
+    fn finish(self, out: &mut impl Write) -> io::Result<()> {
+        match self.cr {
+            true => out.write_all(b"\r"),
+            false => Ok(()),
+        }
     }
 }
 
@@ -87,7 +121,7 @@ mod tests {
             from: &from,
             rcpts: &rcpts,
             trace: b"Received: from x\r\n",
-            body: b"Subject: hi\r\n\r\nbody\r\n",
+            body: &Content::of(vec![b"Subject: hi\r\n\r\nbody\r\n".to_vec()]),
             id: "ABC",
             unix: 1_800_000_000,
             hostname: "mx.example.test",
@@ -101,5 +135,18 @@ mod tests {
         );
         assert!(files[1].ends_with("new/1800000000.ABC_1.mx.example.test"));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn crlf_becomes_lf_wherever_the_pieces_are_cut() {
+        let text = b"a\r\nb\rc\r\n\r\nd\r".as_slice();
+        for cut in 0..=text.len() {
+            let mut out = Vec::new();
+            let mut lf = ToLf::default();
+            lf.write(&text[..cut], &mut out).unwrap();
+            lf.write(&text[cut..], &mut out).unwrap();
+            lf.finish(&mut out).unwrap();
+            assert_eq!(out, b"a\nb\rc\n\nd\r", "cut at {cut}");
+        }
     }
 }

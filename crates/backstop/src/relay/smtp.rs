@@ -2,6 +2,7 @@
 //! given to the next hop before the client hears our answer, and the message's final answer is
 //! the next hop's, so nothing is accepted that the internal server refuses.
 
+use crate::content::Content;
 use crate::upstream::{Pool, Pooled, UpstreamError};
 use backstop_proto::address::{ForwardPath, Mailbox, ReversePath};
 use backstop_proto::smtp::command::{MailParams, RcptParams};
@@ -123,11 +124,11 @@ impl InSession {
 
     /// Sends the message (our trace header first) and returns the next hop's final answer on
     /// success. The connection goes back to the pool when it is clean.
-    pub async fn message(mut self, trace: &[u8], body: &[u8]) -> Result<String, Refusal> {
+    pub async fn message(mut self, message: &Content) -> Result<String, Refusal> {
         let (Some(mut p), true, false) = (self.conn.take(), self.mail_sent, self.broken) else {
             return Err(lost(None, "no open transaction at the next hop".into()));
         };
-        match send_message(&mut p, trace, body).await {
+        match send_message(&mut p, message).await {
             Ok(r) => {
                 self.pool.put(p);
                 Ok(r)
@@ -164,13 +165,13 @@ fn recycle(pool: Arc<Pool>, mut p: Pooled) {
     });
 }
 
-async fn send_message(p: &mut Pooled, trace: &[u8], body: &[u8]) -> Result<String, Failure> {
+async fn send_message(p: &mut Pooled, message: &Content) -> Result<String, Failure> {
     p.conn.client().data();
     let r = p.conn.reply().await.map_err(Failure::Io)?;
     if r.code != 354 {
         return Err(Failure::Refused(refused(Stage::Message, &r, None)));
     }
-    p.conn.client().message(&[trace, body]);
+    p.conn.send_message(message).await.map_err(Failure::Io)?;
     let r = p.conn.reply().await.map_err(Failure::Io)?;
     p.conn.transactions += 1;
     if r.is_success() {

@@ -22,7 +22,9 @@ pub const MAX_REFUSALS: u32 = 8;
 pub use tls::{opportunistic_tls, server_name};
 
 use crate::config::HostPort;
+use crate::content::Content;
 use backstop_proto::smtp::client::{Capabilities, Client, Event, Expect};
+use backstop_proto::smtp::data::Stuffer;
 use backstop_proto::smtp::reply::Reply;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -320,6 +322,27 @@ impl Connection {
             Ok(Err(e)) => Err(UpstreamError::Io(self.target.clone(), e)),
             Err(_) => Err(UpstreamError::Timeout(self.target.clone())),
         }
+    }
+
+    /// Sends a message after `354`, a piece at a time as it is read (a large one is never
+    /// whole in memory); the caller reads the reply. A piece that cannot be read ends the
+    /// attempt without the end marker: the server never gets a truncated message.
+    pub async fn send_message(&mut self, content: &Content) -> Result<(), UpstreamError> {
+        let mut stuffer = Stuffer::default();
+        let mut pos = 0;
+        loop {
+            let piece = content.piece(pos).await.map_err(|e| {
+                UpstreamError::Io(format!("{} (reading the message)", self.target), e)
+            })?;
+            if piece.is_empty() {
+                break;
+            }
+            pos += piece.len() as u64;
+            self.client.message_piece(&mut stuffer, &piece);
+            self.flush().await?;
+        }
+        self.client.message_end(stuffer);
+        Ok(())
     }
 
     /// Sends QUIT without waiting long for the answer.

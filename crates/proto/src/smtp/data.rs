@@ -3,7 +3,8 @@
 //! Responsible for: ending a message only on `CRLF.CRLF` (the very first line counts as
 //! following a CRLF), un-stuffing leading dots, spotting bare CR and bare LF (never treating them
 //! as line ends, which is what SMTP smuggling abuses), and counting bytes against a size limit
-//! while keeping at most that many bytes in memory.
+//! while keeping at most that many bytes; beyond a first part kept whole, the bytes are handed
+//! out in pieces ([`DataReceiver::take_spill`]) for the driver to store elsewhere.
 //! Not responsible for: what happens to the message or which reply is sent (the session).
 
 /// Where the receiver is within the current line.
@@ -24,8 +25,12 @@ enum Pos {
 /// The finished message, once `CRLF.CRLF` arrived.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Received {
-    /// The message, un-stuffed, with CRLF line ends; empty when `too_big`.
+    /// The message, un-stuffed, with CRLF line ends; empty when `too_big`. Only its first
+    /// part when the rest was spilled (see `spilled`).
     pub body: Vec<u8>,
+    /// Bytes after `body` (past the kept part): handed out by [`DataReceiver::take_spill`],
+    /// the last of them still to be taken when this is returned.
+    pub spilled: u64,
     /// Size of the un-stuffed message in bytes (counted even past the limit).
     pub size: u64,
     /// A LF not preceded by CR appeared.
@@ -41,8 +46,12 @@ pub struct Received {
 pub struct DataReceiver {
     pos: Pos,
     body: Vec<u8>,
+    /// Bytes past `keep`, not taken yet.
+    spill: Vec<u8>,
+    spilled: u64,
     size: u64,
     limit: u64,
+    keep: u64,
     bare_lf: bool,
     bare_cr: bool,
 }
@@ -50,14 +59,34 @@ pub struct DataReceiver {
 impl DataReceiver {
     /// A receiver that keeps at most `limit` bytes of message.
     pub fn new(limit: u64) -> DataReceiver {
+        DataReceiver::spilling(limit, u64::MAX)
+    }
+
+    /// A receiver for messages of at most `limit` bytes that keeps the first `keep` in its
+    /// body and hands the rest out through [`DataReceiver::take_spill`].
+    pub fn spilling(limit: u64, keep: u64) -> DataReceiver {
         DataReceiver {
             pos: Pos::LineStart,
             body: Vec::new(),
+            spill: Vec::new(),
+            spilled: 0,
             size: 0,
             limit,
+            keep,
             bare_lf: false,
             bare_cr: false,
         }
+    }
+
+    /// Bytes past the kept part waiting to be taken.
+    pub fn spill_len(&self) -> usize {
+        self.spill.len()
+    }
+
+    /// Takes the bytes past the kept part that arrived since the last call.
+    pub fn take_spill(&mut self) -> Vec<u8> {
+        self.spilled += self.spill.len() as u64;
+        std::mem::take(&mut self.spill)
     }
 
     /// Consumes bytes up to and including the end marker. Returns how many bytes of `input`
@@ -123,8 +152,10 @@ impl DataReceiver {
 
     fn emit(&mut self, b: u8) {
         self.size += 1;
-        if self.size <= self.limit {
-            self.body.push(b);
+        match self.size {
+            n if n > self.limit => {}
+            n if n <= self.keep => self.body.push(b),
+            _ => self.spill.push(b),
         }
     }
 
@@ -136,6 +167,7 @@ impl DataReceiver {
             } else {
                 std::mem::take(&mut self.body)
             },
+            spilled: self.spilled + self.spill.len() as u64,
             size: self.size,
             bare_lf: self.bare_lf,
             bare_cr: self.bare_cr,

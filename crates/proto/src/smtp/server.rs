@@ -38,6 +38,10 @@ pub struct SessionConfig {
     pub session_timeout: Duration,
     /// Whether STARTTLS is offered (a certificate is configured).
     pub tls_available: bool,
+    /// Bytes of a message kept in [`Check::Message`]'s body; the rest leaves as
+    /// [`Output::Spill`] pieces while it arrives (the driver stores them), so a session holds
+    /// at most this much of a message.
+    pub keep_in_memory: u64,
 }
 
 impl Default for SessionConfig {
@@ -51,9 +55,13 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(300),
             session_timeout: Duration::from_secs(1800),
             tls_available: false,
+            keep_in_memory: u64::MAX,
         }
     }
 }
+
+/// Spilled bytes gathered before they leave as one [`Output::Spill`].
+const SPILL_PIECE: usize = 64 * 1024;
 
 /// Bytes of unprocessed pipelined input the session buffers before [`Session::wants_input`]
 /// turns false (while a check is pending).
@@ -71,6 +79,9 @@ pub enum Output {
     StartTls,
     /// Write everything before this, then close the connection.
     Close,
+    /// The next piece of the message being received, past the part kept in memory: store
+    /// it; [`Check::Message`] says how many bytes came this way.
+    Spill(Vec<u8>),
 }
 
 /// A decision the session cannot make itself. The session is suspended until it is resolved.
@@ -95,8 +106,11 @@ pub enum Check {
     /// The message is complete; the reply is the transaction's final answer. The envelope is in
     /// [`Session::transaction`] until the check is resolved.
     Message {
-        /// The message, un-stuffed, CRLF line ends.
+        /// The message, un-stuffed, CRLF line ends: its first part when it was larger than
+        /// `keep_in_memory` (the rest came in [`Output::Spill`] pieces).
         body: Vec<u8>,
+        /// Bytes that came as [`Output::Spill`] after `body`.
+        spilled: u64,
     },
 }
 
@@ -231,7 +245,10 @@ impl Session {
                 }
             }
             Pending::Data if reply.code == 354 => {
-                self.state = State::Data(DataReceiver::new(self.cfg.max_message_size))
+                self.state = State::Data(DataReceiver::spilling(
+                    self.cfg.max_message_size,
+                    self.cfg.keep_in_memory,
+                ))
             }
             Pending::Message => self.txn = None,
             Pending::Mail(..) | Pending::Rcpt(_) | Pending::Data => {}
@@ -334,6 +351,9 @@ impl Session {
                 State::Data(rx) => {
                     let (n, done) = rx.feed(&self.inbuf);
                     self.inbuf.drain(..n);
+                    if rx.spill_len() >= SPILL_PIECE || (done.is_some() && rx.spill_len() > 0) {
+                        self.out.push_back(Output::Spill(rx.take_spill()));
+                    }
                     match done {
                         Some(msg) => self.on_message(msg),
                         None => break,
@@ -542,7 +562,14 @@ impl Session {
             let text = format!("Error: message contains bare {what}; lines must end with <CR><LF>");
             return self.error(Reply::new(554, Enhanced::new(5, 6, 0), text));
         }
-        self.check(Pending::Message, Check::Message { body: msg.body });
+        let spilled = msg.spilled;
+        self.check(
+            Pending::Message,
+            Check::Message {
+                body: msg.body,
+                spilled,
+            },
+        );
     }
 
     fn on_starttls(&mut self) {
