@@ -94,7 +94,13 @@ pub struct Notifier {
     digest_done: AtomicU64,
     /// Messages being settled right now (by the engine or the sweep): one at a time each.
     busy: Mutex<HashSet<String>>,
+    /// One message larger than [`WHOLE_AT_ONCE`] read whole at a time, for DKIM (its body hash
+    /// needs every byte): what reports cost in memory stays bounded whatever the messages.
+    large: tokio::sync::Semaphore,
 }
+
+/// Up to this size, messages whose sender is being checked are read whole side by side.
+const WHOLE_AT_ONCE: u64 = 1 << 20;
 
 /// What `backstop status` counts of the reports per day.
 pub const REPORT_LABELS: [&str; 2] = ["sent", "suppressed"];
@@ -125,6 +131,7 @@ impl Notifier {
             ids,
             digest_done: AtomicU64::new(0),
             busy: Mutex::new(HashSet::new()),
+            large: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -274,6 +281,11 @@ impl Notifier {
     async fn decide(&self, rec: &Record) -> Trust {
         let (Some(p), Some(sender)) = (&rec.trust.pending, rec.from.mailbox()) else {
             return Trust::no("null sender");
+        };
+        let large = self.spool.size(&rec.id).unwrap_or(0) > WHOLE_AT_ONCE;
+        let _one_large = match large {
+            true => self.large.acquire().await.ok(),
+            false => None,
         };
         let message = match self.spool.head(&rec.id, u64::MAX).await {
             Ok(Some(m)) => m,

@@ -572,3 +572,40 @@ async fn an_undecided_sender_with_nothing_to_report_costs_no_lookup() {
     assert!(quiet.recv(&mut buf).is_err(), "no DNS query");
     assert_eq!(r.spool.show("A1").unwrap().trust, undecided);
 }
+
+/// Senders of messages larger than what is read whole side by side are checked too: settled
+/// at once, they take turns, and each gets its report.
+#[tokio::test]
+async fn undecided_senders_of_large_messages_are_checked_in_turn() {
+    let dns = crate::auth::test_dns::Dns::start(&[
+        "--txt-record=sender.test,v=spf1 ip4:192.0.2.7 -all".to_string(),
+    ]);
+    let timeout = std::time::Duration::from_secs(2);
+    let auth = Arc::new(crate::auth::SenderAuth::new(Some(dns.addr), timeout, 1).unwrap());
+    let (_s, store) = store();
+    let r = rig_with(store, "", auth);
+    let line = b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n";
+    let body: Vec<u8> = line.repeat((super::WHOLE_AT_ONCE as usize) / line.len() + 10);
+    for id in ["L1", "L2"] {
+        r.spool
+            .enqueue(NewMessage {
+                id: id.into(),
+                arrived: T0,
+                from: ReversePath::Mailbox(mailbox("user@sender.test")),
+                params: MailParams::default(),
+                rcpts: vec![(mailbox("u0@example.test"), RcptParams::default())],
+                data: vec![b"Subject: big\r\n\r\n".to_vec(), body.clone()],
+                rest: None,
+                trust: Trust::undecided("192.0.2.7".parse().unwrap(), "client.test"),
+            })
+            .await
+            .unwrap();
+        assert!(r.spool.size(id).unwrap() > super::WHOLE_AT_ONCE);
+    }
+    for lease in r.spool.take_due(T0, 10) {
+        let updates = vec![(0, failed(T0 + 30))];
+        r.spool.finish(lease, updates).await;
+    }
+    tokio::join!(r.notifier.settle("L1"), r.notifier.settle("L2"));
+    assert_eq!(reports(&r.spool).len(), 2, "{:?}", r.spool.list());
+}

@@ -257,7 +257,9 @@ impl Spool {
         self.lock().next_due()
     }
 
-    /// The message of a lease, as it is to be delivered.
+    /// The message of a lease, as it is to be delivered (whole, in memory: tests only; the
+    /// gateway reads a message with [`Spool::content`]).
+    #[cfg(test)]
     pub async fn body(&self, lease: &Lease) -> io::Result<Vec<u8>> {
         self.read(lease.body, u64::MAX).await
     }
@@ -278,6 +280,11 @@ impl Spool {
                 len: loc.len,
             }),
         })
+    }
+
+    /// The size in bytes of a queued message; `None` when there is no such message.
+    pub fn size(&self, id: &str) -> Option<u64> {
+        self.lock().body_of(id).map(|loc| loc.len)
     }
 
     /// The first `max` bytes of a queued message (enough for its header section); `None` when
