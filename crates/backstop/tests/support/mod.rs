@@ -431,6 +431,30 @@ impl Postfix {
             .count()
     }
 
+    /// The most RCPTs it rejected on any one client connection (open or closed), found from
+    /// its log: each smtpd process serves one connection at a time, from `connect from` on.
+    pub fn most_rejects_on_one_connection(&self) -> usize {
+        let mut now: std::collections::HashMap<String, usize> = Default::default();
+        let mut most = 0;
+        for line in self.maillog().lines() {
+            let Some(pid) = line
+                .split_once("smtpd[")
+                .and_then(|(_, rest)| rest.split_once(']'))
+                .map(|(pid, _)| pid.to_string())
+            else {
+                continue;
+            };
+            if line.contains(": connect from ") {
+                now.insert(pid, 0);
+            } else if line.contains("reject: RCPT") {
+                let n = now.entry(pid).or_default();
+                *n += 1;
+                most = most.max(*n);
+            }
+        }
+        most
+    }
+
     /// Stops it (it can be started again with [`Postfix::restart`]).
     pub fn stop(&mut self) {
         if self.running {
