@@ -123,8 +123,8 @@ enum Cmd {
         #[arg(long, global = true)]
         json: bool,
     },
-    /// The call-out cache: what is known of ADDRESS (or whether @DOMAIN is a catch-all),
-    /// through the running gateway or directly on the store.
+    /// The call-out cache: what is known of ADDRESS (or of @DOMAIN: whether it is a
+    /// catch-all, and each of its addresses), through the running gateway or on the store.
     Cache {
         #[command(subcommand)]
         action: CacheCmd,
@@ -149,11 +149,11 @@ enum Cmd {
 enum CacheCmd {
     /// The cached answer, when it was asked, when it is checked again and forgotten.
     Show {
-        /// user@domain, or @domain for its catch-all answer.
+        /// user@domain, or @domain: its catch-all answer and every address of it cached.
         what: String,
     },
-    /// Forget it: the next RCPT asks the internal server again (@domain: whether it is a
-    /// catch-all).
+    /// Forget it: the next RCPT asks the internal server again (@domain: every address of
+    /// it, and whether it is a catch-all).
     Forget {
         /// user@domain, or @domain.
         what: String,
@@ -385,12 +385,33 @@ async fn cache(cfg: Config, action: CacheCmd, json: bool) -> anyhow::Result<Exit
         println!("{answer:#}");
         return Ok(ExitCode::SUCCESS);
     }
-    match verb {
-        "forget" if answer["forgot"] == true => println!("{what}: forgotten"),
-        "forget" => println!("{what}: nothing cached"),
-        _ => println!("{}", cache_line(what, &answer["entry"], unix_now())),
+    let now = unix_now();
+    match (verb, what.starts_with('@')) {
+        ("forget", _) if answer["forgot"] != true => println!("{what}: nothing cached"),
+        ("forget", false) => println!("{what}: forgotten"),
+        ("forget", true) => println!(
+            "{what}: forgotten ({} cached answers: the domain's catch-all answer and its addresses)",
+            answer["forgotten"]
+        ),
+        (_, false) => println!("{}", cache_line(what, &answer["entry"], now)),
+        (_, true) => print_domain(what, &answer, now),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `backstop cache show @DOMAIN`: whether it is a catch-all, then each address cached.
+fn print_domain(what: &str, answer: &serde_json::Value, now: u64) {
+    println!("{}", cache_line(what, &answer["entry"], now));
+    let empty = Vec::new();
+    let addresses = answer["addresses"].as_array().unwrap_or(&empty);
+    for a in addresses {
+        let address = a["address"].as_str().unwrap_or("?");
+        println!("{}", cache_line(address, &a["entry"], now));
+    }
+    match answer["more"] == true {
+        true => println!("{} addresses shown; more are cached", addresses.len()),
+        false => println!("{} addresses cached", addresses.len()),
+    }
 }
 
 /// `alice@example.test: valid, asked 3h ago ("250 2.1.5 Ok"); checked again in 6d 21h,

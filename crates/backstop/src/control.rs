@@ -10,6 +10,7 @@
 
 use crate::backscatter::{Guard, RcptBatv};
 use crate::clock::Clock;
+use crate::policy::callout::CacheKey;
 use crate::policy::{Decision, Verifier};
 use crate::queue::{Spool, SpoolError};
 use crate::senders::Watch;
@@ -269,46 +270,76 @@ async fn reload(c: &Control) -> serde_json::Value {
         .unwrap_or_else(|_| serde_json::json!({ "error": "the gateway is stopping" }))
 }
 
-/// `backstop cache show|forget ADDRESS|@DOMAIN`: the call-out cache entry of an address (or a
-/// domain's catch-all answer) with its times, or forgetting it, as one JSON object.
+/// `backstop cache show|forget ADDRESS|@DOMAIN`: the call-out cache entry of an address with
+/// its times, or of a domain (whether it is a catch-all, and every address of it cached), or
+/// forgetting them, as one JSON object.
 pub async fn cache_request(
     verifier: &Verifier,
     action: &str,
     what: &str,
     now: u64,
 ) -> serde_json::Value {
-    use crate::policy::callout::CacheKey;
     use serde_json::json;
     let parsed = match what.strip_prefix('@') {
         Some(d) => backstop_proto::address::Domain::parse(d, true)
-            .map(|d| (None, Some(d)))
+            .map(CacheTarget::Domain)
             .map_err(|e| e.to_string()),
         None => parse_address(what)
-            .map(|m| (Some(m), None))
+            .map(CacheTarget::Address)
             .map_err(|e| e.to_string()),
     };
-    let (addr, domain) = match parsed {
-        Ok(p) => p,
+    let target = match parsed {
+        Ok(t) => t,
         Err(e) => return json!({ "error": format!("{what:?} is not an address or @domain: {e}") }),
     };
-    let key = match (&addr, &domain) {
-        (Some(a), _) => CacheKey::Address(a),
-        (None, Some(d)) => CacheKey::Domain(d),
-        (None, None) => return json!({ "error": "nothing to look up" }),
-    };
     let callout = verifier.callout();
-    let result = match action {
-        "show" => callout.entry(key).await.map(|e| {
+    let result = match (action, &target) {
+        ("show", CacheTarget::Address(a)) => callout.entry(CacheKey::Address(a)).await.map(|e| {
             let e = e.filter(|e| !e.is_expired(now));
             json!({ "key": what, "entry": e, "now": now })
         }),
-        "forget" => callout
-            .forget(key)
+        ("show", CacheTarget::Domain(d)) => show_domain(callout, d, what, now).await,
+        ("forget", CacheTarget::Address(a)) => callout.forget(CacheKey::Address(a)).await.map(
+            |forgot| json!({ "key": what, "forgot": forgot, "forgotten": usize::from(forgot) }),
+        ),
+        ("forget", CacheTarget::Domain(d)) => callout
+            .forget_domain(d)
             .await
-            .map(|forgot| json!({ "key": what, "forgot": forgot })),
+            .map(|n| json!({ "key": what, "forgot": n > 0, "forgotten": n })),
         _ => return json!({ "error": format!("unknown cache request {action:?}") }),
     };
     result.unwrap_or_else(|e| json!({ "error": e.to_string() }))
+}
+
+/// What `backstop cache` was asked about.
+enum CacheTarget {
+    Address(Mailbox),
+    Domain(backstop_proto::address::Domain),
+}
+
+/// Addresses of one domain `backstop cache show @DOMAIN` lists at most.
+const CACHE_SHOW_MAX: usize = 1000;
+
+/// A domain's catch-all answer and its cached addresses (live ones).
+async fn show_domain(
+    callout: &crate::policy::callout::Callout,
+    d: &backstop_proto::address::Domain,
+    what: &str,
+    now: u64,
+) -> Result<serde_json::Value, crate::store::StoreError> {
+    let entry = callout.entry(CacheKey::Domain(d)).await?;
+    let entry = entry.filter(|e| !e.is_expired(now));
+    let listed = callout.addresses_of(d, CACHE_SHOW_MAX + 1).await?;
+    let more = listed.len() > CACHE_SHOW_MAX;
+    let addresses: Vec<_> = listed
+        .into_iter()
+        .take(CACHE_SHOW_MAX)
+        .filter(|(_, e)| !e.is_expired(now))
+        .map(|(address, entry)| serde_json::json!({ "address": address, "entry": entry }))
+        .collect();
+    Ok(serde_json::json!({
+        "key": what, "entry": entry, "addresses": addresses, "more": more, "now": now
+    }))
 }
 
 /// Adds `held_why` to the held messages of a queue answer whose sender the watch held.

@@ -549,6 +549,43 @@ fn what_the_internal_server_says_in_relay_corrects_the_cache() {
         "{body}"
     );
     assert_eq!(http(web, "DELETE", path, Some(token)).0, 404);
+
+    // a whole domain: whether it is a catch-all, and every address of it cached
+    swaks(b.addr, &["--to", "bob@example.test"]);
+    swaks(b.addr, &["--to", VALID]);
+    let (code, shown, _) = b.cli(&["cache", "show", "@example.test"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 4, "{shown}");
+    assert!(
+        lines[0].starts_with("@example.test: not-catch-all, asked "),
+        "{shown}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{VALID}: invalid, asked ")),
+        "{shown}"
+    );
+    assert!(
+        lines[2].starts_with("bob@example.test: valid, asked "),
+        "{shown}"
+    );
+    assert_eq!(lines[3], "2 addresses cached");
+    let (code, out, _) = b.cli(&["cache", "forget", "@example.test"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        "@example.test: forgotten (3 cached answers: the domain's catch-all answer and its addresses)"
+    );
+    let (_, shown, _) = b.cli(&["cache", "show", "@example.test"]);
+    assert!(shown.ends_with("0 addresses cached\n"), "{shown}");
+    // and the next RCPT asks the internal server again, which caches the answer anew
+    let (code, t) = swaks(b.addr, &["--to", "bob@example.test"]);
+    assert_eq!(code, 0, "{t}");
+    let (_, shown, _) = b.cli(&["cache", "show", "bob@example.test"]);
+    assert!(
+        shown.starts_with("bob@example.test: valid, asked "),
+        "{shown}"
+    );
 }
 
 /// In queue mode the same refusal comes from the delivery: the message was taken on the

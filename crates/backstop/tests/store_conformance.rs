@@ -160,6 +160,7 @@ conformance!(
     of_racing_first_values_all_callers_get_the_same_one,
     claim_until_expires_at_its_time,
     cache_entries_are_replaced_and_purged_when_expired,
+    cache_keys_are_found_by_prefix_and_suffix,
 );
 
 #[tokio::test]
@@ -328,6 +329,47 @@ async fn cache_entries_are_replaced_and_purged_when_expired(s: Arc<dyn Store>) {
     assert_eq!(s.purge_expired(1150).await.unwrap(), 1);
     assert_eq!(s.cache_get("a@example.test").await.unwrap(), None);
     assert!(s.cache_get("b@example.test").await.unwrap().is_some());
+}
+
+async fn cache_keys_are_found_by_prefix_and_suffix(s: Arc<dyn Store>) {
+    use backstop::store::{CacheEntry, CacheVerdict};
+    let entry = CacheEntry {
+        verdict: CacheVerdict::Valid,
+        checked_at: 1000,
+        refresh_at: 1010,
+        expire_at: 1100,
+        detail: "250 2.1.5 Ok".into(),
+    };
+    let keys = [
+        "rcpt:a@example.test",
+        "rcpt:b*[x]@example.test",
+        "rcpt:c@sub.example.test",
+        "rcpt:d@other.test",
+        "catchall:example.test",
+    ];
+    for k in keys {
+        s.cache_put(k, &entry).await.unwrap();
+    }
+    s.put("rcpt:e@example.test", "not a cache entry", None)
+        .await
+        .unwrap();
+    let mut found = s.cache_keys("rcpt:", "@example.test", 100).await.unwrap();
+    found.sort();
+    assert_eq!(found, ["rcpt:a@example.test", "rcpt:b*[x]@example.test"]);
+    assert_eq!(
+        s.cache_keys("rcpt:", "@example.test", 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(s.cache_keys("rcpt:", "", 100).await.unwrap().len(), 4);
+    assert!(
+        s.cache_keys("rcpt:", "@none.test", 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Two nodes (two connections) on one Redis: what one writes the other reads, races between

@@ -494,17 +494,55 @@ impl Callout {
     /// Forgets what is cached for `addr` (or, with `domain`, whether the domain is a
     /// catch-all): the next RCPT probes again. False when nothing was cached.
     pub async fn forget(&self, key: CacheKey<'_>) -> Result<bool, crate::store::StoreError> {
-        let key = key.key();
+        self.forget_key(&key.key()).await
+    }
+
+    async fn forget_key(&self, key: &str) -> Result<bool, crate::store::StoreError> {
         let now = self.clock.unix();
-        let Some(mut entry) = self.store.cache_get(&key).await? else {
+        let Some(mut entry) = self.store.cache_get(key).await? else {
             return Ok(false);
         };
         let live = !entry.is_expired(now);
         // an entry that expired now: ignored by every reader, deleted by the next purge
         entry.expire_at = now;
         entry.refresh_at = now;
-        self.store.cache_put(&key, &entry).await?;
+        self.store.cache_put(key, &entry).await?;
         Ok(live)
+    }
+
+    /// The addresses of `domain` the cache holds an answer for (expired ones too), sorted,
+    /// with their entries; at most `max`.
+    pub async fn addresses_of(
+        &self,
+        domain: &Domain,
+        max: usize,
+    ) -> Result<Vec<(String, CacheEntry)>, crate::store::StoreError> {
+        let mut keys = self
+            .store
+            .cache_keys("rcpt:", &format!("@{domain}"), max)
+            .await?;
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(e) = self.store.cache_get(&key).await? {
+                out.push((key["rcpt:".len()..].to_string(), e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets every address of `domain` and whether it is a catch-all; returns how many
+    /// live answers were forgotten.
+    pub async fn forget_domain(&self, domain: &Domain) -> Result<usize, crate::store::StoreError> {
+        let keys = self
+            .store
+            .cache_keys("rcpt:", &format!("@{domain}"), usize::MAX)
+            .await?;
+        let mut forgot = usize::from(self.forget_key(&domain_key(domain)).await?);
+        for key in keys {
+            forgot += usize::from(self.forget_key(&key).await?);
+        }
+        Ok(forgot)
     }
 }
 

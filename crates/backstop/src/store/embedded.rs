@@ -89,6 +89,28 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn cache_keys(
+        &self,
+        prefix: &str,
+        suffix: &str,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(CACHE).map_err(backend)?;
+        let mut keys = Vec::new();
+        for item in table.range(prefix..).map_err(backend)? {
+            let (k, _) = item.map_err(backend)?;
+            let k = k.value();
+            if !k.starts_with(prefix) || keys.len() >= max {
+                break;
+            }
+            if k.ends_with(suffix) {
+                keys.push(k.to_string());
+            }
+        }
+        Ok(keys)
+    }
+
     async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
         self.write(move |tx| {
             let mut table = tx.open_table(CACHE)?;

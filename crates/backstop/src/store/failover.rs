@@ -187,6 +187,24 @@ impl Store for Failover {
         Ok(())
     }
 
+    async fn cache_keys(
+        &self,
+        prefix: &str,
+        suffix: &str,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        if let Some(Ok(keys)) = self.ask(self.primary.cache_keys(prefix, suffix, max)).await {
+            return Ok(keys);
+        }
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let keys = seen.entries.keys();
+        Ok(keys
+            .filter(|k| k.starts_with(prefix) && k.ends_with(suffix))
+            .take(max)
+            .cloned()
+            .collect())
+    }
+
     async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
         let local = self.local.purge_expired(now).await?;
         let shared = match self.ask(self.primary.purge_expired(now)).await {

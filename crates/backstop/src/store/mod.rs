@@ -90,6 +90,15 @@ pub trait Store: Send + Sync + 'static {
     async fn cache_get(&self, key: &str) -> Result<Option<CacheEntry>, StoreError>;
     /// Stores a call-out answer, replacing any earlier one.
     async fn cache_put(&self, key: &str, entry: &CacheEntry) -> Result<(), StoreError>;
+    /// The keys of call-out answers that start with `prefix` and end with `suffix` (expired
+    /// ones included), in no particular order, at most `max` (for `backstop cache` on a
+    /// domain: a scan of the whole cache, not for the SMTP path).
+    async fn cache_keys(
+        &self,
+        prefix: &str,
+        suffix: &str,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError>;
     /// Deletes entries (cache, claims, counters) expired at `now`; returns how many.
     async fn purge_expired(&self, now: u64) -> Result<usize, StoreError>;
     /// Claims `key` until `expire_at` (unix seconds): true when this call made the claim, false

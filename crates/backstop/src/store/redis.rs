@@ -233,6 +233,18 @@ return #keys",
     )
 });
 
+/// `text` matched literally in a Redis glob pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Runs `$call` (which uses the connection `$c`) on the store's connection: a second time on
 /// a dropped single-server connection when `$again` allows; through Sentinel, after any
 /// failure the master is asked for again.
@@ -450,6 +462,48 @@ impl Store for RedisStore {
             .arg(value)
             .arg(entry.expire_at);
         self.run::<i64>(&inv, Again::Harmless).await.map(|_| ())
+    }
+
+    async fn cache_keys(
+        &self,
+        prefix: &str,
+        suffix: &str,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        // every cache entry is in the expiry index, one sorted set: scanned by pattern, it
+        // gives the keys without a SCAN of every node of a cluster
+        let head = self.key("c", "");
+        let pattern = format!(
+            "{}*{}",
+            glob_escape(&(head.clone() + prefix)),
+            glob_escape(suffix)
+        );
+        let (mut cursor, mut keys) = (0u64, Vec::new());
+        loop {
+            let (next, found): (u64, Vec<String>) = self
+                .cmd(
+                    redis::cmd("ZSCAN")
+                        .arg(self.expiry())
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            // members and scores alternate
+            for k in found.iter().step_by(2) {
+                if keys.len() < max
+                    && let Some(k) = k.strip_prefix(&head)
+                {
+                    keys.push(k.to_string());
+                }
+            }
+            if next == 0 || keys.len() >= max {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
     }
 
     async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {

@@ -216,8 +216,8 @@ pub async fn unblock(State(web): State<Shared>, Path(client): Path<String>) -> R
     }
 }
 
-/// `GET /api/cache/{what}`: the call-out cache entry of an address (or `@domain`'s catch-all
-/// answer); `DELETE /api/cache/{what}` (admin): forget it.
+/// `GET /api/cache/{what}`: the call-out cache entry of an address (or of `@domain`: its
+/// catch-all answer and cached addresses); `DELETE /api/cache/{what}` (admin): forget them.
 pub async fn cache(
     State(web): State<Shared>,
     method: axum::http::Method,
