@@ -16,6 +16,7 @@ use crate::backscatter::{Guard, Tags};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigSource, RedisTarget, Source, StoreBackend};
 use crate::control::{Control, ReloadRequest, Served};
+use crate::decide::Ladder;
 use crate::delivery::mx::MxResolver;
 use crate::delivery::{Engine, Setup};
 use crate::harvest::Harvest;
@@ -290,6 +291,16 @@ async fn generation(
         Some(p) => p.ctx.harvest.reconfigured(cfg.clone()),
         None => Harvest::new(cfg.clone(), store.clone()),
     };
+    let harvest = Arc::new(harvest);
+    let outbound = Arc::new(crate::outbound::Limiter::new(cfg.clone(), store.clone()));
+    let ladder = Arc::new(Ladder::new(
+        cfg.clone(),
+        verifier.clone(),
+        guard.clone(),
+        harvest.clone(),
+        outbound.clone(),
+        clock.clone(),
+    ));
     let ctx = Arc::new(Context {
         cfg: cfg.clone(),
         verifier: verifier.clone(),
@@ -298,16 +309,18 @@ async fn generation(
         ids: kept.ids.clone(),
         spool: kept.spool.clone(),
         guard: guard.clone(),
-        harvest: Arc::new(harvest),
+        harvest,
         watch: watch.clone(),
-        outbound: Arc::new(crate::outbound::Limiter::new(cfg.clone(), store.clone())),
+        outbound,
         backends: kept.backends.clone(),
+        ladder: ladder.clone(),
     });
     let served = Arc::new(Served {
         cfg: cfg.clone(),
         store: store.clone(),
         verifier,
         guard,
+        ladder,
         watch: watch.clone(),
         spool: kept.spool.clone(),
         clock: clock.clone(),

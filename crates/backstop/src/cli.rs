@@ -569,8 +569,14 @@ async fn verify(cfg: Config, address: &str, from: Option<&str>) -> anyhow::Resul
         None => {
             let parts = crate::app::build(cfg).await?;
             let guard = crate::app::guard(&parts).await?;
-            let now = parts.clock.unix();
-            let a = control::explain(&parts.verifier, &guard, from.as_ref(), &mailbox, now).await;
+            let ladder = crate::decide::Ladder::standalone(
+                parts.cfg.clone(),
+                parts.store.clone(),
+                parts.verifier.clone(),
+                guard,
+                parts.clock.clone(),
+            );
+            let a = control::explain(&ladder, from.as_ref(), &mailbox).await;
             (
                 a,
                 "evaluated here; no gateway is running with this state_dir".into(),

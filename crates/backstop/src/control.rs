@@ -8,10 +8,11 @@
 //! Not responsible for: deciding anything (it calls the verifier and the spool), or remote
 //! administration.
 
-use crate::backscatter::{Guard, RcptBatv};
+use crate::backscatter::Guard;
 use crate::clock::Clock;
+use crate::decide::{Facts, Ladder, Tally};
+use crate::policy::Verifier;
 use crate::policy::callout::CacheKey;
-use crate::policy::{Decision, Verifier};
 use crate::queue::{Spool, SpoolError};
 use crate::senders::Watch;
 use backstop_proto::address::{Mailbox, ReversePath};
@@ -35,59 +36,24 @@ pub struct VerifyAnswer {
     pub steps: Vec<String>,
 }
 
-impl VerifyAnswer {
-    /// From a decision about `addr`.
-    pub fn new(d: &Decision, addr: &Mailbox) -> VerifyAnswer {
-        let reply = d.reply(addr);
-        VerifyAnswer {
-            accepted: reply.is_success(),
-            reply: reply.to_string(),
-            reason: d.reason.to_string(),
-            steps: d.steps.clone(),
-        }
-    }
-}
-
-/// What `RCPT TO:<addr>` answers in a transaction from `from` (none: any ordinary sender):
-/// the BATV check first (a tag checked and stripped, or a bounce refused), then the
-/// recipient's verification.
-pub async fn explain(
-    verifier: &Verifier,
-    guard: &Guard,
-    from: Option<&ReversePath>,
-    addr: &Mailbox,
-    now: u64,
-) -> VerifyAnswer {
-    let batv = from.map_or(RcptBatv::Untouched, |f| guard.rcpt(f, addr, now));
-    let (address, mut steps) = match batv {
-        RcptBatv::Untouched => (addr.clone(), Vec::new()),
-        RcptBatv::Checked { address, evidence } => {
-            let what = match address == *addr {
-                true => "no tag; a bounce let through (the domain only signs, or enforcement is warming up)".to_string(),
-                false => format!("tag stripped; the recipient is <{address}>"),
-            };
-            (
-                address,
-                vec![format!("batv: {}: {what}", evidence.as_str())],
-            )
-        }
-        RcptBatv::Refused { reply, evidence } => {
-            return VerifyAnswer {
-                reply: reply.to_string(),
-                accepted: false,
-                reason: format!("batv-{}", evidence.as_str()),
-                steps: vec![format!(
-                    "batv: {}: a bounce to this address answers no mail sent from here",
-                    evidence.as_str()
-                )],
-            };
-        }
+/// What `RCPT TO:<addr>` answers in a transaction from `from` (none: any ordinary sender),
+/// from the same ladder as RCPT, in a dry run: nothing counted, no delay.
+pub async fn explain(ladder: &Ladder, from: Option<&ReversePath>, addr: &Mailbox) -> VerifyAnswer {
+    let facts = Facts {
+        client: CONTROL_CLIENT,
+        from,
+        rcpt: addr.clone(),
+        may_relay: false,
+        relaying: false,
+        live: false,
     };
-    let d = verifier.verify(&address, CONTROL_CLIENT, false).await;
-    let mut answer = VerifyAnswer::new(&d, &address);
-    steps.append(&mut answer.steps);
-    answer.steps = steps;
-    answer
+    let v = ladder.rcpt(facts, &mut Tally::default()).await;
+    VerifyAnswer {
+        accepted: v.reply.is_success(),
+        reply: v.reply.to_string(),
+        reason: v.reason.label().to_string(),
+        steps: v.steps,
+    }
 }
 
 /// Parses a sender as an operator types it: `<>`, `user@domain` or `<user@domain>`.
@@ -161,6 +127,8 @@ pub struct Served {
     pub verifier: Arc<Verifier>,
     /// BATV and bounce counts.
     pub guard: Arc<Guard>,
+    /// The RCPT decision (for `verify`).
+    pub ladder: Arc<Ladder>,
     /// Held senders.
     pub watch: Arc<Watch>,
     /// The queue.
@@ -232,8 +200,7 @@ async fn handle(stream: UnixStream, c: &Control) -> std::io::Result<()> {
             let sender = from.first().map(|f| parse_sender(f)).transpose();
             match (parse_address(a), sender) {
                 (Ok(m), Ok(f)) => {
-                    let now = s.clock.unix();
-                    let answer = explain(&s.verifier, &s.guard, f.as_ref(), &m, now).await;
+                    let answer = explain(&s.ladder, f.as_ref(), &m).await;
                     serde_json::to_value(answer)
                         .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
                 }

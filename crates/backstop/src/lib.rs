@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod content;
 pub mod control;
+pub mod decide;
 pub mod delivery;
 pub mod harvest;
 pub mod health;

@@ -40,6 +40,7 @@ fn modules_import_only_what_the_architecture_allows() {
     let watch = |more: &[&'static str]| -> Vec<&'static str> {
         let mut banned = vec![
             "auth",
+            "decide",
             "policy",
             "upstream",
             "relay",
@@ -86,7 +87,17 @@ fn modules_import_only_what_the_architecture_allows() {
             "upstream",
             vec!["policy", "relay", "inbound", "control", "app", "cli"],
         ),
-        ("policy", vec!["relay", "inbound", "control", "app", "cli"]),
+        (
+            "policy",
+            vec!["decide", "relay", "inbound", "control", "app", "cli"],
+        ),
+        // the one RCPT decision: under every front end, over the checks it orders
+        (
+            "decide",
+            vec![
+                "inbound", "control", "delivery", "relay", "app", "cli", "web",
+            ],
+        ),
         ("relay", vec!["policy", "inbound", "control", "app", "cli"]),
         ("inbound", vec!["control", "delivery", "app", "cli"]),
         (
@@ -127,8 +138,8 @@ fn modules_import_only_what_the_architecture_allows() {
         (
             "backscatter",
             vec![
-                "auth", "policy", "upstream", "relay", "inbound", "delivery", "queue", "notify",
-                "control", "app", "cli",
+                "auth", "decide", "policy", "upstream", "relay", "inbound", "delivery", "queue",
+                "notify", "control", "app", "cli",
             ],
         ),
         ("harvest", watch(&["delivery", "queue"])),

@@ -276,18 +276,10 @@ impl Harvest {
         Some(h.tarpit_delay.saturating_mul(factor).min(h.tarpit_max))
     }
 
-    /// The reply that ends a session once it has had `unknown` unknown recipients.
-    pub fn cut_off(&self, unknown: u32) -> Option<Reply> {
-        (unknown >= self.cfg.harvest.close_after).then(|| {
-            Reply::new(
-                421,
-                Enhanced::new(4, 7, 0),
-                format!(
-                    "{} Error: too many unknown recipients, closing connection",
-                    self.cfg.hostname
-                ),
-            )
-        })
+    /// Whether a session that has had `unknown` unknown recipients is to be ended (the reply
+    /// is the RCPT ladder's `CutOff`).
+    pub fn cut_off(&self, unknown: u32) -> bool {
+        unknown >= self.cfg.harvest.close_after
     }
 
     /// Counts an unknown recipient from `ip`; blocks the client (or its network) when it goes

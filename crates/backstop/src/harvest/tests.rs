@@ -32,11 +32,8 @@ fn tarpit_grows_then_caps_and_the_session_is_cut_off() {
         ]
     );
     assert_eq!(h.tarpit(u32::MAX), Some(Duration::from_secs(5)));
-    assert_eq!(h.cut_off(7), None);
-    assert_eq!(
-        h.cut_off(8).unwrap().to_string(),
-        "421 4.7.0 mx.example.test Error: too many unknown recipients, closing connection"
-    );
+    assert!(!h.cut_off(7));
+    assert!(h.cut_off(8));
 }
 
 #[tokio::test]

@@ -4,12 +4,13 @@
 
 use super::Context;
 use crate::backscatter::verdict::{BatvEvidence, Verdict};
-use crate::backscatter::{RcptBatv, Stopped, quarantine};
+use crate::backscatter::{Stopped, quarantine};
 use crate::config::BackscatterAction;
 use crate::config::{Listener, NextHop, RelayMode};
 use crate::content::{Content, FileRange, Spill};
+use crate::decide::rcpt::store_trouble;
+use crate::decide::{Facts, Reason, Tally, Verified};
 use crate::health::Role;
-use crate::outbound::Counted;
 use crate::policy::Outcome;
 use crate::policy::callout::Heard;
 use crate::queue::{NewMessage, SpoolError};
@@ -54,8 +55,6 @@ struct Txn {
     rcpts: Vec<(Mailbox, RcptParams)>,
     /// The weakest BATV evidence of the recipients (none where no domain signs).
     batv: Option<BatvEvidence>,
-    /// The message has been counted against the outbound limits.
-    counted_out: bool,
     /// The body past what the session keeps in memory, as it arrives.
     spill: Option<Spill>,
     /// Storing it failed (logged then; the message gets `451 4.3.0`).
@@ -65,18 +64,6 @@ struct Txn {
 /// Refusals on a relayed transaction's connection after which unknown recipients are probed
 /// instead of verified by the relayed RCPT (below the point where servers slow down).
 const RELAY_VERIFIES_UNTIL: u32 = 5;
-
-/// How an accepted recipient was verified, for what the relayed RCPT's answer teaches the
-/// call-out cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verified {
-    /// The call-out said valid (the answer may be old).
-    ByCallout,
-    /// Nothing known: the relayed RCPT decides.
-    ByRelay,
-    /// A list, postmaster, a relay client: the cache is not involved.
-    Otherwise,
-}
 
 /// A received message: the part the session kept in memory, then the rest from its spill file
 /// (with the rest's CRC-32, for the queue).
@@ -112,10 +99,8 @@ pub struct Handler {
     ctx: Arc<Context>,
     peer: SocketAddr,
     may_relay: bool,
-    /// Never tarpitted, cut off or counted (relay networks, `[harvest] exempt`).
-    exempt: bool,
-    /// Unknown recipients so far in this session.
-    unknown: u32,
+    /// The session's unknown recipients, for the RCPT ladder.
+    tally: Tally,
     txn: Txn,
     /// Messages accepted in this session.
     pub messages: u32,
@@ -128,8 +113,7 @@ impl Handler {
     pub fn new(ctx: Arc<Context>, peer: SocketAddr, listener: &Listener) -> Handler {
         let may_relay = listener.may_relay(peer.ip());
         Handler {
-            exempt: may_relay || ctx.harvest.is_exempt(peer.ip()),
-            unknown: 0,
+            tally: ctx.ladder.tally(peer.ip(), may_relay),
             may_relay,
             ctx,
             peer,
@@ -237,6 +221,7 @@ impl Handler {
 
     /// Abandons whatever transaction is open (the session ended or started a new one).
     pub fn end_transaction(&mut self) {
+        self.tally.counted_out = false;
         if let Some(relay) = std::mem::take(&mut self.txn).relay {
             relay.abort();
         }
@@ -274,23 +259,8 @@ impl Handler {
         session: &Session,
     ) -> (Reply, Answer, &'static str) {
         let Some(from) = session.transaction().map(|t| t.from.clone()) else {
-            let reply = Reply::new(503, Enhanced::new(5, 5, 1), "Error: need MAIL command");
-            return (reply, Answer::Refused, "no-mail");
+            return self.answer(Reason::NoMail, &rcpt);
         };
-        if let Some(delay) = self.tarpit() {
-            tokio::time::sleep(delay).await;
-        }
-        let (rcpt, batv) = match self.batv(&from, rcpt).await {
-            Ok(checked) => checked,
-            Err((reply, reason)) => return (reply, Answer::Refused, reason),
-        };
-        // before verification, so that a known and an unknown recipient cost the same time
-        if from == ReversePath::Null
-            && self.ctx.cfg.domain(rcpt.domain()).is_some()
-            && let Some(refusal) = self.bounce_rate(&rcpt).await
-        {
-            return (refusal, Answer::Deferred, "bounce-rate");
-        }
         // the relayed RCPT verifies while its connection is clean; a session collecting
         // refusals goes back to probes (whose connections are retired early)
         let relaying = self
@@ -298,69 +268,33 @@ impl Handler {
             .relay
             .as_ref()
             .is_none_or(|r| r.refusals() < RELAY_VERIFIES_UNTIL);
-        let decision = self
-            .ctx
-            .verifier
-            .verify_in(&rcpt, self.peer.ip(), self.may_relay, relaying)
-            .await;
-        if decision.outcome == Outcome::NextHop {
-            return self.rcpt_by_next_hop(rcpt, params, session, batv).await;
-        }
-        let reply = decision.reply(&rcpt);
-        // a client over its probe budget is asking after addresses nobody here knows, as a
-        // harvester does: it counts for the defence like an unknown recipient (else it could
-        // go on at full speed, answered 450 forever)
-        if matches!(decision.outcome, Outcome::UnknownUser | Outcome::OverBudget)
-            && let Some(cut) = self.unknown_rcpt()
-        {
-            return (cut, Answer::Refused, decision.reason);
-        }
-        if !reply.is_success() {
-            let result = Answer::of(reply.code);
-            return (reply, result, decision.reason);
-        }
-        if self.may_relay
-            && self.ctx.cfg.domain(rcpt.domain()).is_none()
-            && let Some(refusal) = self.outbound_limit(&from, &rcpt).await
-        {
-            return (refusal, Answer::Deferred, "outbound-limit");
-        }
-        let verified = match decision.reason {
-            "callout-valid" => Verified::ByCallout,
-            _ => Verified::Otherwise,
+        let facts = Facts {
+            client: self.peer.ip(),
+            from: Some(&from),
+            rcpt,
+            may_relay: self.may_relay,
+            relaying,
+            live: true,
         };
-        match self
-            .take_rcpt(rcpt, params, session, (batv, verified))
-            .await
-        {
-            Ok(()) => (reply, Answer::Accepted, decision.reason),
-            Err((refusal, reason)) => {
-                let result = Answer::of(refusal.code);
-                (refusal, result, reason)
-            }
+        let v = self.ctx.ladder.rcpt(facts, &mut self.tally).await;
+        let label = v.reason.label();
+        if v.verified != Verified::ByRelay && !v.reply.is_success() {
+            return (v.reply.clone(), v.answer(), label);
+        }
+        let taken = self
+            .take_rcpt(v.rcpt.clone(), params, session, (v.batv, v.verified))
+            .await;
+        match (taken, v.verified) {
+            (Ok(()), Verified::ByRelay) => self.answer(Reason::RelayValid, &v.rcpt),
+            (Ok(()), _) => (v.reply, Answer::Accepted, label),
+            (Err(reason), _) => self.answer(reason, &v.rcpt),
         }
     }
 
-    /// An address the call-out has not seen, of a domain relayed in the session to the
-    /// call-out server itself: the relayed RCPT is the verification (one round trip, not a
-    /// probe and then the RCPT again), and its answer fills the cache.
-    async fn rcpt_by_next_hop(
-        &mut self,
-        rcpt: Mailbox,
-        params: &RcptParams,
-        session: &Session,
-        batv: Option<BatvEvidence>,
-    ) -> (Reply, Answer, &'static str) {
-        let taken = self
-            .take_rcpt(rcpt, params, session, (batv, Verified::ByRelay))
-            .await;
-        match taken {
-            Ok(()) => {
-                let ok = Reply::new(250, Enhanced::new(2, 1, 5), "Ok");
-                (ok, Answer::Accepted, "relay-valid")
-            }
-            Err((refusal, reason)) => (refusal.clone(), Answer::of(refusal.code), reason),
-        }
+    /// The reply for `reason`, how it counts and its label.
+    fn answer(&self, reason: Reason, rcpt: &Mailbox) -> (Reply, Answer, &'static str) {
+        let reply = reason.reply(rcpt, &self.ctx.cfg.hostname);
+        (reply.clone(), reason.answer(&reply), reason.label())
     }
 
     /// What the next hop said to a relayed RCPT, for the call-out cache: the first answer for
@@ -371,7 +305,7 @@ impl Handler {
         rcpt: &Mailbox,
         verified: Verified,
         heard: Option<Heard>,
-    ) -> Option<(Reply, &'static str)> {
+    ) -> Option<Reason> {
         let callout = self.ctx.verifier.callout().clone();
         match (verified, heard) {
             (Verified::ByRelay, Some(h @ Heard::Accepted(_))) => {
@@ -380,13 +314,9 @@ impl Handler {
             }
             (Verified::ByRelay, Some(h @ Heard::Unknown(_))) => {
                 callout.learned(rcpt, h).await;
-                let unknown = crate::policy::Decision {
-                    outcome: Outcome::UnknownUser,
-                    reason: "relay-invalid",
-                    steps: Vec::new(),
-                };
-                let reply = self.unknown_rcpt().unwrap_or_else(|| unknown.reply(rcpt));
-                Some((reply, "relay-invalid"))
+                let ladder = &self.ctx.ladder;
+                let cut = ladder.unknown(self.peer.ip(), &mut self.tally, "relay-invalid");
+                Some(cut.unwrap_or(Reason::RelayInvalid))
             }
             (Verified::ByCallout, Some(h @ Heard::Unknown(_))) => {
                 // the call-out said valid, the internal server now says no such user
@@ -405,7 +335,7 @@ impl Handler {
         params: &RcptParams,
         session: &Session,
         (batv, verified): (Option<BatvEvidence>, Verified),
-    ) -> Result<(), (Reply, &'static str)> {
+    ) -> Result<(), Reason> {
         let mode = match self.ctx.cfg.domain(rcpt.domain()) {
             Some(d) if d.relay == RelayMode::InSession => Mode::Direct(d.next_hop.clone()),
             // queued for our domain, or relayed for a client in relay_from
@@ -413,19 +343,11 @@ impl Handler {
         };
         if self.txn.mode.as_ref().is_some_and(|m| *m != mode) {
             // one final answer per message is only possible with one way out per transaction
-            let reply = Reply::new(
-                452,
-                Enhanced::new(4, 5, 3),
-                format!(
-                    "<{rcpt}>: Too many recipients for one message; send the rest in a new transaction"
-                ),
-            );
-            return Err((reply, "mixed-routes"));
+            return Err(Reason::MixedRoutes);
         }
         if let Mode::Direct(NextHop::Smtp(target)) = &mode {
             let Some(tx) = session.transaction() else {
-                let reply = Reply::new(503, Enhanced::new(5, 5, 1), "Error: need MAIL command");
-                return Err((reply, "no-mail"));
+                return Err(Reason::NoMail);
             };
             let relay = self
                 .txn
@@ -445,7 +367,10 @@ impl Handler {
                 .as_ref()
                 .is_err_and(|r| !r.answered || r.said.as_ref().is_none_or(|s| s.code < 500));
             let own = match (verified, unanswered) {
-                (Verified::ByRelay, true) => Some((unverifiable(&rcpt), "callout-unavailable")),
+                (Verified::ByRelay, true) => Some(Reason::Verified {
+                    outcome: Outcome::Unverifiable,
+                    label: "callout-unavailable",
+                }),
                 _ => self.heard_from_relay(&rcpt, verified, heard).await,
             };
             if let Err(refusal) = result {
@@ -455,7 +380,7 @@ impl Handler {
                     reply: &refusal.detail,
                 }
                 .emit();
-                return Err(own.unwrap_or((refusal.reply, "relay-refused")));
+                return Err(own.unwrap_or(Reason::NextHopRefused(refusal.reply)));
             }
         }
         self.txn.mode = Some(mode);
@@ -473,117 +398,6 @@ impl Handler {
         }
     }
 
-    /// Counts an outbound recipient (and, at the first, its message) against `[outbound]`;
-    /// `450 4.7.1` over a limit: the client keeps the mail and tries later, nothing waits
-    /// unseen in our queue.
-    async fn outbound_limit(&mut self, from: &ReversePath, rcpt: &Mailbox) -> Option<Reply> {
-        let (ip, now) = (self.peer.ip(), self.ctx.clock.unix());
-        let mut counted = vec![Counted::Rcpt];
-        if !self.txn.counted_out {
-            counted.insert(0, Counted::Message);
-        }
-        for what in counted {
-            match self.ctx.outbound.hit(what, from, ip, now).await {
-                Ok(None) => self.txn.counted_out = true,
-                Ok(Some(limit)) => {
-                    self.ctx.harvest.count("outbound_limit", now);
-                    Event::OutboundLimit {
-                        peer: ip,
-                        rcpt,
-                        limit: &limit,
-                    }
-                    .emit();
-                    return Some(Reply::new(
-                        450,
-                        Enhanced::new(4, 7, 1),
-                        format!("<{rcpt}>: sending limit reached ({limit}), try again later"),
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound limits not counted: store failed");
-                    return Some(store_trouble());
-                }
-            }
-        }
-        None
-    }
-
-    /// The delay before this RCPT's answer, once the session has had its share of unknown
-    /// recipients.
-    fn tarpit(&self) -> Option<std::time::Duration> {
-        match self.exempt {
-            true => None,
-            false => self.ctx.harvest.tarpit(self.unknown),
-        }
-    }
-
-    /// Counts an unknown recipient (in the session, and for the client across sessions);
-    /// the `421` that ends the session when it has had too many. The count across sessions
-    /// is written in the background: the reply to an unknown recipient must not take longer
-    /// than the one to a known recipient (no timing oracle).
-    fn unknown_rcpt(&mut self) -> Option<Reply> {
-        if self.exempt {
-            return None;
-        }
-        self.unknown += 1;
-        let (ip, now, harvest) = (
-            self.peer.ip(),
-            self.ctx.clock.unix(),
-            self.ctx.harvest.clone(),
-        );
-        tokio::spawn(async move {
-            match harvest.unknown_rcpt(ip, now).await {
-                Ok(Some(blocked)) => {
-                    harvest.count("client_blocked", now);
-                    Event::ClientBlocked {
-                        peer: ip,
-                        blocked: &blocked,
-                    }
-                    .emit()
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "unknown recipient not counted: store failed"),
-            }
-        });
-        let cut = self.ctx.harvest.cut_off(self.unknown)?;
-        self.ctx.harvest.count("cut_off", self.ctx.clock.unix());
-        Event::HarvestCutOff {
-            peer: self.peer.ip(),
-            unknown: self.unknown,
-        }
-        .emit();
-        Some(cut)
-    }
-
-    /// Checks and strips a BATV tag: the address to verify and what its tag said, or the
-    /// refusal.
-    async fn batv(
-        &self,
-        from: &ReversePath,
-        rcpt: Mailbox,
-    ) -> Result<(Mailbox, Option<BatvEvidence>), (Reply, &'static str)> {
-        let now = self.ctx.clock.unix();
-        let checked = self.ctx.guard.rcpt(from, &rcpt, now);
-        if let RcptBatv::Checked { evidence, .. } | RcptBatv::Refused { evidence, .. } = &checked {
-            self.ctx.guard.count(&[evidence.label()], now).await;
-            Event::Batv {
-                peer: self.peer.ip(),
-                rcpt: &rcpt,
-                result: evidence.as_str(),
-                refused: matches!(checked, RcptBatv::Refused { .. }).then(|| evidence.refusal()),
-            }
-            .emit();
-        }
-        match checked {
-            RcptBatv::Untouched => Ok((rcpt, None)),
-            RcptBatv::Checked { address, evidence } => Ok((address, Some(evidence))),
-            RcptBatv::Refused { reply, evidence } => {
-                self.stopped(&rcpt.to_string(), evidence.label().into(), "refused", now);
-                Err((reply, evidence.refusal()))
-            }
-        }
-    }
-
     /// Remembers a bounce stopped, for the dashboard.
     fn stopped(&self, rcpt: &str, reasons: String, action: &'static str, at: u64) {
         self.ctx.guard.stopped(Stopped {
@@ -595,61 +409,24 @@ impl Handler {
         });
     }
 
-    /// `450 4.7.1` when a local recipient has had too many bounces this hour.
-    async fn bounce_rate(&self, rcpt: &Mailbox) -> Option<Reply> {
-        let now = self.ctx.clock.unix();
-        match self.ctx.guard.over_rate(rcpt, now).await {
-            Ok(false) => None,
-            Ok(true) => {
-                let label = "refused=rate";
-                self.ctx.guard.count(&[label], now).await;
-                Event::BounceRateExceeded {
-                    peer: self.peer.ip(),
-                    rcpt,
-                }
-                .emit();
-                self.stopped(&rcpt.to_string(), label.into(), "deferred", now);
-                Some(Reply::new(
-                    450,
-                    Enhanced::new(4, 7, 1),
-                    format!("<{rcpt}>: too many bounces for this recipient, try again later"),
-                ))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "bounce rate not counted: store failed");
-                Some(store_trouble())
-            }
-        }
-    }
-
     /// A bounce goes to one recipient: more than one (from outside the relay networks) is
     /// the shape of backscatter.
     async fn data(&self, session: &Session) -> Reply {
-        let bounce = session
-            .transaction()
-            .is_some_and(|t| t.from == ReversePath::Null);
-        if bounce && !self.may_relay && self.txn.rcpts.len() > 1 {
-            let (now, label) = (self.ctx.clock.unix(), "refused=rcpts>1");
-            self.ctx.guard.count(&[label], now).await;
-            let reply = Reply::new(
-                550,
-                Enhanced::new(5, 7, 1),
-                "Error: a bounce has one recipient; this one has several",
-            );
-            let rcpts: Vec<String> = self.txn.rcpts.iter().map(|(m, _)| m.to_string()).collect();
-            let rcpts = rcpts.join(",");
-            Event::BounceRefused {
-                client: self.client(session),
-                id: &self.txn.id,
-                rcpts: &rcpts,
-                reasons: "rcpts>1",
-                reply: &reply,
-            }
-            .emit();
-            self.stopped(&rcpts, label.into(), "refused", now);
-            return reply;
-        }
-        Reply::plain(354, "End data with <CR><LF>.<CR><LF>")
+        let Some(tx) = session.transaction() else {
+            return Reply::plain(354, "End data with <CR><LF>.<CR><LF>");
+        };
+        let rcpts: Vec<String> = self.txn.rcpts.iter().map(|(m, _)| m.to_string()).collect();
+        let refused = self
+            .ctx
+            .ladder
+            .bounce_recipients(
+                (self.client(session), &self.txn.id),
+                &tx.from,
+                self.may_relay,
+                (rcpts.len(), &rcpts.join(",")),
+            )
+            .await;
+        refused.unwrap_or_else(|| Reply::plain(354, "End data with <CR><LF>.<CR><LF>"))
     }
 
     /// The end of DATA: one answer for the message, recorded with its reason.
@@ -979,25 +756,6 @@ fn action_label(a: BackscatterAction) -> &'static str {
         BackscatterAction::Quarantine => "action=quarantine",
         BackscatterAction::Reject => "action=reject",
     }
-}
-
-/// What an address that could not be verified gets, as the verifier says it.
-fn unverifiable(rcpt: &Mailbox) -> Reply {
-    let d = crate::policy::Decision {
-        outcome: Outcome::Unverifiable,
-        reason: "callout-unavailable",
-        steps: Vec::new(),
-    };
-    d.reply(rcpt)
-}
-
-/// The store could not be asked or written: the client tries again later.
-fn store_trouble() -> Reply {
-    Reply::new(
-        451,
-        Enhanced::new(4, 3, 0),
-        "Error: temporary local problem, try again later",
-    )
 }
 
 fn lost() -> Reply {

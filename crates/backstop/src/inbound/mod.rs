@@ -50,6 +50,8 @@ pub struct Context {
     pub watch: Arc<crate::senders::Watch>,
     /// Whether the next hops answer (told what relaying sees).
     pub backends: Arc<crate::health::Backends>,
+    /// The RCPT decision (over the verifier, guard, harvest and outbound limits above).
+    pub ladder: Arc<crate::decide::Ladder>,
 }
 
 /// What a listener's new sessions get: its settings and the gateway's context, as of the last

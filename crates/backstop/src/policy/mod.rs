@@ -13,7 +13,6 @@ pub mod probe;
 use crate::clock::Clock;
 use crate::config::{CatchAllPolicy, Config, NextHop, Source};
 use backstop_proto::address::{Domain, Mailbox};
-use backstop_proto::smtp::reply::{Enhanced, Reply};
 use callout::{Callout, CalloutResult, Known};
 use lists::{ListError, ListFile};
 use std::collections::HashMap;
@@ -52,48 +51,6 @@ pub struct Decision {
     pub reason: &'static str,
     /// One line per source consulted.
     pub steps: Vec<String>,
-}
-
-impl Decision {
-    /// The reply for `addr` (fixed texts; nothing from the internal server).
-    pub fn reply(&self, addr: &Mailbox) -> Reply {
-        match self.outcome {
-            Outcome::Accept => Reply::new(250, Enhanced::new(2, 1, 5), "Ok"),
-            Outcome::UnknownUser => Reply::new(
-                550,
-                Enhanced::new(5, 1, 1),
-                format!("<{addr}>: Recipient address rejected: User unknown"),
-            ),
-            Outcome::RelayDenied => Reply::new(
-                554,
-                Enhanced::new(5, 7, 1),
-                format!("<{addr}>: Relay access denied"),
-            ),
-            Outcome::Unverifiable => Reply::new(
-                451,
-                Enhanced::new(4, 4, 3),
-                format!(
-                    "<{addr}>: Recipient address rejected: unable to verify address, try again later"
-                ),
-            ),
-            Outcome::OverBudget => Reply::new(
-                450,
-                Enhanced::new(4, 7, 1),
-                format!(
-                    "<{addr}>: Recipient address rejected: too many address verifications, try again later"
-                ),
-            ),
-            // never sent by itself: the relayed RCPT answers (this is what a caller that
-            // cannot relay would say)
-            Outcome::NextHop => Reply::new(
-                451,
-                Enhanced::new(4, 4, 3),
-                format!(
-                    "<{addr}>: Recipient address rejected: unable to verify address, try again later"
-                ),
-            ),
-        }
-    }
 }
 
 enum SourceImpl {

@@ -48,11 +48,20 @@ async fn web(extra: &str) -> (tempfile::TempDir, Shared) {
         spool.clone(),
         alerts,
     ));
+    let guard = Arc::new(guard);
+    let ladder = crate::decide::Ladder::standalone(
+        cfg.clone(),
+        store.clone(),
+        verifier.clone(),
+        guard.clone(),
+        clock.clone(),
+    );
     let served = Arc::new(Served {
         cfg,
         store,
         verifier,
-        guard: Arc::new(guard),
+        guard,
+        ladder: Arc::new(ladder),
         watch,
         spool,
         clock,

@@ -369,6 +369,24 @@ impl Postfix {
             users.iter().map(|u| format!("{u}\n")).collect::<String>(),
         )
         .unwrap();
+        let role = [
+            "internal",
+            domain,
+            users_file.to_str().unwrap(),
+            &sink_port.to_string(),
+        ];
+        Postfix::start_role(dir, &role, main_cf)
+    }
+
+    /// A Postfix gateway for `domain` that relays through its queue to `next_port`, with
+    /// extra main.cf lines (later lines win: `smtpd_recipient_restrictions = ...` replaces
+    /// its own).
+    pub fn gateway_with(domain: &str, next_port: u16, main_cf: &str) -> Postfix {
+        let role = ["gateway", domain, &next_port.to_string()];
+        Postfix::start_role(world_dir(), &role, main_cf)
+    }
+
+    fn start_role(dir: tempfile::TempDir, role: &[&str], main_cf: &str) -> Postfix {
         let port = free_port();
         let mut pf = Postfix {
             dir,
@@ -377,15 +395,8 @@ impl Postfix {
         };
         let status = Command::new("bash")
             .arg(peer_script())
-            .args([
-                "start",
-                pf.conf().to_str().unwrap(),
-                &port.to_string(),
-                "internal",
-                domain,
-            ])
-            .arg(&users_file)
-            .arg(sink_port.to_string())
+            .args(["start", pf.conf().to_str().unwrap(), &port.to_string()])
+            .args(role)
             .env("PEER_MAIN_CF", main_cf)
             .status()
             .unwrap();
