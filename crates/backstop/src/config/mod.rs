@@ -555,11 +555,24 @@ pub struct Callout {
     pub max_connections: usize,
 }
 
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// SMTP: backstop is the gateway.
+    Smtp,
+    /// Postfix's policy delegation (`check_policy_service`): Postfix is the gateway and asks
+    /// backstop about each recipient.
+    Policy,
+}
+
 /// One listener (`[[listen]]`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Listener {
     /// Address and port.
     pub addr: SocketAddr,
+    /// What it speaks: SMTP to mail clients, or Postfix's policy delegation protocol.
+    pub protocol: Protocol,
     /// Certificate chain (PEM) for STARTTLS.
     pub tls_cert: Option<PathBuf>,
     /// Private key (PEM) for STARTTLS.

@@ -2,8 +2,8 @@
 
 use super::{
     BackscatterAction, Batv, BatvKey, BatvMode, Bounces, CatchAllPolicy, Config, ConfigError,
-    Delivery, DomainConfig, Harvest, HostPort, Limits, Listener, NextHop, RelayMode, Reports,
-    Route, Source, invalid, parse_duration,
+    Delivery, DomainConfig, Harvest, HostPort, Limits, Listener, NextHop, Protocol, RelayMode,
+    Reports, Route, Source, invalid, parse_duration,
 };
 use backstop_proto::address::{Domain, Mailbox};
 use serde::Deserialize;
@@ -720,6 +720,7 @@ struct RawCallout {
 #[serde(deny_unknown_fields)]
 struct RawListener {
     addr: String,
+    protocol: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
     #[serde(default)]
@@ -983,8 +984,26 @@ impl RawListener {
             ));
         }
         let relay_from = networks(&format!("listen[{i}].relay_from"), &self.relay_from)?;
+        let protocol = match self.protocol.as_deref().unwrap_or("smtp") {
+            "smtp" => Protocol::Smtp,
+            "policy" => Protocol::Policy,
+            other => {
+                return Err(invalid(
+                    key("protocol"),
+                    format!("{other:?} is not \"smtp\" or \"policy\""),
+                ));
+            }
+        };
+        if protocol == Protocol::Policy && tls_cert.is_some() {
+            return Err(invalid(
+                key("tls_cert"),
+                "a policy listener has no TLS (Postfix speaks to it in plain text: bind it \
+                 to 127.0.0.1 or a private network)",
+            ));
+        }
         Ok(Listener {
             addr,
+            protocol,
             tls_cert,
             tls_key,
             relay_from,

@@ -79,6 +79,10 @@ fn bad_values_name_the_key() {
             "listen[0].addr",
         ),
         (
+            with_domain("").replace("2525\"\n", "2525\"\nprotocol = \"lmtp\"\n"),
+            "listen[0].protocol",
+        ),
+        (
             with_domain("").replace("example.test\"\nrecip", "exa mple\"\nrecip"),
             "domain[0].name",
         ),

@@ -7,11 +7,12 @@
 
 mod driver;
 mod handler;
+mod postfix_policy;
 pub mod tls;
 
 use crate::backscatter::Guard;
 use crate::clock::Clock;
-use crate::config::{Config, Listener};
+use crate::config::{Config, Listener, Protocol};
 use crate::harvest::Harvest;
 use crate::ids::IdGen;
 use crate::policy::Verifier;
@@ -169,10 +170,10 @@ impl Listeners {
             };
             let (_, listener) = fresh.swap_remove(pos);
             let bound = listener.local_addr().unwrap_or(addr);
-            let tls = if setup.tls.is_some() {
-                "STARTTLS"
-            } else {
-                "no TLS"
+            let tls = match (setup.config.protocol, setup.tls.is_some()) {
+                (Protocol::Policy, _) => "Postfix policy service",
+                (Protocol::Smtp, true) => "STARTTLS",
+                (Protocol::Smtp, false) => "no TLS",
             };
             let relay = if setup.config.relay_from.is_empty() {
                 ""
@@ -273,7 +274,10 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     let (setup, sd, alive) = (setup.load_full(), shutdown.clone(), alive.clone());
                     tokio::spawn(async move {
-                        driver::run(stream, peer, &setup, sd).await;
+                        match setup.config.protocol {
+                            Protocol::Smtp => driver::run(stream, peer, &setup, sd).await,
+                            Protocol::Policy => postfix_policy::run(stream, peer, &setup, sd).await,
+                        }
                         drop(alive);
                     });
                 }
