@@ -267,6 +267,9 @@ impl QueueCmd {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Serve) {
+        quiet_on_closed_pipe();
+    }
     init_logging(cli.log_format);
     let source = ConfigSource::resolve(
         cli.config,
@@ -279,6 +282,18 @@ pub fn main() -> ExitCode {
             eprintln!("backstop: error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// A command whose output is cut short (`backstop queue list | head`) ends quietly, as Unix
+/// tools do, instead of panicking on the write that follows. Not for `serve`, whose writes to
+/// closed sockets must stay errors it handles.
+fn quiet_on_closed_pipe() {
+    // SAFETY: restores the default disposition of one signal before any thread is started;
+    // no handler runs Rust code.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

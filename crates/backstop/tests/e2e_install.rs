@@ -528,3 +528,25 @@ fn same(a: &toml::Value, b: &toml::Value) -> bool {
         _ => a == b,
     }
 }
+
+/// `backstop ... | head -1`: a command whose reader goes away ends as Unix tools do (by
+/// SIGPIPE, nothing on stderr), not with a panic.
+#[test]
+fn a_command_whose_output_is_cut_short_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["generate", "completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // the reader goes away before the command has started writing
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.signal(), Some(13), "{:?}", out.status);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
