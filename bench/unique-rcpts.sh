@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # Every recipient new: backstop's call-out against Postfix's reject_unverified_recipient, with a
-# cold cache, in one run.
+# cold cache, in one run; and the same Postfix asking backstop instead (check_policy_service).
 #
-#   bench/unique-rcpts.sh            # N=2000 messages for backstop, N_PF=200 for Postfix, 3 rounds
+#   bench/unique-rcpts.sh            # N=2000 messages for backstop, N_PF=200 for Postfix,
+#                                    # N_POL=2000 for Postfix + backstop's policy service; 3 rounds
 #
 # Both gateways verify against the same internal Postfix (it knows u0..uK@example.test and
 # relays what it takes to an smtp-sink) and relay to it: backstop in the session
 # (callout:INTERNAL, next_hop smtp:INTERNAL, so a new recipient is verified by the relayed RCPT
 # itself), the Postfix gateway through its queue (tests/support/postfix-peer.sh ... gateway
-# ... verify). Each message goes to a recipient neither has seen: SESSIONS client sessions at a
+# ... verify). A third side is a Postfix gateway configured the same way but with
+# check_policy_service to backstop's policy listener instead of reject_unverified_recipient (it
+# cannot relay in backstop's session, so each new recipient is one probe by backstop).
+# Each message goes to a recipient neither has seen: SESSIONS client sessions at a
 # time, one message each (MAIL, one RCPT, DATA, 1 KiB), by a small Python client. A round's rate
 # is the messages accepted (250 after DATA) per second until the last session ends; deferred
 # (4xx) and refused (5xx) answers are counted too. Rounds alternate backstop, Postfix.
 # backstop's probe budgets are lifted (all load comes from one client IP, which the default
 # budget of 120 probes a minute would defer as a harvest).
-# Environment: N, N_PF, RUNS (3), SESSIONS (20), BACKSTOP_BIN, KEEP=1. Needs root, postfix.
+# Environment: N, N_PF, N_POL, RUNS (3), SESSIONS (20), BACKSTOP_BIN, KEEP=1. Needs root,
+# postfix.
 set -eu
-N=${N:-2000} N_PF=${N_PF:-200} RUNS=${RUNS:-3} SESSIONS=${SESSIONS:-20}
+N=${N:-2000} N_PF=${N_PF:-200} N_POL=${N_POL:-2000} RUNS=${RUNS:-3} SESSIONS=${SESSIONS:-20}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEER=$ROOT/tests/support/postfix-peer.sh
 [ "$(id -u)" = 0 ] || { echo "unique-rcpts: must run as root (Postfix peers)" >&2; exit 2; }
@@ -37,9 +42,9 @@ cleanup() {
   [ "${KEEP:-0}" = 1 ] && echo "work directory kept: $W" >&2 || rm -rf "$W"
 }
 trap cleanup EXIT
-read -r P_INT S_INT P_BS P_PF < <(python3 -c '
+read -r P_INT S_INT P_BS P_PF P_POL P_PP < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(4)]
+ss = [socket.socket() for _ in range(6)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 wait_port() {
@@ -48,7 +53,7 @@ wait_port() {
 }
 
 # users for every round of both sides, never one twice
-USERS=$(( RUNS * (N + N_PF) + 10 ))
+USERS=$(( RUNS * (N + N_PF + N_POL) + 10 ))
 python3 -c "import sys; sys.stdout.write(''.join(f'u{i}@example.test\n' for i in range($USERS)))" >"$W/users"
 /usr/sbin/smtp-sink -u nobody -c "127.0.0.1:$S_INT" 1024 >"$W/sink.out" 2>&1 &
 PIDS+=($!)
@@ -57,11 +62,17 @@ PEERS+=("$W/pf-int")
 PEER_MAIN_CF="default_process_limit = 200" "$PEER" start "$W/pf-int" "$P_INT" internal example.test "$W/users" "$S_INT"
 PEERS+=("$W/pf-gw")
 "$PEER" start "$W/pf-gw" "$P_PF" gateway example.test "$P_INT" verify
+PEERS+=("$W/pf-pol")
+PEER_MAIN_CF="smtpd_recipient_restrictions = reject_unauth_destination, check_policy_service inet:127.0.0.1:$P_POL" \
+  "$PEER" start "$W/pf-pol" "$P_PP" gateway example.test "$P_INT"
 cat >"$W/backstop.toml" <<EOF
 hostname = "gw.example.test"
 state_dir = "$W/bs-state"
 [[listen]]
 addr = "127.0.0.1:$P_BS"
+[[listen]]
+addr = "127.0.0.1:$P_POL"
+protocol = "policy"
 [[domain]]
 name = "example.test"
 recipients = ["callout:127.0.0.1:$P_INT"]
@@ -77,6 +88,8 @@ RUST_LOG=info "$BIN" serve --config "$W/backstop.toml" 2>"$W/backstop.log" &
 BS_PID=$!
 wait_port "$P_BS"
 wait_port "$P_PF"
+wait_port "$P_POL"
+wait_port "$P_PP"
 
 load() { # PORT FIRST COUNT -> "accepted deferred refused seconds"
   python3 - "$1" "$2" "$3" "$SESSIONS" <<'PY'
@@ -116,12 +129,16 @@ asyncio.run(main())
 PY
 }
 
-echo "N=$N (backstop) and N_PF=$N_PF (Postfix) new recipients per round, $SESSIONS sessions, $RUNS rounds"
+echo "N=$N (backstop), N_PF=$N_PF (Postfix) and N_POL=$N_POL (Postfix + policy) new recipients per round, $SESSIONS sessions, $RUNS rounds"
 next=0
 : >"$W/results"
 for i in $(seq 1 "$RUNS"); do
-  for side in backstop postfix; do
-    if [ "$side" = backstop ]; then port=$P_BS n=$N; else port=$P_PF n=$N_PF; fi
+  for side in backstop postfix policy; do
+    case $side in
+      backstop) port=$P_BS n=$N ;;
+      postfix) port=$P_PF n=$N_PF ;;
+      policy) port=$P_PP n=$N_POL ;;
+    esac
     read -r ok deferred refused secs < <(load "$port" "$next" "$n")
     next=$((next + n))
     rate=$(python3 -c "print(round($ok / $secs, 1))")
@@ -132,9 +149,12 @@ done
 python3 - "$W/results" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-med = {s: statistics.median(float(r[2]) for r in rows if r[0] == s) for s in ("backstop", "postfix")}
-print(f"median: backstop {med['backstop']:.1f} msg/s, Postfix {med['postfix']:.1f} msg/s; "
-      f"ratio {med['backstop'] / max(med['postfix'], 1e-9):.1f}x")
+med = {s: statistics.median(float(r[2]) for r in rows if r[0] == s)
+       for s in ("backstop", "postfix", "policy")}
+pf = max(med['postfix'], 1e-9)
+print(f"median: backstop {med['backstop']:.1f} msg/s, Postfix {med['postfix']:.1f} msg/s, "
+      f"Postfix + backstop policy {med['policy']:.1f} msg/s; ratios to Postfix: backstop "
+      f"{med['backstop'] / pf:.1f}x, Postfix + policy {med['policy'] / pf:.1f}x")
 PY
 echo "backstop: $(grep -c 'event="callout_probe"' "$W/backstop.log" || true) probes," \
   "$(grep -c 'reason="relay-valid"' "$W/backstop.log" || true) recipients verified by the relayed RCPT"
