@@ -299,7 +299,7 @@ async fn generation(
         guard.clone(),
         harvest.clone(),
         outbound.clone(),
-        clock.clone(),
+        (clock.clone(), Some(watch.clone())),
     ));
     let ctx = Arc::new(Context {
         cfg: cfg.clone(),

@@ -250,6 +250,8 @@ pub struct Ladder {
     harvest: Arc<Harvest>,
     outbound: Arc<Limiter>,
     pub(super) clock: Arc<dyn Clock>,
+    /// Held senders (none for a dry run without the gateway).
+    pub(super) watch: Option<Arc<crate::senders::Watch>>,
 }
 
 impl Ladder {
@@ -260,7 +262,7 @@ impl Ladder {
         guard: Arc<Guard>,
         harvest: Arc<Harvest>,
         outbound: Arc<Limiter>,
-        clock: Arc<dyn Clock>,
+        (clock, watch): (Arc<dyn Clock>, Option<Arc<crate::senders::Watch>>),
     ) -> Ladder {
         Ladder {
             cfg,
@@ -269,6 +271,7 @@ impl Ladder {
             harvest,
             outbound,
             clock,
+            watch,
         }
     }
 
@@ -283,7 +286,7 @@ impl Ladder {
     ) -> Ladder {
         let harvest = Arc::new(Harvest::new(cfg.clone(), store.clone()));
         let outbound = Arc::new(Limiter::new(cfg.clone(), store));
-        Ladder::new(cfg, verifier, guard, harvest, outbound, clock)
+        Ladder::new(cfg, verifier, guard, harvest, outbound, (clock, None))
     }
 
     /// A new client's tally: exempt when it may relay or is in `[harvest] exempt`.

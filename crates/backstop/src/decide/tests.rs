@@ -304,3 +304,59 @@ fn every_reason_has_one_fixed_reply() {
     assert_eq!(Reason::StoreTrouble("bounce-rate").label(), "bounce-rate");
     assert_eq!(Reason::RelayInvalid.label(), "relay-invalid");
 }
+
+#[tokio::test]
+async fn a_held_sender_is_refused_to_relay_clients_and_nobody_else() {
+    let (d, cfg, store) = crate::test_support::for_tests("[senders]\nmin_volume = 2\n");
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
+    let spool = crate::queue::Spool::open(&d.path().join("queue")).unwrap();
+    let alerts = Arc::new(crate::alert::Alerts::new(cfg.clone(), store.clone()));
+    let watch = Arc::new(crate::senders::Watch::new(
+        cfg.clone(),
+        store.clone(),
+        spool,
+        alerts,
+    ));
+    let callout = Callout::new(
+        cfg.callout.clone(),
+        store.clone(),
+        clock.clone(),
+        (Arc::new(NoProbes), Arc::new(|| 7)),
+        None,
+    );
+    let verifier = Arc::new(Verifier::new(&cfg, callout, clock.clone()).unwrap());
+    let tags = Tags::load(&cfg, store.as_ref(), NOW, || [1; 16])
+        .await
+        .unwrap();
+    let guard = Arc::new(
+        Guard::new(cfg.clone(), store.clone(), Arc::new(tags), NOW)
+            .await
+            .unwrap(),
+    );
+    let harvest = Arc::new(crate::harvest::Harvest::new(cfg.clone(), store.clone()));
+    let outbound = Arc::new(crate::outbound::Limiter::new(cfg.clone(), store));
+    let l = Ladder::new(
+        cfg,
+        verifier,
+        guard,
+        harvest,
+        outbound,
+        (clock, Some(watch.clone())),
+    );
+    let alice = mailbox("alice@example.test");
+    let from = ReversePath::Mailbox(alice.clone());
+    assert_eq!(l.sender(&from, true).await, None);
+    for _ in 0..3 {
+        let failed = crate::senders::Finished::Failed { blocked: false };
+        watch.finished(&alice, failed, NOW).await.unwrap();
+    }
+    let held = l.sender(&from, true).await.expect("held");
+    assert!(
+        held.to_string()
+            .starts_with("450 4.7.1 <alice@example.test>: sender held (2 of 2 recipients failed"),
+        "{held}"
+    );
+    // from outside the relay networks it is not our sender; a bounce has none
+    assert_eq!(l.sender(&from, false).await, None);
+    assert_eq!(l.sender(&ReversePath::Null, true).await, None);
+}

@@ -169,25 +169,8 @@ impl Handler {
 
     /// MAIL: a local sender held by the sender watch gets `450 4.7.1` from relay networks.
     async fn mail(&self, from: &ReversePath) -> Reply {
-        let ok = Reply::new(250, Enhanced::new(2, 1, 0), "Ok");
-        let Some(sender) = from.mailbox().filter(|_| self.may_relay) else {
-            return ok;
-        };
-        match self.ctx.watch.held(sender, self.ctx.clock.unix()).await {
-            Ok(None) => ok,
-            Ok(Some(hold)) => Reply::new(
-                450,
-                Enhanced::new(4, 7, 1),
-                format!(
-                    "<{sender}>: sender held ({}); ask your mail administrator",
-                    hold.why
-                ),
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "sender hold not checked: store failed");
-                store_trouble()
-            }
-        }
+        let refused = self.ctx.ladder.sender(from, self.may_relay).await;
+        refused.unwrap_or_else(|| Reply::new(250, Enhanced::new(2, 1, 0), "Ok"))
     }
 
     /// Stores the next piece of the message past what the session keeps in memory, in a

@@ -70,6 +70,7 @@ impl Conn {
     /// The action for one request.
     async fn answer(&mut self, req: &Request, setup: &Setup) -> String {
         match req.value("protocol_state") {
+            "MAIL" => self.mail(req, setup).await,
             "RCPT" => self.rcpt(req, setup).await,
             "DATA" | "END-OF-MESSAGE" => self.end_of_message(req, setup).await,
             // nothing to say about CONNECT, EHLO, MAIL, VRFY, ETRN: Postfix goes on
@@ -101,6 +102,16 @@ impl Conn {
         Some((ip, from, may_relay))
     }
 
+    /// A relay client's sender held by the sender watch: `450 4.7.1` (asked at MAIL when
+    /// Postfix asks then, else at each RCPT).
+    async fn mail(&mut self, req: &Request, setup: &Setup) -> String {
+        let Some((_, from, may_relay)) = self.envelope(req, setup) else {
+            return "DUNNO".into();
+        };
+        let held = setup.ctx.ladder.sender(&from, may_relay).await;
+        held.map_or_else(|| "DUNNO".into(), |r| action(&r))
+    }
+
     async fn rcpt(&mut self, req: &Request, setup: &Setup) -> String {
         let rcpt = Mailbox::parse(req.value("recipient"), true).ok();
         let (Some((ip, from, may_relay)), Some(rcpt)) = (self.envelope(req, setup), rcpt) else {
@@ -113,6 +124,9 @@ impl Conn {
             );
             return "DUNNO".into();
         };
+        if let Some(held) = setup.ctx.ladder.sender(&from, may_relay).await {
+            return action(&held);
+        }
         let facts = Facts {
             client: ip,
             from: Some(&from),
