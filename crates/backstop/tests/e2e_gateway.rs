@@ -79,7 +79,8 @@ fn readme_run_command_delivers_listed_user_and_refuses_unlisted() {
         "{page}"
     );
     let (_, metrics) = support::http(web, "GET", "/metrics", None);
-    let refused = "backstop_rcpt_total{result=\"refused\",reason=\"not-listed\"} 1";
+    let refused =
+        "backstop_rcpt_total{result=\"refused\",reason=\"not-listed\",frontend=\"smtp\"} 1";
     assert!(metrics.lines().any(|l| l == refused), "{metrics}");
 }
 

@@ -100,7 +100,14 @@ fn the_backscatter_attack_through_a_postfix_edge_is_refused_at_rcpt_by_backstop(
         assert_eq!(internal.rejects_of(&format!("nobody{i}@example.test")), 1);
     }
     assert_eq!(
-        b.count_reaching(&["event=\"rcpt\"", "reason=\"callout-invalid\""], 100),
+        b.count_reaching(
+            &[
+                "event=\"rcpt\"",
+                "reason=\"callout-invalid\"",
+                "frontend=\"policy\""
+            ],
+            100
+        ),
         100,
         "{}",
         b.log()

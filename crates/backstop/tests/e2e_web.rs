@@ -93,7 +93,7 @@ fn metrics_move_as_a_session_runs_and_parse_as_prometheus_text() {
     assert!(t.contains("550 5.1.1"), "{t}");
     let (_, after) = scrape(web);
     let rcpt = |result: &str, reason: &str| {
-        format!("backstop_rcpt_total{{reason=\"{reason}\",result=\"{result}\"}}")
+        format!("backstop_rcpt_total{{frontend=\"smtp\",reason=\"{reason}\",result=\"{result}\"}}")
     };
     assert_eq!(grew(&before, &after, &rcpt("accepted", "listed")), 1.0);
     assert_eq!(grew(&before, &after, &rcpt("refused", "not-listed")), 1.0);

@@ -230,6 +230,7 @@ impl Handler {
             reply: &reply,
             result,
             reason,
+            frontend: "smtp",
         }
         .emit();
         reply

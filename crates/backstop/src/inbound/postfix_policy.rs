@@ -166,6 +166,7 @@ impl Conn {
             } else {
                 v.reason.label()
             },
+            frontend: "policy",
         }
         .emit();
         match v.reply.is_success() || not_ours {

@@ -112,6 +112,8 @@ pub enum Event<'a> {
         /// or the step that answered (`batv-invalid`, `bounce-rate`, `outbound-limit`,
         /// `relay-refused`, ...).
         reason: &'static str,
+        /// Who asked: `smtp` (backstop's own listener) or `policy` (a Postfix asking).
+        frontend: &'static str,
     },
     /// A message got its answer at the end of DATA.
     Message {
@@ -495,6 +497,7 @@ impl Event<'_> {
             reply,
             result,
             reason,
+            frontend,
         } = self
         else {
             return;
@@ -502,7 +505,8 @@ impl Event<'_> {
         tracing::info!(
             target: "backstop::event", event = "rcpt", id, client = %client.ip,
             helo = %client.helo(), from = %Clean(from, ADDRESS_MAX + 2), to = %Angle(rcpt),
-            result = result.as_str(), reason, code = reply.code, reply = text(reply).as_str()
+            result = result.as_str(), reason, code = reply.code, reply = text(reply).as_str(),
+            frontend
         );
     }
 
@@ -731,8 +735,14 @@ impl Event<'_> {
             Event::ClientRefused { why, .. } => {
                 counter!("backstop_connections_refused_total", "reason" => *why).increment(1)
             }
-            Event::Rcpt { result, reason, .. } => counter!(
-                "backstop_rcpt_total", "result" => result.as_str(), "reason" => *reason
+            Event::Rcpt {
+                result,
+                reason,
+                frontend,
+                ..
+            } => counter!(
+                "backstop_rcpt_total", "result" => result.as_str(), "reason" => *reason,
+                "frontend" => *frontend
             )
             .increment(1),
             Event::Message { result, reason, .. } => counter!(

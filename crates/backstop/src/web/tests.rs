@@ -231,6 +231,7 @@ async fn metrics_show_events_and_the_gauges_read_at_scrape_time() {
                 reply: &reply,
                 result: Answer::Refused,
                 reason: "not-listed",
+                frontend: "smtp",
             }
             .emit();
         }
@@ -238,7 +239,9 @@ async fn metrics_show_events_and_the_gauges_read_at_scrape_time() {
     let (code, body) = call(&w, "127.0.0.1", "GET", "/metrics", None).await;
     assert_eq!(code, 200);
     assert!(
-        body.contains("backstop_rcpt_total{result=\"refused\",reason=\"not-listed\"} 2"),
+        body.contains(
+            "backstop_rcpt_total{result=\"refused\",reason=\"not-listed\",frontend=\"smtp\"} 2"
+        ),
         "{body}"
     );
     assert!(
@@ -252,7 +255,9 @@ async fn metrics_show_events_and_the_gauges_read_at_scrape_time() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         v["last_hour"]["backstop_rcpt_total"],
-        serde_json::json!([{ "result": "refused", "reason": "not-listed", "value": 2 }])
+        serde_json::json!([{
+            "result": "refused", "reason": "not-listed", "frontend": "smtp", "value": 2
+        }])
     );
     assert_eq!(v["since"], NOW - 10);
     // and the dashboard shows it
