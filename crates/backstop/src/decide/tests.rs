@@ -23,8 +23,18 @@ impl Prober for NoProbes {
     }
 }
 
-async fn ladder(extra: &str) -> (tempfile::TempDir, Ladder) {
-    let (d, cfg, store) = crate::test_support::for_tests(extra);
+/// What a ladder stands on: a configuration, its store, a fixed clock, a verifier and a guard.
+struct Parts {
+    dir: tempfile::TempDir,
+    cfg: Arc<crate::config::Config>,
+    store: Arc<dyn crate::store::Store>,
+    clock: Arc<dyn Clock>,
+    verifier: Arc<Verifier>,
+    guard: Arc<Guard>,
+}
+
+async fn parts(extra: &str) -> Parts {
+    let (dir, cfg, store) = crate::test_support::for_tests(extra);
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
     let callout = Callout::new(
         cfg.callout.clone(),
@@ -40,8 +50,20 @@ async fn ladder(extra: &str) -> (tempfile::TempDir, Ladder) {
     let guard = Guard::new(cfg.clone(), store.clone(), Arc::new(tags), NOW)
         .await
         .unwrap();
-    let ladder = Ladder::standalone(cfg, store, verifier, Arc::new(guard), clock);
-    (d, ladder)
+    Parts {
+        dir,
+        cfg,
+        store,
+        clock,
+        verifier,
+        guard: Arc::new(guard),
+    }
+}
+
+async fn ladder(extra: &str) -> (tempfile::TempDir, Ladder) {
+    let p = parts(extra).await;
+    let ladder = Ladder::standalone(p.cfg, p.store, p.verifier, p.guard, p.clock);
+    (p.dir, ladder)
 }
 
 fn client() -> IpAddr {
@@ -307,41 +329,24 @@ fn every_reason_has_one_fixed_reply() {
 
 #[tokio::test]
 async fn a_held_sender_is_refused_to_relay_clients_and_nobody_else() {
-    let (d, cfg, store) = crate::test_support::for_tests("[senders]\nmin_volume = 2\n");
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
-    let spool = crate::queue::Spool::open(&d.path().join("queue")).unwrap();
-    let alerts = Arc::new(crate::alert::Alerts::new(cfg.clone(), store.clone()));
+    let p = parts("[senders]\nmin_volume = 2\n").await;
+    let spool = crate::queue::Spool::open(&p.dir.path().join("queue")).unwrap();
+    let alerts = Arc::new(crate::alert::Alerts::new(p.cfg.clone(), p.store.clone()));
     let watch = Arc::new(crate::senders::Watch::new(
-        cfg.clone(),
-        store.clone(),
+        p.cfg.clone(),
+        p.store.clone(),
         spool,
         alerts,
     ));
-    let callout = Callout::new(
-        cfg.callout.clone(),
-        store.clone(),
-        clock.clone(),
-        (Arc::new(NoProbes), Arc::new(|| 7)),
-        None,
-    );
-    let verifier = Arc::new(Verifier::new(&cfg, callout, clock.clone()).unwrap());
-    let tags = Tags::load(&cfg, store.as_ref(), NOW, || [1; 16])
-        .await
-        .unwrap();
-    let guard = Arc::new(
-        Guard::new(cfg.clone(), store.clone(), Arc::new(tags), NOW)
-            .await
-            .unwrap(),
-    );
-    let harvest = Arc::new(crate::harvest::Harvest::new(cfg.clone(), store.clone()));
-    let outbound = Arc::new(crate::outbound::Limiter::new(cfg.clone(), store));
+    let harvest = Arc::new(crate::harvest::Harvest::new(p.cfg.clone(), p.store.clone()));
+    let outbound = Arc::new(crate::outbound::Limiter::new(p.cfg.clone(), p.store));
     let l = Ladder::new(
-        cfg,
-        verifier,
-        guard,
+        p.cfg,
+        p.verifier,
+        p.guard,
         harvest,
         outbound,
-        (clock, Some(watch.clone())),
+        (p.clock, Some(watch.clone())),
     );
     let alice = mailbox("alice@example.test");
     let from = ReversePath::Mailbox(alice.clone());
