@@ -1,0 +1,170 @@
+//! The milter protocol: an MTA's packets read at every cut of the input, each command's
+//! fields, bad input, and the responses' exact bytes.
+
+use backstop_proto::milter::{Command, Decoder, Error, MAX_PACKET, Response, VERSION};
+
+fn packet(cmd: u8, data: &[u8]) -> Vec<u8> {
+    let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+    p.push(cmd);
+    p.extend_from_slice(data);
+    p
+}
+
+/// What Postfix sends for one message, in order.
+fn session() -> (Vec<u8>, Vec<Command>) {
+    let mut wire = Vec::new();
+    let mut neg = 6u32.to_be_bytes().to_vec();
+    neg.extend_from_slice(&0x1ffu32.to_be_bytes());
+    neg.extend_from_slice(&0x1fffffu32.to_be_bytes());
+    wire.extend(packet(b'O', &neg));
+    wire.extend(packet(b'D', b"Cj\0mx.example.test\0{daemon_name}\0smtpd\0"));
+    wire.extend(packet(b'C', b"client.test\x004\x9c\x40192.0.2.7\0"));
+    wire.extend(packet(b'H', b"client.test\0"));
+    wire.extend(packet(b'D', b"M{auth_authen}\0alice\0"));
+    wire.extend(packet(b'M', b"<alice@example.test>\0SIZE=100\0"));
+    wire.extend(packet(b'R', b"<bob@remote.test>\0"));
+    wire.extend(packet(b'T', b""));
+    wire.extend(packet(b'L', b"Subject\0 hello\0"));
+    wire.extend(packet(b'N', b""));
+    wire.extend(packet(b'B', b"body\r\n"));
+    wire.extend(packet(b'E', b""));
+    wire.extend(packet(b'K', b""));
+    wire.extend(packet(b'C', b"unknown\0U"));
+    wire.extend(packet(b'A', b""));
+    wire.extend(packet(b'Q', b""));
+    let want = vec![
+        Command::Negotiate {
+            version: 6,
+            actions: 0x1ff,
+            steps: 0x1fffff,
+        },
+        Command::Macros {
+            of: b'C',
+            pairs: vec![
+                ("j".into(), "mx.example.test".into()),
+                ("{daemon_name}".into(), "smtpd".into()),
+            ],
+        },
+        Command::Connect {
+            host: "client.test".into(),
+            family: b'4',
+            port: 40000,
+            address: "192.0.2.7".into(),
+        },
+        Command::Helo("client.test".into()),
+        Command::Macros {
+            of: b'M',
+            pairs: vec![("{auth_authen}".into(), "alice".into())],
+        },
+        Command::Mail(vec!["<alice@example.test>".into(), "SIZE=100".into()]),
+        Command::Rcpt(vec!["<bob@remote.test>".into()]),
+        Command::Data,
+        Command::Header("Subject".into(), " hello".into()),
+        Command::EndOfHeaders,
+        Command::Body(b"body\r\n".to_vec()),
+        Command::EndOfMessage,
+        Command::QuitNewConnection,
+        Command::Connect {
+            host: "unknown".into(),
+            family: b'U',
+            port: 0,
+            address: String::new(),
+        },
+        Command::Abort,
+        Command::Quit,
+    ];
+    (wire, want)
+}
+
+#[test]
+fn a_session_is_read_whatever_the_cut() {
+    let (wire, want) = session();
+    for cut in 0..=wire.len() {
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        d.push(&wire[..cut]);
+        while let Some(c) = d.next_command() {
+            got.push(c.unwrap());
+        }
+        d.push(&wire[cut..]);
+        while let Some(c) = d.next_command() {
+            got.push(c.unwrap());
+        }
+        assert_eq!(got, want, "cut {cut}");
+    }
+}
+
+#[test]
+fn what_is_not_the_protocol_is_an_error_once() {
+    let cases: [(Vec<u8>, Error); 4] = [
+        (vec![0, 0, 0, 0], Error::Empty),
+        (
+            ((MAX_PACKET + 1) as u32).to_be_bytes().to_vec(),
+            Error::TooLarge(MAX_PACKET + 1),
+        ),
+        (packet(b'Z', b""), Error::UnknownCommand(b'Z')),
+        (packet(b'O', b"\0\0\0\x06"), Error::Malformed(b'O')),
+    ];
+    for (wire, err) in cases {
+        let mut d = Decoder::new();
+        d.push(&wire);
+        d.push(&packet(b'Q', b""));
+        assert_eq!(d.next_command(), Some(Err(err)));
+        assert_eq!(d.next_command(), None, "nothing after an error");
+    }
+    // a connect without its address, a header without its name
+    for (cmd, data) in [(b'C', &b"host\x004\x00"[..]), (b'C', b"host"), (b'L', b"")] {
+        let mut d = Decoder::new();
+        d.push(&packet(cmd, data));
+        assert_eq!(
+            d.next_command(),
+            Some(Err(Error::Malformed(cmd))),
+            "{data:?}"
+        );
+    }
+    // an HTTP request is not a milter
+    let mut d = Decoder::new();
+    d.push(b"GET / HTTP/1.0\r\n\r\n");
+    assert!(matches!(d.next_command(), Some(Err(Error::TooLarge(_)))));
+}
+
+#[test]
+fn responses_have_their_exact_bytes() {
+    assert_eq!(Response::Continue.encode(), b"\0\0\0\x01c");
+    assert_eq!(Response::Accept.encode(), b"\0\0\0\x01a");
+    assert_eq!(Response::TempFail.encode(), b"\0\0\0\x01t");
+    assert_eq!(
+        Response::Negotiate {
+            version: VERSION,
+            actions: 0x45,
+            steps: 0x10,
+        }
+        .encode(),
+        b"\0\0\0\x0dO\0\0\0\x06\0\0\0\x45\0\0\0\x10"
+    );
+    assert_eq!(
+        Response::ReplyCode("550 5.7.1 no".into()).encode(),
+        b"\0\0\0\x0ey550 5.7.1 no\0"
+    );
+    assert_eq!(
+        Response::AddHeader("X-A".into(), "b".into()).encode(),
+        b"\0\0\0\x07hX-A\0b\0"
+    );
+    assert_eq!(
+        Response::ChangeFrom("<prvs=1@x.test>".into(), Some("SIZE=5".into())).encode(),
+        b"\0\0\0\x18e<prvs=1@x.test>\0SIZE=5\0"
+    );
+    assert_eq!(
+        Response::DeleteRcpt("<a@b>".into()).encode(),
+        b"\0\0\0\x07-<a@b>\0"
+    );
+    assert_eq!(
+        Response::AddRcpt("<a@b>".into()).encode(),
+        b"\0\0\0\x07+<a@b>\0"
+    );
+    // a NUL or a line end inside a string cannot end it early or split a reply
+    assert_eq!(
+        Response::Quarantine("a\0b\r\nc".into()).encode(),
+        b"\0\0\0\x08qa b  c\0"
+    );
+}
