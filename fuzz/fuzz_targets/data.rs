@@ -134,7 +134,11 @@ fn check_spilling(input: &[u8], chunks: &[u8], limit: u64, keep: u64, whole: &Op
         let Some(r) = r else { continue };
         let whole = whole.as_ref().expect("ended only when spilling");
         assert_eq!(r.spilled, spill.len() as u64, "spilled count");
-        assert!(r.body.len() as u64 <= keep, "kept {} of {keep}", r.body.len());
+        assert!(
+            r.body.len() as u64 <= keep,
+            "kept {} of {keep}",
+            r.body.len()
+        );
         assert_eq!((r.size, r.too_big), (whole.size, whole.too_big));
         if !r.too_big {
             let mut all = r.body.clone();

@@ -4,11 +4,15 @@
 //! - the decoder never panics, and decoding in chunks gives the same commands (and the same
 //!   error) as decoding the input in one push; nothing follows an error;
 //! - every response encodes to a packet whose length field counts the rest of it, whose
-//!   strings hold no line end and exactly the NULs that end them.
+//!   strings hold no line end and exactly the NULs that end them;
+//! - a `Session` fed the same chunks (each end of message answered at once) never panics,
+//!   keeps at most `keep` bytes of a message, hands over one message at a time, and after
+//!   closing outputs nothing.
 
 #![no_main]
 
 use arbitrary::Arbitrary;
+use backstop_proto::milter::session::{Config, Output, Session};
 use backstop_proto::milter::{Command, Decoder, Error, Response};
 use libfuzzer_sys::fuzz_target;
 
@@ -48,6 +52,35 @@ fuzz_target!(|inp: Input| {
     split.push(rest);
     drain(&mut split, &mut pieces);
     assert_eq!(one, pieces);
+
+    let mut session = Session::new(Config {
+        actions: 0x7f,
+        keep: 64,
+    });
+    let mut closed = false;
+    let mut feed = |bytes: &[u8], s: &mut Session| {
+        let mut out: std::collections::VecDeque<Output> = s.handle_input(bytes).into();
+        while let Some(o) = out.pop_front() {
+            assert!(!closed, "output after the close: {o:?}");
+            match o {
+                Output::EndOfMessage(m) => {
+                    assert!(m.head.len() <= 64);
+                    assert!(m.size >= m.head.len() as u64);
+                    assert!(out.iter().all(|o| !matches!(o, Output::EndOfMessage(_))));
+                    out.extend(s.resolve(vec![Response::Continue]));
+                }
+                Output::Close(_) => closed = true,
+                Output::Send(_) => {}
+            }
+        }
+    };
+    let mut rest = &inp.input[..];
+    for c in &inp.chunks {
+        let n = usize::from(*c).min(rest.len());
+        feed(&rest[..n], &mut session);
+        rest = &rest[n..];
+    }
+    feed(rest, &mut session);
 
     let (a, b) = (inp.a, inp.b);
     let strings = [

@@ -168,3 +168,159 @@ fn responses_have_their_exact_bytes() {
         b"\0\0\0\x08qa b  c\0"
     );
 }
+
+mod session {
+    use super::packet;
+    use backstop_proto::milter::session::{Config, Output, Session};
+    use backstop_proto::milter::{Response, actions};
+
+    fn sent(out: &[Output]) -> Vec<u8> {
+        out.iter()
+            .flat_map(|o| match o {
+                Output::Send(b) => b.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn cfg(keep: usize) -> Config {
+        Config {
+            actions: actions::ADD_HEADERS | actions::CHANGE_FROM | actions::QUARANTINE,
+            keep,
+        }
+    }
+
+    fn negotiate() -> Vec<u8> {
+        let mut d = 6u32.to_be_bytes().to_vec();
+        d.extend_from_slice(&0x1ffu32.to_be_bytes());
+        d.extend_from_slice(&0x1fffffu32.to_be_bytes());
+        packet(b'O', &d)
+    }
+
+    fn message(subject: &str) -> Vec<u8> {
+        let mut w = Vec::new();
+        w.extend(packet(b'D', b"M{auth_authen}\0alice\0"));
+        w.extend(packet(b'M', b"<alice@example.test>\0"));
+        w.extend(packet(b'R', b"<bob@remote.test>\0"));
+        w.extend(packet(b'R', b"<carol@remote.test>\0NOTIFY=NEVER\0"));
+        w.extend(packet(b'T', b""));
+        w.extend(packet(b'L', format!("Subject\0{subject}\0").as_bytes()));
+        w.extend(packet(b'N', b""));
+        w.extend(packet(b'B', b"0123456789"));
+        w.extend(packet(b'E', b""));
+        w
+    }
+
+    #[test]
+    fn a_message_is_handed_over_at_its_end_and_the_answer_goes_back() {
+        let mut s = Session::new(cfg(1000));
+        let mut wire = negotiate();
+        wire.extend(packet(b'D', b"Cj\0mx.example.test\0"));
+        wire.extend(packet(b'C', b"client.test\x004\x9c\x40192.0.2.7\0"));
+        wire.extend(packet(b'H', b"client.test\0"));
+        wire.extend(message("hello"));
+        let out = s.handle_input(&wire);
+        // negotiation keeps only what both allow; then continue to C, H, M, R, R, T, L, N, B
+        let mut want = Response::Negotiate {
+            version: 6,
+            actions: 0x61 & 0x1ff,
+            steps: 0,
+        }
+        .encode();
+        for _ in 0..9 {
+            want.extend(Response::Continue.encode());
+        }
+        assert_eq!(sent(&out), want);
+        let Some(Output::EndOfMessage(m)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(m.client.address, "192.0.2.7");
+        assert_eq!((m.client.family, m.client.port), (b'4', 40000));
+        assert_eq!(m.helo, "client.test");
+        assert_eq!(m.from, ["<alice@example.test>"]);
+        assert_eq!(m.rcpts.len(), 2);
+        assert_eq!(m.rcpts[1], ["<carol@remote.test>", "NOTIFY=NEVER"]);
+        assert_eq!(m.macro_value("{auth_authen}"), Some("alice"));
+        assert_eq!(m.macro_value("j"), Some("mx.example.test"));
+        assert_eq!(m.head, b"Subject: hello\r\n\r\n0123456789");
+        assert_eq!(m.size, 28);
+
+        // nothing more is read until the answer, then the answer leaves in order
+        assert!(s.handle_input(&packet(b'Q', b"")).is_empty());
+        let answer = vec![
+            Response::AddHeader("X-Backstop".into(), "yes".into()),
+            Response::Continue,
+        ];
+        let out = s.resolve(answer.clone());
+        let mut want: Vec<u8> = Vec::new();
+        for r in &answer {
+            want.extend(r.encode());
+        }
+        assert_eq!(out[0], Output::Send(want));
+        assert_eq!(out[1], Output::Close(None));
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn the_next_message_starts_clean_and_keeps_the_connection_macros() {
+        let mut s = Session::new(cfg(8));
+        let mut wire = negotiate();
+        wire.extend(packet(b'D', b"Cj\0mx.example.test\0"));
+        wire.extend(packet(b'C', b"client.test\x004\x9c\x40192.0.2.7\0"));
+        wire.extend(message("first"));
+        s.handle_input(&wire);
+        // only `keep` bytes are kept, all are counted
+        s.resolve(vec![Response::Continue]);
+        let mut second = packet(b'A', b"");
+        second.extend(packet(b'M', b"<>\0"));
+        second.extend(packet(b'R', b"<bob@example.test>\0"));
+        second.extend(packet(b'E', b""));
+        let out = s.handle_input(&second);
+        let Some(Output::EndOfMessage(m)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(m.from, ["<>"]);
+        assert_eq!(m.rcpts, [["<bob@example.test>"]]);
+        assert_eq!(
+            m.macro_value("{auth_authen}"),
+            None,
+            "that was the first message's"
+        );
+        assert_eq!(m.macro_value("j"), Some("mx.example.test"));
+        assert_eq!(m.client.address, "192.0.2.7");
+        assert!(m.head.is_empty());
+        // a new connection on the same socket forgets the client
+        s.resolve(vec![Response::Continue]);
+        let mut third = packet(b'K', b"");
+        third.extend(packet(b'M', b"<x@y.test>\0"));
+        third.extend(packet(b'E', b""));
+        let out = s.handle_input(&third);
+        let Some(Output::EndOfMessage(m)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(m.client.address, "");
+        assert_eq!(m.macro_value("j"), None);
+    }
+
+    #[test]
+    fn the_head_is_bounded_and_bad_input_closes() {
+        let mut s = Session::new(cfg(8));
+        let mut wire = negotiate();
+        wire.extend(message("a long subject"));
+        let out = s.handle_input(&wire);
+        let Some(Output::EndOfMessage(m)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(m.head, b"Subject:");
+        assert_eq!(m.size, 37);
+        s.resolve(vec![]);
+        let out = s.handle_input(b"\0\0\0\x01Z");
+        assert!(
+            matches!(out.last(), Some(Output::Close(Some(_)))),
+            "{out:?}"
+        );
+        assert!(s.handle_input(&packet(b'Q', b"")).is_empty());
+        // an answer nobody asked for sends nothing
+        assert!(s.resolve(vec![Response::Accept]).is_empty());
+    }
+}

@@ -5,9 +5,11 @@
 //! data; strings inside are NUL-terminated.
 //! Responsible for: framing with a bound on a packet's size, reading each command's fields, and
 //! writing each response and modification.
-//! Not responsible for: the order of commands in a session or what to answer (the gateway's
-//! milter front end decides), or reading and writing sockets. Input that is not a packet is
+//! Not responsible for: what to answer (the gateway decides; [`session`] keeps a connection's
+//! state and asks it at the end of each message), or reading and writing sockets. Input that is not a packet is
 //! an [`Error`]; the caller closes the connection.
+
+pub mod session;
 
 /// The protocol version spoken.
 pub const VERSION: u32 = 6;
