@@ -9,9 +9,40 @@
 
 use super::Ladder;
 use crate::backscatter::Stopped;
+use crate::backscatter::verdict::{BatvEvidence, Verdict};
+use crate::config::BackscatterAction;
 use crate::telemetry::{Client, Event};
-use backstop_proto::address::ReversePath;
+use backstop_proto::address::{Mailbox, ReversePath};
 use backstop_proto::smtp::reply::{Enhanced, Reply};
+
+/// What the bounce judge leaves a front end to do with a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// Deliver it, with this header first (the domain tags backscatter).
+    Deliver(Option<String>),
+    /// Answer the client with this reply (and the reason recorded for it); deliver nothing.
+    Answer(Reply, &'static str),
+    /// Keep it aside, not delivered (the domain quarantines backscatter), for these reasons.
+    Quarantine(String),
+}
+
+/// A message as the bounce judge sees it.
+pub struct Judging<'a> {
+    /// The client and the message's id, for the log.
+    pub client: std::net::IpAddr,
+    /// The message's id.
+    pub id: &'a str,
+    /// Its sender.
+    pub from: &'a ReversePath,
+    /// Its recipients (BATV tags stripped).
+    pub rcpts: &'a [Mailbox],
+    /// The weakest BATV evidence of its recipients.
+    pub batv: Option<BatvEvidence>,
+    /// Its first bytes (headers and the start of the body: what quotes the original).
+    pub head: &'a [u8],
+    /// The client may relay: its mail is ours, never judged as a bounce.
+    pub may_relay: bool,
+}
 
 impl Ladder {
     /// MAIL (Postfix: any state with a sender): a local sender that the sender watch holds
@@ -72,5 +103,81 @@ impl Ladder {
             action: "refused",
         });
         Some(reply)
+    }
+
+    /// The verdict on a bounce (sent log, quoted `Received:`, BATV) and what its domain's
+    /// `backscatter` action makes of it; counted, logged and, for backscatter, remembered.
+    /// Anything that is not a bounce, or comes from a relay client, is delivered untouched.
+    pub async fn judge(&self, m: Judging<'_>) -> Judged {
+        if m.may_relay {
+            return Judged::Deliver(None);
+        }
+        let (null, now) = (*m.from == ReversePath::Null, self.clock.unix());
+        let evidence = match self.guard.evidence(null, m.batv, m.head, now).await {
+            Ok(e) => e,
+            Err(e) if null => {
+                tracing::warn!(error = %e, "bounce not judged: store failed");
+                return Judged::Answer(super::rcpt::store_trouble(), "store-failure");
+            }
+            Err(_) => return Judged::Deliver(None),
+        };
+        if !evidence.bounce {
+            return Judged::Deliver(None);
+        }
+        let verdict = evidence.verdict();
+        let action = match verdict {
+            Verdict::Genuine => BackscatterAction::Accept,
+            Verdict::Backscatter => m
+                .rcpts
+                .first()
+                .and_then(|r| self.cfg.domain(r.domain()))
+                .map_or(BackscatterAction::Accept, |d| d.backscatter),
+        };
+        let reasons = evidence.to_string();
+        let mut labels = evidence.labels();
+        labels.push(action_label(action));
+        self.guard.count(&labels, now).await;
+        Event::BounceVerdict {
+            peer: m.client,
+            id: m.id,
+            verdict: verdict.as_str(),
+            reasons: &reasons,
+            action,
+        }
+        .emit();
+        if verdict == Verdict::Backscatter {
+            let to: Vec<String> = m.rcpts.iter().map(ToString::to_string).collect();
+            self.guard.stopped(Stopped {
+                at: now,
+                client: m.client.to_string(),
+                rcpt: to.join(","),
+                reasons: reasons.clone(),
+                action: action.label(),
+            });
+        }
+        match action {
+            BackscatterAction::Accept => Judged::Deliver(None),
+            BackscatterAction::Tag => Judged::Deliver(Some(format!(
+                "X-Backstop-Bounce: backscatter; reasons={reasons}\r\n"
+            ))),
+            BackscatterAction::Reject => Judged::Answer(
+                Reply::new(
+                    550,
+                    Enhanced::new(5, 7, 1),
+                    "Error: bounce not for mail sent from here",
+                ),
+                "backscatter",
+            ),
+            BackscatterAction::Quarantine => Judged::Quarantine(reasons),
+        }
+    }
+}
+
+fn action_label(a: BackscatterAction) -> &'static str {
+    match a {
+        BackscatterAction::Accept => "action=accept",
+        BackscatterAction::Tag => "action=tag",
+        BackscatterAction::Quarantine => "action=quarantine",
+        BackscatterAction::Reject => "action=reject",
     }
 }

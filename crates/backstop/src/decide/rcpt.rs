@@ -244,7 +244,7 @@ impl Verdict {
 /// The checks, with what they need. One per configuration generation, shared by every front
 /// end.
 pub struct Ladder {
-    cfg: Arc<Config>,
+    pub(super) cfg: Arc<Config>,
     verifier: Arc<Verifier>,
     pub(super) guard: Arc<Guard>,
     harvest: Arc<Harvest>,

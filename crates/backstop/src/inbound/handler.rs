@@ -3,12 +3,11 @@
 //! client hears `250`.
 
 use super::Context;
-use crate::backscatter::verdict::{BatvEvidence, Verdict};
-use crate::backscatter::{Stopped, quarantine};
-use crate::config::BackscatterAction;
+use crate::backscatter::quarantine;
+use crate::backscatter::verdict::BatvEvidence;
 use crate::config::{Listener, NextHop, RelayMode};
 use crate::content::{Content, FileRange, Spill};
-use crate::decide::rcpt::store_trouble;
+use crate::decide::message::{Judged, Judging};
 use crate::decide::{Facts, Reason, Tally, Verified};
 use crate::health::Role;
 use crate::policy::Outcome;
@@ -84,14 +83,6 @@ impl Body {
             ..Content::of(parts)
         }
     }
-}
-
-/// What the verdict on a message leaves to do.
-enum Judged {
-    /// Deliver it, with this header first.
-    Deliver(Option<String>),
-    /// Answer the client with this (and the reason recorded for it), deliver nothing.
-    Answer(Reply, &'static str),
 }
 
 /// Per-connection check resolver.
@@ -382,17 +373,6 @@ impl Handler {
         }
     }
 
-    /// Remembers a bounce stopped, for the dashboard.
-    fn stopped(&self, rcpt: &str, reasons: String, action: &'static str, at: u64) {
-        self.ctx.guard.stopped(Stopped {
-            at,
-            client: self.peer.ip().to_string(),
-            rcpt: rcpt.to_string(),
-            reasons,
-            action,
-        });
-    }
-
     /// A bounce goes to one recipient: more than one (from outside the relay networks) is
     /// the shape of backscatter.
     async fn data(&self, session: &Session) -> Reply {
@@ -484,10 +464,13 @@ impl Handler {
         };
         let mut trace =
             super::received(&self.ctx.cfg.hostname, session, self.peer, id, &rcpts, unix);
-        match self.judge(id, &tx.from, &rcpts, &trace, &body, unix).await {
+        let judged = self.judge((id, &tx.from, &rcpts), &trace, &body, unix);
+        match judged.await {
             Judged::Deliver(None) => {}
             Judged::Deliver(Some(header)) => trace.insert_str(0, &header),
             Judged::Answer(reply, reason) => return (reply, reason),
+            // carried out by `judge`
+            Judged::Quarantine(_) => {}
         }
         let sent_out = self.may_relay
             && rcpts
@@ -543,88 +526,38 @@ impl Handler {
         (reply, reason)
     }
 
-    /// The verdict on a message from outside the relay networks: delivered (with a header
-    /// to add, when tagged as backscatter) or answered here (refused, or quarantined).
+    /// The bounce judge's verdict, as this listener carries it out (a quarantined message
+    /// is kept under `state_dir/quarantine`).
     async fn judge(
         &mut self,
-        id: &str,
-        from: &ReversePath,
-        rcpts: &[Mailbox],
+        (id, from, rcpts): (&str, &ReversePath, &[Mailbox]),
         trace: &str,
         body: &Body,
         now: u64,
     ) -> Judged {
-        if self.may_relay {
-            return Judged::Deliver(None);
-        }
-        let null = *from == ReversePath::Null;
-        let evidence = match self
-            .ctx
-            .guard
-            .evidence(null, self.txn.batv, &body.head, now)
-            .await
-        {
-            Ok(e) => e,
-            Err(e) if null => {
-                tracing::warn!(error = %e, "bounce not judged: store failed");
-                return Judged::Answer(store_trouble(), "store-failure");
-            }
-            Err(_) => return Judged::Deliver(None),
-        };
-        if !evidence.bounce {
-            return Judged::Deliver(None);
-        }
-        let verdict = evidence.verdict();
-        let action = match verdict {
-            Verdict::Genuine => BackscatterAction::Accept,
-            Verdict::Backscatter => rcpts
-                .first()
-                .and_then(|r| self.ctx.cfg.domain(r.domain()))
-                .map_or(BackscatterAction::Accept, |d| d.backscatter),
-        };
-        let reasons = evidence.to_string();
-        let mut labels = evidence.labels();
-        labels.push(action_label(action));
-        self.ctx.guard.count(&labels, now).await;
-        Event::BounceVerdict {
-            peer: self.peer.ip(),
+        let judging = Judging {
+            client: self.peer.ip(),
             id,
-            verdict: verdict.as_str(),
-            reasons: &reasons,
-            action,
-        }
-        .emit();
-        if verdict == Verdict::Backscatter {
-            let to: Vec<String> = rcpts.iter().map(ToString::to_string).collect();
-            self.stopped(&to.join(","), reasons.clone(), action.label(), now);
-        }
-        match action {
-            BackscatterAction::Accept => Judged::Deliver(None),
-            BackscatterAction::Tag => Judged::Deliver(Some(format!(
-                "X-Backstop-Bounce: backscatter; reasons={reasons}\r\n"
-            ))),
-            BackscatterAction::Reject => Judged::Answer(
-                Reply::new(
-                    550,
-                    Enhanced::new(5, 7, 1),
-                    "Error: bounce not for mail sent from here",
-                ),
-                "backscatter",
-            ),
-            BackscatterAction::Quarantine => Judged::Answer(
-                self.quarantine(quarantine::Kept {
-                    id: id.to_string(),
-                    arrived: now,
-                    from: from.to_string(),
-                    to: rcpts.iter().map(ToString::to_string).collect(),
-                    reasons,
-                    trace: trace.to_string(),
-                    body: body.content(Vec::new()),
-                })
-                .await,
-                "quarantined",
-            ),
-        }
+            from,
+            rcpts,
+            batv: self.txn.batv,
+            head: &body.head,
+            may_relay: self.may_relay,
+        };
+        let judged = self.ctx.ladder.judge(judging).await;
+        let Judged::Quarantine(reasons) = judged else {
+            return judged;
+        };
+        let kept = quarantine::Kept {
+            id: id.to_string(),
+            arrived: now,
+            from: from.to_string(),
+            to: rcpts.iter().map(ToString::to_string).collect(),
+            reasons,
+            trace: trace.to_string(),
+            body: body.content(Vec::new()),
+        };
+        Judged::Answer(self.quarantine(kept).await, "quarantined")
     }
 
     /// Keeps a message under `state_dir/quarantine`; `250` once it is on disk.
@@ -730,15 +663,6 @@ impl Handler {
             .emit();
         }
         reply
-    }
-}
-
-fn action_label(a: BackscatterAction) -> &'static str {
-    match a {
-        BackscatterAction::Accept => "action=accept",
-        BackscatterAction::Tag => "action=tag",
-        BackscatterAction::Quarantine => "action=quarantine",
-        BackscatterAction::Reject => "action=reject",
     }
 }
 
