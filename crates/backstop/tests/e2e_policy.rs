@@ -192,6 +192,19 @@ fn the_policy_protocol_keeps_a_connection_ignores_unknown_attributes_and_refuses
         ask(&mut s, &request("x@elsewhere.test", "")).as_deref(),
         Some("action=DUNNO\n\n")
     );
+    assert_eq!(
+        b.count_reaching(
+            &[
+                "to=<x@elsewhere.test>",
+                "reason=\"not-ours\"",
+                "reply=\"250 DUNNO (not one of our domains: Postfix decides)\""
+            ],
+            1
+        ),
+        1,
+        "{}",
+        b.log()
+    );
     let other_state =
         "request=smtpd_access_policy\nprotocol_state=CONNECT\nclient_address=192.0.2.9\n\n";
     assert_eq!(

@@ -154,12 +154,17 @@ impl Conn {
         } else {
             v.answer()
         };
+        // what Postfix was told about a domain that is not ours: nothing (DUNNO)
+        let dunno = backstop_proto::smtp::reply::Reply::plain(
+            250,
+            "DUNNO (not one of our domains: Postfix decides)",
+        );
         Event::Rcpt {
             client,
             id: req.value("queue_id"),
             from: &from,
             rcpt: &v.rcpt,
-            reply: &v.reply,
+            reply: if not_ours { &dunno } else { &v.reply },
             result,
             reason: if not_ours {
                 "not-ours"
