@@ -243,3 +243,208 @@ fn the_policy_protocol_keeps_a_connection_ignores_unknown_attributes_and_refuses
         b.log()
     );
 }
+
+const FORGED_BOUNCE: &str = "From: MAILER-DAEMON@spam-victim.test\r\n\
+Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\
+--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.spam-victim.test\r\n\r\n\
+Final-Recipient: rfc822; nobody@spam-victim.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n\
+--b\r\nContent-Type: text/rfc822-headers\r\n\r\n\
+Received: from botnet.test by mx.spam-victim.test; Mon, 23 Nov 2026 10:00:00 +0000\r\n\
+Message-ID: <never-sent@example.test>\r\nFrom: RCPT\r\nSubject: cheap pills\r\n\r\n--b--\r\n";
+
+/// A message through `at`: the reply to the end of DATA.
+fn send(at: SocketAddr, from: &str, rcpt: &str, body: &str) -> String {
+    let (mut c, _) = Client::connect(at);
+    c.cmd("EHLO mx.spam-victim.test");
+    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(format!("{}.\r\n", body.replace("RCPT", rcpt)).as_bytes());
+    let end = c.reply();
+    c.cmd("QUIT");
+    end
+}
+
+#[test]
+fn a_postfix_with_backstops_milter_refuses_or_tags_forged_bounces_per_domain() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("users");
+    std::fs::write(&list, "alice@example.test\ncarol@tagged.test\n").unwrap();
+    let milter = free_port();
+    let domain = |name: &str, action: &str| {
+        format!(
+            "[[domain]]\nname = \"{name}\"\nrecipients = [\"list:{}\"]\nnext_hop = \"maildir:m\"\n\
+             backscatter = \"{action}\"\n",
+            list.display()
+        )
+    };
+    let text = format!(
+        "hostname = \"mx.example.test\"\nstate_dir = {:?}\n\
+         [[listen]]\naddr = \"127.0.0.1:0\"\n\
+         [[listen]]\naddr = \"127.0.0.1:{milter}\"\nprotocol = \"milter\"\n{}{}",
+        dir.path().join("state").display().to_string(),
+        domain("example.test", "reject"),
+        domain("tagged.test", "tag"),
+    );
+    let b = Backstop::start(dir.path(), &text);
+    let line = format!("listening on 127.0.0.1:{milter} (milter)");
+    assert_eq!(b.count_reaching(&[&line], 1), 1, "{}", b.log());
+    let s = sink.port;
+    let edge = Postfix::gateway_with(
+        "example.test",
+        s,
+        &format!(
+            "relay_domains = example.test, tagged.test\n\
+             transport_maps = inline:{{ example.test=smtp:[127.0.0.1]:{s}, tagged.test=smtp:[127.0.0.1]:{s} }}\n\
+             smtpd_milters = inet:127.0.0.1:{milter}\nmilter_default_action = tempfail"
+        ),
+    );
+    let at: SocketAddr = format!("127.0.0.1:{}", edge.port).parse().unwrap();
+
+    // example.test rejects backscatter: refused at the end of data, in backstop's words
+    let end = send(at, "", "alice@example.test", FORGED_BOUNCE);
+    assert_eq!(end, "550 5.7.1 Error: bounce not for mail sent from here");
+    // tagged.test tags it: delivered with the verdict in a header
+    let end = send(at, "", "carol@tagged.test", FORGED_BOUNCE);
+    assert!(end.starts_with("250"), "{end}");
+    // ordinary mail passes untouched
+    let end = send(
+        at,
+        "a@client.test",
+        "alice@example.test",
+        "Subject: hi\r\n\r\nhello\r\n",
+    );
+    assert!(end.starts_with("250"), "{end}");
+    let got = sink.wait_for(2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let tagged = got
+        .iter()
+        .find(|m| m.contains("cheap pills"))
+        .expect("the tagged bounce");
+    assert!(
+        tagged.contains("X-Backstop-Bounce: backscatter; reasons=msgid=unknown,relay=foreign"),
+        "{tagged}"
+    );
+    assert!(
+        got.iter()
+            .any(|m| m.contains("hello") && !m.contains("X-Backstop-Bounce"))
+    );
+    assert_eq!(
+        b.count(&["event=\"bounce_verdict\"", "verdict=\"backscatter\""]),
+        2,
+        "{}",
+        b.log()
+    );
+}
+
+#[test]
+fn through_the_milter_mail_leaves_signed_and_its_real_bounce_comes_back_untagged() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("users");
+    std::fs::write(&list, "alice@example.test\n").unwrap();
+    let milter = free_port();
+    let text = format!(
+        "hostname = \"mx.example.test\"\nstate_dir = {:?}\n\
+         [[listen]]\naddr = \"127.0.0.1:0\"\n\
+         [[listen]]\naddr = \"127.0.0.1:{milter}\"\nprotocol = \"milter\"\n\
+         relay_from = [\"127.0.0.2/32\"]\n\
+         [[domain]]\nname = \"example.test\"\nrecipients = [\"list:{}\"]\nnext_hop = \"maildir:m\"\n\
+         batv = \"enforce\"\nbackscatter = \"reject\"\n\
+         [batv]\nkeys = [\"1:0123456789abcdef0123\"]\n",
+        dir.path().join("state").display().to_string(),
+        list.display()
+    );
+    let b = Backstop::start(dir.path(), &text);
+    let line = format!("listening on 127.0.0.1:{milter} (milter, relay_from)");
+    assert_eq!(b.count_reaching(&[&line], 1), 1, "{}", b.log());
+    let s = sink.port;
+    // the edge relays for its mynetworks (127.0.0.2: our users) and receives example.test
+    let edge = Postfix::gateway_with(
+        "example.test",
+        s,
+        &format!(
+            "transport_maps = inline:{{ example.test=smtp:[127.0.0.1]:{s}, remote.test=smtp:[127.0.0.1]:{s} }}\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
+             smtpd_milters = inet:127.0.0.1:{milter}\nmilter_default_action = tempfail"
+        ),
+    );
+    let at: SocketAddr = format!("127.0.0.1:{}", edge.port).parse().unwrap();
+
+    // alice writes out, from the users' network
+    let (code, t) = swaks(
+        at,
+        &[
+            "--local-interface",
+            "127.0.0.2",
+            "--from",
+            "alice@example.test",
+            "--to",
+            "bob@remote.test",
+            "--header",
+            "Message-ID: <out-1@example.test>",
+        ],
+    );
+    assert_eq!(code, 0, "{t}");
+    let out = sink.wait_for(1);
+    let mail_args = out[0]
+        .lines()
+        .find(|l| l.starts_with("X-Mail-Args:"))
+        .expect("X-Mail-Args");
+    let tagged = mail_args
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_matches(['<', '>']);
+    assert!(
+        tagged.starts_with("prvs=") && tagged.ends_with("=alice@example.test"),
+        "{mail_args}"
+    );
+
+    // the real bounce, to the tagged address, quoting what was sent: delivered, untagged
+    let bounce = FORGED_BOUNCE
+        .replace("<never-sent@example.test>", "<out-1@example.test>")
+        .replace("RCPT", "alice@example.test");
+    let (mut c, _) = Client::connect(at);
+    c.cmd("EHLO mx.remote.test");
+    assert!(c.cmd("MAIL FROM:<>").starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{tagged}>")).starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(format!("{bounce}.\r\n").as_bytes());
+    let end = c.reply();
+    assert!(end.starts_with("250"), "{end}");
+    c.cmd("QUIT");
+    let got = sink.wait_for(2);
+    let back = got
+        .iter()
+        .find(|m| m.contains("cheap pills"))
+        .expect("the bounce");
+    assert!(back.contains("X-Rcpt-Args: <alice@example.test>"), "{back}");
+    // (Postfix's own Received: still says which address it was sent to)
+    assert!(
+        back.lines()
+            .filter(|l| l.starts_with("X-Rcpt-Args:"))
+            .all(|l| !l.contains("prvs=")),
+        "{back}"
+    );
+    assert!(!back.contains("X-Backstop-Bounce"), "{back}");
+    assert_eq!(
+        b.count_reaching(&["event=\"bounce_verdict\"", "verdict=\"genuine\""], 1),
+        1,
+        "{}",
+        b.log()
+    );
+
+    // the same bounce to alice untagged: example.test enforces, refused at the end of data
+    let (mut c, _) = Client::connect(at);
+    c.cmd("EHLO mx.remote.test");
+    assert!(c.cmd("MAIL FROM:<>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(format!("{bounce}.\r\n").as_bytes());
+    let end = c.reply();
+    assert!(end.starts_with("550 5.7.1"), "{end}");
+}

@@ -564,6 +564,8 @@ pub enum Protocol {
     /// Postfix's policy delegation (`check_policy_service`): Postfix is the gateway and asks
     /// backstop about each recipient.
     Policy,
+    /// The milter protocol (`smtpd_milters`): the MTA shows backstop each message at its end.
+    Milter,
 }
 
 /// One listener (`[[listen]]`).

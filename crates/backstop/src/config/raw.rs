@@ -987,18 +987,19 @@ impl RawListener {
         let protocol = match self.protocol.as_deref().unwrap_or("smtp") {
             "smtp" => Protocol::Smtp,
             "policy" => Protocol::Policy,
+            "milter" => Protocol::Milter,
             other => {
                 return Err(invalid(
                     key("protocol"),
-                    format!("{other:?} is not \"smtp\" or \"policy\""),
+                    format!("{other:?} is not \"smtp\", \"policy\" or \"milter\""),
                 ));
             }
         };
-        if protocol == Protocol::Policy && tls_cert.is_some() {
+        if protocol != Protocol::Smtp && tls_cert.is_some() {
             return Err(invalid(
                 key("tls_cert"),
-                "a policy listener has no TLS (Postfix speaks to it in plain text: bind it \
-                 to 127.0.0.1 or a private network)",
+                "a policy or milter listener has no TLS (the MTA speaks to it in plain text: \
+                 bind it to 127.0.0.1 or a private network)",
             ));
         }
         Ok(Listener {

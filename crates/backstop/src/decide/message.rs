@@ -105,6 +105,26 @@ impl Ladder {
         Some(reply)
     }
 
+    /// Mail a relay client sends out, to a domain that is not ours: recorded in the sent log
+    /// (so the bounces it draws are known to answer our mail), and its envelope sender with a
+    /// BATV tag where its domain signs. The sender to use instead, if it changes.
+    pub async fn outgoing(
+        &self,
+        (id, head): (&str, &[u8]),
+        from: &ReversePath,
+        rcpts: &[Mailbox],
+    ) -> Option<ReversePath> {
+        if rcpts.iter().all(|r| self.cfg.domain(r.domain()).is_some()) {
+            return None;
+        }
+        let now = self.clock.unix();
+        if let Err(e) = self.guard.record_sent(head, now).await {
+            tracing::warn!(error = %e, id, "message not recorded in the sent log");
+        }
+        let signed = self.guard.tags().sign(&self.cfg, from, now);
+        (signed != *from).then_some(signed)
+    }
+
     /// The verdict on a bounce (sent log, quoted `Received:`, BATV) and what its domain's
     /// `backscatter` action makes of it; counted, logged and, for backscatter, remembered.
     /// Anything that is not a bounce, or comes from a relay client, is delivered untouched.

@@ -383,7 +383,7 @@ impl Ladder {
     /// Checks and strips a BATV tag: the address to verify, what its tag said and the step,
     /// or the refusal.
     #[allow(clippy::type_complexity)]
-    async fn batv(
+    pub async fn batv(
         &self,
         facts: &Facts<'_>,
     ) -> Result<(Mailbox, Option<BatvEvidence>, Vec<String>), Verdict> {

@@ -7,6 +7,7 @@
 
 mod driver;
 mod handler;
+mod milter;
 mod postfix_policy;
 pub mod tls;
 
@@ -172,6 +173,7 @@ impl Listeners {
             let bound = listener.local_addr().unwrap_or(addr);
             let tls = match (setup.config.protocol, setup.tls.is_some()) {
                 (Protocol::Policy, _) => "Postfix policy service",
+                (Protocol::Milter, _) => "milter",
                 (Protocol::Smtp, true) => "STARTTLS",
                 (Protocol::Smtp, false) => "no TLS",
             };
@@ -277,6 +279,7 @@ async fn accept_loop(
                         match setup.config.protocol {
                             Protocol::Smtp => driver::run(stream, peer, &setup, sd).await,
                             Protocol::Policy => postfix_policy::run(stream, peer, &setup, sd).await,
+                            Protocol::Milter => milter::run(stream, peer, &setup, sd).await,
                         }
                         drop(alive);
                     });
