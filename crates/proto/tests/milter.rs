@@ -191,9 +191,14 @@ mod session {
     }
 
     fn negotiate() -> Vec<u8> {
+        offering(0x1fffff)
+    }
+
+    /// Negotiation from an MTA offering these steps.
+    fn offering(steps: u32) -> Vec<u8> {
         let mut d = 6u32.to_be_bytes().to_vec();
         d.extend_from_slice(&0x1ffu32.to_be_bytes());
-        d.extend_from_slice(&0x1fffffu32.to_be_bytes());
+        d.extend_from_slice(&steps.to_be_bytes());
         packet(b'O', &d)
     }
 
@@ -220,16 +225,14 @@ mod session {
         wire.extend(packet(b'H', b"client.test\0"));
         wire.extend(message("hello"));
         let out = s.handle_input(&wire);
-        // negotiation keeps only what both allow; then continue to C, H, M, R, R, T, L, N, B
-        let mut want = Response::Negotiate {
+        // negotiation keeps only the actions both allow, and asks for no reply to any step
+        // but the end of the message, and no DATA or unknown commands
+        let want = Response::Negotiate {
             version: 6,
             actions: 0x61 & 0x1ff,
-            steps: 0,
+            steps: 0xff000 | 0x80 | 0x100 | 0x200,
         }
         .encode();
-        for _ in 0..9 {
-            want.extend(Response::Continue.encode());
-        }
         assert_eq!(sent(&out), want);
         let Some(Output::EndOfMessage(m)) = out.last() else {
             panic!("{out:?}")
@@ -259,6 +262,28 @@ mod session {
         assert_eq!(out[0], Output::Send(want));
         assert_eq!(out[1], Output::Close(None));
         assert!(s.is_closed());
+    }
+
+    #[test]
+    fn an_mta_that_expects_every_reply_gets_continue_to_every_step() {
+        let mut s = Session::new(cfg(1000));
+        let mut wire = offering(0);
+        wire.extend(packet(b'C', b"client.test\x004\x9c\x40192.0.2.7\0"));
+        wire.extend(packet(b'H', b"client.test\0"));
+        wire.extend(message("hello"));
+        let out = s.handle_input(&wire);
+        let mut want = Response::Negotiate {
+            version: 6,
+            actions: 0x61,
+            steps: 0,
+        }
+        .encode();
+        // C, H, M, R, R, T, L, N, B
+        for _ in 0..9 {
+            want.extend(Response::Continue.encode());
+        }
+        assert_eq!(sent(&out), want);
+        assert!(matches!(out.last(), Some(Output::EndOfMessage(_))));
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub async fn run(
         keep: usize::try_from(setup.ctx.cfg.limits.message_in_memory).unwrap_or(usize::MAX),
     };
     let mut session = Session::new(cfg);
+    // one small answer per request, waited for: never hold it back for more to send
+    let _ = stream.set_nodelay(true);
     let idle = setup.ctx.cfg.limits.idle_timeout;
     let mut buf = vec![0u8; 65536];
     let mut outputs = std::collections::VecDeque::new();

@@ -38,6 +38,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut reader, mut conn) = (Reader::new(), Conn::default());
+    // one small answer per request, waited for: never hold it back for more to send
+    let _ = stream.set_nodelay(true);
     let idle = setup.ctx.cfg.limits.idle_timeout;
     let mut buf = vec![0u8; 8192];
     loop {

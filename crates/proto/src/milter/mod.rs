@@ -54,6 +54,22 @@ pub mod steps {
     pub const NO_DATA: u32 = 0x200;
     /// Rejected recipients are sent too.
     pub const RCPT_REJECTED: u32 = 0x800;
+    /// No reply to CONNECT.
+    pub const NR_CONNECT: u32 = 0x1000;
+    /// No reply to HELO.
+    pub const NR_HELO: u32 = 0x2000;
+    /// No reply to MAIL.
+    pub const NR_MAIL: u32 = 0x4000;
+    /// No reply to RCPT.
+    pub const NR_RCPT: u32 = 0x8000;
+    /// No reply to DATA.
+    pub const NR_DATA: u32 = 0x10000;
+    /// No reply to unknown commands.
+    pub const NR_UNKNOWN: u32 = 0x20000;
+    /// No reply to the end of headers.
+    pub const NR_EOH: u32 = 0x40000;
+    /// No reply to body chunks.
+    pub const NR_BODY: u32 = 0x80000;
 }
 
 /// One command from the MTA.

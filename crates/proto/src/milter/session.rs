@@ -1,13 +1,28 @@
 //! One milter connection, sans IO: the MTA's bytes in; bytes to send, the finished message for
 //! the gateway to judge, and the close out.
 //!
-//! Responsible for: negotiation, what a message is made of as it arrives (macros, client,
-//! HELO, envelope, headers, the first `keep` bytes of header and body), answering `continue`
-//! to every step but the end of the message, and sending the gateway's answer to that.
+//! Responsible for: negotiation (asking the MTA to expect no reply to any step but the end of
+//! the message, where it offers that), what a message is made of as it arrives (macros,
+//! client, HELO, envelope, headers, the first `keep` bytes of header and body), `continue` to
+//! the steps that still expect a reply, and sending the gateway's answer at the end.
 //! Not responsible for: any verdict (the gateway answers [`Output::EndOfMessage`] with
 //! [`Session::resolve`]), or sockets.
 
-use super::{Command, Decoder, Error, Response, VERSION};
+use super::{Command, Decoder, Error, Response, VERSION, steps};
+
+/// What the session asks the MTA to leave out: every reply but the one at the end of the
+/// message (each would cost the MTA a round trip per message), unknown commands and DATA.
+const WANTED_STEPS: u32 = steps::NR_CONNECT
+    | steps::NR_HELO
+    | steps::NR_MAIL
+    | steps::NR_RCPT
+    | steps::NR_DATA
+    | steps::NR_UNKNOWN
+    | steps::NR_EOH
+    | steps::NR_BODY
+    | steps::NO_REPLY_HEADER
+    | steps::NO_UNKNOWN
+    | steps::NO_DATA;
 
 /// What the filter wants from the MTA.
 #[derive(Clone, Debug)]
@@ -83,6 +98,8 @@ pub struct Session {
     msg: Message,
     /// An end of message is waiting for its answer.
     pending: bool,
+    /// The steps the MTA agreed to: which commands get no reply.
+    steps: u32,
     closed: bool,
 }
 
@@ -95,6 +112,7 @@ impl Session {
             connection_macros: Vec::new(),
             msg: Message::default(),
             pending: false,
+            steps: 0,
             closed: false,
         }
     }
@@ -159,22 +177,28 @@ impl Session {
         }
     }
 
-    fn cont() -> Option<Output> {
-        Some(Output::Send(Response::Continue.encode()))
+    /// `continue`, unless the MTA agreed that this step (`no_reply`) gets no reply.
+    fn cont(&self, no_reply: u32) -> Option<Output> {
+        (self.steps & no_reply == 0).then(|| Output::Send(Response::Continue.encode()))
     }
 
     fn command(&mut self, cmd: Command) -> Option<Output> {
         match cmd {
             Command::Negotiate {
-                version, actions, ..
-            } => Some(Output::Send(
-                Response::Negotiate {
-                    version: version.min(VERSION),
-                    actions: actions & self.cfg.actions,
-                    steps: 0,
-                }
-                .encode(),
-            )),
+                version,
+                actions,
+                steps,
+            } => {
+                self.steps = steps & WANTED_STEPS;
+                Some(Output::Send(
+                    Response::Negotiate {
+                        version: version.min(VERSION),
+                        actions: actions & self.cfg.actions,
+                        steps: self.steps,
+                    }
+                    .encode(),
+                ))
+            }
             Command::Macros { of, pairs } => {
                 if matches!(of, b'C' | b'H') {
                     self.connection_macros.extend(pairs.iter().cloned());
@@ -194,11 +218,11 @@ impl Session {
                     port,
                     address,
                 };
-                Session::cont()
+                self.cont(steps::NR_CONNECT)
             }
             Command::Helo(helo) => {
                 self.msg.helo = helo;
-                Session::cont()
+                self.cont(steps::NR_HELO)
             }
             Command::Mail(args) => {
                 // macros sent for this MAIL came just before it
@@ -206,7 +230,7 @@ impl Session {
                 self.msg = self.fresh_message();
                 self.msg.macros.extend(mail_macros);
                 self.msg.from = args;
-                Session::cont()
+                self.cont(steps::NR_MAIL)
             }
             other => self.message_command(other),
         }
@@ -218,11 +242,25 @@ impl Session {
     }
 
     fn message_command(&mut self, cmd: Command) -> Option<Output> {
-        match cmd {
-            Command::Rcpt(args) => self.msg.rcpts.push(args),
-            Command::Header(name, value) => self.keep(format!("{name}: {value}\r\n").as_bytes()),
-            Command::EndOfHeaders => self.keep(b"\r\n"),
-            Command::Body(chunk) => self.keep(&chunk),
+        let no_reply = match cmd {
+            Command::Rcpt(args) => {
+                self.msg.rcpts.push(args);
+                steps::NR_RCPT
+            }
+            Command::Header(name, value) => {
+                self.keep(format!("{name}: {value}\r\n").as_bytes());
+                steps::NO_REPLY_HEADER
+            }
+            Command::EndOfHeaders => {
+                self.keep(b"\r\n");
+                steps::NR_EOH
+            }
+            Command::Body(chunk) => {
+                self.keep(&chunk);
+                steps::NR_BODY
+            }
+            Command::Data => steps::NR_DATA,
+            Command::Unknown(_) => steps::NR_UNKNOWN,
             Command::EndOfMessage => {
                 self.pending = true;
                 return Some(Output::EndOfMessage(Box::new(self.msg.clone())));
@@ -240,15 +278,14 @@ impl Session {
                 self.closed = true;
                 return Some(Output::Close(None));
             }
-            Command::Data | Command::Unknown(_) => {}
             // handled in `command`
             Command::Negotiate { .. }
             | Command::Macros { .. }
             | Command::Connect { .. }
             | Command::Helo(_)
-            | Command::Mail(_) => {}
-        }
-        Session::cont()
+            | Command::Mail(_) => 0,
+        };
+        self.cont(no_reply)
     }
 
     fn keep(&mut self, bytes: &[u8]) {
