@@ -10,7 +10,7 @@ use backstop_proto::address::Mailbox;
 use backstop_proto::batv::{self, Key};
 use std::net::SocketAddr;
 use std::path::Path;
-use support::{Backstop, Client, Postfix, free_port, swaks, wait_until, world_dir};
+use support::{Backstop, Client, FORGED_BOUNCE, Postfix, free_port, swaks, wait_until, world_dir};
 
 const SECRET: &str = "e2e-secret";
 
@@ -217,16 +217,6 @@ fn counts(b: &Backstop) -> Vec<(&'static str, u64)> {
         .filter(|(_, n)| *n > 0)
         .collect()
 }
-
-const FORGED_BOUNCE: &str = "From: MAILER-DAEMON@spam-victim.test\r\n\
-Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n\
-Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
---b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\
---b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.spam-victim.test\r\n\r\n\
-Final-Recipient: rfc822; nobody@spam-victim.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n\
---b\r\nContent-Type: text/rfc822-headers\r\n\r\n\
-Received: from botnet.test by mx.spam-victim.test; Mon, 23 Nov 2026 10:00:00 +0000\r\n\
-Message-ID: <never-sent@example.test>\r\nFrom: RCPT\r\nSubject: cheap pills\r\n\r\n--b--\r\n";
 
 /// Sends FORGED_BOUNCE with the null sender to `rcpts`; the reply to the end of DATA (or the
 /// first refusal).

@@ -244,16 +244,6 @@ fn the_policy_protocol_keeps_a_connection_ignores_unknown_attributes_and_refuses
     );
 }
 
-const FORGED_BOUNCE: &str = "From: MAILER-DAEMON@spam-victim.test\r\n\
-Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n\
-Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
---b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\
---b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.spam-victim.test\r\n\r\n\
-Final-Recipient: rfc822; nobody@spam-victim.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n\
---b\r\nContent-Type: text/rfc822-headers\r\n\r\n\
-Received: from botnet.test by mx.spam-victim.test; Mon, 23 Nov 2026 10:00:00 +0000\r\n\
-Message-ID: <never-sent@example.test>\r\nFrom: RCPT\r\nSubject: cheap pills\r\n\r\n--b--\r\n";
-
 /// A message through `at`: the reply to the end of DATA.
 fn send(at: SocketAddr, from: &str, rcpt: &str, body: &str) -> String {
     let (mut c, _) = Client::connect(at);

@@ -105,6 +105,12 @@ impl Ladder {
         Some(reply)
     }
 
+    /// Whether a message to `rcpts` leaves here: one of them is of a domain not ours (what a
+    /// relay client sends then is ours, for the sent log and signing).
+    pub fn leaves(&self, rcpts: &[Mailbox]) -> bool {
+        rcpts.iter().any(|r| self.cfg.domain(r.domain()).is_none())
+    }
+
     /// Mail a relay client sends out, to a domain that is not ours: recorded in the sent log
     /// (so the bounces it draws are known to answer our mail), and its envelope sender with a
     /// BATV tag where its domain signs. The sender to use instead, if it changes.
@@ -114,7 +120,7 @@ impl Ladder {
         from: &ReversePath,
         rcpts: &[Mailbox],
     ) -> Option<ReversePath> {
-        if rcpts.iter().all(|r| self.cfg.domain(r.domain()).is_some()) {
+        if !self.leaves(rcpts) {
             return None;
         }
         let now = self.clock.unix();

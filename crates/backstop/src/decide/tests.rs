@@ -1,11 +1,8 @@
 //! The RCPT ladder in memory: a list source, the embedded store, a fixed clock; no sockets.
 
 use super::*;
-use crate::backscatter::{Guard, Tags};
-use crate::clock::{Clock, ManualClock};
-use crate::policy::callout::Callout;
+use crate::policy::Outcome;
 use crate::policy::probe::{ProbeAnswer, Prober};
-use crate::policy::{Outcome, Verifier};
 use crate::telemetry::Answer;
 use backstop_proto::address::{Mailbox, ReversePath};
 use std::net::IpAddr;
@@ -23,41 +20,8 @@ impl Prober for NoProbes {
     }
 }
 
-/// What a ladder stands on: a configuration, its store, a fixed clock, a verifier and a guard.
-struct Parts {
-    dir: tempfile::TempDir,
-    cfg: Arc<crate::config::Config>,
-    store: Arc<dyn crate::store::Store>,
-    clock: Arc<dyn Clock>,
-    verifier: Arc<Verifier>,
-    guard: Arc<Guard>,
-}
-
-async fn parts(extra: &str) -> Parts {
-    let (dir, cfg, store) = crate::test_support::for_tests(extra);
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
-    let callout = Callout::new(
-        cfg.callout.clone(),
-        store.clone(),
-        clock.clone(),
-        (Arc::new(NoProbes), Arc::new(|| 7)),
-        None,
-    );
-    let verifier = Arc::new(Verifier::new(&cfg, callout, clock.clone()).unwrap());
-    let tags = Tags::load(&cfg, store.as_ref(), NOW, || [1; 16])
-        .await
-        .unwrap();
-    let guard = Guard::new(cfg.clone(), store.clone(), Arc::new(tags), NOW)
-        .await
-        .unwrap();
-    Parts {
-        dir,
-        cfg,
-        store,
-        clock,
-        verifier,
-        guard: Arc::new(guard),
-    }
+async fn parts(extra: &str) -> crate::test_support::Parts {
+    crate::test_support::parts(extra, Arc::new(NoProbes), NOW).await
 }
 
 async fn ladder(extra: &str) -> (tempfile::TempDir, Ladder) {
@@ -330,14 +294,7 @@ fn every_reason_has_one_fixed_reply() {
 #[tokio::test]
 async fn a_held_sender_is_refused_to_relay_clients_and_nobody_else() {
     let p = parts("[senders]\nmin_volume = 2\n").await;
-    let spool = crate::queue::Spool::open(&p.dir.path().join("queue")).unwrap();
-    let alerts = Arc::new(crate::alert::Alerts::new(p.cfg.clone(), p.store.clone()));
-    let watch = Arc::new(crate::senders::Watch::new(
-        p.cfg.clone(),
-        p.store.clone(),
-        spool,
-        alerts,
-    ));
+    let (_spool, watch) = p.watch();
     let harvest = Arc::new(crate::harvest::Harvest::new(p.cfg.clone(), p.store.clone()));
     let outbound = Arc::new(crate::outbound::Limiter::new(p.cfg.clone(), p.store));
     let l = Ladder::new(

@@ -472,10 +472,7 @@ impl Handler {
             // carried out by `judge`
             Judged::Quarantine(_) => {}
         }
-        let sent_out = self.may_relay
-            && rcpts
-                .iter()
-                .any(|r| self.ctx.cfg.domain(r.domain()).is_none());
+        let sent_out = self.may_relay && self.ctx.ladder.leaves(&rcpts);
         let sent_log = sent_out.then(|| backstop_proto::dsn::header_section(&body.head).to_vec());
         let result = match &mode {
             Mode::Queue => self.queue(id, unix, session, tx, trace, body).await,

@@ -1,12 +1,5 @@
 use super::*;
-use crate::alert::Alerts;
-use crate::backscatter::{Guard, Tags};
-use crate::clock::{Clock, ManualClock};
-use crate::policy::Verifier;
-use crate::policy::callout::Callout;
 use crate::policy::probe::SmtpProber;
-use crate::queue::Spool;
-use crate::senders::Watch;
 use crate::telemetry::{Answer, Event};
 use axum::body::Body;
 use axum::http::Request as HttpRequest;
@@ -18,44 +11,29 @@ const NOW: u64 = 1_795_392_000;
 const TOKEN: &str = "0123456789abcdef-token";
 
 async fn web(extra: &str) -> (tempfile::TempDir, Shared) {
-    let (d, cfg, store) = crate::test_support::for_tests(extra);
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
     let prober = Arc::new(SmtpProber::new(
         ReversePath::Null,
         "mx.example.test",
         Duration::from_secs(1),
         1,
     ));
-    let callout = Callout::new(
-        cfg.callout.clone(),
-        store.clone(),
-        clock.clone(),
-        (prober, Arc::new(|| 7)),
-        None,
-    );
-    let verifier = Arc::new(Verifier::new(&cfg, callout, clock.clone()).unwrap());
-    let tags = Tags::load(&cfg, store.as_ref(), NOW, || [1; 16])
-        .await
-        .unwrap();
-    let guard = Guard::new(cfg.clone(), store.clone(), Arc::new(tags), NOW)
-        .await
-        .unwrap();
-    let spool = Spool::open(&d.path().join("queue")).unwrap();
-    let alerts = Arc::new(Alerts::new(cfg.clone(), store.clone()));
-    let watch = Arc::new(Watch::new(
-        cfg.clone(),
-        store.clone(),
-        spool.clone(),
-        alerts,
-    ));
-    let guard = Arc::new(guard);
+    let p = crate::test_support::parts(extra, prober, NOW).await;
+    let (spool, watch) = p.watch();
     let ladder = crate::decide::Ladder::standalone(
-        cfg.clone(),
-        store.clone(),
-        verifier.clone(),
-        guard.clone(),
-        clock.clone(),
+        p.cfg.clone(),
+        p.store.clone(),
+        p.verifier.clone(),
+        p.guard.clone(),
+        p.clock.clone(),
     );
+    let crate::test_support::Parts {
+        dir: d,
+        cfg,
+        store,
+        clock,
+        verifier,
+        guard,
+    } = p;
     let served = Arc::new(Served {
         cfg,
         store,
