@@ -398,7 +398,7 @@ struct Gateway {
 pub async fn serve(
     source: ConfigSource,
     cfg: Config,
-    ready: impl FnOnce(&[SocketAddr]),
+    ready: impl FnOnce(&[crate::config::ListenAddr]),
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     preflight(&cfg)?;

@@ -438,3 +438,77 @@ fn through_the_milter_mail_leaves_signed_and_its_real_bounce_comes_back_untagged
     let end = c.reply();
     assert!(end.starts_with("550 5.7.1"), "{end}");
 }
+
+#[test]
+fn policy_and_milter_answer_on_unix_sockets_that_a_stop_removes() {
+    let sink = Sink::start();
+    let internal = Postfix::internal("example.test", &[VALID], sink.port);
+    let dir = tempfile::tempdir().unwrap();
+    // Postfix's smtpd runs as the user postfix: it must reach the sockets' directory
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (policy, milter) = (
+        dir.path().join("policy.sock"),
+        dir.path().join("milter.sock"),
+    );
+    // a stale socket file, as a backstop killed with SIGKILL leaves: replaced
+    drop(std::os::unix::net::UnixListener::bind(&policy).unwrap());
+    let text = format!(
+        "hostname = \"mx.example.test\"\nstate_dir = {:?}\n\
+         [[listen]]\naddr = \"127.0.0.1:0\"\n\
+         [[listen]]\naddr = \"unix:{}\"\nprotocol = \"policy\"\n\
+         [[listen]]\naddr = \"unix:{}\"\nprotocol = \"milter\"\n\
+         [[domain]]\nname = \"example.test\"\nrecipients = [\"callout:127.0.0.1:{}\"]\n\
+         next_hop = \"smtp:127.0.0.1:{}\"\nbackscatter = \"reject\"\n",
+        dir.path().join("state").display().to_string(),
+        policy.display(),
+        milter.display(),
+        internal.port,
+        internal.port,
+    );
+    let mut b = Backstop::start(dir.path(), &text);
+    let line = format!("listening on unix:{} (milter)", milter.display());
+    assert_eq!(b.count_reaching(&[&line], 1), 1, "{}", b.log());
+    let edge = Postfix::gateway_with(
+        "example.test",
+        internal.port,
+        &format!(
+            "smtpd_recipient_restrictions = reject_unauth_destination, \
+             check_policy_service unix:{}\n\
+             smtpd_milters = unix:{}\nmilter_default_action = tempfail",
+            policy.display(),
+            milter.display()
+        ),
+    );
+    let at: SocketAddr = format!("127.0.0.1:{}", edge.port).parse().unwrap();
+
+    // the policy service refuses an unknown recipient in its own words
+    let (mut c, _) = Client::connect(at);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert_eq!(
+        c.cmd("RCPT TO:<nobody@example.test>"),
+        "550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown"
+    );
+    c.cmd("QUIT");
+    // the milter refuses a forged bounce; ordinary mail goes through both
+    let end = send(at, "", VALID, FORGED_BOUNCE);
+    assert_eq!(end, "550 5.7.1 Error: bounce not for mail sent from here");
+    let end = send(at, "a@client.test", VALID, "Subject: hi\r\n\r\nhello\r\n");
+    assert!(end.starts_with("250"), "{end}");
+    let got = sink.wait_for(1);
+    assert!(got.iter().any(|m| m.contains("hello")), "{got:?}");
+    // the unknown recipient, and the valid one of each message
+    assert_eq!(
+        b.count(&["event=\"rcpt\"", "frontend=\"policy\""]),
+        3,
+        "{}",
+        b.log()
+    );
+
+    // a stop removes both socket files
+    assert!(b.stop().is_some_and(|s| s.success()));
+    assert!(!policy.exists() && !milter.exists());
+}

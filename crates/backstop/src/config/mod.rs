@@ -568,11 +568,36 @@ pub enum Protocol {
     Milter,
 }
 
+/// Where a listener listens: an IP address and port, or (policy and milter only) a Unix
+/// socket, as Postfix writes them (`unix:/path`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `IP:PORT`.
+    Inet(SocketAddr),
+    /// A socket file, made when the listener starts and removed when it stops.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Inet(a) => a.fmt(f),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// One listener (`[[listen]]`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Listener {
-    /// Address and port.
-    pub addr: SocketAddr,
+    /// IP address and port, or a Unix socket.
+    pub addr: ListenAddr,
     /// What it speaks: SMTP to mail clients, or Postfix's policy delegation protocol.
     pub protocol: Protocol,
     /// Certificate chain (PEM) for STARTTLS.

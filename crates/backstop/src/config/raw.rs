@@ -2,8 +2,8 @@
 
 use super::{
     BackscatterAction, Batv, BatvKey, BatvMode, Bounces, CatchAllPolicy, Config, ConfigError,
-    Delivery, DomainConfig, Harvest, HostPort, Limits, Listener, NextHop, Protocol, RelayMode,
-    Reports, Route, Source, invalid, parse_duration,
+    Delivery, DomainConfig, Harvest, HostPort, Limits, ListenAddr, Listener, NextHop, Protocol,
+    RelayMode, Reports, Route, Source, invalid, parse_duration,
 };
 use backstop_proto::address::{Domain, Mailbox};
 use serde::Deserialize;
@@ -793,7 +793,15 @@ impl RawConfig {
             .iter()
             .enumerate()
             .map(|(i, l)| l.validate(i, base))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<Listener>, _>>()?;
+        for (i, l) in listeners.iter().enumerate() {
+            if listeners[..i].iter().any(|o| o.addr == l.addr) {
+                return Err(invalid(
+                    format!("listen[{i}].addr"),
+                    format!("{} is configured twice", l.addr),
+                ));
+            }
+        }
         let mut domains: Vec<DomainConfig> = Vec::new();
         for (i, d) in self.domain.iter().enumerate() {
             let d = d.validate(i, base)?;
@@ -949,15 +957,18 @@ impl RawCallout {
 impl RawListener {
     fn validate(&self, i: usize, base: &Path) -> Result<Listener, ConfigError> {
         let key = |k: &str| format!("listen[{i}].{k}");
-        let addr = self.addr.parse().map_err(|_| {
-            invalid(
-                key("addr"),
-                format!(
-                    "{:?} is not IP:PORT (like 127.0.0.1:2525 or [::1]:25)",
-                    self.addr
-                ),
-            )
-        })?;
+        let addr = match self.addr.strip_prefix("unix:") {
+            Some(p) if !p.is_empty() => ListenAddr::Unix(path(base, p)),
+            _ => ListenAddr::Inet(self.addr.parse().map_err(|_| {
+                invalid(
+                    key("addr"),
+                    format!(
+                        "{:?} is not IP:PORT (like 127.0.0.1:2525 or [::1]:25) or unix:PATH",
+                        self.addr
+                    ),
+                )
+            })?),
+        };
         let file = |k: &str, v: &Option<String>| -> Result<Option<PathBuf>, ConfigError> {
             v.as_deref()
                 .map(|s| {
@@ -995,6 +1006,13 @@ impl RawListener {
                 ));
             }
         };
+        if protocol == Protocol::Smtp && matches!(addr, ListenAddr::Unix(_)) {
+            return Err(invalid(
+                key("addr"),
+                "an SMTP listener needs IP:PORT (a unix: socket serves protocol = \"policy\" \
+                 or \"milter\")",
+            ));
+        }
         if protocol != Protocol::Smtp && tls_cert.is_some() {
             return Err(invalid(
                 key("tls_cert"),

@@ -59,6 +59,30 @@ fn unknown_keys_are_errors_that_name_the_key() {
 }
 
 #[test]
+fn policy_and_milter_listen_on_unix_sockets_too() {
+    let d = dir_with_list();
+    let text = with_domain("").replace(
+        "[[domain]]",
+        "[[listen]]\naddr = \"unix:/var/spool/postfix/backstop/policy\"\nprotocol = \"policy\"\n\
+         [[listen]]\naddr = \"unix:milter.sock\"\nprotocol = \"milter\"\n[[domain]]",
+    );
+    let c = Config::from_toml(&text, d.path()).unwrap();
+    assert_eq!(
+        c.listeners[1].addr,
+        ListenAddr::Unix("/var/spool/postfix/backstop/policy".into())
+    );
+    // relative to the configuration file, as every other path
+    assert_eq!(
+        c.listeners[2].addr,
+        ListenAddr::Unix(d.path().join("milter.sock"))
+    );
+    assert!(
+        c.to_toml()
+            .contains("addr = \"unix:/var/spool/postfix/backstop/policy\"")
+    );
+}
+
+#[test]
 fn bad_values_name_the_key() {
     let cases = [
         (with_domain("relay = \"later\"\n"), "domain[0].relay"),
@@ -81,6 +105,18 @@ fn bad_values_name_the_key() {
         (
             with_domain("").replace("2525\"\n", "2525\"\nprotocol = \"lmtp\"\n"),
             "listen[0].protocol",
+        ),
+        (
+            // SMTP clients have an IP address: not on a socket file
+            with_domain("").replace("127.0.0.1:2525", "unix:/run/backstop/smtp"),
+            "listen[0].addr",
+        ),
+        (
+            with_domain("").replace(
+                "[[domain]]",
+                "[[listen]]\naddr = \"127.0.0.1:2525\"\nprotocol = \"policy\"\n[[domain]]",
+            ),
+            "listen[1].addr",
         ),
         (
             with_domain("").replace("example.test\"\nrecip", "exa mple\"\nrecip"),

@@ -16,16 +16,15 @@ use crate::decide::message::{Judged, Judging};
 use backstop_proto::address::{Mailbox, ReversePath};
 use backstop_proto::milter::session::{Config, Message, Output, Session};
 use backstop_proto::milter::{Response, actions};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// Serves one connection from the MTA until it quits, sends what is not the protocol, stays
 /// idle past `[limits] idle_timeout`, or the gateway stops.
 pub async fn run(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    peer: &str,
     setup: &Setup,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -37,8 +36,6 @@ pub async fn run(
         keep: usize::try_from(setup.ctx.cfg.limits.message_in_memory).unwrap_or(usize::MAX),
     };
     let mut session = Session::new(cfg);
-    // one small answer per request, waited for: never hold it back for more to send
-    let _ = stream.set_nodelay(true);
     let idle = setup.ctx.cfg.limits.idle_timeout;
     let mut buf = vec![0u8; 65536];
     let mut outputs = std::collections::VecDeque::new();

@@ -7,13 +7,14 @@
 
 mod driver;
 mod handler;
+mod listen;
 mod milter;
 mod postfix_policy;
 pub mod tls;
 
 use crate::backscatter::Guard;
 use crate::clock::Clock;
-use crate::config::{Config, Listener, Protocol};
+use crate::config::{Config, ListenAddr, Listener, Protocol};
 use crate::harvest::Harvest;
 use crate::ids::IdGen;
 use crate::policy::Verifier;
@@ -24,7 +25,6 @@ use backstop_proto::address::Mailbox;
 use backstop_proto::smtp::server::{Session, SessionConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -68,14 +68,14 @@ pub struct Setup {
 /// A running listener.
 struct Running {
     /// The address actually bound (port 0 configured: the port given).
-    bound: SocketAddr,
+    bound: ListenAddr,
     setup: Arc<ArcSwap<Setup>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// The running listeners, by their configured address.
 pub struct Listeners {
-    running: Vec<(SocketAddr, Running)>,
+    running: Vec<(ListenAddr, Running)>,
     shutdown: watch::Receiver<bool>,
     /// Each session holds a clone; none once stopping.
     alive: Option<mpsc::Sender<()>>,
@@ -84,8 +84,8 @@ pub struct Listeners {
 /// The listeners of a configuration, ready to take over: every certificate loaded and every
 /// new address bound. Nothing serves them until [`Listeners::apply`].
 pub struct Prepared {
-    setups: Vec<(SocketAddr, Setup)>,
-    fresh: Vec<(SocketAddr, TcpListener)>,
+    setups: Vec<(ListenAddr, Setup)>,
+    fresh: Vec<(ListenAddr, listen::Bound)>,
 }
 
 impl Listeners {
@@ -114,14 +114,16 @@ impl Listeners {
                 _ => None,
             };
             if !self.running.iter().any(|(a, _)| *a == l.addr) {
-                let listener = listen(l.addr).map_err(|e| {
-                    anyhow::anyhow!(
-                        "listen[{i}]: cannot listen on {}: {}",
-                        l.addr,
-                        self.why_not(&e, l.addr)
-                    )
+                let bound = match &l.addr {
+                    ListenAddr::Inet(a) => listen::tcp(*a)
+                        .map(listen::Bound::Tcp)
+                        .map_err(|e| self.why_not(&e, *a)),
+                    ListenAddr::Unix(p) => listen::unix(p),
+                };
+                let bound = bound.map_err(|e| {
+                    anyhow::anyhow!("listen[{i}]: cannot listen on {}: {e}", l.addr)
                 })?;
-                prepared.fresh.push((l.addr, listener));
+                prepared.fresh.push((l.addr.clone(), bound));
             }
             let session = Arc::new(SessionConfig {
                 hostname: cfg.hostname.clone(),
@@ -140,7 +142,7 @@ impl Listeners {
                 config: Arc::new(l.clone()),
                 ctx: ctx.clone(),
             };
-            prepared.setups.push((l.addr, setup));
+            prepared.setups.push((l.addr.clone(), setup));
         }
         Ok(prepared)
     }
@@ -152,11 +154,12 @@ impl Listeners {
         let Some(alive) = self.alive.clone() else {
             return;
         };
-        let wanted: Vec<SocketAddr> = setups.iter().map(|(a, _)| *a).collect();
+        let wanted: Vec<ListenAddr> = setups.iter().map(|(a, _)| a.clone()).collect();
         self.running.retain(|(addr, r)| {
             let keep = wanted.contains(addr);
             if !keep {
                 r.task.abort();
+                listen::remove_file(&r.bound);
                 tracing::info!(addr = %r.bound, "listener on {} closed", r.bound);
             }
             keep
@@ -170,7 +173,7 @@ impl Listeners {
                 continue;
             };
             let (_, listener) = fresh.swap_remove(pos);
-            let bound = listener.local_addr().unwrap_or(addr);
+            let bound = listener.local(&addr);
             let tls = match (setup.config.protocol, setup.tls.is_some()) {
                 (Protocol::Policy, _) => "Postfix policy service",
                 (Protocol::Milter, _) => "milter",
@@ -200,6 +203,7 @@ impl Listeners {
         self.alive = None;
         for (_, r) in &self.running {
             r.task.abort();
+            listen::remove_file(&r.bound);
         }
     }
 
@@ -209,62 +213,27 @@ impl Listeners {
         let ours = self
             .running
             .iter()
-            .find(|(_, r)| r.bound.port() == addr.port());
+            .find(|(_, r)| matches!(r.bound, ListenAddr::Inet(b) if b.port() == addr.port()));
         match ours {
             Some((_, r)) if e.kind() == std::io::ErrorKind::AddrInUse => format!(
                 "{e}: backstop itself listens on {} (moving a listener between a specific \
                  address and the wildcard on one port needs a restart)",
                 r.bound
             ),
-            _ => hint(e, addr),
+            _ => listen::hint(e, addr),
         }
     }
 
     /// The addresses bound, in configuration order.
-    pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.running.iter().map(|(_, r)| r.bound).collect()
+    pub fn addrs(&self) -> Vec<ListenAddr> {
+        self.running.iter().map(|(_, r)| r.bound.clone()).collect()
     }
-}
-
-/// An error from binding a listener, with what to do about it where there is something.
-fn hint(e: &std::io::Error, addr: SocketAddr) -> String {
-    match e.kind() {
-        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
-            "{e}: ports below 1024 need root or the capability CAP_NET_BIND_SERVICE; run backstop \
-             from its systemd unit (AmbientCapabilities=CAP_NET_BIND_SERVICE, see contrib/), or \
-             `setcap cap_net_bind_service=+ep` on the binary, or listen on a port above 1023"
-        ),
-        std::io::ErrorKind::AddrInUse => format!(
-            "{e}: another process listens there already (`ss -ltnp 'sport = :{}'` shows which)",
-            addr.port()
-        ),
-        std::io::ErrorKind::AddrNotAvailable => {
-            format!("{e}: no interface of this machine has that address")
-        }
-        _ => e.to_string(),
-    }
-}
-
-/// Pending connections the kernel may queue for us. SMTP servers speak first, so a client whose
-/// handshake was dropped from a full queue waits for a greeting that never comes: be generous
-/// (the kernel caps this at net.core.somaxconn).
-const LISTEN_BACKLOG: u32 = 4096;
-
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Accepts clients until `shutdown` turns true; each session gets the setup current when it
 /// connected.
 async fn accept_loop(
-    listener: TcpListener,
+    listener: listen::Bound,
     setup: Arc<ArcSwap<Setup>>,
     shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
@@ -273,14 +242,10 @@ async fn accept_loop(
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => {
+                Ok(accepted) => {
                     let (setup, sd, alive) = (setup.load_full(), shutdown.clone(), alive.clone());
                     tokio::spawn(async move {
-                        match setup.config.protocol {
-                            Protocol::Smtp => driver::run(stream, peer, &setup, sd).await,
-                            Protocol::Policy => postfix_policy::run(stream, peer, &setup, sd).await,
-                            Protocol::Milter => milter::run(stream, peer, &setup, sd).await,
-                        }
+                        serve(accepted, &setup, sd).await;
                         drop(alive);
                     });
                 }
@@ -292,6 +257,27 @@ async fn accept_loop(
             },
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         }
+    }
+}
+
+/// One connection, in its listener's protocol (SMTP only on TCP: the configuration sees to it).
+async fn serve(accepted: listen::Accepted, setup: &Setup, sd: watch::Receiver<bool>) {
+    use listen::Accepted::{Tcp, Unix};
+    let unix = || setup.config.addr.to_string();
+    match (setup.config.protocol, accepted) {
+        (Protocol::Smtp, Tcp(stream, peer)) => driver::run(stream, peer, setup, sd).await,
+        (Protocol::Smtp, Unix(_)) => {}
+        (Protocol::Policy, Tcp(stream, peer)) => {
+            // one small answer per request, waited for: never hold it back for more to send
+            let _ = stream.set_nodelay(true);
+            postfix_policy::run(stream, &peer.to_string(), setup, sd).await;
+        }
+        (Protocol::Policy, Unix(stream)) => postfix_policy::run(stream, &unix(), setup, sd).await,
+        (Protocol::Milter, Tcp(stream, peer)) => {
+            let _ = stream.set_nodelay(true);
+            milter::run(stream, &peer.to_string(), setup, sd).await;
+        }
+        (Protocol::Milter, Unix(stream)) => milter::run(stream, &unix(), setup, sd).await,
     }
 }
 

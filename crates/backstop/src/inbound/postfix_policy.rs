@@ -15,9 +15,8 @@ use crate::policy::Outcome;
 use crate::telemetry::{Answer, Client, Event};
 use backstop_proto::address::{Mailbox, ReversePath};
 use backstop_proto::policy::{Reader, Request, answer};
-use std::net::{IpAddr, SocketAddr};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::net::IpAddr;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// What one policy connection remembers: Postfix's smtpd process behind it serves one SMTP
@@ -32,14 +31,12 @@ struct Conn {
 /// Serves one connection from Postfix until it closes, sends what is not a request, stays
 /// idle past `[limits] idle_timeout`, or the gateway stops (after the answer in progress).
 pub async fn run(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    peer: &str,
     setup: &Setup,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut reader, mut conn) = (Reader::new(), Conn::default());
-    // one small answer per request, waited for: never hold it back for more to send
-    let _ = stream.set_nodelay(true);
     let idle = setup.ctx.cfg.limits.idle_timeout;
     let mut buf = vec![0u8; 8192];
     loop {
@@ -111,7 +108,7 @@ impl Conn {
             return "DUNNO".into();
         };
         let held = setup.ctx.ladder.sender(&from, may_relay).await;
-        held.map_or_else(|| "DUNNO".into(), |r| action(&r))
+        held.map_or_else(|| "DUNNO".into(), |r| action(&r, from.mailbox()))
     }
 
     async fn rcpt(&mut self, req: &Request, setup: &Setup) -> String {
@@ -127,12 +124,12 @@ impl Conn {
             return "DUNNO".into();
         };
         if let Some(held) = setup.ctx.ladder.sender(&from, may_relay).await {
-            return action(&held);
+            return action(&held, from.mailbox());
         }
         let facts = Facts {
             client: ip,
             from: Some(&from),
-            rcpt,
+            rcpt: rcpt.clone(),
             may_relay,
             relaying: false,
             live: true,
@@ -178,7 +175,7 @@ impl Conn {
         .emit();
         match v.reply.is_success() || not_ours {
             true => "DUNNO".into(),
-            false => action(&v.reply),
+            false => action(&v.reply, Some(&rcpt)),
         }
     }
 
@@ -203,21 +200,19 @@ impl Conn {
                 (count, &rcpts),
             )
             .await;
-        refused.map_or_else(|| "DUNNO".into(), |r| action(&r))
+        refused.map_or_else(|| "DUNNO".into(), |r| action(&r, None))
     }
 }
 
 /// A refusal as a Postfix action. Postfix puts `<ADDRESS>: Recipient address rejected: ` (or
 /// `<END-OF-MESSAGE>: End-of-data rejected: `) before an action's text itself, so what our
-/// reply says in those words is left out: the client reads the same reply as from backstop's
-/// own listener.
-fn action(reply: &backstop_proto::smtp::reply::Reply) -> String {
+/// reply says in those words (`<about>: `, then the same phrase) is left out: the client reads
+/// the same reply as from backstop's own listener.
+fn action(reply: &backstop_proto::smtp::reply::Reply, about: Option<&Mailbox>) -> String {
     let full = reply.text();
     let mut text = full.as_str();
-    if text.starts_with('<')
-        && let Some((_, rest)) = text.split_once(">: ")
-    {
-        text = rest;
+    if let Some(addr) = about {
+        text = text.strip_prefix(&format!("<{addr}>: ")).unwrap_or(text);
     }
     for said in ["Recipient address rejected: ", "Error: "] {
         text = text.strip_prefix(said).unwrap_or(text);
@@ -225,5 +220,35 @@ fn action(reply: &backstop_proto::smtp::reply::Reply) -> String {
     match reply.enhanced {
         Some(e) => format!("{} {e} {text}", reply.code),
         None => format!("{} {text}", reply.code),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_proto::smtp::reply::{Enhanced, Reply};
+
+    #[test]
+    fn an_action_leaves_out_what_postfix_says_itself() {
+        let r = |text: String| Reply::new(550, Enhanced::new(5, 1, 1), text);
+        let plain = Mailbox::parse("nobody@example.test", true).unwrap();
+        let reply = r(format!(
+            "<{plain}>: Recipient address rejected: User unknown"
+        ));
+        assert_eq!(action(&reply, Some(&plain)), "550 5.1.1 User unknown");
+        // the address's own '>: ' is not where our text begins
+        let odd = Mailbox::parse("\"a>: b\"@example.test", true).unwrap();
+        let reply = r(format!(
+            "<{odd}>: bounce not for mail sent from here (no BATV tag)"
+        ));
+        assert_eq!(
+            action(&reply, Some(&odd)),
+            "550 5.1.1 bounce not for mail sent from here (no BATV tag)"
+        );
+        let eom = r("Error: a bounce has one recipient; this one has several".into());
+        assert_eq!(
+            action(&eom, None),
+            "550 5.1.1 a bounce has one recipient; this one has several"
+        );
     }
 }
