@@ -17,7 +17,7 @@ use backstop_proto::address::{Mailbox, ReversePath};
 use backstop_proto::milter::session::{Config, Message, Output, Session};
 use backstop_proto::milter::{Response, actions};
 use std::net::{IpAddr, Ipv4Addr};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// Serves one connection from the MTA until it quits, sends what is not the protocol, stays
@@ -59,12 +59,8 @@ pub async fn run(
                 }
             }
         }
-        let n = tokio::select! {
-            r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
-                Ok(Ok(n)) if n > 0 => n,
-                _ => return,
-            },
-            _ = shutdown.wait_for(|s| *s) => return,
+        let Some(n) = super::read_or_stop(&mut stream, &mut buf, idle, &mut shutdown).await else {
+            return;
         };
         outputs.extend(session.handle_input(&buf[..n]));
     }

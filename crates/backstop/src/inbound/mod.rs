@@ -281,6 +281,24 @@ async fn serve(accepted: listen::Accepted, setup: &Setup, sd: watch::Receiver<bo
     }
 }
 
+/// The next bytes from an MTA's connection (policy, milter); None when it closed, failed,
+/// stayed idle for `idle`, or the gateway stops.
+async fn read_or_stop(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut [u8],
+    idle: std::time::Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    tokio::select! {
+        r = tokio::time::timeout(idle, stream.read(buf)) => match r {
+            Ok(Ok(n)) if n > 0 => Some(n),
+            _ => None,
+        },
+        _ = shutdown.wait_for(|s| *s) => None,
+    }
+}
+
 /// Our `Received:` header (RFC 5321 §4.4), CRLF-terminated and folded.
 pub fn received(
     hostname: &str,

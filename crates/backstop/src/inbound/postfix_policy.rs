@@ -16,7 +16,7 @@ use crate::telemetry::{Answer, Client, Event};
 use backstop_proto::address::{Mailbox, ReversePath};
 use backstop_proto::policy::{Reader, Request, answer};
 use std::net::IpAddr;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// What one policy connection remembers: Postfix's smtpd process behind it serves one SMTP
@@ -54,12 +54,8 @@ pub async fn run(
                 return;
             }
         }
-        let n = tokio::select! {
-            r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
-                Ok(Ok(n)) if n > 0 => n,
-                _ => return,
-            },
-            _ = shutdown.wait_for(|s| *s) => return,
+        let Some(n) = super::read_or_stop(&mut stream, &mut buf, idle, &mut shutdown).await else {
+            return;
         };
         reader.push(&buf[..n]);
     }
