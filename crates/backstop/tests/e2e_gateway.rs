@@ -189,6 +189,95 @@ fn smuggled_commands_after_bare_lf_are_never_executed() {
         c.cmd("RCPT TO:<bob@example.test>"),
         "503 5.5.1 Error: need MAIL command"
     );
+    // smtpsmug's NUL forms: no end of data, refused at the real end
+    for evil in [&b"hi\r\n\0.\r\n"[..], b"hi\r\n.\0\r\n"] {
+        c.cmd("MAIL FROM:<a@client.test>");
+        c.cmd("RCPT TO:<alice@example.test>");
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(evil);
+        c.send(b"MAIL FROM:<ceo@example.test>\r\n.\r\n");
+        assert_eq!(
+            c.reply(),
+            "554 5.6.0 Error: message contains a NUL character"
+        );
+    }
+    assert_eq!(c.cmd("NOOP"), "250 2.0.0 Ok");
+    assert!(mails(&dir.path().join("mail")).is_empty());
+}
+
+#[test]
+fn pipelining_clients_keep_working_and_content_before_the_354_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backstop::start(
+        dir.path(),
+        &list_config(dir.path(), &["alice@example.test"], ""),
+    );
+    // swaks pipelines MAIL, RCPT and DATA, then waits for the 354
+    let (code, t) = swaks(
+        b.addr,
+        &[
+            "--pipeline",
+            "--from",
+            "a@client.test",
+            "--to",
+            "alice@example.test",
+            "--body",
+            "from swaks",
+        ],
+    );
+    assert_eq!(code, 0, "{t}");
+    // Python's smtplib, one command at a time
+    let py = format!(
+        "import smtplib\ns = smtplib.SMTP('127.0.0.1', {})\n\
+         s.sendmail('a@client.test', ['alice@example.test'], 'Subject: py\\r\\n\\r\\nfrom python\\r\\n')\n\
+         s.quit()\n",
+        b.addr.port()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &py])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Postfix's SMTP client (PIPELINING on by default) relaying to backstop
+    let edge = Postfix::gateway_with("example.test", b.addr.port(), "");
+    let (mut c, _) = Client::connect(format!("127.0.0.1:{}", edge.port).parse().unwrap());
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@client.test>");
+    c.cmd("RCPT TO:<alice@example.test>");
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: pf\r\n\r\nfrom postfix\r\n.").starts_with("250"));
+    c.cmd("QUIT");
+    let maildir = dir.path().join("mail");
+    assert!(wait_until(30, || mails(&maildir).len() == 3), "{}", b.log());
+    for body in ["from swaks", "from python", "from postfix"] {
+        assert!(mails(&maildir).iter().any(|m| m.contains(body)), "{body}");
+    }
+
+    // the next message's content sent without waiting for the 354 (smtpsmug's pipelining
+    // test): the client is cut off, the message never taken, the refusal logged
+    let (mut c, _) = Client::connect(b.addr);
+    c.cmd("EHLO client.test");
+    c.send(
+        b"MAIL FROM:<a@client.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n\
+          Subject: early\r\n\r\nno wait\r\n.\r\n",
+    );
+    assert!(c.reply().starts_with("250"));
+    assert!(c.reply().starts_with("250"));
+    assert_eq!(
+        c.reply(),
+        "554 5.5.0 Error: SMTP protocol synchronization: data sent before the reply to DATA"
+    );
+    assert_eq!(c.reply(), "<closed>");
+    assert_eq!(
+        b.count_reaching(
+            &["event=\"reply\"", "client=127.0.0.1", "code=554", "5.5.0"],
+            1
+        ),
+        1,
+        "{}",
+        b.log()
+    );
+    assert_eq!(mails(&maildir).len(), 3);
 }
 
 #[test]

@@ -56,6 +56,13 @@ impl T {
         T::new(cfg())
     }
 
+    /// A session for a client that may send content before the `354` (a relay client).
+    fn trusted() -> T {
+        let mut t = T::default();
+        t.s.trust_pipelining();
+        t
+    }
+
     /// Feeds bytes and returns everything the session said since the last call.
     fn send(&mut self, bytes: &[u8]) -> String {
         self.s.handle_input(bytes, self.now);
@@ -223,15 +230,17 @@ fn pipelined_commands_wait_behind_a_pending_check_and_replies_stay_in_order() {
 #[test]
 fn input_split_at_every_byte_gives_the_same_transcript() {
     let script = b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<ok@example.test>\r\nRCPT TO:<no@example.test>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\nNOOP\r\nQUIT\r\n";
-    let mut whole = T::default();
+    // a client that may send content before the 354 (anyone else may not: see below)
+    let mut whole = T::trusted();
     let want = whole.send(script);
+    assert!(want.contains("250 2.0.0 Ok: 20 bytes"), "{want}");
     for cut in 0..script.len() {
-        let mut t = T::default();
+        let mut t = T::trusted();
         let mut got = t.send(&script[..cut]);
         got.push_str(&t.send(&script[cut..]));
         assert_eq!(got, want, "cut at {cut}");
     }
-    let mut t = T::default();
+    let mut t = T::trusted();
     let got: String = script.iter().map(|b| t.send(&[*b])).collect();
     assert_eq!(got, want, "byte by byte");
 }
@@ -342,6 +351,62 @@ fn smuggling_in_data_is_refused_and_not_split_into_two_messages() {
     assert_eq!(
         got,
         "554 5.6.0 Error: message contains bare <CR>; lines must end with <CR><LF>\r\n"
+    );
+}
+
+#[test]
+fn nul_in_a_message_is_refused_after_its_real_end() {
+    // smtpsmug's forms: a NUL before or after the dot is no end of data, and no content either
+    for evil in [
+        &b"hi\r\n\0.\r\nMAIL FROM:<x@c.test>\r\n"[..],
+        b"hi\r\n.\0\r\nX\r\n",
+        b"a\0b\r\n",
+    ] {
+        let mut t = T::default();
+        t.send(b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<ok@example.test>\r\nDATA\r\n");
+        assert_eq!(t.send(evil), "", "{evil:?} ended the data");
+        assert_eq!(
+            t.send(b"more\r\n.\r\n"),
+            "554 5.6.0 Error: message contains a NUL character\r\n",
+            "{evil:?}"
+        );
+        assert!(t.s.transaction().is_none());
+        // the session goes on
+        assert_eq!(t.send(b"NOOP\r\n"), "250 2.0.0 Ok\r\n");
+    }
+}
+
+#[test]
+fn content_sent_before_the_354_cuts_the_client_off() {
+    // smtpsmug's pipelining test: the next DATA and its content without waiting
+    let mut t = T::default();
+    let got = t.send(
+        b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<ok@example.test>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n",
+    );
+    assert!(
+        got.ends_with(
+            "[data]\n554 5.5.0 Error: SMTP protocol synchronization: data sent before the reply to DATA\r\n[close]\n"
+        ),
+        "{got}"
+    );
+    assert!(t.s.is_closed() && t.s.transaction().is_none());
+    // commands pipelined up to DATA, then waiting for the 354 (RFC 2920): fine
+    let mut t = T::default();
+    let got =
+        t.send(b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<ok@example.test>\r\nDATA\r\n");
+    assert!(
+        got.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
+        "{got}"
+    );
+    assert!(t.send(b"hi\r\n.\r\n").starts_with("[message 4]\n250"));
+    // a relay client may
+    let mut t = T::trusted();
+    let got = t.send(
+        b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<ok@example.test>\r\nDATA\r\nhi\r\n.\r\n",
+    );
+    assert!(
+        got.ends_with("[message 4]\n250 2.0.0 Ok: 4 bytes\r\n"),
+        "{got}"
     );
 }
 
@@ -639,8 +704,9 @@ fn smtputf8_is_required_for_non_ascii_addresses() {
 #[test]
 fn enhanced_codes_on_every_reply_but_greeting_helo_ehlo_and_354() {
     let mut t = T::default();
-    let script = "EHLO c.test\r\nHELO c.test\r\nEHLO c.test\r\nNOOP\r\nFOO\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<ok@example.test>\r\nRCPT TO:<no@example.test>\r\nVRFY x\r\nHELP\r\nDATA\r\nx\r\n.\r\nRSET\r\nQUIT\r\n";
-    let got = t.send(script.as_bytes());
+    let script = "EHLO c.test\r\nHELO c.test\r\nEHLO c.test\r\nNOOP\r\nFOO\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<ok@example.test>\r\nRCPT TO:<no@example.test>\r\nVRFY x\r\nHELP\r\nDATA\r\n";
+    let mut got = t.send(script.as_bytes());
+    got.push_str(&t.send(b"x\r\n.\r\nRSET\r\nQUIT\r\n"));
     let mut plain = 0;
     for line in got.lines().filter(|l| !l.starts_with('[')) {
         let (code, rest) = line.split_at(4);

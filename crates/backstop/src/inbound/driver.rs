@@ -120,6 +120,9 @@ pub async fn run(
     };
     let mut io = Stream::Plain(tcp);
     let mut session = Session::new(cfg, Instant::now());
+    if listener.may_relay(peer.ip()) {
+        session.trust_pipelining();
+    }
     let mut handler = Handler::new(ctx, peer, listener);
     let mut wbuf = Vec::with_capacity(4096);
     let mut rbuf = vec![0u8; 32 * 1024];

@@ -2,7 +2,9 @@
 //!
 //! Responsible for: ending a message only on `CRLF.CRLF` (the very first line counts as
 //! following a CRLF), un-stuffing leading dots, spotting bare CR and bare LF (never treating them
-//! as line ends, which is what SMTP smuggling abuses), and counting bytes against a size limit
+//! as line ends, which is what SMTP smuggling abuses) and NUL bytes (not allowed in a message, RFC
+//! 5322 §2.3, and a server downstream that stops at one may see another end of data), and
+//! counting bytes against a size limit
 //! while keeping at most that many bytes; beyond a first part kept whole, the bytes are handed
 //! out in pieces ([`DataReceiver::take_spill`]) for the driver to store elsewhere.
 //! Not responsible for: what happens to the message or which reply is sent (the session).
@@ -37,6 +39,8 @@ pub struct Received {
     pub bare_lf: bool,
     /// A CR not followed by LF appeared.
     pub bare_cr: bool,
+    /// A NUL byte appeared.
+    pub nul: bool,
     /// `size` is over the limit.
     pub too_big: bool,
 }
@@ -54,6 +58,7 @@ pub struct DataReceiver {
     keep: u64,
     bare_lf: bool,
     bare_cr: bool,
+    nul: bool,
 }
 
 impl DataReceiver {
@@ -75,6 +80,7 @@ impl DataReceiver {
             keep,
             bare_lf: false,
             bare_cr: false,
+            nul: false,
         }
     }
 
@@ -144,6 +150,10 @@ impl DataReceiver {
                 self.bare_lf = true;
                 self.pos = Pos::Mid;
             }
+            0 => {
+                self.nul = true;
+                self.pos = Pos::Mid;
+            }
             _ => self.pos = Pos::Mid,
         }
         self.emit(b);
@@ -171,6 +181,7 @@ impl DataReceiver {
             size: self.size,
             bare_lf: self.bare_lf,
             bare_cr: self.bare_cr,
+            nul: self.nul,
             too_big,
         }
     }

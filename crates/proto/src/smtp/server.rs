@@ -184,6 +184,8 @@ pub struct Session {
     started: Instant,
     last_input: Instant,
     draining: bool,
+    /// May send a message's content before our `354` (see [`Session::trust_pipelining`]).
+    early_content: bool,
 }
 
 impl Session {
@@ -204,9 +206,19 @@ impl Session {
             started: now,
             last_input: now,
             draining: false,
+            early_content: false,
         };
         s.out.push_back(Output::Reply(greeting));
         s
+    }
+
+    /// Lets this client send a message's content without waiting for the `354` (a client that
+    /// may relay: the organisation's own servers). Anyone else who does is cut off: RFC 2920
+    /// makes DATA the last command of a pipelined group, and content sent before the answer is
+    /// how smuggling through a lenient server downstream starts (Postfix:
+    /// `smtpd_forbid_unauth_pipelining`).
+    pub fn trust_pipelining(&mut self) {
+        self.early_content = true;
     }
 
     /// Feeds bytes received from the client.
@@ -229,6 +241,15 @@ impl Session {
             return;
         }
         self.last_input = now;
+        if matches!(pending, Pending::Data) && !self.inbuf.is_empty() && !self.early_content {
+            // bytes after DATA arrived before its answer: neither content nor commands
+            self.txn = None;
+            return self.close_with(
+                554,
+                Enhanced::new(5, 5, 0),
+                "Error: SMTP protocol synchronization: data sent before the reply to DATA",
+            );
+        }
         let ok = reply.is_success();
         match pending {
             Pending::Mail(from, params) if ok => {
@@ -560,6 +581,11 @@ impl Session {
             self.txn = None;
             let what = if msg.bare_lf { "<LF>" } else { "<CR>" };
             let text = format!("Error: message contains bare {what}; lines must end with <CR><LF>");
+            return self.error(Reply::new(554, Enhanced::new(5, 6, 0), text));
+        }
+        if msg.nul {
+            self.txn = None;
+            let text = "Error: message contains a NUL character";
             return self.error(Reply::new(554, Enhanced::new(5, 6, 0), text));
         }
         let spilled = msg.spilled;
