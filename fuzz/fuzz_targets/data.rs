@@ -186,6 +186,7 @@ fn reference(input: &[u8], limit: u64) -> (usize, Option<Received>) {
         .iter()
         .enumerate()
         .any(|(i, &b)| b == b'\r' && msg.get(i + 1) != Some(&b'\n'));
+    let nul = msg.contains(&0);
     let size = body.len() as u64;
     let too_big = size > limit;
     let received = Received {
@@ -194,6 +195,7 @@ fn reference(input: &[u8], limit: u64) -> (usize, Option<Received>) {
         size,
         bare_lf,
         bare_cr,
+        nul,
         too_big,
     };
     (p + 3, Some(received))
