@@ -201,6 +201,9 @@ pub async fn guard(parts: &Parts) -> anyhow::Result<Arc<Guard>> {
 /// be written, every listener's certificate and key load, every list file parses.
 pub fn preflight(cfg: &Config) -> anyhow::Result<()> {
     let dir = &cfg.state_dir;
+    for change in crate::private::check_state_dir(dir).map_err(|e| anyhow::anyhow!(e))? {
+        tracing::warn!("made private (it holds queued mail and the BATV key): {change}");
+    }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("state_dir {}: cannot create", dir.display()))?;
     let probe = dir.join(format!(".backstop-write-test.{}", std::process::id()));
@@ -405,12 +408,32 @@ pub async fn serve(
     let (mut gw, prepared) = Gateway::start(source, cfg).await?;
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let background = gw.spawn_background(reload_tx)?;
+    // caught before the first client is served: a SIGTERM from then on stops gracefully
+    let signals = Signals::new()?;
     gw.listeners.apply(prepared);
     ready(&gw.listeners.addrs());
     systemd_notify("READY=1\nSTATUS=accepting mail");
-    gw.run_until_stopped(&mut reload_rx).await?;
+    gw.run_until_stopped(signals, &mut reload_rx).await?;
     gw.stop(background).await;
     Ok(())
+}
+
+/// The signals `serve` answers, caught from the moment this is made.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
 }
 
 /// The spool, with an error that names its directory once.
@@ -609,12 +632,14 @@ impl Gateway {
     /// socket.
     async fn run_until_stopped(
         &mut self,
+        signals: Signals,
         reloads: &mut mpsc::Receiver<ReloadRequest>,
     ) -> anyhow::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+        let Signals {
+            mut term,
+            mut int,
+            mut hup,
+        } = signals;
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok(()),

@@ -270,6 +270,11 @@ pub fn main() -> ExitCode {
     if !matches!(cli.cmd, Cmd::Serve) {
         quiet_on_closed_pipe();
     }
+    // the queue, the store, quarantine and Maildir: private whatever the umask (man pages
+    // and completions are for everyone)
+    if !matches!(cli.cmd, Cmd::Generate { .. }) {
+        crate::private::restrict_umask();
+    }
     init_logging(cli.log_format);
     let source = ConfigSource::resolve(
         cli.config,
@@ -318,6 +323,15 @@ fn load(source: &ConfigSource) -> anyhow::Result<Config> {
         .map_err(|e| anyhow::anyhow!("configuration {source}: {e}"))
 }
 
+/// A warning when the configuration file holds secrets that every user can read.
+fn warn_secrets(source: &ConfigSource, cfg: &Config) {
+    if let ConfigSource::File(f) = source
+        && let Some(w) = crate::private::config_warning(f, &cfg.secrets())
+    {
+        tracing::warn!("{w}");
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -339,6 +353,7 @@ fn run(cmd: Cmd, source: ConfigSource) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Serve => {
             let cfg = load(&source)?;
+            warn_secrets(&source, &cfg);
             runtime()?.block_on(crate::app::serve(source, cfg, |_| {}))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -350,6 +365,7 @@ fn run(cmd: Cmd, source: ConfigSource) -> anyhow::Result<ExitCode> {
         }
         Cmd::CheckConfig { connect, .. } => {
             let cfg = load(&source)?;
+            warn_secrets(&source, &cfg);
             runtime()?.block_on(check_config(cfg, connect))
         }
         Cmd::Verify { address, from } => {

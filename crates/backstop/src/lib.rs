@@ -19,6 +19,7 @@ pub mod inbound;
 pub mod notify;
 pub mod outbound;
 pub mod policy;
+pub mod private;
 pub mod queue;
 pub mod relay;
 pub mod reputation;

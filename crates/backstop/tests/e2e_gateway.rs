@@ -233,10 +233,7 @@ fn pipelining_clients_keep_working_and_content_before_the_354_is_cut_off() {
          s.quit()\n",
         b.addr.port()
     );
-    let out = Command::new("python3")
-        .args(["-c", &py])
-        .output()
-        .unwrap();
+    let out = Command::new("python3").args(["-c", &py]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     // Postfix's SMTP client (PIPELINING on by default) relaying to backstop
     let edge = Postfix::gateway_with("example.test", b.addr.port(), "");
@@ -245,7 +242,10 @@ fn pipelining_clients_keep_working_and_content_before_the_354_is_cut_off() {
     c.cmd("MAIL FROM:<a@client.test>");
     c.cmd("RCPT TO:<alice@example.test>");
     assert!(c.cmd("DATA").starts_with("354"));
-    assert!(c.cmd("Subject: pf\r\n\r\nfrom postfix\r\n.").starts_with("250"));
+    assert!(
+        c.cmd("Subject: pf\r\n\r\nfrom postfix\r\n.")
+            .starts_with("250")
+    );
     c.cmd("QUIT");
     let maildir = dir.path().join("mail");
     assert!(wait_until(30, || mails(&maildir).len() == 3), "{}", b.log());

@@ -761,6 +761,34 @@ fn serialize_display_seq<T: fmt::Display, S: serde::Serializer>(
 }
 
 impl Config {
+    /// The keys of this configuration that hold secrets: whoever reads them can forge BATV
+    /// tags, act on the web API, or reach the store.
+    pub fn secrets(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.batv.keys.is_empty() {
+            out.push("batv.keys");
+        }
+        if self.web.token.is_some() {
+            out.push("web.token");
+        }
+        let urls: Vec<&String> = match &self.store.backend {
+            StoreBackend::Embedded => Vec::new(),
+            StoreBackend::Redis(RedisTarget::Single(u)) => vec![u],
+            StoreBackend::Redis(RedisTarget::Cluster(us)) => us.iter().collect(),
+            StoreBackend::Redis(RedisTarget::Sentinel { sentinels, .. }) => {
+                sentinels.iter().collect()
+            }
+        };
+        // redis://user:password@host: a password before the host
+        if urls.iter().any(|u| {
+            u.split_once("://")
+                .is_some_and(|(_, r)| r.split('/').next().unwrap_or("").contains('@'))
+        }) {
+            out.push("store (a Redis password)");
+        }
+        out
+    }
+
     /// Reads and validates a file; relative paths in it are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
