@@ -197,8 +197,9 @@ pub async fn guard(parts: &Parts) -> anyhow::Result<Arc<Guard>> {
     Ok(Arc::new(guard))
 }
 
-/// What `serve` checks before it starts and `check-config` checks too: the state directory can
-/// be written, every listener's certificate and key load, every list file parses.
+/// What `serve` checks before it starts and `check-config` checks too: the state directory is
+/// private and can be written, no key file can be written by others, every listener's
+/// certificate and key load, every list file parses.
 pub fn preflight(cfg: &Config) -> anyhow::Result<()> {
     let dir = &cfg.state_dir;
     for change in crate::private::check_state_dir(dir).map_err(|e| anyhow::anyhow!(e))? {
@@ -210,6 +211,21 @@ pub fn preflight(cfg: &Config) -> anyhow::Result<()> {
     std::fs::write(&probe, b"ok")
         .and_then(|()| std::fs::remove_file(&probe))
         .with_context(|| format!("state_dir {}: cannot write", dir.display()))?;
+    let mut keys: Vec<(String, &std::path::Path)> = cfg
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| Some((format!("listen[{i}].tls_key"), l.tls_key.as_deref()?)))
+        .collect();
+    keys.extend(
+        cfg.store
+            .tls_key
+            .as_deref()
+            .map(|k| ("store.tls_key".into(), k)),
+    );
+    for (key, path) in keys {
+        crate::private::check_key_file(&key, path).map_err(|e| anyhow::anyhow!(e))?;
+    }
     for (i, l) in cfg.listeners.iter().enumerate() {
         if let (Some(c), Some(k)) = (&l.tls_cert, &l.tls_key) {
             crate::inbound::tls::acceptor(c, k).map_err(|e| anyhow::anyhow!("listen[{i}]: {e}"))?;

@@ -3,7 +3,7 @@
 //!
 //! Responsible for: the file mode creation mask of the commands that write state (0077, so
 //! files are 0600 and directories 0700 whatever umask backstop was started with); refusing a
-//! state directory that other users can write; making a state directory (and what is directly
+//! state directory or a key file that other users can write; making a state directory (and what is directly
 //! in it) that other users can read private, and saying so; the warning for a configuration file
 //! that holds secrets and that every user can read. Not responsible for: what is written (the
 //! modules that write it) or the user backstop runs as (the service unit, `contrib/`).
@@ -47,6 +47,24 @@ pub fn check_state_dir(dir: &Path) -> Result<Vec<String>, String> {
         }
     }
     Ok(changed)
+}
+
+/// An error when users other than its owner may write the key file at `path` (they could
+/// put their own key in its place); `key` names it in the configuration.
+pub fn check_key_file(key: &str, path: &Path) -> Result<(), String> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // a missing file is the loader's error, with its own words
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{key} {} can be written by other users (mode {mode:04o}): chmod 600 (or 640, \
+             group backstop) {}",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Takes group and other permissions away from `path` if it has any (`private`: its new mode).
@@ -121,6 +139,23 @@ mod tests {
             e.contains("can be written by other users (mode 0775)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_key_file_others_may_write_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("key.pem");
+        std::fs::write(&k, "").unwrap();
+        set(&k, 0o640);
+        assert!(check_key_file("listen[0].tls_key", &k).is_ok());
+        set(&k, 0o666);
+        let e = check_key_file("listen[0].tls_key", &k).unwrap_err();
+        assert!(e.starts_with("listen[0].tls_key"), "{e}");
+        assert!(
+            e.contains("can be written by other users (mode 0666)"),
+            "{e}"
+        );
+        assert!(check_key_file("x", &d.path().join("none")).is_ok());
     }
 
     #[test]
