@@ -175,6 +175,31 @@ fn modules_import_only_what_the_architecture_allows() {
                 "cli",
             ],
         ),
+        // file modes: a leaf, used by the front ends
+        (
+            "private",
+            vec![
+                "config",
+                "clock",
+                "telemetry",
+                "content",
+                "store",
+                "queue",
+                "policy",
+                "upstream",
+                "relay",
+                "inbound",
+                "delivery",
+                "notify",
+                "backscatter",
+                "auth",
+                "health",
+                "decide",
+                "control",
+                "app",
+                "cli",
+            ],
+        ),
         // a message's bytes: a leaf under the queue, the senders and the writers
         (
             "content",
