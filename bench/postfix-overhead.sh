@@ -57,17 +57,18 @@ wait_port() {
 }
 # smtp-sink -c prints a running count; the last number is the total so far
 delivered() { tr '\r' '\n' <"$1" | grep -o '[0-9]\+' | tail -1 || echo 0; }
-sink() { # -> port
-  local s
-  s=$(free_port)
-  /usr/sbin/smtp-sink -u nobody -c "127.0.0.1:$s" 1024 >"$W/sink-$s.out" 2>&1 &
+# starts an smtp-sink on a free port and sets SINK_PORT (not in a subshell: its PID must reach
+# PIDS for the cleanup)
+sink() {
+  SINK_PORT=$(free_port)
+  /usr/sbin/smtp-sink -u nobody -c "127.0.0.1:$SINK_PORT" 1024 >"$W/sink-$SINK_PORT.out" 2>&1 &
   PIDS+=($!)
-  wait_port "$s"
-  echo "$s"
+  wait_port "$SINK_PORT"
 }
 
 echo load@example.test >"$W/users"
-S_INT=$(sink)
+sink
+S_INT=$SINK_PORT
 PEERS+=("$W/pf-int")
 "$PEER" start "$W/pf-int" "$P_INT" internal example.test "$W/users" "$S_INT"
 cat >"$W/backstop.toml" <<EOF
@@ -110,7 +111,8 @@ $MILTER_CF"
 CF[backstop]=$WITH
 for side in "${SIDES[@]}"; do
   PORT[$side]=$(free_port)
-  SINK[$side]=$(sink)
+  sink
+  SINK[$side]=$SINK_PORT
   PEERS+=("$W/pf-$side")
   PEER_MAIN_CF="${CF[$side]}" "$PEER" start "$W/pf-$side" "${PORT[$side]}" gateway example.test "${SINK[$side]}"
   wait_port "${PORT[$side]}"
