@@ -545,11 +545,9 @@ fn log_startup(source: &ConfigSource, cfg: &Config) {
 
 /// A URL without its password.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            format!("{}://(credentials)@{}", &url[..s], &url[at + 1..])
-        }
-        _ => url.to_string(),
+    match crate::config::credentials(url) {
+        Some((scheme, rest)) => format!("{scheme}://(credentials)@{rest}"),
+        None => url.to_string(),
     }
 }
 

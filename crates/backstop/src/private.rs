@@ -23,18 +23,14 @@ pub fn restrict_umask() {
 /// write to it (they could replace the queue or the store); when they may read it, it and what
 /// is directly in it are made private, and the changes are returned, to be logged.
 pub fn check_state_dir(dir: &Path) -> Result<Vec<String>, String> {
-    let Ok(meta) = std::fs::metadata(dir) else {
+    if mode(dir).is_none() {
         return Ok(Vec::new()); // created later, under the mask
-    };
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(format!(
-            "state_dir {} can be written by other users (mode {mode:04o}): it holds the queue \
-             and the store; make it backstop's own (chmod 700 {})",
-            dir.display(),
-            dir.display()
-        ));
     }
+    let fix = format!(
+        "it holds the queue and the store; make it backstop's own (chmod 700 {})",
+        dir.display()
+    );
+    not_writable_by_others("state_dir", dir, &fix)?;
     let mut changed = Vec::new();
     tighten(dir, 0o700, &mut changed);
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -52,19 +48,26 @@ pub fn check_state_dir(dir: &Path) -> Result<Vec<String>, String> {
 /// An error when users other than its owner may write the key file at `path` (they could
 /// put their own key in its place); `key` names it in the configuration.
 pub fn check_key_file(key: &str, path: &Path) -> Result<(), String> {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(()); // a missing file is the loader's error, with its own words
-    };
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(format!(
-            "{key} {} can be written by other users (mode {mode:04o}): chmod 600 (or 640, \
-             group backstop) {}",
-            path.display(),
+    // a missing file is the loader's error, with its own words
+    let fix = format!("chmod 600 (or 640, group backstop) {}", path.display());
+    not_writable_by_others(key, path, &fix)
+}
+
+/// An error naming `what` at `path` (and `fix`) when users other than its owner may write it;
+/// nothing when it is not there.
+fn not_writable_by_others(what: &str, path: &Path, fix: &str) -> Result<(), String> {
+    match mode(path) {
+        Some(m) if m & 0o022 != 0 => Err(format!(
+            "{what} {} can be written by other users (mode {m:04o}): {fix}",
             path.display()
-        ));
+        )),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// The permission bits of `path` (links followed), if it is there.
+fn mode(path: &Path) -> Option<u32> {
+    Some(std::fs::metadata(path).ok()?.permissions().mode() & 0o7777)
 }
 
 /// Takes group and other permissions away from `path` if it has any (`private`: its new mode).
@@ -89,7 +92,7 @@ fn tighten(path: &Path, private: u32, changed: &mut Vec<String>) {
 /// A warning when the configuration file holds secrets (`secrets`: their keys) and every user
 /// of the machine can read it.
 pub fn config_warning(file: &Path, secrets: &[&str]) -> Option<String> {
-    let mode = std::fs::metadata(file).ok()?.permissions().mode() & 0o7777;
+    let mode = mode(file)?;
     if secrets.is_empty() || mode & 0o004 == 0 {
         return None;
     }
@@ -104,10 +107,6 @@ pub fn config_warning(file: &Path, secrets: &[&str]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn mode(p: &Path) -> u32 {
-        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
-    }
 
     fn set(p: &Path, m: u32) {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
@@ -126,9 +125,9 @@ mod tests {
         set(&state.join("backstop.redb"), 0o644);
         let changed = check_state_dir(&state).unwrap();
         assert_eq!(changed.len(), 3, "{changed:?}");
-        assert_eq!(mode(&state), 0o700);
-        assert_eq!(mode(&state.join("queue")), 0o700);
-        assert_eq!(mode(&state.join("backstop.redb")), 0o600);
+        assert_eq!(mode(&state).unwrap(), 0o700);
+        assert_eq!(mode(&state.join("queue")).unwrap(), 0o700);
+        assert_eq!(mode(&state.join("backstop.redb")).unwrap(), 0o600);
         assert!(
             check_state_dir(&state).unwrap().is_empty(),
             "nothing left to do"

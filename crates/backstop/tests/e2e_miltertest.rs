@@ -92,10 +92,10 @@ fn miltertest_drives_the_milter_through_scripted_sessions() {
     .unwrap();
     let port = free_port();
     let domain = |name: &str, action: &str| {
-        format!(
-            "[[domain]]\nname = \"{name}\"\nrecipients = [\"list:{}\"]\nnext_hop = \"maildir:m\"\n\
-             batv = \"sign\"\nbackscatter = \"{action}\"\n",
-            list.display()
+        list_domain(
+            name,
+            &list,
+            &format!("batv = \"sign\"\nbackscatter = \"{action}\"\n"),
         )
     };
     let text = format!(

@@ -265,11 +265,7 @@ fn a_postfix_with_backstops_milter_refuses_or_tags_forged_bounces_per_domain() {
     std::fs::write(&list, "alice@example.test\ncarol@tagged.test\n").unwrap();
     let milter = free_port();
     let domain = |name: &str, action: &str| {
-        format!(
-            "[[domain]]\nname = \"{name}\"\nrecipients = [\"list:{}\"]\nnext_hop = \"maildir:m\"\n\
-             backscatter = \"{action}\"\n",
-            list.display()
-        )
+        list_domain(name, &list, &format!("backscatter = \"{action}\"\n"))
     };
     let text = format!(
         "hostname = \"mx.example.test\"\nstate_dir = {:?}\n\
@@ -341,12 +337,14 @@ fn through_the_milter_mail_leaves_signed_and_its_real_bounce_comes_back_untagged
         "hostname = \"mx.example.test\"\nstate_dir = {:?}\n\
          [[listen]]\naddr = \"127.0.0.1:0\"\n\
          [[listen]]\naddr = \"127.0.0.1:{milter}\"\nprotocol = \"milter\"\n\
-         relay_from = [\"127.0.0.2/32\"]\n\
-         [[domain]]\nname = \"example.test\"\nrecipients = [\"list:{}\"]\nnext_hop = \"maildir:m\"\n\
-         batv = \"enforce\"\nbackscatter = \"reject\"\n\
+         relay_from = [\"127.0.0.2/32\"]\n{}\
          [batv]\nkeys = [\"1:0123456789abcdef0123\"]\n",
         dir.path().join("state").display().to_string(),
-        list.display()
+        list_domain(
+            "example.test",
+            &list,
+            "batv = \"enforce\"\nbackscatter = \"reject\"\n"
+        ),
     );
     let b = Backstop::start(dir.path(), &text);
     let line = format!("listening on 127.0.0.1:{milter} (milter, relay_from)");

@@ -203,6 +203,27 @@ pub enum StoreBackend {
     Redis(RedisTarget),
 }
 
+impl StoreBackend {
+    /// The Redis URLs it is configured with (the server, the cluster's nodes, the sentinels).
+    pub fn urls(&self) -> &[String] {
+        match self {
+            StoreBackend::Embedded => &[],
+            StoreBackend::Redis(RedisTarget::Single(u)) => std::slice::from_ref(u),
+            StoreBackend::Redis(RedisTarget::Cluster(nodes)) => nodes,
+            StoreBackend::Redis(RedisTarget::Sentinel { sentinels, .. }) => sentinels,
+        }
+    }
+}
+
+/// A URL's scheme and what follows its credentials (`redis://user:pw@host/0` -> `("redis",
+/// "host/0")`), when it has credentials before the host.
+pub fn credentials(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let at = authority.rfind('@')?;
+    Some((scheme, &rest[at + 1..]))
+}
+
 /// Which Redis.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -771,19 +792,13 @@ impl Config {
         if self.web.token.is_some() {
             out.push("web.token");
         }
-        let urls: Vec<&String> = match &self.store.backend {
-            StoreBackend::Embedded => Vec::new(),
-            StoreBackend::Redis(RedisTarget::Single(u)) => vec![u],
-            StoreBackend::Redis(RedisTarget::Cluster(us)) => us.iter().collect(),
-            StoreBackend::Redis(RedisTarget::Sentinel { sentinels, .. }) => {
-                sentinels.iter().collect()
-            }
-        };
-        // redis://user:password@host: a password before the host
-        if urls.iter().any(|u| {
-            u.split_once("://")
-                .is_some_and(|(_, r)| r.split('/').next().unwrap_or("").contains('@'))
-        }) {
+        if self
+            .store
+            .backend
+            .urls()
+            .iter()
+            .any(|u| credentials(u).is_some())
+        {
             out.push("store (a Redis password)");
         }
         out

@@ -173,14 +173,7 @@ fn redis_urls(key: &str, list: &[String]) -> Result<Vec<String>, ConfigError> {
 
 /// Whether the store is reached over TLS (`rediss://`).
 fn uses_tls(backend: &super::StoreBackend) -> bool {
-    use super::{RedisTarget, StoreBackend};
-    let urls: &[String] = match backend {
-        StoreBackend::Embedded => &[],
-        StoreBackend::Redis(RedisTarget::Single(u)) => std::slice::from_ref(u),
-        StoreBackend::Redis(RedisTarget::Cluster(nodes)) => nodes,
-        StoreBackend::Redis(RedisTarget::Sentinel { sentinels, .. }) => sentinels,
-    };
-    urls.iter().any(|u| u.starts_with("rediss://"))
+    backend.urls().iter().any(|u| u.starts_with("rediss://"))
 }
 
 /// Reads the file `s` (relative to `base`) given for `key` and parses it with `parse`; either

@@ -99,7 +99,6 @@ pub async fn run(
     let (ctx, listener, tls) = (setup.ctx.clone(), setup.config.as_ref(), &setup.tls);
     let cfg = setup.session.clone();
     Event::Connect { peer }.emit();
-    let _ = tcp.set_nodelay(true);
     let exempt = listener.may_relay(peer.ip()) || ctx.harvest.is_exempt(peer.ip());
     let now = ctx.clock.unix();
     let _slot = match ctx.harvest.admit(peer.ip(), exempt, now).await {

@@ -41,10 +41,15 @@ impl Bound {
         }
     }
 
-    /// The next connection.
+    /// The next connection. Every protocol here answers a request and waits for the next, so
+    /// a TCP connection never holds a small answer back for more to send (TCP_NODELAY).
     pub async fn accept(&self) -> std::io::Result<Accepted> {
         match self {
-            Bound::Tcp(l) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
+            Bound::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok(Accepted::Tcp(s, peer))
+            }
             Bound::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
         }
     }

@@ -268,14 +268,11 @@ async fn serve(accepted: listen::Accepted, setup: &Setup, sd: watch::Receiver<bo
         (Protocol::Smtp, Tcp(stream, peer)) => driver::run(stream, peer, setup, sd).await,
         (Protocol::Smtp, Unix(_)) => {}
         (Protocol::Policy, Tcp(stream, peer)) => {
-            // one small answer per request, waited for: never hold it back for more to send
-            let _ = stream.set_nodelay(true);
-            postfix_policy::run(stream, &peer.to_string(), setup, sd).await;
+            postfix_policy::run(stream, &peer.to_string(), setup, sd).await
         }
         (Protocol::Policy, Unix(stream)) => postfix_policy::run(stream, &unix(), setup, sd).await,
         (Protocol::Milter, Tcp(stream, peer)) => {
-            let _ = stream.set_nodelay(true);
-            milter::run(stream, &peer.to_string(), setup, sd).await;
+            milter::run(stream, &peer.to_string(), setup, sd).await
         }
         (Protocol::Milter, Unix(stream)) => milter::run(stream, &unix(), setup, sd).await,
     }

@@ -635,6 +635,16 @@ pub fn swaks(addr: SocketAddr, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), t)
 }
 
+/// A `[[domain]]` table for `name` whose recipients are the list file `list`, delivered into
+/// Maildir `m`, with `extra` lines (batv, backscatter ...) in it.
+#[allow(dead_code)]
+pub fn list_domain(name: &str, list: &Path, extra: &str) -> String {
+    format!(
+        "[[domain]]\nname = \"{name}\"\nrecipients = [\"list:{}\"]\nnext_hop = \"maildir:m\"\n{extra}",
+        list.display()
+    )
+}
+
 /// A config for `domain` with the given sources and next hop, listening on a free port.
 pub fn config(
     state_dir: &Path,
