@@ -126,13 +126,14 @@ pub fn objects(source: &str, b: &Bounce) -> Vec<Value> {
         "message_id": o.message_id, "from": o.from, "envelope_sender": o.envelope_sender,
         "date": o.date, "subject": o.subject, "received": o.received,
     });
-    if b.failures.is_empty() {
+    if b.failures.is_empty() && b.notices.is_empty() {
         return vec![
             json!({ "source": source, "kind": kind_name(b.kind), "recipient": null, "original": original }),
         ];
     }
     b.failures
         .iter()
+        .chain(&b.notices)
         .map(|f| {
             json!({
                 "source": source, "kind": kind_name(b.kind), "recipient": f.recipient,

@@ -78,10 +78,31 @@ pub struct Original {
 pub struct Bounce {
     /// What the message is.
     pub kind: Kind,
-    /// The failed recipients (empty unless a bounce, a feedback report or an auto-reply).
+    /// The recipients that failed or were delayed: only ever in a [`Kind::Bounce`].
     pub failures: Vec<Failure>,
+    /// The addresses a message that is not a failure is about, kept apart from `failures`
+    /// (nothing failed): who complained in a feedback report (reason `feedback`), who
+    /// answered with an auto-reply (`vacation`), who a delivery report says was delivered
+    /// (`delivered`).
+    pub notices: Vec<Failure>,
     /// The quoted original.
     pub original: Original,
+}
+
+impl Bounce {
+    /// A reading: entries that are not failures (by the message's kind or their reason) are
+    /// moved to `notices`.
+    fn new(kind: Kind, entries: Vec<Failure>, original: Original) -> Bounce {
+        let (failures, notices) = entries.into_iter().partition(|f| {
+            kind == Kind::Bounce && !matches!(f.reason, Reason::Delivered | Reason::Feedback)
+        });
+        Bounce {
+            kind,
+            failures,
+            notices,
+            original,
+        }
+    }
 }
 
 mod fields;
@@ -98,18 +119,12 @@ use std::sync::OnceLock;
 pub fn parse(raw: &[u8]) -> Bounce {
     let raw = &raw[..raw.len().min(MAX_INPUT)];
     let norm = normalize(raw);
-    let nothing = Bounce {
-        kind: Kind::Other,
-        failures: Vec::new(),
-        original: Original::default(),
-    };
     let Some(msg) = mime_parser().parse(&norm[..]) else {
-        return nothing;
+        return Bounce::new(Kind::Other, Vec::new(), Original::default());
     };
     let view = View::of(&msg);
-    if let Some(mut ses) = ses::read(&view.text) {
-        ses.failures = ses
-            .failures
+    if let Some((kind, entries, original)) = ses::read(&view.text) {
+        let entries = entries
             .into_iter()
             .map(|f| {
                 if f.reason == Reason::Feedback {
@@ -119,20 +134,37 @@ pub fn parse(raw: &[u8]) -> Bounce {
                 }
             })
             .collect();
-        return ses;
+        return Bounce::new(kind, entries, original);
     }
     let kind = view.kind();
-    let failures = match kind {
+    let entries = match kind {
         Kind::Bounce => view.failures(),
         Kind::Feedback => view.feedback(),
         Kind::AutoReply => view.auto_reply(),
         Kind::Challenge | Kind::Other => Vec::new(),
     };
-    Bounce {
-        kind,
-        failures,
-        original: view.returned.original,
-    }
+    Bounce::new(kind, entries, view.returned.original)
+}
+
+/// Reads the human-readable text of a delivery notification on its own (no header section, no
+/// MIME structure: a text the caller knows is a bounce's notice, as pasted into a ticket). The
+/// kind is [`Kind::Bounce`] when the text names a failed recipient, else [`Kind::Other`].
+pub fn parse_text(text: &str) -> Bounce {
+    let mut raw = b"Content-Type: text/plain; charset=utf-8\n\n".to_vec();
+    raw.extend_from_slice(text.as_bytes());
+    let raw = &raw[..raw.len().min(MAX_INPUT)];
+    let norm = normalize(raw);
+    let Some(msg) = mime_parser().parse(&norm[..]) else {
+        return Bounce::new(Kind::Other, Vec::new(), Original::default());
+    };
+    let view = View::of(&msg);
+    let failures = view.failures();
+    let kind = if failures.is_empty() {
+        Kind::Other
+    } else {
+        Kind::Bounce
+    };
+    Bounce::new(kind, failures, view.returned.original)
 }
 
 /// The mail-parser configuration [`parse`] uses: only the MIME headers are structured (all the

@@ -2,7 +2,7 @@
 //! mails about a message it sent: `Bounce`, `Complaint` or `Delivery`.
 //!
 //! Responsible for: finding the notification in a message's text and turning it into a
-//! [`Bounce`]: the bounced recipients with their status, action and diagnostic, the complained
+//! [`Bounce`](super::Bounce): the bounced recipients with their status, action and diagnostic, the complained
 //! recipients as feedback, the delivered ones as delivered. Not responsible for: general JSON
 //! (only the few fields SES writes are read, by a small scanner that understands strings and
 //! nesting), reasons (the parser classifies the diagnostics like any other).
@@ -10,10 +10,11 @@
 //! Pure, never panics, linear in the text.
 
 use super::fields::{address, one_line, status_in};
-use super::{Bounce, Failure, Kind, Original, Reason};
+use super::{Failure, Kind, Original, Reason};
 
-/// The notification in `text`, if it holds one.
-pub fn read(text: &str) -> Option<Bounce> {
+/// The notification in `text`, if it holds one: its kind, its recipients (bounced, complained
+/// or delivered) and the original it is about.
+pub fn read(text: &str) -> Option<(Kind, Vec<Failure>, Original)> {
     if !text.contains("notificationType") {
         return None;
     }
@@ -40,11 +41,7 @@ pub fn read(text: &str) -> Option<Bounce> {
             .and_then(|a| strings(a).next())
             .and_then(address);
     }
-    Some(Bounce {
-        kind,
-        failures,
-        original,
-    })
+    Some((kind, failures, original))
 }
 
 fn bounced(json: &str) -> Vec<Failure> {
@@ -208,30 +205,27 @@ mod tests {
             "status":"5.1.1","diagnosticCode":"smtp; 550 5.1.1 user unknown"},
             {"emailAddress":"x{y@example.test"}],"reportingMTA":"dsn; a1.example.test"},
             "mail":{"source":"me@example.test","messageId":"0101-abc"}}"#;
-        let b = read(json).unwrap();
-        assert_eq!(b.kind, Kind::Bounce);
-        assert_eq!(b.failures.len(), 2);
-        let f = &b.failures[0];
+        let (kind, failures, original) = read(json).unwrap();
+        assert_eq!(kind, Kind::Bounce);
+        assert_eq!(failures.len(), 2);
+        let f = &failures[0];
         assert_eq!(f.recipient, "gone@example.test");
         assert_eq!(f.status.as_deref(), Some("5.1.1"));
         assert_eq!(f.diagnostic, "550 5.1.1 user unknown");
         assert_eq!(f.remote_mta.as_deref(), Some("a1.example.test"));
-        assert_eq!(
-            b.original.envelope_sender.as_deref(),
-            Some("me@example.test")
-        );
+        assert_eq!(original.envelope_sender.as_deref(), Some("me@example.test"));
     }
 
     #[test]
     fn complaints_and_deliveries_and_broken_json() {
         let sns = r#"{"Type":"Notification","Message":"{\"notificationType\":\"Complaint\",\"complaint\":{\"complainedRecipients\":[{\"emailAddress\":\"c@example.test\"}],\"complaintFeedbackType\":\"abuse\"}}"}"#;
-        let b = read(sns).unwrap();
-        assert_eq!(b.kind, Kind::Feedback);
-        assert_eq!(b.failures[0].recipient, "c@example.test");
+        let (kind, complained, _) = read(sns).unwrap();
+        assert_eq!(kind, Kind::Feedback);
+        assert_eq!(complained[0].recipient, "c@example.test");
         let d = r#"{"notificationType":"Delivery","delivery":{"recipients":["ok@example.test"],"smtpResponse":"250 2.6.0 Message received"}}"#;
-        let b = read(d).unwrap();
-        assert_eq!(b.failures[0].reason, Reason::Delivered);
-        assert_eq!(b.failures[0].status.as_deref(), Some("2.6.0"));
+        let (_, delivered, _) = read(d).unwrap();
+        assert_eq!(delivered[0].reason, Reason::Delivered);
+        assert_eq!(delivered[0].status.as_deref(), Some("2.6.0"));
         for broken in [
             r#"{"notificationType":"Bounce","bounce":{"bouncedRecipients":[{"#,
             "notificationType",
