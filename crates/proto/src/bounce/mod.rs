@@ -352,6 +352,9 @@ impl<'m> View<'m> {
             out = text::failures(&self.text, &own[..1]);
         }
         if out.is_empty() {
+            out = text::introduced(&self.text, &own);
+        }
+        if out.is_empty() {
             out = text::bracketed(&self.text, &own);
         }
         if out.is_empty()

@@ -6,7 +6,7 @@
 //! Not responsible for: classifying reasons (`reason`).
 
 use super::Original;
-use super::fields::{address, one_line, reply_code_in};
+use super::fields::{address, one_line, reply_code_in, status_in};
 use mail_parser::Message;
 
 /// Lines that start the returned message in the text of a bounce: lower-case prefixes of the
@@ -191,39 +191,86 @@ pub fn read_returned(bytes: &[u8]) -> Returned {
 
 /// Failed recipients named in the human text: a line that starts with an address (bare, in
 /// `<>`, or followed by `:`), with the lines after it up to the next such line as diagnostic.
+/// An address listed twice (Exchange names each recipient for the user, then again for the
+/// administrator with the server's reply) keeps its first place and the diagnostic that
+/// carries a reply code or status, if one does.
 pub fn failures(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
     let human = human(text);
     let lines: Vec<&str> = human.lines().collect();
-    let mut starts: Vec<(usize, String)> = Vec::new();
+    let starts = address_lines(&lines, own);
+    let mut out: Vec<super::Failure> = Vec::new();
+    // a reply code says more than a status alone, which says more than words
+    let rank = |d: &str| match (reply_code_in(d), status_in(d)) {
+        (Some(_), _) => 2,
+        (None, Some(_)) => 1,
+        (None, None) => 0,
+    };
+    for (k, (i, a)) in starts.iter().enumerate() {
+        // to the next line that names another recipient
+        let end = starts[k + 1..]
+            .iter()
+            .find(|(_, b)| b != a)
+            .map_or(lines.len(), |(j, _)| *j)
+            .min(i + 12);
+        let diagnostic = diagnostic_after(&lines, *i, end, a);
+        match out.iter_mut().find(|f| f.recipient == *a) {
+            Some(f) if rank(&diagnostic) > rank(&f.diagnostic) => f.diagnostic = diagnostic,
+            Some(_) => {}
+            None => out.push(super::Failure {
+                recipient: a.clone(),
+                diagnostic,
+                ..super::Failure::default()
+            }),
+        }
+    }
+    out
+}
+
+/// The lines that start with a recipient's address (line number, address), in order; an
+/// address on a more indented line inside a recipient's paragraph is part of that recipient's
+/// diagnostic (Postfix folds "said: 550 <sender>: refused" that way), and the bounce's own
+/// addresses are not recipients.
+fn address_lines(lines: &[&str], own: &[Option<String>]) -> Vec<(usize, String)> {
+    let mut starts = Vec::new();
+    // the indentation of the line that started the current paragraph with an address
+    let mut opened: Option<usize> = None;
     for (i, l) in lines.iter().enumerate() {
-        if let Some(a) = leading_address(l)
-            && !own.iter().any(|o| o.as_ref() == Some(&a))
-            && !starts.iter().any(|(_, x)| *x == a)
-        {
+        let indent = l.len() - l.trim_start().len();
+        if l.trim().is_empty() {
+            opened = None;
+            continue;
+        }
+        let Some(a) = leading_address(l) else {
+            continue;
+        };
+        if opened.is_some_and(|o| indent > o) {
+            continue;
+        }
+        opened = Some(indent);
+        if !own.iter().any(|o| o.as_ref() == Some(&a)) {
             starts.push((i, a));
         }
     }
-    let mut out = Vec::new();
-    for (k, (i, a)) in starts.iter().enumerate() {
-        let end = starts
-            .get(k + 1)
-            .map_or(lines.len(), |(j, _)| *j)
-            .min(i + 12);
-        let para = lines[*i..end].join(" ");
-        let rest = para
-            .split_once(a.as_str())
-            .map_or(para.as_str(), |(_, r)| r);
-        let mut diagnostic = one_line(rest.trim_start_matches(['>', ':', ' ']), 1000);
-        if diagnostic.is_empty() {
-            diagnostic = one_line(&lines[..*i].join(" "), 1000);
-        }
-        out.push(super::Failure {
-            recipient: a.clone(),
-            diagnostic,
-            ..super::Failure::default()
-        });
+    starts
+}
+
+/// What lines `i..end` say after the address `a` that starts them, on one line (the text
+/// before them when they say nothing).
+fn diagnostic_after(lines: &[&str], i: usize, end: usize, a: &str) -> String {
+    let para = lines[i..end].join(" ");
+    let rest = para.split_once(a).map_or(para.as_str(), |(_, r)| r);
+    let rest = rest.trim_start_matches(['>', ':', ' ']);
+    // Exchange's link after the address: `<mailto:user@example.test>`
+    let rest = rest
+        .strip_prefix("<mailto:")
+        .and_then(|r| r.split_once('>'))
+        .map_or(rest, |(_, r)| r);
+    let diagnostic = one_line(rest.trim_start_matches(['>', ':', ' ']), 1000);
+    if diagnostic.is_empty() {
+        one_line(&lines[..i].join(" "), 1000)
+    } else {
+        diagnostic
     }
-    out
 }
 
 /// The delivery-status fields of a report pasted into the text (a message whose MIME
@@ -290,6 +337,11 @@ fn leading_address(line: &str) -> Option<String> {
         return None;
     }
     let first = t.split_whitespace().next()?;
+    // Exchange writes a link after the address: `user@example.test<mailto:user@example.test>`
+    let first = match first.split_once("<mailto:") {
+        Some((a, link)) if !a.is_empty() && link.trim_end_matches('>') == a => a,
+        _ => first,
+    };
     // the whole first word is the address (nothing else glued to it)
     let cand = first
         .trim_start_matches(['<', '"', '\''])
@@ -298,6 +350,62 @@ fn leading_address(line: &str) -> Option<String> {
         return None;
     }
     address(cand)
+}
+
+/// Lower-case words after which a bounce's sentence names the recipient that failed: "Your
+/// message to X couldn't be delivered" (Office 365), "wasn't delivered to X because" (Gmail),
+/// "a problem delivering your message to X" (Gmail's delay notice), "could not be delivered
+/// to: X", "failed to deliver to X", "addressed to: X".
+const INTRODUCERS: &[&str] = &[
+    "your message to",
+    "delivered to",
+    "delivering your message to",
+    "deliver your message to",
+    "failed to deliver to",
+    "addressed to",
+    "delivery to",
+];
+
+/// How far after its introducing words a recipient may start (bytes): "to the following
+/// recipients:" and a line break fit, another sentence does not.
+const INTRODUCER_REACH: usize = 60;
+
+/// Recipients named in a sentence of the human text, after words such as "your message to"
+/// ([`INTRODUCERS`]), each once, with its paragraph as diagnostic. Only what follows the
+/// words closely counts, and not across a sentence's end.
+pub fn introduced(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
+    let human = human(text);
+    let lower = human.to_ascii_lowercase();
+    let mut out: Vec<super::Failure> = Vec::new();
+    for word in INTRODUCERS {
+        for (at, _) in lower.match_indices(word) {
+            let from = at + word.len();
+            let mut end = (from + INTRODUCER_REACH).min(lower.len());
+            while !lower.is_char_boundary(end) {
+                end -= 1;
+            }
+            let window = &human[from..end];
+            // the address starts before any sentence ends ("... to X. " or a blank line)
+            let Some(found) = window
+                .split_whitespace()
+                .take_while(|w| !w.ends_with(['.', '!']) || w.contains('@'))
+                .find(|w| w.contains('@'))
+            else {
+                continue;
+            };
+            let Some(a) = address(found) else { continue };
+            if own.iter().any(|o| o.as_ref() == Some(&a)) || out.iter().any(|f| f.recipient == a) {
+                continue;
+            }
+            let diagnostic = about(text, &a);
+            out.push(super::Failure {
+                recipient: a,
+                diagnostic,
+                ..super::Failure::default()
+            });
+        }
+    }
+    out
 }
 
 /// The paragraph of the human text that mentions `rcpt`, on one line ("" when none does).
