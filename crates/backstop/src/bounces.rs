@@ -112,6 +112,7 @@ fn split(name: &str, raw: Vec<u8>) -> Vec<Source> {
 fn kind_name(k: Kind) -> &'static str {
     match k {
         Kind::Bounce => "bounce",
+        Kind::Delivery => "delivery",
         Kind::AutoReply => "auto-reply",
         Kind::Feedback => "feedback",
         Kind::Challenge => "challenge",
@@ -138,7 +139,7 @@ pub fn objects(source: &str, b: &Bounce) -> Vec<Value> {
             json!({
                 "source": source, "kind": kind_name(b.kind), "recipient": f.recipient,
                 "status": f.status, "reply_code": f.reply_code, "reason": f.reason.as_str(),
-                "hard": f.hard, "action": f.action, "remote_mta": f.remote_mta,
+                "hard": f.hard, "permanent": f.permanent, "action": f.action, "remote_mta": f.remote_mta,
                 "diagnostic": f.diagnostic, "original": original,
             })
         })

@@ -414,3 +414,41 @@ fn agreement_with_every_corpus_holds() {
     }
     assert!(failed.is_empty(), "{failed:#?}");
 }
+
+/// Real Postfix 3.7 notices (data/postfix37, generated on loopback) read as an administrator
+/// expects: a remote `550` without an enhanced code (Postfix writes `dsn=5.0.0`) is an unknown
+/// user, hard and permanent with its reply code; the `error:` transport's refusal is a domain
+/// that takes no mail; a delay warning is a temporary failure; a success report is not one.
+#[test]
+fn postfix_notices_read_as_an_administrator_expects() {
+    let read = |name: &str| read("postfix37", &format!("messages/{name}.eml"));
+    let b = read("550-no-enhanced-code");
+    assert_eq!(b.kind, Kind::Bounce);
+    let f = &b.failures[0];
+    assert_eq!(f.recipient, "nosuch@remote.test");
+    assert_eq!(f.status.as_deref(), Some("5.0.0"));
+    assert_eq!(f.reply_code, Some(550));
+    assert_eq!(f.reason.as_str(), "userunknown");
+    assert!(f.hard && f.permanent, "{f:?}");
+
+    let f = &read("error-transport").failures[0];
+    assert_eq!(f.reason.as_str(), "notaccept");
+    assert_eq!(f.reply_code, None);
+    assert!(f.hard && f.permanent, "{f:?}");
+
+    let b = read("451-4.7.1-greylisted-delayed");
+    assert_eq!(b.kind, Kind::Bounce);
+    let f = &b.failures[0];
+    assert_eq!(f.action.as_deref(), Some("delayed"));
+    assert!(!f.hard && !f.permanent, "{f:?}");
+
+    let b = read("success-relayed");
+    assert_eq!(b.kind, Kind::Delivery);
+    assert!(b.failures.is_empty());
+    assert_eq!(b.notices[0].reason.as_str(), "delivered");
+
+    // one success and one failure in one report: the failure only
+    let b = read("success-and-failure-bounce");
+    assert_eq!(b.kind, Kind::Bounce);
+    assert_eq!(b.failures.len(), 1, "{:?}", b.failures);
+}

@@ -23,6 +23,9 @@ pub const MAX_INPUT: usize = 1 << 20;
 pub enum Kind {
     /// A delivery report: some recipients failed (or were delayed).
     Bounce,
+    /// A delivery report in which nothing failed or was delayed: every recipient it names was
+    /// delivered, relayed or expanded (a success notice, RFC 3464 `Action: delivered`).
+    Delivery,
     /// An automatic reply (vacation, out of office; RFC 3834).
     AutoReply,
     /// A feedback-loop (abuse) report (ARF, RFC 5965).
@@ -52,8 +55,13 @@ pub struct Failure {
     pub command: Option<String>,
     /// Why, as a class.
     pub reason: Reason,
-    /// Permanent (true) or temporary.
+    /// A hard bounce (sisimai's `hardbounce`, what senders of lists act on): the address
+    /// itself is bad (unknown user or domain, moved, the domain takes no mail), so mail to it
+    /// should stop. A full mailbox or a spam refusal is not hard, even with a 5.x.x status.
     pub hard: bool,
+    /// The refusal was permanent: a 5.x.x status (or a 5xx reply with none). Retrying this
+    /// message will not help; it says nothing of whether the address is good (see `hard`).
+    pub permanent: bool,
 }
 
 /// The original message, as far as the bounce quotes it.
@@ -93,9 +101,15 @@ impl Bounce {
     /// A reading: entries that are not failures (by the message's kind or their reason) are
     /// moved to `notices`.
     fn new(kind: Kind, entries: Vec<Failure>, original: Original) -> Bounce {
-        let (failures, notices) = entries.into_iter().partition(|f| {
-            kind == Kind::Bounce && !matches!(f.reason, Reason::Delivered | Reason::Feedback)
-        });
+        let (failures, notices): (Vec<Failure>, Vec<Failure>) =
+            entries.into_iter().partition(|f| {
+                kind == Kind::Bounce && !matches!(f.reason, Reason::Delivered | Reason::Feedback)
+            });
+        let kind = if kind == Kind::Bounce && failures.is_empty() && !notices.is_empty() {
+            Kind::Delivery
+        } else {
+            kind
+        };
         Bounce {
             kind,
             failures,
@@ -141,7 +155,7 @@ pub fn parse(raw: &[u8]) -> Bounce {
         Kind::Bounce => view.failures(),
         Kind::Feedback => view.feedback(),
         Kind::AutoReply => view.auto_reply(),
-        Kind::Challenge | Kind::Other => Vec::new(),
+        Kind::Delivery | Kind::Challenge | Kind::Other => Vec::new(),
     };
     Bounce::new(kind, entries, view.returned.original)
 }
@@ -546,5 +560,6 @@ fn finish(mut f: Failure) -> Failure {
         });
     }
     f.hard = f.reason.is_hard(f.status.as_deref(), f.reply_code);
+    f.permanent = f.status.as_deref().is_some_and(|s| s.starts_with('5'));
     f
 }

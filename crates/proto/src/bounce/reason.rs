@@ -885,6 +885,7 @@ const NOT_ACCEPT: &[&str] = &[
     "host/domain does not accept mail",
     "host does not accept mail",
     "domain does not accept mail",
+    "mail for this domain is not accepted",
     "doesn't receive email",
     "mail receiving disabled",
     "indicated no smtp service",

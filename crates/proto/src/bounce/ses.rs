@@ -29,7 +29,7 @@ pub fn read(text: &str) -> Option<(Kind, Vec<Failure>, Original)> {
     let (kind, failures) = match string_after(json, "notificationType")? {
         "Bounce" => (Kind::Bounce, bounced(json)),
         "Complaint" => (Kind::Feedback, complained(json)),
-        "Delivery" => (Kind::Bounce, delivered(json)),
+        "Delivery" => (Kind::Delivery, delivered(json)),
         _ => return None,
     };
     let mut original = Original::default();
