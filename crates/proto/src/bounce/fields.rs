@@ -202,6 +202,16 @@ pub fn reply_code_in(s: &str) -> Option<u16> {
 
 /// `s` on one line, runs of white space as one space, at most `max` bytes.
 pub fn one_line(s: &str, max: usize) -> String {
+    // already one line: no white space but single spaces, none at either end
+    let b = s.as_bytes();
+    let plain = b.len() <= max
+        && b.first() != Some(&b' ')
+        && b.last() != Some(&b' ')
+        && !b.iter().any(|c| c.is_ascii_whitespace() && *c != b' ')
+        && memchr::memmem::find(b, b"  ").is_none();
+    if plain && !s.contains(|c: char| c.is_whitespace() && !c.is_ascii()) {
+        return s.to_string();
+    }
     let mut out = String::new();
     for w in s.split_whitespace() {
         if out.len() + w.len() + 1 > max {

@@ -125,7 +125,7 @@ mod ses;
 mod text;
 
 use fields::{address, blocks, field, one_line, reply_code_in, status_in, typed_value};
-use mail_parser::{HeaderName, Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{HeaderName, Message, MessageParser, MessagePart, MimeHeaders, PartType};
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
@@ -133,9 +133,15 @@ use std::sync::OnceLock;
 pub fn parse(raw: &[u8]) -> Bounce {
     let raw = &raw[..raw.len().min(MAX_INPUT)];
     let norm = normalize(raw);
-    let Some(msg) = mime_parser().parse(&norm[..]) else {
+    let Some(mut msg) = mime_parser().parse(&norm[..]) else {
         return Bounce::new(Kind::Other, Vec::new(), Original::default());
     };
+    let repaired = close_truncated_parts(&msg, &norm);
+    if let Some(fixed) = &repaired
+        && let Some(m) = mime_parser().parse(&fixed[..])
+    {
+        msg = m;
+    }
     let view = View::of(&msg);
     if let Some((kind, entries, original)) = ses::read(&view.text) {
         let entries = entries
@@ -181,6 +187,86 @@ pub fn parse_text(text: &str) -> Bounce {
     Bounce::new(kind, failures, view.returned.original)
 }
 
+/// The message with every part cut short closed, when a part swallowed the parts after it:
+/// a returned original truncated by the reporting server leaves its own multipart open, and
+/// mail-parser then reads the outer parts after it (the notice, the delivery status) as its
+/// inside, although RFC 2046 has an outer boundary end every part nested in it. `None` when
+/// the top-level parts are all there (the usual case: nothing is copied).
+fn close_truncated_parts(msg: &Message<'_>, raw: &[u8]) -> Option<Vec<u8>> {
+    let outer = msg.content_type()?.attribute("boundary")?;
+    let PartType::Multipart(children) = &msg.parts.first()?.body else {
+        return None;
+    };
+    let delimiter = format!("--{outer}");
+    let at_lines = delimiter_lines(raw, delimiter.as_bytes());
+    // each delimiter line (but the closing one) starts a part
+    let opening = at_lines.iter().filter(|(_, close)| !close).count();
+    if children.len() >= opening {
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len() + 256);
+    let mut from = 0;
+    for (at, _) in at_lines {
+        // before each outer delimiter: close whatever the part before it left open
+        let segment = &raw[from..at];
+        out.extend_from_slice(segment);
+        for inner in open_boundaries(segment, outer).iter().rev() {
+            out.extend_from_slice(b"\n--");
+            out.extend_from_slice(inner.as_bytes());
+            out.extend_from_slice(b"--\n");
+        }
+        from = at;
+    }
+    out.extend_from_slice(&raw[from..]);
+    Some(out)
+}
+
+/// The offsets of the lines that start with `delimiter`, and whether each closes (`--B--`).
+fn delimiter_lines(raw: &[u8], delimiter: &[u8]) -> Vec<(usize, bool)> {
+    memchr::memmem::find_iter(raw, delimiter)
+        .filter(|&at| at == 0 || raw[at - 1] == b'\n')
+        .filter_map(|at| {
+            let rest = &raw[at + delimiter.len()..];
+            let close = rest.starts_with(b"--");
+            let after = if close { &rest[2..] } else { rest };
+            // the delimiter alone on its line (trailing white space allowed)
+            let end = after
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(after.len());
+            after[..end]
+                .iter()
+                .all(u8::is_ascii_whitespace)
+                .then_some((at, close))
+        })
+        .collect()
+}
+
+/// The `boundary=` parameters (but `outer`) declared in `segment` whose closing delimiter it
+/// lacks.
+fn open_boundaries(segment: &[u8], outer: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(segment);
+    let lower = text.to_ascii_lowercase();
+    let mut open = Vec::new();
+    for (at, _) in lower.match_indices("boundary=") {
+        let value = &text[at + "boundary=".len()..];
+        let value = match value.strip_prefix('"') {
+            Some(q) => q.split('"').next().unwrap_or(""),
+            None => value
+                .split(|c: char| c.is_whitespace() || c == ';')
+                .next()
+                .unwrap_or(""),
+        };
+        if value.is_empty() || value == outer || open.iter().any(|b| b == value) {
+            continue;
+        }
+        if !text.contains(&format!("--{value}--")) {
+            open.push(value.to_string());
+        }
+    }
+    open
+}
+
 /// The mail-parser configuration [`parse`] uses: only the MIME headers are structured (all the
 /// parts need); every other header is kept raw and read with `header_raw`, so `Received:`
 /// chains and address lists cost nothing. Public so that benchmarks can time MIME parsing
@@ -207,10 +293,7 @@ fn raw_parser() -> &'static MessageParser {
 /// CR-only line ends become LF (mail-parser reads LF and CRLF); input without them is used
 /// as it is.
 fn normalize(raw: &[u8]) -> Cow<'_, [u8]> {
-    let bare_cr = raw
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\r' && raw.get(i + 1) != Some(&b'\n'));
+    let bare_cr = memchr::memchr_iter(b'\r', raw).any(|i| raw.get(i + 1) != Some(&b'\n'));
     if !bare_cr {
         return Cow::Borrowed(raw);
     }
@@ -234,6 +317,8 @@ struct View<'m> {
     feedback: Option<String>,
     /// The human-readable text (first text part outside the returned message).
     text: String,
+    /// How much of `text` is the bounce's own words ([`text::human`]): up to a quoted original.
+    human_len: usize,
     /// The returned original (attached, or quoted in the text), read.
     returned: text::Returned,
 }
@@ -245,10 +330,12 @@ impl<'m> View<'m> {
             dsn: None,
             feedback: None,
             text: String::new(),
+            human_len: 0,
             returned: text::Returned::default(),
         };
-        // the returned original: a whole message or its header section
+        // the returned original: a whole message (parsed with the rest) or its header section
         let mut returned: Option<Vec<u8>> = None;
+        let mut attached: Option<&Message<'_>> = None;
         for part in msg
             .parts
             .iter()
@@ -275,14 +362,16 @@ impl<'m> View<'m> {
                 ("message", "rfc822" | "global" | "partial")
                 | ("text", "rfc822-headers")
                 | ("message", "global-headers")
-                    if returned.is_none() =>
+                    if returned.is_none() && attached.is_none() =>
                 {
-                    returned = Some(match &part.body {
-                        PartType::Message(m) => m.raw_message().to_vec(),
-                        _ => part.contents().to_vec(),
-                    });
+                    match &part.body {
+                        PartType::Message(m) => attached = Some(m),
+                        _ => returned = Some(part.contents().to_vec()),
+                    }
                 }
-                ("text", _) if v.text.is_empty() && returned.is_none() => {
+                // the notice: the first text part that is not a message pasted as a part
+                // (wherever it sits: before or after the returned original)
+                ("text", _) if v.text.is_empty() && !pasted_message(msg, part) => {
                     v.text = part
                         .text_contents()
                         .map(str::to_string)
@@ -298,13 +387,24 @@ impl<'m> View<'m> {
             // a multipart body whose boundary never occurs (broken by a relay): its raw text
             v.text = String::from_utf8_lossy(part.contents()).into_owned();
         }
+        let marker = text::marker_at(&v.text);
+        v.human_len = marker.unwrap_or(v.text.len());
+        if let Some(m) = attached {
+            v.returned = text::read_returned_message(m);
+            return v;
+        }
         if returned.is_none() {
             // no attached original: the copy quoted in the text, if any
-            let quoted = text::quoted_original(&v.text);
+            let quoted = marker.map_or_else(String::new, |at| text::quoted_from(&v.text[at..]));
             returned = (!quoted.is_empty()).then(|| quoted.into_bytes());
         }
         v.returned = text::read_returned(returned.as_deref().unwrap_or_default());
         v
+    }
+
+    /// The bounce's own words: its text up to a quoted original.
+    fn human(&self) -> &str {
+        &self.text[..self.human_len]
     }
 
     fn header(&self, name: &str) -> String {
@@ -342,7 +442,7 @@ impl<'m> View<'m> {
     fn failures(&self) -> Vec<Failure> {
         let original = &self.returned.original;
         let mut out = match &self.dsn {
-            Some(dsn) => from_dsn(dsn, &self.text),
+            Some(dsn) => from_dsn(dsn, self.human()),
             None => Vec::new(),
         };
         if out.is_empty() {
@@ -358,7 +458,7 @@ impl<'m> View<'m> {
         if out.is_empty() {
             // a delivery-status report written into the text itself (no MIME structure)
             out = text::inline_dsn(&self.text)
-                .map(|dsn| from_dsn(dsn, &self.text))
+                .map(|dsn| from_dsn(dsn, self.human()))
                 .unwrap_or_default();
         }
         if out.is_empty() {
@@ -376,11 +476,11 @@ impl<'m> View<'m> {
         {
             out.push(Failure {
                 recipient: to.clone(),
-                diagnostic: one_line(text::human(&self.text), 500),
+                diagnostic: one_line(self.human(), 500),
                 ..Failure::default()
             });
         }
-        let fallback = one_line(text::human(&self.text), 1000);
+        let fallback = one_line(self.human(), 1000);
         for f in out.iter_mut().filter(|f| f.diagnostic.is_empty()) {
             f.diagnostic = fallback.clone();
         }
@@ -398,7 +498,7 @@ impl<'m> View<'m> {
             if out.iter().any(|f| f.recipient == recipient) {
                 continue;
             }
-            let diagnostic = text::about(&self.text, &recipient);
+            let diagnostic = text::about(self.human(), &recipient);
             out.push(Failure {
                 recipient,
                 diagnostic,
@@ -454,16 +554,39 @@ impl<'m> View<'m> {
     }
 }
 
+/// Whether a part of `msg` is a message pasted in as a text part (an attachment, or a part
+/// whose own header section carries a message's fields), not a notice.
+fn pasted_message(msg: &Message<'_>, part: &MessagePart<'_>) -> bool {
+    if msg.parts.len() == 1 {
+        return false;
+    }
+    let attachment = part
+        .content_disposition()
+        .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"));
+    attachment
+        || part.headers.iter().any(|h| {
+            matches!(
+                h.name,
+                HeaderName::Received
+                    | HeaderName::From
+                    | HeaderName::MessageId
+                    | HeaderName::ReturnPath
+            )
+        })
+}
+
 /// One failure per recipient block of a delivery-status body; diagnostics missing there are
-/// looked for in the human text.
+/// looked for in `human`, the human part of the bounce's text.
 fn from_dsn(dsn: &str, human: &str) -> Vec<Failure> {
     let blocks = blocks(dsn);
     let per_message = blocks.first().cloned().unwrap_or_default();
     let mut out = Vec::new();
     for b in &blocks {
-        let Some(recipient) = field(b, "final-recipient")
-            .or_else(|| field(b, "original-recipient"))
-            .and_then(|v| address(typed_value(v)))
+        // Final-Recipient, else Original-Recipient (also when Final-Recipient names no usable
+        // address: `system;<>`, a source route)
+        let Some(recipient) = ["final-recipient", "original-recipient"]
+            .iter()
+            .find_map(|name| field(b, name).and_then(|v| address(typed_value(v))))
         else {
             continue;
         };
@@ -476,7 +599,7 @@ fn from_dsn(dsn: &str, human: &str) -> Vec<Failure> {
             diagnostic = about.clone();
         }
         if diagnostic.is_empty() {
-            diagnostic = one_line(text::human(human), 1000);
+            diagnostic = one_line(human, 1000);
         }
         let command = fields::command_in(&diagnostic).or_else(|| fields::command_in(&about));
         out.push(Failure {

@@ -7,7 +7,9 @@
 
 use super::Original;
 use super::fields::{address, one_line, reply_code_in, status_in};
+use aho_corasick::{AhoCorasick, MatchKind};
 use mail_parser::Message;
+use std::sync::OnceLock;
 
 /// Lines that start the returned message in the text of a bounce: lower-case prefixes of the
 /// line once its framing (dashes, spaces, `=`, `*`) is trimmed.
@@ -100,19 +102,31 @@ pub fn looks_like_auto_reply(subject: &str, auto_submitted: &str, msg: &Message<
         || msg.header_raw("X-Autorespond").is_some()
 }
 
-/// Where the original starts in `text` (byte offset of its marker line), if it is quoted.
-fn marker_at(text: &str) -> Option<usize> {
-    let mut at = 0;
-    for line in text.split_inclusive('\n') {
-        let l = line.trim().trim_matches(['-', ' ', '=', '*', '_']);
-        let starts = |m: &str| l.get(..m.len()).is_some_and(|p| p.eq_ignore_ascii_case(m));
-        // "original message was received at ..." (Sendmail) is part of the explanation
-        if ORIGINAL_MARKERS.iter().any(|m| starts(m))
-            && !l.to_ascii_lowercase().contains("was received")
-        {
-            return Some(at);
+/// Where the original starts in `text` (byte offset of its marker line), if it is quoted: the
+/// first line that starts (after its framing: white space, dashes, `=`, `*`, `_`) with one of
+/// [`ORIGINAL_MARKERS`], in any case. One pass over the text for all the markers.
+pub fn marker_at(text: &str) -> Option<usize> {
+    static MARKERS: OnceLock<AhoCorasick> = OnceLock::new();
+    let markers = MARKERS.get_or_init(|| {
+        AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(ORIGINAL_MARKERS)
+            .expect("markers compile")
+    });
+    for m in markers.find_iter(text) {
+        let line_start = text[..m.start()].rfind('\n').map_or(0, |p| p + 1);
+        let framing = |c: char| c.is_whitespace() || matches!(c, '-' | '=' | '*' | '_');
+        if !text[line_start..m.start()].chars().all(framing) {
+            continue;
         }
-        at += line.len();
+        let line_end = text[m.start()..]
+            .find('\n')
+            .map_or(text.len(), |p| m.start() + p);
+        // "original message was received at ..." (Sendmail) is part of the explanation
+        if find_ignore_case(&text[m.start()..line_end], "was received").is_none() {
+            return Some(line_start);
+        }
     }
     None
 }
@@ -122,12 +136,9 @@ pub fn human(text: &str) -> &str {
     &text[..marker_at(text).unwrap_or(text.len())]
 }
 
-/// The quoted original in `text`: from the first header-looking line after the marker.
-pub fn quoted_original(text: &str) -> String {
-    let Some(at) = marker_at(text) else {
-        return String::new();
-    };
-    let rest = &text[at..];
+/// The quoted original in `rest`, the text from the marker line ([`marker_at`]) on: from the
+/// first header-looking line after the marker.
+pub fn quoted_from(rest: &str) -> String {
     let mut lines = rest.lines().skip(1).skip_while(|l| !is_header_line(l));
     let mut out = String::new();
     for l in lines.by_ref() {
@@ -160,32 +171,51 @@ pub struct Returned {
     pub complained: Option<String>,
 }
 
-/// The returned original (a whole message or its header section), read once.
+/// The returned original (a whole message or its header section) as bytes, read once.
 pub fn read_returned(bytes: &[u8]) -> Returned {
-    let Some(m) = super::raw_parser().parse_headers(bytes) else {
-        return Returned::default();
-    };
-    let h = |name: &str| {
-        m.header_raw(name)
-            .map(|v| one_line(v, 998))
-            .filter(|v| !v.is_empty())
-    };
+    match super::raw_parser().parse_headers(bytes) {
+        Some(m) => read_returned_message(&m),
+        None => Returned::default(),
+    }
+}
+
+/// The returned original, already parsed (an attached `message/rfc822` part; every header but
+/// the MIME ones kept raw, as both parsers keep them).
+pub fn read_returned_message(m: &Message<'_>) -> Returned {
+    // one pass over the header section: the first of each field, every Received
+    const NAMES: [&str; 7] = [
+        "message-id",
+        "from",
+        "return-path",
+        "date",
+        "subject",
+        "to",
+        "x-hmxmroriginalrecipient",
+    ];
+    let mut first: [Option<&str>; 7] = [None; 7];
+    let mut received = Vec::new();
+    for (name, value) in m.headers_raw() {
+        if name.eq_ignore_ascii_case("received") {
+            received.push(one_line(value, 998));
+        } else if let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(name))
+            && first[i].is_none()
+        {
+            first[i] = Some(value);
+        }
+    }
+    let h = |i: usize| first[i].map(|v| one_line(v, 998)).filter(|v| !v.is_empty());
     let original = Original {
-        message_id: h("Message-ID").map(|v| v.trim_matches(['<', '>', ' ']).to_string()),
-        from: h("From").and_then(|v| address(&v)),
-        envelope_sender: h("Return-Path").and_then(|v| address(&v)),
-        date: h("Date"),
-        subject: h("Subject"),
-        received: m
-            .headers_raw()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("received"))
-            .map(|(_, v)| one_line(v, 998))
-            .collect(),
+        message_id: h(0).map(|v| v.trim_matches(['<', '>', ' ']).to_string()),
+        from: h(1).and_then(|v| address(&v)),
+        envelope_sender: h(2).and_then(|v| address(&v)),
+        date: h(3),
+        subject: h(4),
+        received,
     };
     Returned {
         original,
-        to: h("To").and_then(|v| address(&v)),
-        complained: h("X-HmXmrOriginalRecipient").and_then(|v| address(&v)),
+        to: h(5).and_then(|v| address(&v)),
+        complained: h(6).and_then(|v| address(&v)),
     }
 }
 
@@ -293,22 +323,35 @@ pub fn inline_dsn(text: &str) -> Option<&str> {
 pub fn bracketed(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
     let human = human(text);
     let mut out: Vec<super::Failure> = Vec::new();
-    let mut rest = human;
-    while let Some(start) = rest.find('<') {
-        let after = &rest[start + 1..];
-        let Some(end) = after.find('>') else { break };
-        if let Some(a) = address(&after[..end])
-            && !own.iter().any(|o| o.as_ref() == Some(&a))
-            && !out.iter().any(|f| f.recipient == a)
-        {
-            let diagnostic = about(text, &a);
-            out.push(super::Failure {
-                recipient: a,
-                diagnostic,
-                ..super::Failure::default()
+    for line in human.lines() {
+        // a quoted header naming messages, not mailboxes
+        let head = line.trim_start_matches(['>', ' ', '\t']).as_bytes();
+        let names_message = ["message-id:", "references:", "in-reply-to:"]
+            .iter()
+            .any(|p| {
+                head.get(..p.len())
+                    .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
             });
+        if names_message {
+            continue;
         }
-        rest = &after[end..];
+        let mut rest = line;
+        while let Some(start) = rest.find('<') {
+            let after = &rest[start + 1..];
+            let Some(end) = after.find('>') else { break };
+            if let Some(a) = address(&after[..end])
+                && !own.iter().any(|o| o.as_ref() == Some(&a))
+                && !out.iter().any(|f| f.recipient == a)
+            {
+                let diagnostic = about(human, &a);
+                out.push(super::Failure {
+                    recipient: a,
+                    diagnostic,
+                    ..super::Failure::default()
+                });
+            }
+            rest = &after[end..];
+        }
     }
     out
 }
@@ -397,7 +440,7 @@ pub fn introduced(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
             if own.iter().any(|o| o.as_ref() == Some(&a)) || out.iter().any(|f| f.recipient == a) {
                 continue;
             }
-            let diagnostic = about(text, &a);
+            let diagnostic = about(human, &a);
             out.push(super::Failure {
                 recipient: a,
                 diagnostic,
@@ -408,19 +451,21 @@ pub fn introduced(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
     out
 }
 
-/// The paragraph of the human text that mentions `rcpt`, on one line ("" when none does).
-pub fn about(text: &str, rcpt: &str) -> String {
-    let human = human(text);
-    let lower = human.to_ascii_lowercase();
-    let Some(at) = lower.find(&rcpt.to_ascii_lowercase()) else {
+/// The paragraph of `human` (a bounce's human part, see [`human`]) that mentions `rcpt`, from
+/// just after it, on one line ("" when none does).
+pub fn about(human: &str, rcpt: &str) -> String {
+    let Some(at) = find_ignore_case(human, rcpt) else {
         return String::new();
     };
-    let start = lower[..at].rfind("\n\n").map_or(0, |p| p + 2);
-    let end = lower[at..].find("\n\n").map_or(lower.len(), |p| at + p);
-    let para = &human[start..end];
-    let after = para
-        .to_ascii_lowercase()
-        .find(&rcpt.to_ascii_lowercase())
-        .map_or(para, |p| &para[p + rcpt.len()..]);
+    let end = human[at..].find("\n\n").map_or(human.len(), |p| at + p);
+    let after = human.get(at + rcpt.len()..end).unwrap_or("");
     one_line(after.trim_start_matches(['>', ':', ' ']), 1000)
+}
+
+/// Where `needle` first occurs in `hay`, ASCII letters matched in any case.
+fn find_ignore_case(hay: &str, needle: &str) -> Option<usize> {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    let first = *n.first()?;
+    (0..(h.len() + 1).saturating_sub(n.len()))
+        .find(|&i| h[i].eq_ignore_ascii_case(&first) && h[i..i + n.len()].eq_ignore_ascii_case(n))
 }
