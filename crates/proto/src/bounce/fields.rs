@@ -5,12 +5,17 @@
 //! Not responsible for: deciding what they mean.
 
 use crate::smtp::reply::Enhanced;
+use std::borrow::Cow;
+
+/// A field of a delivery-status block: its name as written, its value (folded lines joined by
+/// a space; borrowed unless folded).
+pub type Field<'a> = (&'a str, Cow<'a, str>);
 
 /// Field blocks of a `message/delivery-status` body: blocks split on empty lines, folded
-/// lines unfolded, names lower-cased.
-pub fn blocks(text: &str) -> Vec<Vec<(String, String)>> {
+/// lines unfolded.
+pub fn blocks(text: &str) -> Vec<Vec<Field<'_>>> {
     let mut out = Vec::new();
-    let mut block: Vec<(String, String)> = Vec::new();
+    let mut block: Vec<Field<'_>> = Vec::new();
     for line in text.lines() {
         if line.trim().is_empty() {
             if !block.is_empty() {
@@ -20,13 +25,14 @@ pub fn blocks(text: &str) -> Vec<Vec<(String, String)>> {
         }
         if line.starts_with([' ', '\t']) {
             if let Some((_, v)) = block.last_mut() {
+                let v = v.to_mut();
                 v.push(' ');
                 v.push_str(line.trim());
             }
             continue;
         }
         if let Some((name, value)) = line.split_once(':') {
-            block.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            block.push((name.trim(), Cow::Borrowed(value.trim())));
         }
     }
     if !block.is_empty() {
@@ -35,12 +41,12 @@ pub fn blocks(text: &str) -> Vec<Vec<(String, String)>> {
     out
 }
 
-/// The value of field `name` in a block.
-pub fn field<'a>(block: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// The value of field `name` (lower-case) in a block, the name matched in any case.
+pub fn field<'a>(block: &'a [Field<'_>], name: &str) -> Option<&'a str> {
     block
         .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_ref())
         .filter(|v| !v.is_empty())
 }
 
@@ -107,14 +113,34 @@ fn clean_address(s: &str) -> Option<String> {
     (ok_domain && ok_local).then(|| format!("{local}@{}", domain.to_ascii_lowercase()))
 }
 
-/// The first RFC 3463 status (`5.1.1`) in `s`: a run of digits and dots starting with 2, 4 or
-/// 5 after a non-word character, that [`Enhanced::parse`] accepts.
+/// The RFC 3463 status (`5.1.1`) in `s` that the server gave: the first one that follows an
+/// SMTP reply code of its own class (`550 5.1.1`, `550-'5.2.2`), else the first one. A status
+/// is a run of digits and dots starting with 2, 4 or 5 after a non-word character, that
+/// [`Enhanced::parse`] accepts. (A report generator often writes its own status before the
+/// server's reply: `5.1.0 - Unknown address error 550-'5.2.2 ... Mailbox Full'`; a give-up
+/// notice quotes the last reply after its own: `554 4.4.7 Message expired ... <421 4.4.2 ...>`.)
 pub fn status_in(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    for i in 0..b.len() {
+    // the status at `at` follows a reply code of its class: the code, then one or two of
+    // space, `-`, quote (`550 5.1.1`, `550-5.1.1`, `550-'5.1.1`)
+    let after_reply_code = |at: usize| {
+        let mut j = at;
+        while j > 0 && at - j < 2 && matches!(b[j - 1], b' ' | b'-' | b'\'' | b'"') {
+            j -= 1;
+        }
+        j != at
+            && j >= 3
+            && b[j - 3] == b[at]
+            && b[j - 2..j].iter().all(u8::is_ascii_digit)
+            && (j == 3 || !(b[j - 4].is_ascii_alphanumeric() || b[j - 4] == b'.'))
+    };
+    let mut first = None;
+    let mut i = 0;
+    while i < b.len() {
         if !matches!(b[i], b'2' | b'4' | b'5')
             || (i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.'))
         {
+            i += 1;
             continue;
         }
         let rest = &s[i..];
@@ -123,10 +149,14 @@ pub fn status_in(s: &str) -> Option<String> {
             .unwrap_or(rest.len());
         let cand = rest[..end].trim_end_matches('.');
         if cand.split('.').count() == 3 && Enhanced::parse(cand).is_some() {
-            return Some(cand.to_string());
+            if after_reply_code(i) {
+                return Some(cand.to_string());
+            }
+            first.get_or_insert_with(|| cand.to_string());
         }
+        i += end.max(1);
     }
-    None
+    first
 }
 
 /// Which of two RFC 3463 statuses to believe: `field`, the report's `Status:`, or `said`, the
@@ -200,18 +230,31 @@ pub fn reply_code_in(s: &str) -> Option<u16> {
     None
 }
 
-/// `s` on one line, runs of white space as one space, at most `max` bytes.
+/// `s` on one line, runs of white space as one space, at most `max` bytes (whole words).
 pub fn one_line(s: &str, max: usize) -> String {
-    // already one line: no white space but single spaces, none at either end
-    let b = s.as_bytes();
-    let plain = b.len() <= max
-        && b.first() != Some(&b' ')
-        && b.last() != Some(&b' ')
-        && !b.iter().any(|c| c.is_ascii_whitespace() && *c != b' ')
-        && memchr::memmem::find(b, b"  ").is_none();
-    if plain && !s.contains(|c: char| c.is_whitespace() && !c.is_ascii()) {
-        return s.to_string();
+    if !s.is_ascii() {
+        return one_line_words(s, max);
     }
+    // ASCII: the same, byte by byte
+    let mut out = Vec::with_capacity(s.len().min(max));
+    for w in s
+        .as_bytes()
+        .split(u8::is_ascii_whitespace)
+        .filter(|w| !w.is_empty())
+    {
+        if out.len() + w.len() + 1 > max {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        out.extend_from_slice(w);
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`one_line`] for any text: words split on Unicode white space.
+fn one_line_words(s: &str, max: usize) -> String {
     let mut out = String::new();
     for w in s.split_whitespace() {
         if out.len() + w.len() + 1 > max {
@@ -226,7 +269,8 @@ pub fn one_line(s: &str, max: usize) -> String {
 }
 
 /// The SMTP command a refusal answered, when the text says (`... in reply to end of DATA
-/// command`, `after RCPT TO:<...>`, `MAIL FROM ... said`).
+/// command`, `after RCPT TO:<...>`, `MAIL FROM ... said`); `EHLO` for the greeting or the
+/// connection (`after EHLO`, `after initial connection`, `refused to talk to me`).
 pub fn command_in(s: &str) -> Option<&'static str> {
     let t = s.to_ascii_lowercase();
     let data = [
@@ -252,6 +296,15 @@ pub fn command_in(s: &str) -> Option<&'static str> {
     if t.contains("mail from") {
         return Some("MAIL");
     }
+    let greeting = [
+        "after ehlo",
+        "after helo",
+        "after initial connection",
+        "refused to talk to me",
+    ];
+    if greeting.iter().any(|p| t.contains(p)) {
+        return Some("EHLO");
+    }
     None
 }
 
@@ -276,6 +329,28 @@ mod tests {
         assert_eq!(prefer(None, s("5.2.2"), None), s("5.2.2"));
         assert_eq!(prefer(s("5.1.1"), None, None), s("5.1.1"));
         assert_eq!(prefer(s("5.2.1"), s("5.7.1"), Some(550)), s("5.2.1"));
+    }
+
+    #[test]
+    fn the_status_after_the_servers_reply_code_is_the_servers() {
+        // a report generator's own code first, the server's after its reply code
+        assert_eq!(
+            status_in("5.0.0 (delivery failed) 550-'5.2.2 mailbox full'"),
+            s("5.2.2")
+        );
+        assert_eq!(status_in("4.4.7 expired: 421 4.4.2 timeout"), s("4.4.2"));
+        // no reply code before any: the first, as before
+        assert_eq!(status_in("status 5.1.1 then 5.7.1"), s("5.1.1"));
+        // a code of another class does not count
+        assert_eq!(status_in("550 4.7.1 x 5.1.1"), s("4.7.1"));
+        assert_eq!(status_in("no status here 550"), None);
+    }
+
+    #[test]
+    fn one_line_joins_words_within_the_limit() {
+        assert_eq!(one_line("  a\r\n\tb  c ", 100), "a b c");
+        assert_eq!(one_line("abc def ghi", 8), "abc def");
+        assert_eq!(one_line("été\u{a0}x  y", 100), "été x y");
     }
 
     #[test]

@@ -51,7 +51,8 @@ pub struct Failure {
     pub action: Option<String>,
     /// The server that refused, if named.
     pub remote_mta: Option<String>,
-    /// The SMTP command the refusal answered (`MAIL`, `RCPT`, `DATA`), when the bounce says.
+    /// The SMTP command the refusal answered (`MAIL`, `RCPT`, `DATA`; `EHLO` for the greeting
+    /// or the connection), when the bounce says.
     pub command: Option<String>,
     /// Why, as a class.
     pub reason: Reason,
@@ -198,6 +199,12 @@ fn close_truncated_parts(msg: &Message<'_>, raw: &[u8]) -> Option<Vec<u8>> {
         return None;
     };
     let delimiter = format!("--{outer}");
+    // the usual case, cheaply: the last part ends before the closing delimiter
+    let last = msg.parts.get(*children.last()? as usize)?;
+    let tail = raw.get(last.offset_end as usize..).unwrap_or_default();
+    if memchr::memmem::find(tail, delimiter.as_bytes()).is_some() {
+        return None;
+    }
     let at_lines = delimiter_lines(raw, delimiter.as_bytes());
     // each delimiter line (but the closing one) starts a part
     let opening = at_lines.iter().filter(|(_, close)| !close).count();
@@ -276,16 +283,6 @@ pub fn mime_parser() -> &'static MessageParser {
     PARSER.get_or_init(|| {
         MessageParser::new()
             .with_mime_headers()
-            .default_header_raw()
-    })
-}
-
-/// mail-parser keeping every header raw (for the returned original's header section).
-fn raw_parser() -> &'static MessageParser {
-    static PARSER: OnceLock<MessageParser> = OnceLock::new();
-    PARSER.get_or_init(|| {
-        MessageParser::new()
-            .header_raw(HeaderName::Received)
             .default_header_raw()
     })
 }
@@ -440,7 +437,6 @@ impl<'m> View<'m> {
     }
 
     fn failures(&self) -> Vec<Failure> {
-        let original = &self.returned.original;
         let mut out = match &self.dsn {
             Some(dsn) => from_dsn(dsn, self.human()),
             None => Vec::new(),
@@ -448,13 +444,6 @@ impl<'m> View<'m> {
         if out.is_empty() {
             out = self.failed_recipients_header();
         }
-        // addresses that are not recipients: the bounce's own, the original's sender
-        let own = [
-            address(&self.header("From")),
-            address(&self.header("To")),
-            original.from.clone(),
-            original.envelope_sender.clone(),
-        ];
         if out.is_empty() {
             // a delivery-status report written into the text itself (no MIME structure)
             out = text::inline_dsn(&self.text)
@@ -462,9 +451,29 @@ impl<'m> View<'m> {
                 .unwrap_or_default();
         }
         if out.is_empty() {
-            // (the bounce's To: too may have failed: a message to oneself)
-            out = text::failures(&self.text, &own[..1]);
+            out = self.read_text(&self.returned.original);
         }
+        if out.iter().any(|f| f.diagnostic.is_empty()) {
+            let fallback = one_line(self.human(), 1000);
+            for f in out.iter_mut().filter(|f| f.diagnostic.is_empty()) {
+                f.diagnostic = fallback.clone();
+            }
+        }
+        out.into_iter().map(finish).collect()
+    }
+
+    /// Failed recipients from the human text alone, shape after shape; last, the returned
+    /// original's `To:`.
+    fn read_text(&self, original: &Original) -> Vec<Failure> {
+        // addresses that are not recipients: the bounce's own, the original's sender
+        let own = [
+            address(&self.header("From")),
+            address(&self.header("To")),
+            original.from.clone(),
+            original.envelope_sender.clone(),
+        ];
+        // (the bounce's To: too may have failed: a message to oneself)
+        let mut out = text::failures(&self.text, &own[..1]);
         if out.is_empty() {
             out = text::introduced(&self.text, &own);
         }
@@ -480,11 +489,7 @@ impl<'m> View<'m> {
                 ..Failure::default()
             });
         }
-        let fallback = one_line(self.human(), 1000);
-        for f in out.iter_mut().filter(|f| f.diagnostic.is_empty()) {
-            f.diagnostic = fallback.clone();
-        }
-        out.into_iter().map(finish).collect()
+        out
     }
 
     /// Exim's `X-Failed-Recipients:`, each with its paragraph of the text.
@@ -510,11 +515,12 @@ impl<'m> View<'m> {
 
     fn feedback(&self) -> Vec<Failure> {
         let blocks = self.feedback.as_deref().map(blocks).unwrap_or_default();
-        let fields: Vec<(String, String)> = blocks.into_iter().flatten().collect();
+        let fields: Vec<fields::Field<'_>> = blocks.into_iter().flatten().collect();
         let kind = one_line(field(&fields, "feedback-type").unwrap_or("abuse"), 200);
         let mut rcpts: Vec<String> = Vec::new();
         for (name, value) in &fields {
-            if (name == "original-rcpt-to" || name == "removal-recipient")
+            if (name.eq_ignore_ascii_case("original-rcpt-to")
+                || name.eq_ignore_ascii_case("removal-recipient"))
                 && let Some(a) = address(value)
                 && !rcpts.contains(&a)
             {
@@ -579,7 +585,7 @@ fn pasted_message(msg: &Message<'_>, part: &MessagePart<'_>) -> bool {
 /// looked for in `human`, the human part of the bounce's text.
 fn from_dsn(dsn: &str, human: &str) -> Vec<Failure> {
     let blocks = blocks(dsn);
-    let per_message = blocks.first().cloned().unwrap_or_default();
+    let per_message = blocks.first().map_or(&[][..], Vec::as_slice);
     let mut out = Vec::new();
     for b in &blocks {
         // Final-Recipient, else Original-Recipient (also when Final-Recipient names no usable
@@ -607,7 +613,7 @@ fn from_dsn(dsn: &str, human: &str) -> Vec<Failure> {
             reply_code: reply_code_in(&diagnostic),
             action: field(b, "action").map(|a| a.to_ascii_lowercase()),
             remote_mta: field(b, "remote-mta")
-                .or_else(|| field(&per_message, "reporting-mta"))
+                .or_else(|| field(per_message, "reporting-mta"))
                 .map(|v| typed_value(v).to_string()),
             diagnostic: one_line(&diagnostic, 1000),
             command: command.map(str::to_string),

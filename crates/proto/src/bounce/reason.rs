@@ -316,6 +316,7 @@ const AUTH_FAILURE: &[&str] = &[
     "unauthenticated email",
     "doesn't meet the required authentication level",
     "doesn't meet the authentication requirements",
+    "does not have authentication information",
     " is not allowed to send mail.…_401",
 ];
 
@@ -398,10 +399,11 @@ const USER_UNKNOWN: &[&str] = &[
     "nonexistent user",
     "can't accept user",
     "no valid recipients, bye",
+    "no valid recipients for ",
     "user missing home directory",
     "recipient address rejected: access denied",
     "recipient address rejected: invalid",
-    "recipient address rejected. (in reply to rcpt to command)",
+    "recipient address rejected.",
     "recipient refuses to accept your mail",
     "recipient is not accepted",
     "rcpt <…does not exist",
@@ -479,7 +481,7 @@ const NOT_COMPLIANT: &[&str] = &[
     "rfcmessagenoncompliant",
     "duplicate header",
     " multiple … header",
-    "multiple addresses in from: header",
+    "multiple addresses in from:",
 ];
 
 /// Our IP address or domain has a poor reputation.
@@ -793,7 +795,7 @@ const VIRUS: &[&str] = &[
 
 /// The receiver's policy refused the message.
 const POLICY: &[&str] = &[
-    "policy violation",
+    "local policy violation",
     "protocol violation",
     "denied by policy",
     "for policy reasons",
@@ -840,7 +842,7 @@ const SYSTEM_ERROR: &[&str] = &[
     "recipient deferred because there is no mdb",
     "service currently unavailable",
     "timeout waiting for input",
-    "transaction failed ",
+    "transaction failed",
     "unable to contact ldap server",
     "insufficient permission",
     "unable to connect…daemon",
@@ -930,6 +932,9 @@ const EXPIRED: &[&str] = &[
     "host not reachable",
     "delivery failed…attempts",
 ];
+
+/// An address or command the server could not read.
+const SYNTAX_ERROR: &[&str] = &["malformed address"];
 
 /// STARTTLS failed.
 const STARTTLS: &[&str] = &[
@@ -1451,6 +1456,7 @@ const TABLED: &[(Reason, &[&str])] = &[
     (Reason::NotAccept, NOT_ACCEPT),
     (Reason::Expired, EXPIRED),
     (Reason::FailedStartTls, STARTTLS),
+    (Reason::SyntaxError, SYNTAX_ERROR),
     (Reason::SecurityError, SECURITY),
     (Reason::MailerError, MAILER_ERROR),
     (Reason::Vacation, VACATION),
@@ -1479,16 +1485,38 @@ fn table_bit(reason: Reason) -> Option<u64> {
 /// The bit of [`REJECTED_NOT`].
 const REJECTED_NOT_BIT: u64 = 1 << TABLED.len();
 
-/// Lower-case, every run of whitespace as one space, trimmed.
+/// Lower-case, every run of whitespace as one space, trimmed; the line prefixes of a
+/// multi-line reply joined into one line (`550-5.2.1` in `... at a rate that 550-5.2.1
+/// prevents additional messages ...`) left out after the first word, so phrases read across
+/// the lines.
 fn normalise(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
         if !out.is_empty() {
+            if is_continuation(word) {
+                continue;
+            }
             out.push(' ');
         }
-        out.extend(word.chars().flat_map(char::to_lowercase));
+        if word.is_ascii() {
+            out.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        } else {
+            out.extend(word.chars().flat_map(char::to_lowercase));
+        }
     }
     out
+}
+
+/// A multi-line reply's line prefix: a reply code and `-`, then perhaps its status
+/// (`550-`, `550-5.2.1`).
+fn is_continuation(word: &str) -> bool {
+    let b = word.as_bytes();
+    let status = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || *c == b'.');
+    b.len() >= 4
+        && matches!(b[0], b'2' | b'4' | b'5')
+        && b[1..3].iter().all(u8::is_ascii_digit)
+        && b[3] == b'-'
+        && (b.len() == 4 || (b[4] == b[0] && status(&b[5..])))
 }
 
 /// The stage the text names (the earliest mark).
@@ -1652,6 +1680,7 @@ const SECOND_ROUND: &[Reason] = &[
     Reason::FailedStartTls,
     Reason::SecurityError,
     Reason::MailerError,
+    Reason::SyntaxError,
 ];
 
 /// The second round: when the status names nothing or only a weak class, more phrases, then
@@ -1680,6 +1709,16 @@ fn second_round(f: &Facts) -> Option<Reason> {
     (f.stage == Some(Stage::Connect)).then_some(Reason::Blocked)
 }
 
+/// The diagnostic is nothing but a number no greater than 255: the exit status of a local
+/// delivery program (sendmail's `Diagnostic-Code: X-Unix; 255`, `EX_OSERR` 71), not a server's
+/// reply. A mailer error unless the status names a reason of its own (`5.3.0` system error).
+fn is_exit_status(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 3
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && text.parse::<u16>().is_ok_and(|n| n <= 255)
+}
+
 /// The reason for one failed recipient from what the bounce says: RFC 3463 `status`
 /// (`"5.1.1"`), SMTP `reply_code`, the remote server's `diagnostic` text (any length, lines
 /// and case) and the RFC 3464 `action` if any. Specific phrases and specific status codes
@@ -1694,9 +1733,10 @@ pub fn classify(
     classify_after(status, reply_code, diagnostic, action, None)
 }
 
-/// [`classify`], knowing which SMTP `command` (`"MAIL"`, `"RCPT"`, `"DATA"`) the refusal
-/// answered when the bounce says so elsewhere than in the diagnostic (a transcript, the
-/// bounce's own wording); the diagnostic's own words about the stage come first.
+/// [`classify`], knowing which SMTP `command` (`"MAIL"`, `"RCPT"`, `"DATA"`; `"EHLO"`,
+/// `"HELO"` or `"CONN"` for the greeting or the connection) the refusal answered when the
+/// bounce says so elsewhere than in the diagnostic (a transcript, the bounce's own wording);
+/// the diagnostic's own words about the stage come first.
 pub fn classify_after(
     status: Option<&str>,
     reply_code: Option<u16>,
@@ -1722,6 +1762,7 @@ pub fn classify_after(
         Some("MAIL") => Some(Stage::Mail),
         Some("RCPT") => Some(Stage::Rcpt),
         Some("DATA") => Some(Stage::Data),
+        Some("EHLO" | "HELO" | "CONN") => Some(Stage::Connect),
         _ => None,
     });
     let found = phrase_set().matches(&text);
@@ -1734,6 +1775,9 @@ pub fn classify_after(
         stage,
         action,
     };
+    if named.is_none() && is_exit_status(&f.text) {
+        return Reason::MailerError;
+    }
     if status.is_none() && reply_code.is_none() && f.says(Reason::Feedback) {
         return Reason::Feedback;
     }

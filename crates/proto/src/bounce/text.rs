@@ -7,9 +7,7 @@
 
 use super::Original;
 use super::fields::{address, one_line, reply_code_in, status_in};
-use aho_corasick::{AhoCorasick, MatchKind};
 use mail_parser::Message;
-use std::sync::OnceLock;
 
 /// Lines that start the returned message in the text of a bounce: lower-case prefixes of the
 /// line once its framing (dashes, spaces, `=`, `*`) is trimmed.
@@ -104,28 +102,30 @@ pub fn looks_like_auto_reply(subject: &str, auto_submitted: &str, msg: &Message<
 
 /// Where the original starts in `text` (byte offset of its marker line), if it is quoted: the
 /// first line that starts (after its framing: white space, dashes, `=`, `*`, `_`) with one of
-/// [`ORIGINAL_MARKERS`], in any case. One pass over the text for all the markers.
+/// [`ORIGINAL_MARKERS`], in any case.
 pub fn marker_at(text: &str) -> Option<usize> {
-    static MARKERS: OnceLock<AhoCorasick> = OnceLock::new();
-    let markers = MARKERS.get_or_init(|| {
-        AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostFirst)
-            .build(ORIGINAL_MARKERS)
-            .expect("markers compile")
-    });
-    for m in markers.find_iter(text) {
-        let line_start = text[..m.start()].rfind('\n').map_or(0, |p| p + 1);
-        let framing = |c: char| c.is_whitespace() || matches!(c, '-' | '=' | '*' | '_');
-        if !text[line_start..m.start()].chars().all(framing) {
+    let bytes = text.as_bytes();
+    let starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', bytes).map(|i| i + 1));
+    for at in starts {
+        let line = &bytes[at..];
+        let framing = |b: &u8| b.is_ascii_whitespace() && *b != b'\n' || b"-=*_".contains(b);
+        let Some(skip) = line.iter().position(|b| !framing(b)) else {
             continue;
-        }
-        let line_end = text[m.start()..]
-            .find('\n')
-            .map_or(text.len(), |p| m.start() + p);
+        };
+        let line = &line[skip..];
+        let end = memchr::memchr(b'\n', line).unwrap_or(line.len());
+        let line = &line[..end];
+        let starts_with = |m: &str| {
+            line.get(..m.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(m.as_bytes()))
+        };
         // "original message was received at ..." (Sendmail) is part of the explanation
-        if find_ignore_case(&text[m.start()..line_end], "was received").is_none() {
-            return Some(line_start);
+        if ORIGINAL_MARKERS.iter().any(|m| starts_with(m))
+            && !line
+                .windows(12)
+                .any(|w| w.eq_ignore_ascii_case(b"was received"))
+        {
+            return Some(at);
         }
     }
     None
@@ -136,13 +136,19 @@ pub fn human(text: &str) -> &str {
     &text[..marker_at(text).unwrap_or(text.len())]
 }
 
-/// The quoted original in `rest`, the text from the marker line ([`marker_at`]) on: from the
-/// first header-looking line after the marker.
+/// The quoted original's header section in `rest`, the text from the marker line
+/// ([`marker_at`]) on: from the first header-looking line after the marker to the first empty
+/// line, quoting (`>`) removed.
 pub fn quoted_from(rest: &str) -> String {
     let mut lines = rest.lines().skip(1).skip_while(|l| !is_header_line(l));
     let mut out = String::new();
     for l in lines.by_ref() {
-        out.push_str(l.trim_start_matches('>').trim_start_matches(' ').trim_end());
+        let l = l.trim_start_matches('>').trim_start_matches(' ').trim_end();
+        // the header section is all that is read of it
+        if l.is_empty() {
+            break;
+        }
+        out.push_str(l);
         out.push('\n');
     }
     out
@@ -173,16 +179,49 @@ pub struct Returned {
 
 /// The returned original (a whole message or its header section) as bytes, read once.
 pub fn read_returned(bytes: &[u8]) -> Returned {
-    match super::raw_parser().parse_headers(bytes) {
-        Some(m) => read_returned_message(&m),
-        None => Returned::default(),
-    }
+    // the header section only: up to the first empty line
+    let end = memchr::memmem::find(bytes, b"\n\n")
+        .or_else(|| memchr::memmem::find(bytes, b"\n\r\n"))
+        .map_or(bytes.len(), |e| e + 1);
+    let text = String::from_utf8_lossy(&bytes[..end]);
+    read_fields(header_fields(&text))
 }
 
 /// The returned original, already parsed (an attached `message/rfc822` part; every header but
-/// the MIME ones kept raw, as both parsers keep them).
+/// the MIME ones kept raw).
 pub fn read_returned_message(m: &Message<'_>) -> Returned {
-    // one pass over the header section: the first of each field, every Received
+    read_fields(m.headers_raw())
+}
+
+/// The fields of the header section that starts `text` (up to its first empty line), raw:
+/// folded lines kept in the value. A line that is not a field continues the field before it
+/// (a quoted original loses its folding indentation in many bounces).
+fn header_fields(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut fields: Vec<(&str, usize, usize)> = Vec::new();
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let start = at;
+        at += line.len();
+        let body = line.trim_end_matches(['\r', '\n']);
+        if body.trim().is_empty() {
+            break;
+        }
+        let field = body
+            .split_once(':')
+            .filter(|_| !body.starts_with([' ', '\t']) && is_header_line(body));
+        match (field, fields.last_mut()) {
+            (Some((name, _)), _) => fields.push((name, start + name.len() + 1, start + body.len())),
+            (None, Some(last)) => last.2 = start + body.len(),
+            (None, None) => {}
+        }
+    }
+    fields
+        .into_iter()
+        .map(move |(name, from, to)| (name, text.get(from..to).unwrap_or("")))
+}
+
+/// What an original's header fields tell: one pass, the first of each field, every Received.
+fn read_fields<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> Returned {
     const NAMES: [&str; 7] = [
         "message-id",
         "from",
@@ -194,7 +233,7 @@ pub fn read_returned_message(m: &Message<'_>) -> Returned {
     ];
     let mut first: [Option<&str>; 7] = [None; 7];
     let mut received = Vec::new();
-    for (name, value) in m.headers_raw() {
+    for (name, value) in fields {
         if name.eq_ignore_ascii_case("received") {
             received.push(one_line(value, 998));
         } else if let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(name))
@@ -466,6 +505,8 @@ pub fn about(human: &str, rcpt: &str) -> String {
 fn find_ignore_case(hay: &str, needle: &str) -> Option<usize> {
     let (h, n) = (hay.as_bytes(), needle.as_bytes());
     let first = *n.first()?;
-    (0..(h.len() + 1).saturating_sub(n.len()))
-        .find(|&i| h[i].eq_ignore_ascii_case(&first) && h[i..i + n.len()].eq_ignore_ascii_case(n))
+    let last = h.len().checked_sub(n.len())?;
+    memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), h)
+        .take_while(|&i| i <= last)
+        .find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
 }
