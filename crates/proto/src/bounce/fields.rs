@@ -216,7 +216,7 @@ pub fn reply_code_in(s: &str) -> Option<u16> {
         let before_ok = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.');
         let after_ok = b
             .get(i + 3)
-            .is_none_or(|c| matches!(c, b' ' | b'-' | b'\t' | b'\r' | b'\n' | b')' | b'"'));
+            .is_none_or(|c| matches!(c, b' ' | b'-' | b'\t' | b'\r' | b'\n' | b')' | b'"' | b','));
         if before_ok
             && after_ok
             && matches!(w[0], b'4' | b'5')

@@ -18,6 +18,10 @@ pub use reason::Reason;
 /// Input beyond this many bytes is not read (bounces carry at most a quoted message).
 pub const MAX_INPUT: usize = 1 << 20;
 
+/// A recipient's diagnostic is the whole notice when nothing more precise says why: this many
+/// bytes of it at most (a notice in a non-Latin script takes two or three bytes a letter).
+const NOTICE_MAX: usize = 3000;
+
 /// What a message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -454,7 +458,7 @@ impl<'m> View<'m> {
             out = self.read_text(&self.returned.original);
         }
         if out.iter().any(|f| f.diagnostic.is_empty()) {
-            let fallback = one_line(self.human(), 1000);
+            let fallback = one_line(self.human(), NOTICE_MAX);
             for f in out.iter_mut().filter(|f| f.diagnostic.is_empty()) {
                 f.diagnostic = fallback.clone();
             }
@@ -606,6 +610,14 @@ fn from_dsn(dsn: &str, human: &str) -> Vec<Failure> {
         }
         if diagnostic.is_empty() {
             diagnostic = one_line(human, 1000);
+        }
+        // a delivery to a program (`Final-Recipient: rfc822;|/usr/bin/prog ...`) failed in
+        // that program, whatever the words
+        if let Some(pipe) = field(b, "final-recipient").map(typed_value)
+            && pipe.starts_with('|')
+            && !diagnostic.contains(pipe)
+        {
+            diagnostic = format!("pipe to {pipe}: {diagnostic}");
         }
         let command = fields::command_in(&diagnostic).or_else(|| fields::command_in(&about));
         out.push(Failure {

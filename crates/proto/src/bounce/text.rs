@@ -498,7 +498,14 @@ pub fn about(human: &str, rcpt: &str) -> String {
     };
     let end = human[at..].find("\n\n").map_or(human.len(), |p| at + p);
     let after = human.get(at + rcpt.len()..end).unwrap_or("");
-    one_line(after.trim_start_matches(['>', ':', ' ']), 1000)
+    let after = after.trim_start_matches(['>', ':', ' ']);
+    // a delivery to a program names the address inside its command line
+    // (Exim's "pipe to |/usr/bin/prog user@example.test"): that is what failed
+    let line = &human[human[..at].rfind('\n').map_or(0, |p| p + 1)..at];
+    match line.trim_start().find("pipe to |") {
+        Some(_) => one_line(&format!("{} {after}", line.trim()), 1000),
+        None => one_line(after, 1000),
+    }
 }
 
 /// Where `needle` first occurs in `hay`, ASCII letters matched in any case.
