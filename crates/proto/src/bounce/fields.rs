@@ -72,14 +72,22 @@ pub fn address(s: &str) -> Option<String> {
     if let Some(a) = quoted_address(s) {
         return Some(a);
     }
-    s.split(|c: char| {
+    // the first word around an `@` that is an address (words end at white space and
+    // punctuation that cannot be in one)
+    let sep = |c: char| {
         c.is_whitespace()
             || matches!(
                 c,
                 '<' | '>' | '(' | ')' | ',' | ';' | '"' | '\'' | '[' | ']'
             )
+    };
+    memchr::memchr_iter(b'@', s.as_bytes()).find_map(|at| {
+        let start = s[..at]
+            .rfind(sep)
+            .map_or(0, |p| p + s[p..].chars().next().map_or(1, char::len_utf8));
+        let end = s[at..].find(sep).map_or(s.len(), |p| at + p);
+        clean_address(&s[start..end])
     })
-    .find_map(clean_address)
 }
 
 /// An address whose local part is quoted (`"john..doe"@example.test`), quotes kept.

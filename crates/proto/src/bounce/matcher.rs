@@ -8,7 +8,7 @@
 //!
 //! Pure, never panics; the work is linear in the text plus the number of piece occurrences.
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind};
+use aho_corasick::AhoCorasick;
 use std::collections::HashMap;
 
 /// The tables, compiled.
@@ -48,11 +48,7 @@ impl PhraseSet {
                 starts[entry[0] as usize].push((t as u8, e as u16));
             }
         }
-        // a DFA: built once per process (a few ms), then the fastest overlapping search
-        let ac = AhoCorasick::builder()
-            .kind(Some(AhoCorasickKind::DFA))
-            .build(&pieces)
-            .expect("phrase tables compile");
+        let ac = AhoCorasick::new(&pieces).expect("phrase tables compile");
         PhraseSet {
             ac,
             starts,

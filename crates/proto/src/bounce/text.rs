@@ -113,6 +113,14 @@ pub fn marker_at(text: &str) -> Option<usize> {
             continue;
         };
         let line = &line[skip..];
+        // most lines are ruled out by their first letter
+        let first = line.first().copied().unwrap_or(b' ');
+        if !ORIGINAL_MARKERS
+            .iter()
+            .any(|m| m.as_bytes()[0].eq_ignore_ascii_case(&first))
+        {
+            continue;
+        }
         let end = memchr::memchr(b'\n', line).unwrap_or(line.len());
         let line = &line[..end];
         let starts_with = |m: &str| {
@@ -348,8 +356,12 @@ fn diagnostic_after(lines: &[&str], i: usize, end: usize, a: &str) -> String {
 pub fn inline_dsn(text: &str) -> Option<&str> {
     let mut at = 0;
     for line in text.split_inclusive('\n') {
-        let l = line.trim_start().to_ascii_lowercase();
-        if l.starts_with("reporting-mta:") || l.starts_with("final-recipient:") {
+        let l = line.trim_start().as_bytes();
+        let starts = |p: &str| {
+            l.get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
+        };
+        if starts("reporting-mta:") || starts("final-recipient:") {
             return Some(&text[at..]);
         }
         at += line.len();
