@@ -604,9 +604,11 @@ fn from_dsn(dsn: &str, human: &str) -> Vec<Failure> {
             .map(typed_value)
             .unwrap_or("")
             .to_string();
-        let about = text::about(human, &recipient);
+        // the human text's paragraph about the recipient, read only when needed
+        let about = std::cell::OnceCell::new();
+        let about = || about.get_or_init(|| text::about(human, &recipient)).as_str();
         if diagnostic.is_empty() {
-            diagnostic = about.clone();
+            diagnostic = about().to_string();
         }
         if diagnostic.is_empty() {
             diagnostic = one_line(human, 1000);
@@ -619,7 +621,7 @@ fn from_dsn(dsn: &str, human: &str) -> Vec<Failure> {
         {
             diagnostic = format!("pipe to {pipe}: {diagnostic}");
         }
-        let command = fields::command_in(&diagnostic).or_else(|| fields::command_in(&about));
+        let command = fields::command_in(&diagnostic).or_else(|| fields::command_in(about()));
         out.push(Failure {
             status: field(b, "status").and_then(status_in),
             reply_code: reply_code_in(&diagnostic),
