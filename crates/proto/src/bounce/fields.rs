@@ -280,40 +280,44 @@ fn one_line_words(s: &str, max: usize) -> String {
 /// command`, `after RCPT TO:<...>`, `MAIL FROM ... said`); `EHLO` for the greeting or the
 /// connection (`after EHLO`, `after initial connection`, `refused to talk to me`).
 pub fn command_in(s: &str) -> Option<&'static str> {
+    // in this order: a refusal "after RCPT TO ... in reply to end of DATA" was at DATA
+    const COMMANDS: &[(&str, &[&str])] = &[
+        (
+            "DATA",
+            &[
+                "end of data",
+                "smtp command data",
+                "after data",
+                "final data",
+                "data command",
+                "reply to data",
+            ],
+        ),
+        (
+            "RCPT",
+            &[
+                "rcpt to",
+                "rcpt command",
+                "[rcpt_to]",
+                "does not like recipient",
+            ],
+        ),
+        ("MAIL", &["mail from"]),
+        (
+            "EHLO",
+            &[
+                "after ehlo",
+                "after helo",
+                "after initial connection",
+                "refused to talk to me",
+            ],
+        ),
+    ];
     let t = s.to_ascii_lowercase();
-    let data = [
-        "end of data",
-        "smtp command data",
-        "after data",
-        "final data",
-        "data command",
-        "reply to data",
-    ];
-    if data.iter().any(|p| t.contains(p)) {
-        return Some("DATA");
-    }
-    let rcpt = [
-        "rcpt to",
-        "rcpt command",
-        "[rcpt_to]",
-        "does not like recipient",
-    ];
-    if rcpt.iter().any(|p| t.contains(p)) {
-        return Some("RCPT");
-    }
-    if t.contains("mail from") {
-        return Some("MAIL");
-    }
-    let greeting = [
-        "after ehlo",
-        "after helo",
-        "after initial connection",
-        "refused to talk to me",
-    ];
-    if greeting.iter().any(|p| t.contains(p)) {
-        return Some("EHLO");
-    }
-    None
+    COMMANDS
+        .iter()
+        .find(|(_, phrases)| phrases.iter().any(|p| t.contains(p)))
+        .map(|(command, _)| *command)
 }
 
 #[cfg(test)]

@@ -606,7 +606,11 @@ fn from_dsn(dsn: &str, human: &str) -> Vec<Failure> {
             .to_string();
         // the human text's paragraph about the recipient, read only when needed
         let about = std::cell::OnceCell::new();
-        let about = || about.get_or_init(|| text::about(human, &recipient)).as_str();
+        let about = || {
+            about
+                .get_or_init(|| text::about(human, &recipient))
+                .as_str()
+        };
         if diagnostic.is_empty() {
             diagnostic = about().to_string();
         }
