@@ -32,7 +32,14 @@ pub fn blocks(text: &str) -> Vec<Vec<Field<'_>>> {
             continue;
         }
         if let Some((name, value)) = line.split_once(':') {
-            block.push((name.trim(), Cow::Borrowed(value.trim())));
+            let name = name.trim();
+            // a second recipient's fields written without the blank line between
+            if name.eq_ignore_ascii_case("final-recipient")
+                && block.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                out.push(std::mem::take(&mut block));
+            }
+            block.push((name, Cow::Borrowed(value.trim())));
         }
     }
     if !block.is_empty() {

@@ -345,15 +345,10 @@ impl<'m> View<'m> {
         {
             let (ctype, sub) = part
                 .content_type()
-                .map(|c| {
-                    (
-                        c.ctype().to_ascii_lowercase(),
-                        c.subtype().unwrap_or("").to_ascii_lowercase(),
-                    )
-                })
-                .unwrap_or_else(|| ("text".into(), "plain".into()));
+                .map(|c| (lower(c.ctype()), lower(c.subtype().unwrap_or(""))))
+                .unwrap_or((Cow::Borrowed("text"), Cow::Borrowed("plain")));
             let body = || String::from_utf8_lossy(part.contents()).into_owned();
-            match (ctype.as_str(), sub.as_str()) {
+            match (ctype.as_ref(), sub.as_ref()) {
                 ("message", "delivery-status" | "global-delivery-status") => {
                     v.dsn.get_or_insert_with(body);
                 }
@@ -408,8 +403,8 @@ impl<'m> View<'m> {
         &self.text[..self.human_len]
     }
 
-    fn header(&self, name: &str) -> String {
-        self.msg.header_raw(name).unwrap_or("").trim().to_string()
+    fn header<'a>(&'a self, name: &'a str) -> &'a str {
+        self.msg.header_raw(name).unwrap_or("").trim()
     }
 
     fn kind(&self) -> Kind {
@@ -422,10 +417,12 @@ impl<'m> View<'m> {
         }
         let from = self.header("From").to_ascii_lowercase();
         let subject = self.header("Subject").to_ascii_lowercase();
-        if text::looks_like_bounce(&from, &subject, &self.text) {
+        if text::looks_like_bounce(&from, &subject, &self.text)
+            || text::looks_like_list_error(&from, &subject)
+        {
             return Kind::Bounce;
         }
-        if text::looks_like_auto_reply(&subject, &self.header("Auto-Submitted"), self.msg) {
+        if text::looks_like_auto_reply(&subject, self.header("Auto-Submitted"), self.msg) {
             return Kind::AutoReply;
         }
         Kind::Other
@@ -471,18 +468,63 @@ impl<'m> View<'m> {
     fn read_text(&self, original: &Original) -> Vec<Failure> {
         // addresses that are not recipients: the bounce's own, the original's sender
         let own = [
-            address(&self.header("From")),
-            address(&self.header("To")),
+            address(self.header("From")),
+            address(self.header("To")),
             original.from.clone(),
             original.envelope_sender.clone(),
         ];
+        // no text part: the notice inside a multipart part whose boundary parameter was lost
+        // (folded onto an unindented line), which mail-parser keeps as raw text
+        let broken = match self.text.is_empty() {
+            true => self
+                .msg
+                .parts
+                .iter()
+                .filter(|p| !matches!(p.body, PartType::Multipart(_)))
+                .find(|p| {
+                    p.content_type()
+                        .is_some_and(|c| c.ctype().eq_ignore_ascii_case("multipart"))
+                })
+                .map(|p| {
+                    let raw = String::from_utf8_lossy(p.contents()).into_owned();
+                    // from the inner part's delimiter line and header section on: its body
+                    match raw.trim_start().starts_with("--") {
+                        true => raw
+                            .split_once("\n\n")
+                            .map_or(raw.clone(), |(_, b)| b.to_string()),
+                        false => raw,
+                    }
+                }),
+            false => None,
+        };
+        let body = broken.as_deref().unwrap_or(&self.text);
+        // a mailing-list manager's notice names the list in a sentence of its own
+        let list_error = text::looks_like_list_error(
+            &self.header("From").to_ascii_lowercase(),
+            &self.header("Subject").to_ascii_lowercase(),
+        );
+        let mut out = match list_error {
+            true => text::list_refusal(body, &own),
+            false => Vec::new(),
+        };
         // (the bounce's To: too may have failed: a message to oneself)
-        let mut out = text::failures(&self.text, &own[..1]);
         if out.is_empty() {
-            out = text::introduced(&self.text, &own);
+            out = text::failures(body, &own[..1]);
         }
         if out.is_empty() {
-            out = text::bracketed(&self.text, &own);
+            out = text::introduced(body, &own);
+        }
+        if out.is_empty() {
+            out = text::labelled(body, &own);
+        }
+        if out.is_empty() {
+            out = text::bracketed(body, &own);
+        }
+        if broken.is_some() {
+            let notice = one_line(text::human(body), NOTICE_MAX);
+            for f in out.iter_mut().filter(|f| f.diagnostic.is_empty()) {
+                f.diagnostic = notice.clone();
+            }
         }
         if out.is_empty()
             && let Some(to) = &self.returned.to
@@ -552,7 +594,7 @@ impl<'m> View<'m> {
     }
 
     fn auto_reply(&self) -> Vec<Failure> {
-        address(&self.header("From"))
+        address(self.header("From"))
             .map(|recipient| Failure {
                 recipient,
                 reason: Reason::Vacation,
@@ -561,6 +603,15 @@ impl<'m> View<'m> {
             })
             .into_iter()
             .collect()
+    }
+}
+
+/// `s` in lower case, copied only when it has upper-case letters.
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
@@ -643,14 +694,12 @@ fn from_dsn(dsn: &str, human: &str) -> Vec<Failure> {
 }
 
 /// Whether the server's words are about a temporary failure: the first code they carry (the
-/// reply code, else an RFC 3463 status or a reply code in the text) is of class 4, or they say
+/// reply code, else `said`, the RFC 3463 status in them) is of class 4, or they say
 /// "temporary" or "persistent" (RFC 3463's "persistent transient failure").
-fn says_temporary(reply_code: Option<u16>, diagnostic: &str) -> bool {
+fn says_temporary(reply_code: Option<u16>, said: Option<&str>, diagnostic: &str) -> bool {
     let class = match reply_code {
         Some(c) => Some(c / 100),
-        None => status_in(diagnostic)
-            .and_then(|s| s[..1].parse().ok())
-            .or_else(|| reply_code_in(diagnostic).map(|c| c / 100)),
+        None => said.and_then(|s| s[..1].parse().ok()),
     };
     let lower = diagnostic.to_ascii_lowercase();
     class == Some(4) || lower.contains(" temporar") || lower.contains(" persistent")
@@ -661,7 +710,8 @@ fn finish(mut f: Failure) -> Failure {
     if f.reply_code.is_none() {
         f.reply_code = reply_code_in(&f.diagnostic);
     }
-    f.status = fields::prefer(f.status.take(), status_in(&f.diagnostic), f.reply_code);
+    let said = status_in(&f.diagnostic);
+    f.status = fields::prefer(f.status.take(), said.clone(), f.reply_code);
     if f.command.is_none() {
         f.command = fields::command_in(&f.diagnostic).map(str::to_string);
     }
@@ -699,7 +749,7 @@ fn finish(mut f: Failure) -> Failure {
             (r, _) => r,
         };
     }
-    let temporary = says_temporary(f.reply_code, &f.diagnostic);
+    let temporary = says_temporary(f.reply_code, said.as_deref(), &f.diagnostic);
     if f.status.is_none() {
         f.status = Some(match (f.reason, f.reply_code) {
             (Reason::Undefined, Some(c)) => format!("{}.0.0", c / 100),

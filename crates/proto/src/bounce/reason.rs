@@ -843,6 +843,7 @@ const SYSTEM_ERROR: &[&str] = &[
     "service currently unavailable",
     "timeout waiting for input",
     "transaction failed",
+    "duplicated message-id",
     "unable to contact ldap server",
     "insufficient permission",
     "unable to connect…daemon",

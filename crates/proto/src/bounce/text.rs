@@ -26,6 +26,7 @@ const ORIGINAL_MARKERS: &[&str] = &[
     "message header follows",
     "message headers follow",
     "original headers",
+    "original mail as follows",
 ];
 
 /// Senders (lower-case substrings of From:) of bounces.
@@ -40,6 +41,7 @@ const BOUNCE_SENDERS: &[&str] = &[
     "bounce",
     "microsoftexchange",
     "mailer_daemon",
+    "post_master",
 ];
 
 /// Subjects (lower-case substrings) of bounces.
@@ -64,6 +66,57 @@ const BOUNCE_SUBJECTS: &[&str] = &[
     "rejected",
     "permanent error",
 ];
+
+/// Subjects (lower-case substrings) of the error notices of a mailing-list manager (fml: a
+/// post refused, a mail loop, a system error).
+const LIST_ERROR_SUBJECTS: &[&str] = &[
+    "not member",
+    "reject mail",
+    "loop alert",
+    "loop back warning",
+    "unix from loop",
+    "fml system error",
+];
+
+/// True (for a lower-case From: and Subject:) for a mailing-list manager's notice that it did
+/// not pass a message on: sent from the list's `-admin` address, with a subject of
+/// [`LIST_ERROR_SUBJECTS`]. (Its `X-MLServer:` header is not needed: relays drop such fields.)
+pub fn looks_like_list_error(from: &str, subject: &str) -> bool {
+    from.contains("-admin@") && LIST_ERROR_SUBJECTS.iter().any(|s| subject.contains(s))
+}
+
+/// The recipients of a mailing-list manager's error notice ([`looks_like_list_error`]): the
+/// `<address>` a sentence of its text ends with ("You are not a member of this mailing list
+/// <list@example.test>.", "Duplicated Message-ID in <list@example.test>."), each once, with
+/// that sentence as diagnostic. Addresses elsewhere in the notice are where to write for help.
+pub fn list_refusal(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
+    let human = human(text);
+    let mut out: Vec<super::Failure> = Vec::new();
+    for line in human.lines() {
+        let sentence = line.trim();
+        if is_header_line(sentence) {
+            continue;
+        }
+        let Some(inner) = sentence
+            .trim_end_matches('.')
+            .strip_suffix('>')
+            .and_then(|l| l.rsplit_once('<'))
+            .map(|(_, a)| a)
+        else {
+            continue;
+        };
+        let Some(a) = address(inner) else { continue };
+        if own.iter().any(|o| o.as_ref() == Some(&a)) || out.iter().any(|f| f.recipient == a) {
+            continue;
+        }
+        out.push(super::Failure {
+            recipient: a,
+            diagnostic: one_line(sentence, 1000),
+            ..super::Failure::default()
+        });
+    }
+    out
+}
 
 /// Subjects (lower-case substrings) of auto-replies.
 const AUTO_REPLY_SUBJECTS: &[&str] = &[
@@ -449,7 +502,8 @@ fn leading_address(line: &str) -> Option<String> {
 /// Lower-case words after which a bounce's sentence names the recipient that failed: "Your
 /// message to X couldn't be delivered" (Office 365), "wasn't delivered to X because" (Gmail),
 /// "a problem delivering your message to X" (Gmail's delay notice), "could not be delivered
-/// to: X", "failed to deliver to X", "addressed to: X".
+/// to: X", "failed to deliver to X", "addressed to: X", "undeliverable to X" (IMail), "the
+/// following recipients returned permanent errors: X" (X6).
 const INTRODUCERS: &[&str] = &[
     "your message to",
     "delivered to",
@@ -458,6 +512,8 @@ const INTRODUCERS: &[&str] = &[
     "failed to deliver to",
     "addressed to",
     "delivery to",
+    "undeliverable to",
+    "following recipient",
 ];
 
 /// How far after its introducing words a recipient may start (bytes): "to the following
@@ -487,6 +543,9 @@ pub fn introduced(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
             else {
                 continue;
             };
+            // the whole word, also where it runs past the window's end
+            let start = found.as_ptr() as usize - human.as_ptr() as usize;
+            let found = human[start..].split_whitespace().next().unwrap_or(found);
             let Some(a) = address(found) else { continue };
             if own.iter().any(|o| o.as_ref() == Some(&a)) || out.iter().any(|f| f.recipient == a) {
                 continue;
@@ -498,6 +557,55 @@ pub fn introduced(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
                 ..super::Failure::default()
             });
         }
+    }
+    out
+}
+
+/// Lower-case words of a line's label (the text before its colon) that say the one address
+/// after it is a recipient that failed: "Failed recipient: X", "Unknown user: X", "Delivery
+/// failed 20 attempts: X" (IMail), "Invalid recipient: X", "RCPT TO: X" (the envelope
+/// recipient in the details of a notice, as Apache James gives them).
+const FAILED_LABELS: &[&str] = &[
+    "fail",
+    "undeliver",
+    "unknown",
+    "invalid",
+    "reject",
+    "rcpt to",
+    "recipient",
+];
+
+/// Recipients named alone after a label that says they failed ([`FAILED_LABELS`]), a line
+/// each, each once. The diagnostic is left empty: such a line says nothing more, the notice
+/// around it does.
+pub fn labelled(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
+    let human = human(text);
+    let mut out: Vec<super::Failure> = Vec::new();
+    for line in human.lines() {
+        let Some((label, value)) = line.split_once(':') else {
+            continue;
+        };
+        let label = label
+            .trim_matches(|c: char| c.is_whitespace() || c == '>' || c == '*')
+            .to_ascii_lowercase();
+        // a short label of words, then one address alone
+        let value = value.trim();
+        if label.is_empty()
+            || label.len() > 40
+            || label.contains(['@', '<', '>'])
+            || !FAILED_LABELS.iter().any(|w| label.contains(w))
+            || value.split_whitespace().count() != 1
+        {
+            continue;
+        }
+        let Some(a) = address(value) else { continue };
+        if own.iter().any(|o| o.as_ref() == Some(&a)) || out.iter().any(|f| f.recipient == a) {
+            continue;
+        }
+        out.push(super::Failure {
+            recipient: a,
+            ..super::Failure::default()
+        });
     }
     out
 }
