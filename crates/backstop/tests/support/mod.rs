@@ -1021,3 +1021,235 @@ Final-Recipient: rfc822; nobody@spam-victim.test\r\nAction: failed\r\nStatus: 5.
 --b\r\nContent-Type: text/rfc822-headers\r\n\r\n\
 Received: from botnet.test by mx.spam-victim.test; Mon, 23 Nov 2026 10:00:00 +0000\r\n\
 Message-ID: <never-sent@example.test>\r\nFrom: RCPT\r\nSubject: cheap pills\r\n\r\n--b--\r\n";
+
+fn slapd_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/support/slapd.sh")
+}
+
+/// The directory of the LDAP tests (tests/support/ldap-example.ldif): alice, bob (with an
+/// alias and AD-style proxyAddresses), carol (disabled), the group sales, all under
+/// [`Slapd::BASE`]; dave outside it.
+pub fn ldap_example_ldif() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/support/ldap-example.ldif")
+}
+
+/// A private OpenLDAP slapd (tests/support/slapd.sh) on free loopback ports, plain with
+/// StartTLS and LDAPS, loaded with [`ldap_example_ldif`]; stopped by its PID when dropped.
+#[allow(dead_code)]
+pub struct Slapd {
+    dir: tempfile::TempDir,
+    /// The ldap:// port (StartTLS too).
+    pub port: u16,
+    /// The ldaps:// port.
+    pub tls_port: u16,
+    running: bool,
+}
+
+#[allow(dead_code)]
+impl Slapd {
+    /// The suffix.
+    pub const SUFFIX: &str = "dc=example,dc=test";
+    /// Where the example's users and groups are.
+    pub const BASE: &str = "ou=people,dc=example,dc=test";
+    /// The manager, who may write everything.
+    pub const ADMIN_DN: &str = "cn=admin,dc=example,dc=test";
+    /// Its password.
+    pub const ADMIN_PW: &str = "secret";
+
+    /// Starts one with the example directory.
+    pub fn start() -> Slapd {
+        let slapd = Slapd::start_empty();
+        slapd.add(&ldap_example_ldif());
+        slapd
+    }
+
+    /// Starts one with an empty directory (not even the suffix entry).
+    pub fn start_empty() -> Slapd {
+        let mut slapd = Slapd {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            tls_port: free_port(),
+            running: false,
+        };
+        slapd.run_start();
+        slapd
+    }
+
+    fn run_start(&mut self) {
+        let out = Command::new("bash")
+            .arg(slapd_script())
+            .arg("start")
+            .arg(self.conf())
+            .args([self.port.to_string(), self.tls_port.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "slapd did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.running = true;
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("ldap")
+    }
+
+    /// `ldap://127.0.0.1:PORT` (StartTLS works there too).
+    pub fn url(&self) -> String {
+        format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// `ldaps://127.0.0.1:TLS_PORT`.
+    pub fn ldaps_url(&self) -> String {
+        format!("ldaps://127.0.0.1:{}", self.tls_port)
+    }
+
+    /// The CA (PEM) that signed its certificate (for 127.0.0.1 and localhost).
+    pub fn ca_file(&self) -> PathBuf {
+        self.conf().join("tls/ca.pem")
+    }
+
+    /// Its log (`-d stats`: a line per operation, `SRCH base=... filter="(...)"` for each search;
+    /// filters appear as slapd re-encodes them: `\2A` for an escaped `*`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.conf().join("slapd.log")).unwrap_or_default()
+    }
+
+    /// The filters of the searches it served so far, in order.
+    pub fn filters(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(" SRCH base="))
+            .filter_map(|l| {
+                l.split_once(" filter=\"")?
+                    .1
+                    .strip_suffix('"')
+                    .map(String::from)
+            })
+            .collect()
+    }
+
+    /// True once its log contains `needle` (waits up to 5 s: slapd logs after it answers).
+    pub fn log_reaching(&self, needle: &str) -> bool {
+        wait_until(5, || self.log().contains(needle))
+    }
+
+    /// `ldapadd` as the manager, from an LDIF file.
+    pub fn add(&self, ldif: &Path) {
+        let out = Command::new("ldapadd")
+            .args([
+                "-x",
+                "-H",
+                &self.url(),
+                "-D",
+                Slapd::ADMIN_DN,
+                "-w",
+                Slapd::ADMIN_PW,
+            ])
+            .arg("-f")
+            .arg(ldif)
+            .output()
+            .expect("ldapadd (Debian ldap-utils)");
+        assert!(
+            out.status.success(),
+            "ldapadd {}: {}",
+            ldif.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `ldapmodify` as the manager with this LDIF (changetype records: disable a user, add
+    /// an alias, delete an entry, ...).
+    pub fn modify(&self, ldif: &str) {
+        let mut child = Command::new("ldapmodify")
+            .args([
+                "-x",
+                "-H",
+                &self.url(),
+                "-D",
+                Slapd::ADMIN_DN,
+                "-w",
+                Slapd::ADMIN_PW,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ldapmodify (Debian ldap-utils)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ldif.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "ldapmodify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `ldapsearch -x -LLL` under [`Slapd::BASE`] at `url` (one of [`Slapd::url`],
+    /// [`Slapd::ldaps_url`]) with more `options` (`-ZZ` for StartTLS), trusting
+    /// [`Slapd::ca_file`]: (exit code, LDIF of the entries found, all their attributes).
+    pub fn search(&self, url: &str, filter: &str, options: &[&str]) -> (i32, String) {
+        self.search_attrs(url, filter, options, &[])
+    }
+
+    /// [`Slapd::search`] returning only the attributes `attrs`.
+    pub fn search_attrs(
+        &self,
+        url: &str,
+        filter: &str,
+        options: &[&str],
+        attrs: &[&str],
+    ) -> (i32, String) {
+        let out = Command::new("ldapsearch")
+            .args([
+                "-x",
+                "-LLL",
+                "-o",
+                "nettimeout=10",
+                "-H",
+                url,
+                "-b",
+                Slapd::BASE,
+            ])
+            .args(options)
+            .arg(filter)
+            .args(attrs)
+            .env("LDAPTLS_CACERT", self.ca_file())
+            .env("LDAPTLS_REQCERT", "demand")
+            .output()
+            .expect("ldapsearch (Debian ldap-utils)");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Stops it (by its PID); [`Slapd::restart`] starts it again.
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = Command::new("bash")
+                .arg(slapd_script())
+                .arg("stop")
+                .arg(self.conf())
+                .status();
+            self.running = false;
+        }
+    }
+
+    /// Stops it if it runs, and starts it again on the same ports with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run_start();
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
