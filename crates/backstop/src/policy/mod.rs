@@ -7,6 +7,7 @@
 //! Not responsible for: where accepted mail goes (relay), or SMTP sequencing (the session).
 
 pub mod callout;
+pub mod directory;
 pub mod ldap_filter;
 pub mod lists;
 pub mod probe;
