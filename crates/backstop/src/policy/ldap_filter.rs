@@ -100,11 +100,6 @@ impl Template {
         }
         out
     }
-
-    /// The template as configured.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 /// `value` escaped for an LDAP filter (RFC 4515 section 3): `*`, `(`, `)`, `\` and NUL as `\`

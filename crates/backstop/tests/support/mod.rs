@@ -1047,8 +1047,6 @@ pub struct Slapd {
 
 #[allow(dead_code)]
 impl Slapd {
-    /// The suffix.
-    pub const SUFFIX: &str = "dc=example,dc=test";
     /// Where the example's users and groups are.
     pub const BASE: &str = "ou=people,dc=example,dc=test";
     /// The manager, who may write everything.
@@ -1058,13 +1056,6 @@ impl Slapd {
 
     /// Starts one with the example directory.
     pub fn start() -> Slapd {
-        let slapd = Slapd::start_empty();
-        slapd.add(&ldap_example_ldif());
-        slapd
-    }
-
-    /// Starts one with an empty directory (not even the suffix entry).
-    pub fn start_empty() -> Slapd {
         let mut slapd = Slapd {
             dir: tempfile::tempdir().unwrap(),
             port: free_port(),
@@ -1072,6 +1063,7 @@ impl Slapd {
             running: false,
         };
         slapd.run_start();
+        slapd.add(&ldap_example_ldif());
         slapd
     }
 
@@ -1155,38 +1147,6 @@ impl Slapd {
             out.status.success(),
             "ldapadd {}: {}",
             ldif.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// `ldapmodify` as the manager with this LDIF (changetype records: disable a user, add
-    /// an alias, delete an entry, ...).
-    pub fn modify(&self, ldif: &str) {
-        let mut child = Command::new("ldapmodify")
-            .args([
-                "-x",
-                "-H",
-                &self.url(),
-                "-D",
-                Slapd::ADMIN_DN,
-                "-w",
-                Slapd::ADMIN_PW,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ldapmodify (Debian ldap-utils)");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(ldif.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "ldapmodify: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -57,6 +57,12 @@ pub fn field<'a>(block: &'a [Field<'_>], name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// Whether `s` starts with `prefix`, ASCII letters matched in any case.
+pub fn starts_ignoring_case(s: &[u8], prefix: &str) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
 /// `type; value` -> `value` (as in `rfc822; a@b`, `smtp; 550 ...`).
 pub fn typed_value(v: &str) -> &str {
     match v.split_once(';') {

@@ -136,18 +136,11 @@ use std::sync::OnceLock;
 
 /// Reads a raw message (any line ends: CRLF, LF or CR only). Never panics.
 pub fn parse(raw: &[u8]) -> Bounce {
-    let raw = &raw[..raw.len().min(MAX_INPUT)];
-    let norm = normalize(raw);
-    let Some(mut msg) = mime_parser().parse(&norm[..]) else {
-        return Bounce::new(Kind::Other, Vec::new(), Original::default());
-    };
-    let repaired = close_truncated_parts(&msg, &norm);
-    if let Some(fixed) = &repaired
-        && let Some(m) = mime_parser().parse(&fixed[..])
-    {
-        msg = m;
-    }
-    let view = View::of(&msg);
+    read_view(raw, read)
+}
+
+/// What a message's parts say.
+fn read(view: View<'_>) -> Bounce {
     if let Some((kind, entries, original)) = ses::read(&view.text) {
         let entries = entries
             .into_iter()
@@ -177,19 +170,33 @@ pub fn parse(raw: &[u8]) -> Bounce {
 pub fn parse_text(text: &str) -> Bounce {
     let mut raw = b"Content-Type: text/plain; charset=utf-8\n\n".to_vec();
     raw.extend_from_slice(text.as_bytes());
+    read_view(&raw, |view| {
+        let failures = view.failures();
+        let kind = if failures.is_empty() {
+            Kind::Other
+        } else {
+            Kind::Bounce
+        };
+        Bounce::new(kind, failures, view.returned.original)
+    })
+}
+
+/// The message's [`View`] handed to `read`: the first [`MAX_INPUT`] bytes, CR-only line ends
+/// made LF, MIME-parsed (again after closing parts cut short, when some are).
+fn read_view(raw: &[u8], read: impl FnOnce(View<'_>) -> Bounce) -> Bounce {
     let raw = &raw[..raw.len().min(MAX_INPUT)];
     let norm = normalize(raw);
     let Some(msg) = mime_parser().parse(&norm[..]) else {
         return Bounce::new(Kind::Other, Vec::new(), Original::default());
     };
-    let view = View::of(&msg);
-    let failures = view.failures();
-    let kind = if failures.is_empty() {
-        Kind::Other
-    } else {
-        Kind::Bounce
-    };
-    Bounce::new(kind, failures, view.returned.original)
+    let repaired = close_truncated_parts(&msg, &norm);
+    match repaired
+        .as_deref()
+        .and_then(|fixed| mime_parser().parse(fixed))
+    {
+        Some(fixed) => read(View::of(&fixed)),
+        None => read(View::of(&msg)),
+    }
 }
 
 /// The message with every part cut short closed, when a part swallowed the parts after it:
@@ -318,7 +325,8 @@ struct View<'m> {
     feedback: Option<String>,
     /// The human-readable text (first text part outside the returned message).
     text: String,
-    /// How much of `text` is the bounce's own words ([`text::human`]): up to a quoted original.
+    /// How much of `text` is the bounce's own words: up to a quoted original
+    /// ([`text::marker_at`]). The text readers are given this part.
     human_len: usize,
     /// The returned original (attached, or quoted in the text), read.
     returned: text::Returned,
@@ -377,11 +385,9 @@ impl<'m> View<'m> {
             }
         }
         if v.text.is_empty()
-            && msg.parts.len() == 1
-            && let Some(part) = msg.parts.first()
+            && let Some(raw) = raw_notice(msg)
         {
-            // a multipart body whose boundary never occurs (broken by a relay): its raw text
-            v.text = String::from_utf8_lossy(part.contents()).into_owned();
+            v.text = raw;
         }
         let marker = text::marker_at(&v.text);
         v.human_len = marker.unwrap_or(v.text.len());
@@ -417,15 +423,22 @@ impl<'m> View<'m> {
         }
         let from = self.header("From").to_ascii_lowercase();
         let subject = self.header("Subject").to_ascii_lowercase();
-        if text::looks_like_bounce(&from, &subject, &self.text)
-            || text::looks_like_list_error(&from, &subject)
-        {
+        if text::looks_like_bounce(&from, &subject, self.human()) || self.is_list_error() {
             return Kind::Bounce;
         }
         if text::looks_like_auto_reply(&subject, self.header("Auto-Submitted"), self.msg) {
             return Kind::AutoReply;
         }
         Kind::Other
+    }
+
+    /// A mailing-list manager's notice that it did not pass a message on
+    /// ([`text::looks_like_list_error`]).
+    fn is_list_error(&self) -> bool {
+        text::looks_like_list_error(
+            &self.header("From").to_ascii_lowercase(),
+            &self.header("Subject").to_ascii_lowercase(),
+        )
     }
 
     /// Microsoft's complaint report (JMRP): no feedback-report part, the complained-of message
@@ -473,58 +486,25 @@ impl<'m> View<'m> {
             original.from.clone(),
             original.envelope_sender.clone(),
         ];
-        // no text part: the notice inside a multipart part whose boundary parameter was lost
-        // (folded onto an unindented line), which mail-parser keeps as raw text
-        let broken = match self.text.is_empty() {
-            true => self
-                .msg
-                .parts
-                .iter()
-                .filter(|p| !matches!(p.body, PartType::Multipart(_)))
-                .find(|p| {
-                    p.content_type()
-                        .is_some_and(|c| c.ctype().eq_ignore_ascii_case("multipart"))
-                })
-                .map(|p| {
-                    let raw = String::from_utf8_lossy(p.contents()).into_owned();
-                    // from the inner part's delimiter line and header section on: its body
-                    match raw.trim_start().starts_with("--") {
-                        true => raw
-                            .split_once("\n\n")
-                            .map_or(raw.clone(), |(_, b)| b.to_string()),
-                        false => raw,
-                    }
-                }),
-            false => None,
-        };
-        let body = broken.as_deref().unwrap_or(&self.text);
+        let human = self.human();
         // a mailing-list manager's notice names the list in a sentence of its own
-        let list_error = text::looks_like_list_error(
-            &self.header("From").to_ascii_lowercase(),
-            &self.header("Subject").to_ascii_lowercase(),
-        );
-        let mut out = match list_error {
-            true => text::list_refusal(body, &own),
-            false => Vec::new(),
+        let mut out = if self.is_list_error() {
+            text::list_refusal(human, &own)
+        } else {
+            Vec::new()
         };
         // (the bounce's To: too may have failed: a message to oneself)
         if out.is_empty() {
-            out = text::failures(body, &own[..1]);
+            out = text::failures(human, &own[..1]);
         }
         if out.is_empty() {
-            out = text::introduced(body, &own);
+            out = text::introduced(human, &own);
         }
         if out.is_empty() {
-            out = text::labelled(body, &own);
+            out = text::labelled(human, &own);
         }
         if out.is_empty() {
-            out = text::bracketed(body, &own);
-        }
-        if broken.is_some() {
-            let notice = one_line(text::human(body), NOTICE_MAX);
-            for f in out.iter_mut().filter(|f| f.diagnostic.is_empty()) {
-                f.diagnostic = notice.clone();
-            }
+            out = text::bracketed(human, &own);
         }
         if out.is_empty()
             && let Some(to) = &self.returned.to
@@ -604,6 +584,33 @@ impl<'m> View<'m> {
             .into_iter()
             .collect()
     }
+}
+
+/// The notice as raw text when no part is a text part: the whole body of a message that is one
+/// part (a multipart whose boundary never occurs, broken by a relay), or a part declared
+/// multipart whose boundary parameter was lost (folded onto an unindented line: mail-parser
+/// keeps it as raw text), from after its inner delimiter and header section.
+fn raw_notice(msg: &Message<'_>) -> Option<String> {
+    let lossy = |p: &MessagePart<'_>| String::from_utf8_lossy(p.contents()).into_owned();
+    if msg.parts.len() == 1 {
+        return msg.parts.first().map(lossy);
+    }
+    let raw = msg
+        .parts
+        .iter()
+        .filter(|p| !matches!(p.body, PartType::Multipart(_)))
+        .find(|p| {
+            p.content_type()
+                .is_some_and(|c| c.ctype().eq_ignore_ascii_case("multipart"))
+        })
+        .map(lossy)?;
+    if !raw.trim_start().starts_with("--") {
+        return Some(raw);
+    }
+    Some(
+        raw.split_once("\n\n")
+            .map_or(raw.clone(), |(_, body)| body.to_string()),
+    )
 }
 
 /// `s` in lower case, copied only when it has upper-case letters.

@@ -6,7 +6,7 @@
 //! Not responsible for: classifying reasons (`reason`).
 
 use super::Original;
-use super::fields::{address, one_line, reply_code_in, status_in};
+use super::fields::{address, one_line, reply_code_in, starts_ignoring_case, status_in};
 use mail_parser::Message;
 
 /// Lines that start the returned message in the text of a bounce: lower-case prefixes of the
@@ -89,9 +89,8 @@ pub fn looks_like_list_error(from: &str, subject: &str) -> bool {
 /// `<address>` a sentence of its text ends with ("You are not a member of this mailing list
 /// <list@example.test>.", "Duplicated Message-ID in <list@example.test>."), each once, with
 /// that sentence as diagnostic. Addresses elsewhere in the notice are where to write for help.
-pub fn list_refusal(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
-    let human = human(text);
-    let mut out: Vec<super::Failure> = Vec::new();
+pub fn list_refusal(human: &str, own: &[Option<String>]) -> Vec<super::Failure> {
+    let mut found = Found::new(own);
     for line in human.lines() {
         let sentence = line.trim();
         if is_header_line(sentence) {
@@ -105,17 +104,41 @@ pub fn list_refusal(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
         else {
             continue;
         };
-        let Some(a) = address(inner) else { continue };
-        if own.iter().any(|o| o.as_ref() == Some(&a)) || out.iter().any(|f| f.recipient == a) {
-            continue;
+        if let Some(a) = address(inner) {
+            found.add(a, |_| one_line(sentence, 1000));
         }
-        out.push(super::Failure {
+    }
+    found.list
+}
+
+/// Failed recipients found in a text: in order, each once, none of the bounce's own addresses.
+struct Found<'o> {
+    own: &'o [Option<String>],
+    list: Vec<super::Failure>,
+}
+
+impl<'o> Found<'o> {
+    fn new(own: &'o [Option<String>]) -> Found<'o> {
+        Found {
+            own,
+            list: Vec::new(),
+        }
+    }
+
+    /// Adds `a` unless it is the bounce's own or found already; only then is its diagnostic
+    /// worked out.
+    fn add(&mut self, a: String, diagnostic: impl FnOnce(&str) -> String) {
+        if self.own.iter().any(|o| o.as_ref() == Some(&a))
+            || self.list.iter().any(|f| f.recipient == a)
+        {
+            return;
+        }
+        self.list.push(super::Failure {
+            diagnostic: diagnostic(&a),
             recipient: a,
-            diagnostic: one_line(sentence, 1000),
             ..super::Failure::default()
         });
     }
-    out
 }
 
 /// Subjects (lower-case substrings) of auto-replies.
@@ -132,12 +155,13 @@ const AUTO_REPLY_SUBJECTS: &[&str] = &[
     "on leave",
 ];
 
-/// True when sender, subject or wording say "delivery failed".
-pub fn looks_like_bounce(from: &str, subject: &str, text: &str) -> bool {
+/// True when sender, subject or wording (`human`, the notice up to a quoted original) say
+/// "delivery failed".
+pub fn looks_like_bounce(from: &str, subject: &str, human: &str) -> bool {
     BOUNCE_SENDERS.iter().any(|s| from.contains(s))
         || BOUNCE_SUBJECTS.iter().any(|s| subject.contains(s))
         || {
-            let t = human(text).to_ascii_lowercase();
+            let t = human.to_ascii_lowercase();
             t.contains("could not be delivered") || t.contains("permanent fatal errors")
         }
 }
@@ -176,12 +200,10 @@ pub fn marker_at(text: &str) -> Option<usize> {
         }
         let end = memchr::memchr(b'\n', line).unwrap_or(line.len());
         let line = &line[..end];
-        let starts_with = |m: &str| {
-            line.get(..m.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(m.as_bytes()))
-        };
         // "original message was received at ..." (Sendmail) is part of the explanation
-        if ORIGINAL_MARKERS.iter().any(|m| starts_with(m))
+        if ORIGINAL_MARKERS
+            .iter()
+            .any(|m| starts_ignoring_case(line, m))
             && !line
                 .windows(12)
                 .any(|w| w.eq_ignore_ascii_case(b"was received"))
@@ -190,11 +212,6 @@ pub fn marker_at(text: &str) -> Option<usize> {
         }
     }
     None
-}
-
-/// The human part of a bounce's text: up to the quoted original.
-pub fn human(text: &str) -> &str {
-    &text[..marker_at(text).unwrap_or(text.len())]
 }
 
 /// The quoted original's header section in `rest`, the text from the marker line
@@ -324,8 +341,7 @@ fn read_fields<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> Returned
 /// An address listed twice (Exchange names each recipient for the user, then again for the
 /// administrator with the server's reply) keeps its first place and the diagnostic that
 /// carries a reply code or status, if one does.
-pub fn failures(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
-    let human = human(text);
+pub fn failures(human: &str, own: &[Option<String>]) -> Vec<super::Failure> {
     let lines: Vec<&str> = human.lines().collect();
     let starts = address_lines(&lines, own);
     let mut out: Vec<super::Failure> = Vec::new();
@@ -410,11 +426,8 @@ pub fn inline_dsn(text: &str) -> Option<&str> {
     let mut at = 0;
     for line in text.split_inclusive('\n') {
         let l = line.trim_start().as_bytes();
-        let starts = |p: &str| {
-            l.get(..p.len())
-                .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
-        };
-        if starts("reporting-mta:") || starts("final-recipient:") {
+        if starts_ignoring_case(l, "reporting-mta:") || starts_ignoring_case(l, "final-recipient:")
+        {
             return Some(&text[at..]);
         }
         at += line.len();
@@ -424,18 +437,14 @@ pub fn inline_dsn(text: &str) -> Option<&str> {
 
 /// Every `<address>` of the human text that is not the bounce's own (From/To), each once, with
 /// its paragraph as diagnostic.
-pub fn bracketed(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
-    let human = human(text);
-    let mut out: Vec<super::Failure> = Vec::new();
+pub fn bracketed(human: &str, own: &[Option<String>]) -> Vec<super::Failure> {
+    let mut found = Found::new(own);
     for line in human.lines() {
         // a quoted header naming messages, not mailboxes
         let head = line.trim_start_matches(['>', ' ', '\t']).as_bytes();
         let names_message = ["message-id:", "references:", "in-reply-to:"]
             .iter()
-            .any(|p| {
-                head.get(..p.len())
-                    .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
-            });
+            .any(|p| starts_ignoring_case(head, p));
         if names_message {
             continue;
         }
@@ -443,21 +452,13 @@ pub fn bracketed(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
         while let Some(start) = rest.find('<') {
             let after = &rest[start + 1..];
             let Some(end) = after.find('>') else { break };
-            if let Some(a) = address(&after[..end])
-                && !own.iter().any(|o| o.as_ref() == Some(&a))
-                && !out.iter().any(|f| f.recipient == a)
-            {
-                let diagnostic = about(human, &a);
-                out.push(super::Failure {
-                    recipient: a,
-                    diagnostic,
-                    ..super::Failure::default()
-                });
+            if let Some(a) = address(&after[..end]) {
+                found.add(a, |a| about(human, a));
             }
             rest = &after[end..];
         }
     }
-    out
+    found.list
 }
 
 /// The address a line starts with (after indentation, `<`, quotes), if it does.
@@ -468,7 +469,6 @@ fn leading_address(line: &str) -> Option<String> {
         Some((code, rest)) if rest.starts_with('<') && reply_code_in(code).is_some() => rest,
         _ => t,
     };
-    let lower = t.to_ascii_lowercase();
     if [
         "from:",
         "to:",
@@ -479,7 +479,7 @@ fn leading_address(line: &str) -> Option<String> {
         "message-id:",
     ]
     .iter()
-    .any(|p| lower.starts_with(p))
+    .any(|p| starts_ignoring_case(t.as_bytes(), p))
     {
         return None;
     }
@@ -523,10 +523,9 @@ const INTRODUCER_REACH: usize = 60;
 /// Recipients named in a sentence of the human text, after words such as "your message to"
 /// ([`INTRODUCERS`]), each once, with its paragraph as diagnostic. Only what follows the
 /// words closely counts, and not across a sentence's end.
-pub fn introduced(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
-    let human = human(text);
+pub fn introduced(human: &str, own: &[Option<String>]) -> Vec<super::Failure> {
     let lower = human.to_ascii_lowercase();
-    let mut out: Vec<super::Failure> = Vec::new();
+    let mut found = Found::new(own);
     for word in INTRODUCERS {
         for (at, _) in lower.match_indices(word) {
             let from = at + word.len();
@@ -536,7 +535,7 @@ pub fn introduced(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
             }
             let window = &human[from..end];
             // the address starts before any sentence ends ("... to X. " or a blank line)
-            let Some(found) = window
+            let Some(word) = window
                 .split_whitespace()
                 .take_while(|w| !w.ends_with(['.', '!']) || w.contains('@'))
                 .find(|w| w.contains('@'))
@@ -544,21 +543,14 @@ pub fn introduced(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
                 continue;
             };
             // the whole word, also where it runs past the window's end
-            let start = found.as_ptr() as usize - human.as_ptr() as usize;
-            let found = human[start..].split_whitespace().next().unwrap_or(found);
-            let Some(a) = address(found) else { continue };
-            if own.iter().any(|o| o.as_ref() == Some(&a)) || out.iter().any(|f| f.recipient == a) {
-                continue;
+            let start = word.as_ptr() as usize - human.as_ptr() as usize;
+            let word = human[start..].split_whitespace().next().unwrap_or(word);
+            if let Some(a) = address(word) {
+                found.add(a, |a| about(human, a));
             }
-            let diagnostic = about(human, &a);
-            out.push(super::Failure {
-                recipient: a,
-                diagnostic,
-                ..super::Failure::default()
-            });
         }
     }
-    out
+    found.list
 }
 
 /// Lower-case words of a line's label (the text before its colon) that say the one address
@@ -578,9 +570,8 @@ const FAILED_LABELS: &[&str] = &[
 /// Recipients named alone after a label that says they failed ([`FAILED_LABELS`]), a line
 /// each, each once. The diagnostic is left empty: such a line says nothing more, the notice
 /// around it does.
-pub fn labelled(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
-    let human = human(text);
-    let mut out: Vec<super::Failure> = Vec::new();
+pub fn labelled(human: &str, own: &[Option<String>]) -> Vec<super::Failure> {
+    let mut found = Found::new(own);
     for line in human.lines() {
         let Some((label, value)) = line.split_once(':') else {
             continue;
@@ -598,19 +589,15 @@ pub fn labelled(text: &str, own: &[Option<String>]) -> Vec<super::Failure> {
         {
             continue;
         }
-        let Some(a) = address(value) else { continue };
-        if own.iter().any(|o| o.as_ref() == Some(&a)) || out.iter().any(|f| f.recipient == a) {
-            continue;
+        if let Some(a) = address(value) {
+            found.add(a, |_| String::new());
         }
-        out.push(super::Failure {
-            recipient: a,
-            ..super::Failure::default()
-        });
     }
-    out
+    found.list
 }
 
-/// The paragraph of `human` (a bounce's human part, see [`human`]) that mentions `rcpt`, from
+/// The paragraph of `human` (a bounce's human part: its text up to a quoted original, where
+/// [`marker_at`] finds one) that mentions `rcpt`, from
 /// just after it, on one line ("" when none does).
 pub fn about(human: &str, rcpt: &str) -> String {
     let Some(at) = find_ignore_case(human, rcpt) else {
