@@ -894,9 +894,14 @@ async fn flush_counts(harvest: Arc<Harvest>) {
 async fn check_backends(backends: Arc<Backends>, current: Arc<ArcSwap<Served>>) {
     let clock = current.load().clock.clone();
     let settings = move || {
-        let cfg = current.load_full().cfg.clone();
-        let timeout = cfg.callout.timeout.min(cfg.delivery.timeout);
-        (cfg.hostname.clone(), timeout, cfg.health.interval)
+        let served = current.load_full();
+        let cfg = &served.cfg;
+        crate::health::Round {
+            helo: cfg.hostname.clone(),
+            timeout: cfg.callout.timeout.min(cfg.delivery.timeout),
+            interval: cfg.health.interval,
+            checks: served.verifier.checks(),
+        }
     };
     backends.run(settings, clock).await;
 }

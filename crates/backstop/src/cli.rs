@@ -524,7 +524,8 @@ async fn check_config(cfg: Config, connect: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut all = true;
-    for (role, target, result) in crate::health::check_all(&cfg).await {
+    let directories = crate::policy::directory::checks_of(&cfg)?;
+    for (role, target, result) in crate::health::check_all(&cfg, directories).await {
         match result {
             Ok(greeting) => println!("# {role} {target}: answers ({greeting})"),
             Err(e) => {

@@ -1,6 +1,7 @@
-//! Whether each internal server answers: every `smtp:` next hop (of a domain or a route) and
-//! every call-out server, checked in the background (connect, EHLO, QUIT every
-//! `[health] interval`) and corrected by what real traffic sees.
+//! Whether each internal server answers: every `smtp:` next hop (of a domain or a route), every
+//! call-out server and every directory (`ldap:`), checked in the background (connect, EHLO,
+//! QUIT, or a directory's connect and bind, every `[health] interval`) and corrected by what
+//! real traffic sees.
 //!
 //! Responsible for: the up/down state of each backend with since when and the last error, the
 //! transitions (one alert down, one alert back, through the hook the caller gives), the
@@ -27,14 +28,58 @@ pub enum Role {
     NextHop,
     /// Asked whether recipients exist: `callout:HOST:PORT`.
     Callout,
+    /// Asked for recipients' entries: `ldap:NAME`.
+    Directory,
+}
+
+/// A backend: an SMTP server, or a directory by its name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    /// `HOST:PORT`, spoken to in SMTP.
+    Smtp(HostPort),
+    /// `[[ldap]]` `name`.
+    Ldap(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Smtp(hp) => write!(f, "{hp}"),
+            Target::Ldap(name) => write!(f, "ldap:{name}"),
+        }
+    }
+}
+
+/// A backend checked otherwise than in SMTP (a directory): its own check, what answered or why
+/// not.
+#[async_trait::async_trait]
+pub trait Check: Send + Sync {
+    /// One check, now.
+    async fn check(&self) -> Result<String, String>;
+}
+
+/// The backends checked otherwise than in SMTP, by target.
+pub type Checks = Vec<(Target, Arc<dyn Check>)>;
+
+/// What one round of checks needs (read at every round: a reload applies).
+pub struct Round {
+    /// Our EHLO name.
+    pub helo: String,
+    /// Each check's limit.
+    pub timeout: Duration,
+    /// The time between rounds.
+    pub interval: Duration,
+    /// The directories' checks.
+    pub checks: Checks,
 }
 
 impl Role {
-    /// `next-hop` or `callout`.
+    /// `next-hop`, `callout` or `directory`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::NextHop => "next-hop",
             Role::Callout => "callout",
+            Role::Directory => "directory",
         }
     }
 }
@@ -42,9 +87,9 @@ impl Role {
 /// One backend's state, as shown by `backstop status`, `/api/status` and `/healthz`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Backend {
-    /// Next hop or call-out.
+    /// Next hop, call-out or directory.
     pub role: Role,
-    /// `host:port`.
+    /// `host:port`, or `ldap:NAME`.
     pub target: String,
     /// Answering; none before the first check.
     pub up: Option<bool>,
@@ -58,7 +103,7 @@ pub struct Backend {
 pub type Hook = Arc<dyn Fn(bool, Role, &str, &str) + Send + Sync>;
 
 /// The states, by role and target.
-type States = BTreeMap<Role, BTreeMap<HostPort, Backend>>;
+type States = BTreeMap<Role, BTreeMap<Target, Backend>>;
 
 /// The backends of the running configuration and their states.
 pub struct Backends {
@@ -69,26 +114,28 @@ pub struct Backends {
 }
 
 /// Every backend `cfg` names, each once.
-pub fn targets(cfg: &Config) -> Vec<(Role, HostPort)> {
-    let mut out: Vec<(Role, HostPort)> = Vec::new();
-    let mut add = |role, hp: &HostPort| {
-        if !out.iter().any(|(r, h)| *r == role && h == hp) {
-            out.push((role, hp.clone()));
+pub fn targets(cfg: &Config) -> Vec<(Role, Target)> {
+    let mut out: Vec<(Role, Target)> = Vec::new();
+    let mut add = |role, t: Target| {
+        if !out.iter().any(|(r, o)| *r == role && *o == t) {
+            out.push((role, t));
         }
     };
     for d in &cfg.domains {
         for s in &d.sources {
-            if let Source::Callout(hp) = s {
-                add(Role::Callout, hp);
+            match s {
+                Source::Callout(hp) => add(Role::Callout, Target::Smtp(hp.clone())),
+                Source::Ldap(name) => add(Role::Directory, Target::Ldap(name.clone())),
+                Source::List(_) => {}
             }
         }
         if let NextHop::Smtp(hp) = &d.next_hop {
-            add(Role::NextHop, hp);
+            add(Role::NextHop, Target::Smtp(hp.clone()));
         }
     }
     for r in &cfg.routes {
         if let NextHop::Smtp(hp) = &r.next_hop {
-            add(Role::NextHop, hp);
+            add(Role::NextHop, Target::Smtp(hp.clone()));
         }
     }
     out
@@ -114,13 +161,13 @@ impl Backends {
         let wanted = targets(cfg);
         let mut states = self.lock();
         for (role, of_role) in states.iter_mut() {
-            of_role.retain(|hp, _| wanted.contains(&(*role, hp.clone())));
+            of_role.retain(|t, _| wanted.contains(&(*role, t.clone())));
         }
-        for (role, hp) in wanted {
+        for (role, t) in wanted {
             let of_role = states.entry(role).or_default();
-            of_role.entry(hp.clone()).or_insert_with(|| Backend {
+            of_role.entry(t.clone()).or_insert_with(|| Backend {
                 role,
-                target: hp.to_string(),
+                target: t.to_string(),
                 up: None,
                 since: now,
                 error: None,
@@ -132,7 +179,7 @@ impl Backends {
 
     /// Records a check's result or what traffic saw: `Ok` (it answered) or the error. A change
     /// of state calls the hook.
-    pub fn record(&self, role: Role, target: &HostPort, result: Result<(), String>, now: u64) {
+    pub fn record(&self, role: Role, target: &Target, result: Result<(), String>, now: u64) {
         let mut states = self.lock();
         let Some(b) = states.get_mut(&role).and_then(|r| r.get_mut(target)) else {
             return;
@@ -160,19 +207,19 @@ impl Backends {
     }
 
     /// Traffic reached `target`: it answers.
-    pub fn answered(&self, role: Role, target: &HostPort, now: u64) {
+    pub fn answered(&self, role: Role, target: &Target, now: u64) {
         if self.state(role, target).flatten() != Some(true) {
             self.record(role, target, Ok(()), now);
         }
     }
 
     /// Whether `target` is watched (and then whether it answers; none before its first check).
-    fn state(&self, role: Role, target: &HostPort) -> Option<Option<bool>> {
+    fn state(&self, role: Role, target: &Target) -> Option<Option<bool>> {
         self.lock().get(&role)?.get(target).map(|b| b.up)
     }
 
     /// Traffic could not reach `target` (connection refused, lost, timed out): check it now.
-    pub fn unreachable(&self, role: Role, target: &HostPort) {
+    pub fn unreachable(&self, role: Role, target: &Target) {
         if self.state(role, target).is_some() {
             self.wake.notify_one();
         }
@@ -198,33 +245,44 @@ impl Backends {
     /// applies), and at once when traffic saw a failure; runs until aborted.
     pub async fn run(
         self: Arc<Self>,
-        helo: impl Fn() -> (String, Duration, Duration) + Send + Sync,
+        round: impl Fn() -> Round + Send + Sync,
         clock: Arc<dyn crate::clock::Clock>,
     ) {
         // the first round checks everything anyway: a wake-up asked before it is served by it
         let _ = futures_util::FutureExt::now_or_never(self.wake.notified());
         loop {
-            let (helo, timeout, interval) = helo();
-            let targets: Vec<(Role, HostPort)> = self
+            let round = round();
+            let targets: Vec<(Role, Target)> = self
                 .lock()
                 .iter()
-                .flat_map(|(role, r)| r.keys().map(|hp| (*role, hp.clone())))
+                .flat_map(|(role, r)| r.keys().map(|t| (*role, t.clone())))
                 .collect();
-            let checks = targets.iter().map(|(role, hp)| {
-                let helo = helo.clone();
-                async move { (*role, hp, check(hp, &helo, timeout).await) }
+            let checks = targets.iter().map(|(role, t)| {
+                let round = &round;
+                async move { (*role, t, check_one(t, round).await) }
             });
-            for (role, hp, result) in futures_util::future::join_all(checks).await {
-                self.record(role, hp, result.map(|_| ()), clock.unix());
+            for (role, t, result) in futures_util::future::join_all(checks).await {
+                self.record(role, t, result.map(|_| ()), clock.unix());
             }
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(round.interval) => {}
                 _ = self.wake.notified() => {
                     // a burst of failures asks once
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
+    }
+}
+
+/// One check of `target` in `round`.
+async fn check_one(target: &Target, round: &Round) -> Result<String, String> {
+    match target {
+        Target::Smtp(hp) => check(hp, &round.helo, round.timeout).await,
+        Target::Ldap(_) => match round.checks.iter().find(|(t, _)| t == target) {
+            Some((_, c)) => c.check().await,
+            None => Err("not configured".into()),
+        },
     }
 }
 
@@ -244,14 +302,24 @@ pub async fn check(target: &HostPort, helo: &str, timeout: Duration) -> Result<S
     Ok(format!("EHLO accepted, {tls}, {took} ms"))
 }
 
-/// Checks every backend of `cfg` once (`check-config --connect`): role, target, result.
-pub async fn check_all(cfg: &Config) -> Vec<(&'static str, HostPort, Result<String, String>)> {
-    let timeout = cfg.callout.timeout.min(cfg.delivery.timeout);
-    let checks = targets(cfg).into_iter().map(|(role, hp)| async move {
-        let r = check(&hp, &cfg.hostname, timeout).await;
-        (role.as_str(), hp, r)
+/// Checks every backend of `cfg` once (`check-config --connect`), the directories with
+/// `checks`: role, target, result.
+pub async fn check_all(
+    cfg: &Config,
+    checks: Checks,
+) -> Vec<(&'static str, Target, Result<String, String>)> {
+    let round = Round {
+        helo: cfg.hostname.clone(),
+        timeout: cfg.callout.timeout.min(cfg.delivery.timeout),
+        interval: cfg.health.interval,
+        checks,
+    };
+    let round = &round;
+    let all = targets(cfg).into_iter().map(|(role, t)| async move {
+        let r = check_one(&t, round).await;
+        (role.as_str(), t, r)
     });
-    futures_util::future::join_all(checks).await
+    futures_util::future::join_all(all).await
 }
 
 #[cfg(test)]
@@ -259,8 +327,8 @@ mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;
 
-    fn hp(s: &str) -> HostPort {
-        HostPort::parse(s).unwrap()
+    fn hp(s: &str) -> Target {
+        Target::Smtp(HostPort::parse(s).unwrap())
     }
 
     fn backends() -> (Arc<Backends>, Arc<StdMutex<Vec<String>>>) {

@@ -5,7 +5,7 @@
 //! JSON object, and rendering it for people. Not responsible for: any of the decisions behind them.
 
 use crate::config::{Config, NextHop, Source};
-use crate::health::{Backends, Role};
+use crate::health::{Backends, Role, Target};
 use crate::queue::{Spool, Status};
 use crate::store::{Store, StoreError, daily};
 use serde_json::{Value, json};
@@ -63,8 +63,9 @@ pub async fn gather(
     }))
 }
 
-/// Each next hop and call-out server: the domains that use it, whether it answers (and since
-/// when, or what went wrong), and for call-outs the probes made since start.
+/// Each next hop, call-out server and directory: the domains that use it, whether it answers
+/// (and since when, or what went wrong), and for call-outs and directories the probes (or
+/// searches) made since start and how many failed.
 pub fn backends_of(
     cfg: &Config,
     verifier: &crate::policy::Verifier,
@@ -73,20 +74,23 @@ pub fn backends_of(
     let probes = verifier.backend_health();
     let known = backends.map(Backends::list).unwrap_or_default();
     let mut out = Vec::new();
-    for (role, hp) in crate::health::targets(cfg) {
-        let target = hp.to_string();
+    for (role, t) in crate::health::targets(cfg) {
+        let target = t.to_string();
+        let uses = |sources: &[Source], next_hop: &NextHop| match (role, &t) {
+            (Role::Callout, Target::Smtp(hp)) => sources.contains(&Source::Callout(hp.clone())),
+            (Role::Directory, Target::Ldap(n)) => sources.contains(&Source::Ldap(n.clone())),
+            (Role::NextHop, Target::Smtp(hp)) => *next_hop == NextHop::Smtp(hp.clone()),
+            _ => false,
+        };
         let domains: Vec<String> = cfg
             .domains
             .iter()
-            .filter(|d| match role {
-                Role::Callout => d.sources.contains(&Source::Callout(hp.clone())),
-                Role::NextHop => d.next_hop == NextHop::Smtp(hp.clone()),
-            })
+            .filter(|d| uses(&d.sources, &d.next_hop))
             .map(|d| d.name.to_string())
             .chain(
                 cfg.routes
                     .iter()
-                    .filter(|r| role == Role::NextHop && r.next_hop == NextHop::Smtp(hp.clone()))
+                    .filter(|r| uses(&[], &r.next_hop))
                     .map(|r| format!("route {}", r.domain)),
             )
             .collect();
@@ -99,7 +103,7 @@ pub fn backends_of(
             "since": state.map(|b| b.since),
             "error": state.and_then(|b| b.error.clone()),
         });
-        if role == Role::Callout {
+        if role != Role::NextHop {
             let h = probes
                 .iter()
                 .find(|(t, _)| *t == target)

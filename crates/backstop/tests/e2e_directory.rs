@@ -6,7 +6,7 @@
 mod support;
 
 use backstop::policy::directory::{Answer, Directory, Settings};
-use backstop::policy::ldap_filter::{OPENLDAP, Template};
+use backstop_proto::ldap_filter::{OPENLDAP, Template};
 use std::sync::Arc;
 use std::time::Duration;
 use support::Slapd;
@@ -37,6 +37,7 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
 
 fn settings(urls: Vec<String>, filter: &str) -> Settings {
     Settings {
+        name: "test".into(),
         urls,
         starttls: false,
         bind: Some((Slapd::ADMIN_DN.into(), Slapd::ADMIN_PW.into())),

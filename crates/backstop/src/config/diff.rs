@@ -8,7 +8,12 @@ use super::Config;
 use serde_json::Value;
 
 /// Tables of which a file has several, and the key that names each.
-const NAMED: [(&str, &str); 3] = [("listen", "addr"), ("domain", "name"), ("route", "domain")];
+const NAMED: [(&str, &str); 4] = [
+    ("listen", "addr"),
+    ("domain", "name"),
+    ("route", "domain"),
+    ("ldap", "name"),
+];
 
 /// Every change from `old` to `new`: `limits.max_recipients: 1000 -> 500`,
 /// `domain other.test: added`, `listen 127.0.0.1:25: tls_cert: none -> "/etc/cert.pem"`.
@@ -33,6 +38,16 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     // secrets print alike: their change is told without them
     if old.web.token.is_some() && new.web.token.is_some() && old.web.token != new.web.token {
         out.push("web.token: changed (secret)".into());
+    }
+    for l in &new.ldap {
+        let before = old.ldap.iter().find(|o| o.name == l.name);
+        if let Some(o) = before
+            && o.bind_password.is_some()
+            && l.bind_password.is_some()
+            && o.bind_password != l.bind_password
+        {
+            out.push(format!("ldap {}: bind_password: changed (secret)", l.name));
+        }
     }
     let numbers = |c: &Config| c.batv.keys.iter().map(|k| k.number).collect::<Vec<_>>();
     if numbers(old) == numbers(new) && old.batv.keys != new.batv.keys {

@@ -8,9 +8,11 @@
 
 pub mod diff;
 mod duration;
+mod ldap;
 mod raw;
 
 pub use duration::{ago, format_duration, parse_duration};
+pub use ldap::Ldap;
 pub use raw::RawConfig;
 
 use backstop_proto::address::{Domain, Mailbox};
@@ -122,6 +124,8 @@ pub struct Config {
     /// Domains we accept mail for.
     #[serde(rename = "domain")]
     pub domains: Vec<DomainConfig>,
+    /// Directories recipients are looked up in (`[[ldap]]`, named by `ldap:NAME` sources).
+    pub ldap: Vec<Ldap>,
     /// Static routes for queued mail to other domains (like Postfix transport maps).
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
@@ -695,6 +699,8 @@ pub enum Source {
     List(PathBuf),
     /// `callout:HOST:PORT`
     Callout(HostPort),
+    /// `ldap:NAME`: the `[[ldap]]` table of that name.
+    Ldap(String),
 }
 
 impl fmt::Display for Source {
@@ -702,6 +708,7 @@ impl fmt::Display for Source {
         match self {
             Source::List(p) => write!(f, "list:{}", p.display()),
             Source::Callout(h) => write!(f, "callout:{h}"),
+            Source::Ldap(n) => write!(f, "ldap:{n}"),
         }
     }
 }
@@ -800,6 +807,13 @@ impl Config {
             .any(|u| credentials(u).is_some())
         {
             out.push("store (a Redis password)");
+        }
+        if self
+            .ldap
+            .iter()
+            .any(|l| l.bind_password.is_some() && l.bind_password_file.is_none())
+        {
+            out.push("ldap.bind_password");
         }
         out
     }

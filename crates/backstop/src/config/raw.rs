@@ -25,6 +25,8 @@ pub struct RawConfig {
     #[serde(default)]
     domain: Vec<RawDomain>,
     #[serde(default)]
+    ldap: Vec<super::ldap::RawLdap>,
+    #[serde(default)]
     route: Vec<RawRoute>,
     #[serde(default)]
     delivery: RawDelivery,
@@ -212,6 +214,11 @@ fn pem_trust_anchors(pem: &[u8]) -> Result<(), String> {
             .map_err(|e| format!("not a usable CA certificate: {e}"))?;
     }
     Ok(())
+}
+
+/// A CA file (`key`, relative to `base`) checked: PEM certificates, each a usable trust anchor.
+pub(super) fn trust_anchors(key: &str, base: &Path, s: &str) -> Result<PathBuf, ConfigError> {
+    pem_file(key, base, s, pem_trust_anchors).map(|(p, ())| p)
 }
 
 /// A private key in PEM.
@@ -731,7 +738,11 @@ struct RawDomain {
     backscatter: Option<String>,
 }
 
-fn duration(key: &str, v: &Option<String>, default: &str) -> Result<Duration, ConfigError> {
+pub(super) fn duration(
+    key: &str,
+    v: &Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
     let s = v.as_deref().unwrap_or(default);
     parse_duration(s).ok_or_else(|| {
         invalid(
@@ -754,7 +765,7 @@ fn positive<T: PartialOrd + Default + Copy>(
     }
 }
 
-fn path(base: &Path, s: &str) -> PathBuf {
+pub(super) fn path(base: &Path, s: &str) -> PathBuf {
     let p = Path::new(s);
     if p.is_absolute() {
         p.to_path_buf()
@@ -795,9 +806,19 @@ impl RawConfig {
                 ));
             }
         }
+        let mut ldap: Vec<super::Ldap> = Vec::new();
+        for (i, l) in self.ldap.iter().enumerate() {
+            let l = l.validate(i, base)?;
+            if ldap.iter().any(|o| o.name == l.name) {
+                let why = format!("{:?} is configured twice", l.name);
+                return Err(invalid(format!("ldap[{i}].name"), why));
+            }
+            ldap.push(l);
+        }
+        let ldap_names: Vec<&str> = ldap.iter().map(|l| l.name.as_str()).collect();
         let mut domains: Vec<DomainConfig> = Vec::new();
         for (i, d) in self.domain.iter().enumerate() {
-            let d = d.validate(i, base)?;
+            let d = d.validate(i, base, &ldap_names)?;
             if domains.iter().any(|o| o.name == d.name) {
                 return Err(invalid(
                     format!("domain[{i}].name"),
@@ -829,6 +850,7 @@ impl RawConfig {
             callout: self.callout.validate()?,
             listeners,
             domains,
+            ldap,
             routes,
             delivery: self.delivery.validate()?,
             reports: self.reports.validate()?,
@@ -1024,14 +1046,14 @@ impl RawListener {
 }
 
 impl RawDomain {
-    fn validate(&self, i: usize, base: &Path) -> Result<DomainConfig, ConfigError> {
+    fn validate(&self, i: usize, base: &Path, ldap: &[&str]) -> Result<DomainConfig, ConfigError> {
         let key = |k: &str| format!("domain[{i}].{k}");
         let name = Domain::parse(&self.name, false)
             .map_err(|e| invalid(key("name"), format!("{:?} is not a domain: {e}", self.name)))?;
         if self.recipients.is_empty() {
             return Err(invalid(
                 key("recipients"),
-                "at least one source is needed (list:FILE or callout:HOST:PORT)",
+                "at least one source is needed (list:FILE, callout:HOST:PORT or ldap:NAME)",
             ));
         }
         let sources = self
@@ -1039,7 +1061,7 @@ impl RawDomain {
             .iter()
             .enumerate()
             .map(|(j, s)| {
-                parse_source(s, base)
+                parse_source(s, base, ldap)
                     .map_err(|m| invalid(format!("domain[{i}].recipients[{j}]"), m))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -1091,7 +1113,7 @@ impl RawDomain {
     }
 }
 
-fn parse_source(s: &str, base: &Path) -> Result<Source, String> {
+fn parse_source(s: &str, base: &Path, ldap: &[&str]) -> Result<Source, String> {
     if let Some(file) = s.strip_prefix("list:") {
         let p = path(base, file);
         if !p.is_file() {
@@ -1104,7 +1126,21 @@ fn parse_source(s: &str, base: &Path) -> Result<Source, String> {
             .map(Source::Callout)
             .ok_or_else(|| format!("{s:?}: expected callout:HOST:PORT"));
     }
-    Err(format!("{s:?}: expected list:FILE or callout:HOST:PORT"))
+    if let Some(name) = s.strip_prefix("ldap:") {
+        return match ldap.contains(&name) {
+            true => Ok(Source::Ldap(name.to_string())),
+            false if ldap.is_empty() => Err(format!(
+                "{s:?}: no [[ldap]] table is configured (add one with name = {name:?})"
+            )),
+            false => Err(format!(
+                "{s:?}: no [[ldap]] table has this name (configured: {})",
+                ldap.join(", ")
+            )),
+        };
+    }
+    Err(format!(
+        "{s:?}: expected list:FILE, callout:HOST:PORT or ldap:NAME"
+    ))
 }
 
 /// The networks of list `key`; an error names the entry.

@@ -628,3 +628,153 @@ fn one_resolver_for_everything_in_dns_and_its_older_name() {
         .to_string();
     assert!(e.starts_with("dns.resolver:"), "{e}");
 }
+
+fn with_ldap(ldap: &str) -> String {
+    format!(
+        "{BASE}[[domain]]\nname = \"example.test\"\nrecipients = [\"ldap:corp\"]\n\
+         next_hop = \"smtp:127.0.0.1:2526\"\n[[ldap]]\nname = \"corp\"\n\
+         base = \"dc=example,dc=test\"\n{ldap}"
+    )
+}
+
+#[test]
+fn an_ldap_source_names_its_directory_whose_password_is_never_printed() {
+    let d = dir_with_list();
+    std::fs::write(d.path().join("ldap.secret"), "s3cret-pw\n").unwrap();
+    let text = with_ldap(
+        "url = \"ldaps://dc1.example.test ldaps://dc2.example.test:636\"\n\
+         bind_dn = \"cn=backstop,dc=example,dc=test\"\nbind_password_file = \"ldap.secret\"\n\
+         filter = \"active-directory\"\n",
+    );
+    let c = Config::from_toml(&text, d.path()).unwrap();
+    assert_eq!(c.domains[0].sources, [Source::Ldap("corp".into())]);
+    let l = &c.ldap[0];
+    assert_eq!(
+        l.urls,
+        ["ldaps://dc1.example.test", "ldaps://dc2.example.test:636"]
+    );
+    assert_eq!(l.bind_password.as_deref(), Some("s3cret-pw"));
+    assert_eq!(
+        l.filter.as_str(),
+        backstop_proto::ldap_filter::ACTIVE_DIRECTORY
+    );
+    assert_eq!((l.timeout, l.max_connections), (Duration::from_secs(5), 8));
+    let printed = c.to_toml();
+    assert!(!printed.contains("s3cret"), "{printed}");
+    assert!(
+        printed.contains("bind_password = \"(secret)\""),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("recipients = [\"ldap:corp\"]"),
+        "{printed}"
+    );
+    // read from a file, the password is not in the configuration; given inline, it is
+    assert!(c.secrets().is_empty(), "{:?}", c.secrets());
+    let inline = with_ldap(
+        "url = [\"ldap://127.0.0.1:389\"]\nbind_dn = \"cn=b\"\nbind_password = \"pw\"\n\
+         filter = \"(uid=%u)\"\n",
+    );
+    let c2 = Config::from_toml(&inline, d.path()).unwrap();
+    assert_eq!(c2.secrets(), ["ldap.bind_password"]);
+    assert_eq!(c2.ldap[0].filter.render("a*b@example.test"), "(uid=a\\2ab)");
+    // a changed password is told, never shown
+    let mut c3 = c2.clone();
+    c3.ldap[0].bind_password = Some("other".into());
+    assert_eq!(
+        diff::changes(&c2, &c3),
+        ["ldap corp: bind_password: changed (secret)"]
+    );
+}
+
+#[test]
+fn bad_ldap_settings_name_their_key() {
+    let url = "url = \"ldap://127.0.0.1\"\n";
+    let ok = format!("{url}filter = \"openldap\"\n");
+    for (extra, key, words) in [
+        (
+            url.to_string(),
+            "ldap[0].filter",
+            "\"active-directory\", \"openldap\"",
+        ),
+        (
+            "url = \"http://dc.example.test\"\nfilter = \"openldap\"\n".into(),
+            "ldap[0].url",
+            "expected ldap://HOST[:PORT]",
+        ),
+        (
+            "url = []\nfilter = \"openldap\"\n".into(),
+            "ldap[0].url",
+            "at least one URL",
+        ),
+        (
+            format!("{url}filter = \"(mail=%x)\"\n"),
+            "ldap[0].filter",
+            "unknown placeholder %x",
+        ),
+        (
+            format!("{url}filter = \"(objectClass=user)\"\n"),
+            "ldap[0].filter",
+            "would not depend on the address",
+        ),
+        (
+            "url = \"ldaps://dc.example.test\"\nstarttls = true\nfilter = \"openldap\"\n".into(),
+            "ldap[0].starttls",
+            "for ldap:// URLs",
+        ),
+        (
+            format!("{ok}tls_ca = \"examples/recipients.txt\"\n"),
+            "ldap[0].tls_ca",
+            "only for TLS",
+        ),
+        (
+            format!("{ok}starttls = true\ntls_ca = \"examples/recipients.txt\"\n"),
+            "ldap[0].tls_ca",
+            "no certificate",
+        ),
+        (
+            format!("{ok}bind_dn = \"cn=b\"\n"),
+            "ldap[0].bind_password",
+            "bind_dn needs a password",
+        ),
+        (
+            format!("{ok}bind_password = \"pw\"\n"),
+            "ldap[0].bind_dn",
+            "without bind_dn",
+        ),
+        (
+            format!("{ok}bind_dn = \"cn=b\"\nbind_password = \"pw\"\nbind_password_file = \"x\"\n"),
+            "ldap[0].bind_password_file",
+            "given twice",
+        ),
+        (
+            format!("{ok}bind_dn = \"cn=b\"\nbind_password_file = \"missing.secret\"\n"),
+            "ldap[0].bind_password_file",
+            "cannot read it",
+        ),
+        (
+            format!("{ok}timeout = \"0s\"\n"),
+            "ldap[0].timeout",
+            "at least 1s",
+        ),
+        (
+            format!("{ok}max_connections = 0\n"),
+            "ldap[0].max_connections",
+            "1 to 1000",
+        ),
+        (
+            format!("{ok}[[ldap]]\nname = \"corp\"\nbase = \"o=x\"\n{ok}"),
+            "ldap[1].name",
+            "configured twice",
+        ),
+    ] {
+        let e = err(&with_ldap(&extra));
+        assert!(e.starts_with(&format!("{key}: ")), "{extra}: {e}");
+        assert!(e.contains(words), "{extra}: {e}");
+    }
+    let e = err(&with_ldap(&ok).replace("ldap:corp", "ldap:sales"));
+    assert!(
+        e.starts_with("domain[0].recipients[0]: ") && e.contains("(configured: corp)"),
+        "{e}"
+    );
+}

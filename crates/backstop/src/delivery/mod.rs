@@ -316,6 +316,7 @@ impl Engine {
 
     /// Tells the health watch whether a next hop could be reached: any reply says it was.
     fn tell_health(&self, target: &crate::config::HostPort, outcomes: &[Outcome]) {
+        let target = &crate::health::Target::Smtp(target.clone());
         match outcomes.iter().any(|o| matches!(o, Outcome::Reply(..))) {
             true => self
                 .backends

@@ -367,6 +367,7 @@ impl Handler {
     /// Tells the health watch whether the next hop could be reached.
     fn tell_health(&self, target: &crate::config::HostPort, answered: bool) {
         let b = &self.ctx.backends;
+        let target = &crate::health::Target::Smtp(target.clone());
         match answered {
             true => b.answered(Role::NextHop, target, self.ctx.clock.unix()),
             false => b.unreachable(Role::NextHop, target),

@@ -1,14 +1,18 @@
 //! The call-out cache: positive and negative answers with separate refresh and expiry times,
-//! one probe in flight per address, probe budgets, and catch-all detection.
+//! one probe in flight per address, probe budgets, and catch-all detection. A directory
+//! (`ldap:` source) is asked through the same cache, under the same rules, without budgets or
+//! catch-all checks (a directory lists its addresses; asking it costs its server little).
 //!
-//! Responsible for: answering "does the internal server take this address?" from the Store
-//! when it can, probing when it must, and never letting a failed probe overwrite what is known.
-//! Not responsible for: the SMTP of a probe (`probe`), or the reply a client gets (`policy`).
+//! Responsible for: answering "does the internal server (or the directory) take this
+//! address?" from the Store when it can, asking when it must, and never letting a failed
+//! probe or search overwrite what is known. Not responsible for: the SMTP of a probe
+//! (`probe`), the LDAP of a search (`directory`), or the reply a client gets (`policy`).
 
+use super::directory::{Answer, Directory};
 use super::probe::{ProbeAnswer, Prober};
 use crate::clock::Clock;
 use crate::config::{self, HostPort};
-use crate::health::{Backends, Role};
+use crate::health::{Backends, Role, Target};
 use crate::store::{CacheEntry, CacheVerdict, Store};
 use crate::telemetry;
 use backstop_proto::address::{Domain, Mailbox};
@@ -83,6 +87,15 @@ impl Budget {
     }
 }
 
+/// Who is asked about an address.
+#[derive(Clone)]
+enum Asked {
+    /// An internal server, probed in SMTP.
+    Server(HostPort),
+    /// A directory, searched.
+    Directory(Arc<Directory>),
+}
+
 type Inflight = Mutex<HashMap<String, watch::Receiver<Option<CalloutResult>>>>;
 
 /// The call-out verifier shared by all sessions.
@@ -135,6 +148,12 @@ pub fn address_key(addr: &Mailbox) -> String {
 
 fn domain_key(d: &Domain) -> String {
     format!("catchall:{d}")
+}
+
+/// The cache key of an address's answer from directory `name` (apart from call-outs': a
+/// directory and an internal server may answer differently, and both are kept).
+pub fn directory_key(name: &str, addr: &Mailbox) -> String {
+    format!("ldap:{name}:{}", addr.key())
 }
 
 impl Callout {
@@ -223,8 +242,27 @@ impl Callout {
                 }
             };
         }
-        self.probe_once(key, target.clone(), addr.clone(), Some(client))
+        let asked = Asked::Server(target.clone());
+        self.probe_once(key, asked, addr.clone(), Some(client))
             .await
+    }
+
+    /// Does `dir` have an entry for `addr`? From the cache when it can, else one search
+    /// however many ask at once; a stale answer is served while it is searched again.
+    pub async fn look_up(self: &Arc<Self>, dir: &Arc<Directory>, addr: &Mailbox) -> CalloutResult {
+        let key = directory_key(dir.name(), addr);
+        if let Some(entry) = self.cached(&key).await {
+            let fresh = entry.is_fresh(self.clock.unix());
+            let result = if fresh { "hit" } else { "stale" };
+            telemetry::Event::DirectoryCache { result }.emit();
+            if !fresh {
+                self.join_or_start(key, Asked::Directory(dir.clone()), addr.clone(), None);
+            }
+            return from_entry(entry, true);
+        }
+        telemetry::Event::DirectoryCache { result: "miss" }.emit();
+        let asked = Asked::Directory(dir.clone());
+        self.probe_once(key, asked, addr.clone(), None).await
     }
 
     /// Takes one probe from the budgets (the client's and the total); false when spent.
@@ -271,10 +309,8 @@ impl Callout {
             }
             return Some(entry);
         }
-        match self
-            .probe_once(key, target.clone(), random_addr()?, None)
-            .await
-        {
+        let asked = Asked::Server(target.clone());
+        match self.probe_once(key, asked, random_addr()?, None).await {
             CalloutResult::CatchAll(k) | CalloutResult::Valid(k) | CalloutResult::Invalid(k) => {
                 Some(k.entry)
             }
@@ -286,18 +322,18 @@ impl Callout {
 
     /// Re-checks a stale entry in the background, if the total budget allows.
     fn refresh(self: &Arc<Self>, key: String, target: HostPort, addr: Mailbox) {
-        self.join_or_start(key, target, addr, None);
+        self.join_or_start(key, Asked::Server(target), addr, None);
     }
 
     /// Joins the probe in flight for `key`, or starts one, and waits for its result.
     async fn probe_once(
         self: &Arc<Self>,
         key: String,
-        target: HostPort,
+        asked: Asked,
         addr: Mailbox,
         client: Option<IpAddr>,
     ) -> CalloutResult {
-        let mut rx = self.join_or_start(key, target, addr, client);
+        let mut rx = self.join_or_start(key, asked, addr, client);
         match rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone().unwrap_or_else(|| {
                 CalloutResult::Unavailable("probe ended without an answer".into())
@@ -310,7 +346,7 @@ impl Callout {
     fn join_or_start(
         self: &Arc<Self>,
         key: String,
-        target: HostPort,
+        asked: Asked,
         addr: Mailbox,
         client: Option<IpAddr>,
     ) -> watch::Receiver<Option<CalloutResult>> {
@@ -326,7 +362,7 @@ impl Callout {
             key,
         };
         tokio::spawn(async move {
-            let result = guard.callout.fly(&guard.key, &target, &addr, client).await;
+            let result = guard.callout.fly(&guard.key, &asked, &addr, client).await;
             drop(guard);
             let _ = tx.send(Some(result));
         });
@@ -335,11 +371,11 @@ impl Callout {
 
     /// One flight: the cache once more (a flight that ended just before this one began has
     /// left a fresh entry, since answers are written before the in-flight marker goes), then
-    /// the budget, then the probe. Only a real probe is charged to the budget.
+    /// the budget, then the probe (or the search). Only a real probe is charged to the budget.
     async fn fly(
         &self,
         key: &str,
-        target: &HostPort,
+        asked: &Asked,
         addr: &Mailbox,
         client: Option<IpAddr>,
     ) -> CalloutResult {
@@ -353,25 +389,54 @@ impl Callout {
             let why = "the shared store is unreachable: only answers known to this node are used";
             return CalloutResult::Unavailable(why.into());
         }
-        if !self.spend(client) {
-            telemetry::probe_budget_exceeded(addr, client);
-            return CalloutResult::OverBudget;
-        }
-        let started = std::time::Instant::now();
-        let answer = self.prober.probe(target, addr).await;
-        telemetry::callout_probe(target, addr, &answer, started.elapsed());
-        self.note_health(target, &answer, self.clock.unix());
+        let answer = match asked {
+            Asked::Directory(dir) => self.search(dir, addr).await,
+            Asked::Server(target) => {
+                if !self.spend(client) {
+                    telemetry::probe_budget_exceeded(addr, client);
+                    return CalloutResult::OverBudget;
+                }
+                let started = std::time::Instant::now();
+                let answer = self.prober.probe(target, addr).await;
+                telemetry::callout_probe(target, addr, &answer, started.elapsed());
+                let target = Target::Smtp(target.clone());
+                self.note_health(Role::Callout, target, &answer, self.clock.unix());
+                answer
+            }
+        };
         self.record(key, answer).await
     }
 
-    fn note_health(&self, target: &HostPort, answer: &ProbeAnswer, now: u64) {
+    /// One search of `dir` for `addr`, as a probe's answer: the entry's DN, or the filter
+    /// that matched nothing, or why the directory could not be asked.
+    async fn search(&self, dir: &Directory, addr: &Mailbox) -> ProbeAnswer {
+        let started = std::time::Instant::now();
+        let address = addr.to_string();
+        let answer = match dir.lookup(&address).await {
+            Ok(Answer::Found(dn)) => ProbeAnswer::Valid(format!("entry {dn}")),
+            Ok(Answer::NotFound) => {
+                ProbeAnswer::Invalid(format!("no entry matches {}", dir.filter_for(&address)))
+            }
+            Err(e) => ProbeAnswer::Failed(e.to_string()),
+        };
+        telemetry::Event::DirectorySearch {
+            directory: dir.name(),
+            addr,
+            answer: &answer,
+            latency: started.elapsed(),
+        }
+        .emit();
+        let target = Target::Ldap(dir.name().to_string());
+        self.note_health(Role::Directory, target, &answer, self.clock.unix());
+        answer
+    }
+
+    fn note_health(&self, role: Role, target: Target, answer: &ProbeAnswer, now: u64) {
         if let Some(b) = &self.backends {
             match answer {
-                ProbeAnswer::Valid(_) | ProbeAnswer::Invalid(_) => {
-                    b.answered(Role::Callout, target, now)
-                }
+                ProbeAnswer::Valid(_) | ProbeAnswer::Invalid(_) => b.answered(role, &target, now),
                 // a 4xx is an answer too, but a failed probe may be a server gone: check it
-                ProbeAnswer::Failed(_) => b.unreachable(Role::Callout, target),
+                ProbeAnswer::Failed(_) => b.unreachable(role, &target),
             }
         }
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());

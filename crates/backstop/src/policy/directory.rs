@@ -3,13 +3,13 @@
 //! across several URLs.
 //!
 //! Responsible for: connecting (bind as the configured DN, or anonymously), searching under the
-//! base with the escaped filter ([`super::ldap_filter`]), bounding every step by the timeout,
+//! base with the escaped filter ([`backstop_proto::ldap_filter`]), bounding every step by the timeout,
 //! keeping at most `max_connections` idle connections and dropping one that failed (the next
 //! lookup connects again: a restarted server is used again without a restart of ours). Not
 //! responsible for: caching answers or deciding what a missing directory means at RCPT (the
 //! recipient policy does both, as for call-outs).
 
-use super::ldap_filter::Template;
+use backstop_proto::ldap_filter::Template;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +17,8 @@ use std::time::Duration;
 /// Where and how to search.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Its name in the configuration (`ldap:NAME`), for the log.
+    pub name: String,
     /// `ldap://host:port` or `ldaps://host:port`, tried in order.
     pub urls: Vec<String>,
     /// StartTLS on `ldap://` URLs.
@@ -64,6 +66,62 @@ pub enum DirectoryError {
 pub struct Directory {
     settings: Settings,
     idle: Mutex<Vec<(String, Ldap)>>,
+    /// Why no server could be connected to and bound, as last logged (logged once until it
+    /// changes or the directory answers again).
+    failing: Mutex<Option<String>>,
+}
+
+/// Why a directory's configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("ldap:{name}: {reason}")]
+pub struct SettingsError {
+    name: String,
+    reason: String,
+}
+
+impl Settings {
+    /// The settings of an `[[ldap]]` table; its CA file read again (it was checked when the
+    /// configuration was).
+    pub fn of(cfg: &crate::config::Ldap) -> Result<Settings, SettingsError> {
+        let tls = match &cfg.tls_ca {
+            Some(ca) => Some(tls_with_ca(ca).map_err(|reason| SettingsError {
+                name: cfg.name.clone(),
+                reason,
+            })?),
+            None => None,
+        };
+        Ok(Settings {
+            name: cfg.name.clone(),
+            urls: cfg.urls.clone(),
+            starttls: cfg.starttls,
+            bind: cfg.bind_dn.clone().zip(cfg.bind_password.clone()),
+            base: cfg.base.clone(),
+            filter: cfg.filter.clone(),
+            timeout: cfg.timeout,
+            max_connections: cfg.max_connections,
+            tls,
+        })
+    }
+}
+
+/// TLS that trusts the CA certificates of one PEM file and nothing else.
+fn tls_with_ca(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl Directory {
@@ -72,7 +130,32 @@ impl Directory {
         Directory {
             settings,
             idle: Mutex::new(Vec::new()),
+            failing: Mutex::new(None),
         }
+    }
+
+    /// Its name in the configuration.
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// The search filter for `address`, as sent.
+    pub fn filter_for(&self, address: &str) -> String {
+        self.settings.filter.render(address)
+    }
+
+    /// Whether a server answers: a new connection, bound (the health check). What answered.
+    pub async fn check(&self) -> Result<String, DirectoryError> {
+        let started = std::time::Instant::now();
+        let (url, ldap) = self.connect().await?;
+        let took = started.elapsed().as_millis();
+        let how = match &self.settings.bind {
+            Some((dn, _)) => format!("bound as {dn}"),
+            None => "anonymous".to_string(),
+        };
+        let answer = format!("{url}: {how}, {took} ms");
+        self.give_back(url, ldap);
+        Ok(answer)
     }
 
     /// The entry `address` belongs to, if any. A kept connection that fails (the server
@@ -129,8 +212,27 @@ impl Directory {
         }
     }
 
-    /// A bound connection to the first URL that takes one.
+    /// A bound connection to the first URL that takes one. A failure is logged when it is
+    /// new (not at every lookup while the directory stays down), and the recovery once.
     async fn connect(&self) -> Result<(String, Ldap), DirectoryError> {
+        let result = self.connect_any().await;
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Err(e) if failing.as_deref() != Some(&e.to_string()) => {
+                tracing::warn!(directory = %self.settings.name, error = %e,
+                    "directory cannot be used: unknown recipients get 451 until it answers");
+                *failing = Some(e.to_string());
+            }
+            Ok((url, _)) if failing.is_some() => {
+                tracing::info!(directory = %self.settings.name, %url, "directory answers again");
+                *failing = None;
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn connect_any(&self) -> Result<(String, Ldap), DirectoryError> {
         let mut why = Vec::new();
         for url in &self.settings.urls {
             match tokio::time::timeout(self.settings.timeout, self.connect_to(url)).await {
@@ -156,4 +258,26 @@ impl Directory {
         }
         Ok(ldap)
     }
+}
+
+#[async_trait::async_trait]
+impl crate::health::Check for Directory {
+    async fn check(&self) -> Result<String, String> {
+        Directory::check(self).await.map_err(|e| e.to_string())
+    }
+}
+
+/// A new directory for each `[[ldap]]` table a domain of `cfg` uses, with its health check
+/// (`check-config --connect`).
+pub fn checks_of(cfg: &crate::config::Config) -> Result<crate::health::Checks, SettingsError> {
+    let used = |name: &str| {
+        let source = crate::config::Source::Ldap(name.to_string());
+        cfg.domains.iter().any(|d| d.sources.contains(&source))
+    };
+    let mut out: crate::health::Checks = Vec::new();
+    for l in cfg.ldap.iter().filter(|l| used(&l.name)) {
+        let dir = Arc::new(Directory::new(Settings::of(l)?));
+        out.push((crate::health::Target::Ldap(l.name.clone()), dir));
+    }
+    Ok(out)
 }

@@ -1,14 +1,14 @@
 //! Recipient policy: is this recipient ours, and is it a real user? One [`Decision`] per RCPT,
 //! with the reply the client gets and the steps that led to it.
 //!
-//! Responsible for: the per-domain source order (lists, then call-outs), the fixed reply texts
-//! (the internal server's words never reach the client), and never accepting an unverified
-//! recipient: what cannot be verified is deferred (`451`/`450`), never accepted.
+//! Responsible for: the per-domain source order (lists, directories, call-outs, as
+//! configured), the fixed reply texts (the internal server's and the directory's words never
+//! reach the client), and never accepting an unverified recipient: what cannot be verified is
+//! deferred (`451`/`450`), never accepted.
 //! Not responsible for: where accepted mail goes (relay), or SMTP sequencing (the session).
 
 pub mod callout;
 pub mod directory;
-pub mod ldap_filter;
 pub mod lists;
 pub mod probe;
 
@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::{CatchAllPolicy, Config, NextHop, Source};
 use backstop_proto::address::{Domain, Mailbox};
 use callout::{Callout, CalloutResult, Known};
+use directory::Directory;
 use lists::{ListError, ListFile};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,8 +49,9 @@ pub enum Outcome {
 pub struct Decision {
     /// What the client gets.
     pub outcome: Outcome,
-    /// Why, as a label: `listed`, `not-listed`, `callout-valid`, `callout-invalid`,
-    /// `callout-unavailable`, `catch-all`, `probe-budget`, `relay-denied`.
+    /// Why, as a label: `listed`, `not-listed`, `ldap-found`, `ldap-not-found`,
+    /// `ldap-unavailable`, `callout-valid`, `callout-invalid`, `callout-unavailable`,
+    /// `catch-all`, `probe-budget`, `relay-denied`.
     pub reason: &'static str,
     /// One line per source consulted.
     pub steps: Vec<String>,
@@ -58,6 +60,18 @@ pub struct Decision {
 enum SourceImpl {
     List(Arc<ListFile>),
     Callout(crate::config::HostPort),
+    Directory(Arc<Directory>),
+}
+
+/// Why the verifier cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    /// A list file.
+    #[error(transparent)]
+    List(#[from] ListError),
+    /// A directory's settings.
+    #[error(transparent)]
+    Directory(#[from] directory::SettingsError),
 }
 
 struct DomainPolicy {
@@ -72,6 +86,7 @@ struct DomainPolicy {
 pub struct Verifier {
     domains: HashMap<Domain, DomainPolicy>,
     lists: Vec<Arc<ListFile>>,
+    directories: Vec<Arc<Directory>>,
     callout: Arc<Callout>,
     catch_all: CatchAllPolicy,
     postmaster: Mailbox,
@@ -84,12 +99,24 @@ impl Verifier {
         self.callout.health()
     }
 
-    /// Loads every list file of the configuration (each once) and wires the call-out.
+    /// Loads every list file of the configuration (each once), sets up each directory a
+    /// domain uses (nothing connected yet) and wires the call-out.
     pub fn new(
         cfg: &Config,
         callout: Arc<Callout>,
         clock: Arc<dyn Clock>,
-    ) -> Result<Verifier, ListError> {
+    ) -> Result<Verifier, VerifierError> {
+        let mut directories: Vec<Arc<Directory>> = Vec::new();
+        for l in &cfg.ldap {
+            if cfg
+                .domains
+                .iter()
+                .any(|d| d.sources.contains(&Source::Ldap(l.name.clone())))
+            {
+                let settings = directory::Settings::of(l)?;
+                directories.push(Arc::new(Directory::new(settings)));
+            }
+        }
         let mut files: HashMap<PathBuf, Arc<ListFile>> = HashMap::new();
         let mut domains = HashMap::new();
         for d in &cfg.domains {
@@ -105,6 +132,10 @@ impl Verifier {
                         SourceImpl::List(file)
                     }
                     Source::Callout(hp) => SourceImpl::Callout(hp.clone()),
+                    Source::Ldap(name) => {
+                        let dir = directories.iter().find(|d| d.name() == name);
+                        SourceImpl::Directory(dir.expect("every used directory is set up").clone())
+                    }
                 });
             }
             domains.insert(
@@ -122,6 +153,7 @@ impl Verifier {
         Ok(Verifier {
             domains,
             lists: files.into_values().collect(),
+            directories,
             callout,
             catch_all: cfg.callout.catch_all,
             postmaster,
@@ -137,6 +169,19 @@ impl Verifier {
     /// The mailbox `<Postmaster>` stands for.
     pub fn postmaster(&self) -> &Mailbox {
         &self.postmaster
+    }
+
+    /// Every directory a domain uses, for their health checks.
+    pub fn directories(&self) -> &[Arc<Directory>] {
+        &self.directories
+    }
+
+    /// The directories' health checks.
+    pub fn checks(&self) -> crate::health::Checks {
+        let check = |d: &Arc<Directory>| -> (crate::health::Target, Arc<dyn crate::health::Check>) {
+            (crate::health::Target::Ldap(d.name().to_string()), d.clone())
+        };
+        self.directories.iter().map(check).collect()
     }
 
     /// Every list file, for the reload task.
@@ -190,6 +235,7 @@ impl Verifier {
         let mut steps = Vec::new();
         let mut deferred: Option<(Outcome, &'static str)> = None;
         let mut server_refused = false;
+        let mut no_entry = false;
         for source in &domain.sources {
             match source {
                 SourceImpl::List(f) => {
@@ -204,6 +250,19 @@ impl Verifier {
                         data.len()
                     ));
                 }
+                SourceImpl::Directory(dir) => {
+                    let r = self.callout.look_up(dir, addr).await;
+                    steps.push(format!("ldap:{}: {}", dir.name(), self.describe(&r, true)));
+                    match r {
+                        CalloutResult::Valid(_) => {
+                            return decision(Outcome::Accept, "ldap-found", steps);
+                        }
+                        CalloutResult::Invalid(_) => no_entry = true,
+                        _ => {
+                            deferred.get_or_insert((Outcome::Unverifiable, "ldap-unavailable"));
+                        }
+                    }
+                }
                 SourceImpl::Callout(target) => {
                     let by_relay = relaying
                         && domain.in_session
@@ -212,7 +271,7 @@ impl Verifier {
                         .callout
                         .check_or_relay(target, addr, client, by_relay)
                         .await;
-                    steps.push(format!("callout:{target}: {}", self.describe(&r)));
+                    steps.push(format!("callout:{target}: {}", self.describe(&r, false)));
                     match r {
                         CalloutResult::Valid(_) => {
                             return decision(Outcome::Accept, "callout-valid", steps);
@@ -238,15 +297,18 @@ impl Verifier {
                 }
             }
         }
-        // a definite "no" from an internal server outweighs another one's silence
+        // a definite "no" from an internal server outweighs another one's silence; a list's or
+        // a directory's does not (a later source may know the address)
         match (server_refused, deferred) {
             (true, _) => decision(Outcome::UnknownUser, "callout-invalid", steps),
             (false, Some((o, reason))) => decision(o, reason, steps),
+            (false, None) if no_entry => decision(Outcome::UnknownUser, "ldap-not-found", steps),
             (false, None) => decision(Outcome::UnknownUser, "not-listed", steps),
         }
     }
 
-    fn describe(&self, r: &CalloutResult) -> String {
+    /// One source's answer for `backstop verify`; `directory`: it came from a directory.
+    fn describe(&self, r: &CalloutResult, directory: bool) -> String {
         let now = self.clock.unix();
         let known = |what: &str, k: &Known| {
             let e = &k.entry;
@@ -260,9 +322,14 @@ impl Verifier {
             } else {
                 "probed now".to_string()
             };
-            format!("{what} ({when}; internal server said: {})", e.detail)
+            match directory {
+                true => format!("{what} ({when}; {})", e.detail),
+                false => format!("{what} ({when}; internal server said: {})", e.detail),
+            }
         };
         match r {
+            CalloutResult::Valid(k) if directory => known("found", k),
+            CalloutResult::Invalid(k) if directory => known("no entry", k),
             CalloutResult::Valid(k) => known("valid", k),
             CalloutResult::Invalid(k) => known("unknown user", k),
             CalloutResult::CatchAll(k) => known("domain is a catch-all, answers not trusted", k),

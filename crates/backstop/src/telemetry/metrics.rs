@@ -57,6 +57,26 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         "Call-out cache lookups, by result (hit, stale, miss)",
     ),
     (
+        "backstop_directory_searches_total",
+        Kind::Counter,
+        "Directory (ldap:) searches, by directory and outcome (valid: an entry, invalid: none, failed)",
+    ),
+    (
+        "backstop_directory_search_seconds",
+        Kind::Histogram,
+        "Directory search latency",
+    ),
+    (
+        "backstop_directory_cache_total",
+        Kind::Counter,
+        "Lookups of cached directory answers, by result (hit, stale, miss)",
+    ),
+    (
+        "backstop_directory_up",
+        Kind::Gauge,
+        "1 while the directory answers (health checks and searches), 0 while it does not",
+    ),
+    (
         "backstop_callout_corrections_total",
         Kind::Counter,
         "Call-out cache entries corrected by what the internal server said in relay or delivery, by new verdict (to) and where (by)",

@@ -171,6 +171,22 @@ pub enum Event<'a> {
         /// The server's reply.
         reply: &'a str,
     },
+    /// A directory (`ldap:` source) was searched for an address.
+    DirectorySearch {
+        /// Its name.
+        directory: &'a str,
+        /// The address.
+        addr: &'a Mailbox,
+        /// Its answer (valid: an entry; invalid: none; failed: the directory could not say).
+        answer: &'a ProbeAnswer,
+        /// How long it took.
+        latency: Duration,
+    },
+    /// The cache of a directory's answers was consulted for an address.
+    DirectoryCache {
+        /// `hit`, `stale` or `miss`.
+        result: &'static str,
+    },
     /// The call-out cache was consulted for an address.
     CalloutCache {
         /// `hit` (fresh), `stale` (served, refreshed in the background) or `miss`.
@@ -641,6 +657,21 @@ impl Event<'_> {
             Event::CalloutCache { result } => {
                 tracing::debug!(target: "backstop::event", event = "callout_cache", result)
             }
+            Event::DirectoryCache { result } => {
+                tracing::debug!(target: "backstop::event", event = "directory_cache", result)
+            }
+            Event::DirectorySearch {
+                directory,
+                addr,
+                answer,
+                latency,
+            } => {
+                let (answer, detail) = answer.parts();
+                tracing::info!(
+                    target: "backstop::event", event = "directory_search", directory, %addr,
+                    answer, detail = text(detail).as_str(), latency_ms = latency.as_millis() as u64
+                )
+            }
             Event::CalloutProbe {
                 target,
                 addr,
@@ -762,6 +793,21 @@ impl Event<'_> {
             }
             Event::CalloutCache { result } => {
                 counter!("backstop_callout_cache_total", "result" => *result).increment(1)
+            }
+            Event::DirectoryCache { result } => {
+                counter!("backstop_directory_cache_total", "result" => *result).increment(1)
+            }
+            Event::DirectorySearch {
+                directory,
+                answer,
+                latency,
+                ..
+            } => {
+                let (outcome, _) = answer.parts();
+                let directory = directory.to_string();
+                counter!("backstop_directory_searches_total", "directory" => directory, "outcome" => outcome)
+                    .increment(1);
+                histogram!("backstop_directory_search_seconds").record(latency.as_secs_f64());
             }
             Event::CalloutCorrected { now, by, .. } => counter!(
                 "backstop_callout_corrections_total", "to" => *now, "by" => *by

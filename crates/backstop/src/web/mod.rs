@@ -252,6 +252,7 @@ fn set_gauges(status: &serde_json::Value) {
         let target = b["target"].as_str().unwrap_or("").to_string();
         match b["role"].as_str() {
             Some("callout") => gauge!("backstop_callout_backend_up", "target" => target).set(up),
+            Some("directory") => gauge!("backstop_directory_up", "target" => target).set(up),
             _ => gauge!("backstop_next_hop_up", "target" => target).set(up),
         }
     }

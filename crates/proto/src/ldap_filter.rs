@@ -8,7 +8,8 @@
 //! percent sign. Not responsible for: talking to a directory, or which attributes say that an
 //! account is disabled (that is the template's business: the defaults below).
 //!
-//! Pure: no I/O.
+//! Pure: no I/O. Here rather than beside the LDAP client so that the configuration can check
+//! a template when it is read.
 
 /// Active Directory: the primary address or any SMTP proxy address, accounts that are not
 /// disabled (the `ACCOUNTDISABLE` bit, 2, of `userAccountControl`, tested with the bitwise-AND
@@ -20,23 +21,40 @@ pub const ACTIVE_DIRECTORY: &str = "(&(|(mail=%s)(proxyAddresses=smtp:%s))\
 pub const OPENLDAP: &str = "(|(mail=%s)(mailAlternateAddress=%s))";
 
 /// Why a template cannot be used.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum TemplateError {
     /// `%` followed by something else than `s`, `u`, `d` or `%`.
-    #[error(
-        "unknown placeholder %{0} (use %s for the address, %u its local part, %d its domain, %% for %)"
-    )]
     Placeholder(char),
     /// A `%` at the very end.
-    #[error("a lone % at the end (use %% for a percent sign)")]
     Trailing,
     /// Parentheses that do not pair up, or a filter not in parentheses.
-    #[error("not a filter: it must be in parentheses, each opened one closed")]
     Parentheses,
     /// No placeholder at all: every address would get the same answer.
-    #[error("no %s, %u or %d: the filter would not depend on the address")]
     NoAddress,
 }
+
+impl std::fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TemplateError::Placeholder(c) => write!(
+                f,
+                "unknown placeholder %{c} (use %s for the address, %u its local part, \
+                 %d its domain, %% for %)"
+            ),
+            TemplateError::Trailing => {
+                f.write_str("a lone % at the end (use %% for a percent sign)")
+            }
+            TemplateError::Parentheses => {
+                f.write_str("not a filter: it must be in parentheses, each opened one closed")
+            }
+            TemplateError::NoAddress => {
+                f.write_str("no %s, %u or %d: the filter would not depend on the address")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TemplateError {}
 
 /// A checked filter template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +95,11 @@ impl Template {
             return Err(TemplateError::NoAddress);
         }
         Ok(Template(text.to_string()))
+    }
+
+    /// The template as written (trimmed).
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
     /// The filter for `address` (`local@domain`): each placeholder replaced by its part,

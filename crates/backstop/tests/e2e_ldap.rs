@@ -1,0 +1,174 @@
+//! The `ldap:` recipient source end to end: the real binary asks a real OpenLDAP slapd on
+//! loopback (tests/support/slapd.sh) at RCPT, with smtp-sink as the next hop. Users, aliases, a
+//! group and a disabled account get the right answer; addresses built to widen the query reach
+//! slapd escaped; with slapd stopped, known addresses are still accepted and unknown ones get
+//! 451 (and health, metrics and status say so); restarted, it is used again; ldaps and
+//! StartTLS with the configured CA.
+
+mod support;
+
+use std::path::Path;
+use support::*;
+
+/// The example directory's users, aliases (OpenLDAP's and AD's) and group; not the disabled.
+const FILTER: &str = "(&(|(mail=%s)(mailAlternateAddress=%s)(proxyAddresses=smtp:%s))\
+                      (!(accountStatus=disabled)))";
+
+/// A config for example.test whose recipients come from `[[ldap]] corp` (`ldap` its other
+/// keys), relayed to `sink`; the password in a file, the web listener on a free port.
+fn ldap_config(dir: &Path, url: &str, ldap: &str, sink: u16) -> String {
+    std::fs::write(dir.join("ldap.secret"), format!("{}\n", Slapd::ADMIN_PW)).unwrap();
+    let extra = format!(
+        "[web]\naddr = \"127.0.0.1:0\"\n[health]\ninterval = \"1s\"\n\
+         [[ldap]]\nname = \"corp\"\nurl = \"{url}\"\nbase = \"{}\"\nbind_dn = \"{}\"\n\
+         bind_password_file = {:?}\nfilter = \"{FILTER}\"\ntimeout = \"2s\"\n{ldap}",
+        Slapd::BASE,
+        Slapd::ADMIN_DN,
+        dir.join("ldap.secret").display().to_string(),
+    );
+    let hop = format!("smtp:127.0.0.1:{sink}");
+    config(
+        &dir.join("state"),
+        "example.test",
+        &["ldap:corp".into()],
+        &hop,
+        &extra,
+    )
+}
+
+/// The reply to `RCPT TO:<rcpt>` in a new transaction.
+fn rcpt(b: &Backstop, rcpt: &str) -> String {
+    let (mut c, _) = Client::connect(b.addr);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<sender@client.test>");
+    let reply = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+    c.cmd("QUIT");
+    reply
+}
+
+fn accepted(reply: &str) -> bool {
+    reply.starts_with("250 2.1.5")
+}
+
+fn unknown(reply: &str) -> bool {
+    reply.starts_with("550 5.1.1")
+}
+
+/// The directory's line of `backstop status --json`.
+fn directory_status(b: &Backstop) -> serde_json::Value {
+    let (_, out, _) = b.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let list = v["backends"].as_array().cloned().unwrap_or_default();
+    let found = list.into_iter().find(|b| b["role"] == "directory");
+    found.unwrap_or_default()
+}
+
+#[test]
+fn the_directory_decides_at_rcpt_and_a_stopped_one_defers_only_the_unknown() {
+    let mut slapd = Slapd::start();
+    let sink = Sink::start();
+    let dir = world_dir();
+    let b = Backstop::start(
+        dir.path(),
+        &ldap_config(dir.path(), &slapd.url(), "", sink.port),
+    );
+    for user in [
+        "alice@example.test",
+        "bob.alias@example.test",
+        "bob.other@example.test",
+        "sales@example.test",
+    ] {
+        let r = rcpt(&b, user);
+        assert!(accepted(&r), "{user}: {r}");
+    }
+    for not in [
+        "carol@example.test",
+        "nobody@example.test",
+        "dave@example.test",
+        "*@example.test",
+        "\"a)(mail=*\"@example.test",
+    ] {
+        let r = rcpt(&b, not);
+        assert!(unknown(&r), "{not}: {r}");
+    }
+    // the addresses built to widen the query reached slapd escaped
+    assert!(
+        slapd.log_reaching("(mail=\\2A@example.test)"),
+        "{}",
+        slapd.log()
+    );
+    assert!(
+        slapd.log_reaching("(mail=\"a\\29\\28mail=\\2A\"@example.test)"),
+        "{}",
+        slapd.log()
+    );
+    // verify names the entry, and the answer is cached: asked again, slapd is not
+    let searches = slapd.filters().len();
+    let (code, out, _) = b.cli(&["verify", "alice@example.test"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ldap:corp: found (cached")
+            && out.contains("entry uid=alice,ou=people,dc=example,dc=test"),
+        "{out}"
+    );
+    let (code, out, _) = b.cli(&["verify", "carol@example.test"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ldap:corp: no entry (cached"), "{out}");
+    assert!(out.contains("reason: ldap-not-found"), "{out}");
+    assert_eq!(slapd.filters().len(), searches);
+
+    slapd.stop();
+    assert!(accepted(&rcpt(&b, "alice@example.test")));
+    assert!(unknown(&rcpt(&b, "carol@example.test")));
+    for _ in 0..3 {
+        let r = rcpt(&b, "new@example.test");
+        assert!(r.starts_with("451 4.4.3 "), "{r}");
+    }
+    assert!(wait_until(10, || directory_status(&b)["up"] == false));
+    let status = directory_status(&b);
+    assert_eq!(status["target"], "ldap:corp", "{status}");
+    assert_eq!(status["for"][0], "example.test", "{status}");
+    let (_, metrics) = http(b.web(), "GET", "/metrics", None);
+    assert!(
+        metrics.contains("backstop_directory_up{target=\"ldap:corp\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("backstop_directory_searches_total{directory=\"corp\",outcome=\"failed\"}"),
+        "{metrics}"
+    );
+    // logged once, however often it was asked
+    assert_eq!(b.count(&["directory cannot be used"]), 1, "{}", b.log());
+
+    slapd.restart();
+    let r = rcpt(&b, "bob@example.test");
+    assert!(accepted(&r), "{r}");
+    assert!(unknown(&rcpt(&b, "new@example.test")));
+    assert_eq!(b.count(&["directory answers again"]), 1, "{}", b.log());
+    assert!(wait_until(10, || directory_status(&b)["up"] == true));
+}
+
+#[test]
+fn ldaps_and_starttls_trust_the_configured_ca_and_nothing_else() {
+    let slapd = Slapd::start();
+    let sink = Sink::start();
+    let ca = format!("tls_ca = {:?}\n", slapd.ca_file().display().to_string());
+    for (url, more) in [
+        (slapd.ldaps_url(), ca.clone()),
+        (slapd.url(), format!("starttls = true\n{ca}")),
+    ] {
+        let dir = world_dir();
+        let b = Backstop::start(dir.path(), &ldap_config(dir.path(), &url, &more, sink.port));
+        let r = rcpt(&b, "alice@example.test");
+        assert!(accepted(&r), "{url} {more}: {r}");
+        assert!(unknown(&rcpt(&b, "nobody@example.test")));
+    }
+    // without the CA, the test server's certificate is not trusted: nothing is accepted
+    let dir = world_dir();
+    let config = ldap_config(dir.path(), &slapd.ldaps_url(), "", sink.port);
+    let b = Backstop::start(dir.path(), &config);
+    let r = rcpt(&b, "alice@example.test");
+    assert!(r.starts_with("451 4.4.3 "), "{r}");
+    assert!(b.log().contains("directory cannot be used"), "{}", b.log());
+}
