@@ -184,7 +184,32 @@ fn ldaps_and_starttls_trust_the_configured_ca_and_nothing_else() {
         let r = rcpt(&b, "alice@example.test");
         assert!(accepted(&r), "{url} {more}: {r}");
         assert!(unknown(&rcpt(&b, "nobody@example.test")));
+        let (code, out, err) = b.cli(&["check-config", "--connect"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let answers = format!(
+            "# directory ldap:corp: answers ({url}: bound as {}",
+            Slapd::ADMIN_DN
+        );
+        assert!(out.contains(&answers), "{out}");
+        assert!(out.contains("bind_password = \"(secret)\""), "{out}");
     }
+    // a wrong password: refused at bind, said once with the server's reason, nothing accepted
+    let dir = world_dir();
+    let config = ldap_config(dir.path(), &slapd.url(), "", sink.port);
+    std::fs::write(dir.path().join("ldap.secret"), "wrong\n").unwrap();
+    let b = Backstop::start(dir.path(), &config);
+    for _ in 0..2 {
+        let r = rcpt(&b, "alice@example.test");
+        assert!(r.starts_with("451 4.4.3 "), "{r}");
+    }
+    let said = ["directory cannot be used", "invalidCredentials"];
+    assert_eq!(b.count_reaching(&said, 1), 1, "{}", b.log());
+    let (code, out, _) = b.cli(&["check-config", "--connect"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("# directory ldap:corp: NOT answering: "),
+        "{out}"
+    );
     // without the CA, the test server's certificate is not trusted: nothing is accepted
     let dir = world_dir();
     let config = ldap_config(dir.path(), &slapd.ldaps_url(), "", sink.port);

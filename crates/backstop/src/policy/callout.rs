@@ -214,16 +214,10 @@ impl Callout {
         relayed: bool,
     ) -> CalloutResult {
         let key = address_key(addr);
-        if let Some(entry) = self.cached(&key).await {
-            let fresh = entry.is_fresh(self.clock.unix());
-            let result = if fresh { "hit" } else { "stale" };
-            telemetry::Event::CalloutCache { result }.emit();
-            if !fresh {
-                self.refresh(key, target.clone(), addr.clone());
-            }
-            return from_entry(entry, true);
+        let asked = Asked::Server(target.clone());
+        if let Some(known) = self.from_cache(&key, &asked, addr).await {
+            return known;
         }
-        telemetry::Event::CalloutCache { result: "miss" }.emit();
         if self.cfg.catch_all_check
             && let Some(entry) = self.catch_all(target, addr.domain()).await
             && entry.verdict == CacheVerdict::CatchAll
@@ -242,7 +236,6 @@ impl Callout {
                 }
             };
         }
-        let asked = Asked::Server(target.clone());
         self.probe_once(key, asked, addr.clone(), Some(client))
             .await
     }
@@ -251,18 +244,35 @@ impl Callout {
     /// however many ask at once; a stale answer is served while it is searched again.
     pub async fn look_up(self: &Arc<Self>, dir: &Arc<Directory>, addr: &Mailbox) -> CalloutResult {
         let key = directory_key(dir.name(), addr);
-        if let Some(entry) = self.cached(&key).await {
-            let fresh = entry.is_fresh(self.clock.unix());
-            let result = if fresh { "hit" } else { "stale" };
-            telemetry::Event::DirectoryCache { result }.emit();
-            if !fresh {
-                self.join_or_start(key, Asked::Directory(dir.clone()), addr.clone(), None);
-            }
-            return from_entry(entry, true);
-        }
-        telemetry::Event::DirectoryCache { result: "miss" }.emit();
         let asked = Asked::Directory(dir.clone());
+        if let Some(known) = self.from_cache(&key, &asked, addr).await {
+            return known;
+        }
         self.probe_once(key, asked, addr.clone(), None).await
+    }
+
+    /// The cached answer for `key`, if there is one; a stale one is served while `asked` is
+    /// asked again in the background. Counted as a hit, a stale hit or a miss.
+    async fn from_cache(
+        self: &Arc<Self>,
+        key: &str,
+        asked: &Asked,
+        addr: &Mailbox,
+    ) -> Option<CalloutResult> {
+        let entry = self.cached(key).await;
+        let result = match &entry {
+            None => "miss",
+            Some(e) if e.is_fresh(self.clock.unix()) => "hit",
+            Some(_) => "stale",
+        };
+        match asked {
+            Asked::Server(_) => telemetry::Event::CalloutCache { result }.emit(),
+            Asked::Directory(_) => telemetry::Event::DirectoryCache { result }.emit(),
+        }
+        if result == "stale" {
+            self.join_or_start(key.to_string(), asked.clone(), addr.clone(), None);
+        }
+        entry.map(|e| from_entry(e, true))
     }
 
     /// Takes one probe from the budgets (the client's and the total); false when spent.
