@@ -164,9 +164,10 @@ pub fn render(v: &Value) -> String {
     let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
     let now = n(&v["now"]);
     for b in list("backends") {
-        let role = match s(&b["role"]).as_str() {
-            "callout" => "call-out",
-            _ => "next hop",
+        let (role, asked) = match s(&b["role"]).as_str() {
+            "callout" => ("call-out", "probes"),
+            "directory" => ("directory", "searches"),
+            _ => ("next hop", ""),
         };
         let domains: Vec<String> = b["for"].as_array().into_iter().flatten().map(&s).collect();
         let since = crate::config::ago(now.saturating_sub(n(&b["since"])));
@@ -177,7 +178,7 @@ pub fn render(v: &Value) -> String {
             (Some(false), _) => format!("DOWN for {since}: {}", s(&b["error"])),
         };
         if let Some(p) = b["probes"].as_u64() {
-            let _ = write!(state, " ({p} probes, {} failed)", n(&b["failures"]));
+            let _ = write!(state, " ({p} {asked}, {} failed)", n(&b["failures"]));
         }
         let _ = writeln!(
             out,

@@ -137,6 +137,11 @@ fn the_directory_decides_at_rcpt_and_a_stopped_one_defers_only_the_unknown() {
     let status = directory_status(&b);
     assert_eq!(status["target"], "ldap:corp", "{status}");
     assert_eq!(status["for"][0], "example.test", "{status}");
+    let (_, screen, _) = b.cli(&["status"]);
+    assert!(
+        screen.contains("directory ldap:corp for example.test: DOWN for "),
+        "{screen}"
+    );
     let (_, metrics) = http(b.web(), "GET", "/metrics", None);
     assert!(
         metrics.contains("backstop_directory_up{target=\"ldap:corp\"} 0"),
@@ -217,4 +222,72 @@ fn ldaps_and_starttls_trust_the_configured_ca_and_nothing_else() {
     let r = rcpt(&b, "alice@example.test");
     assert!(r.starts_with("451 4.4.3 "), "{r}");
     assert!(b.log().contains("directory cannot be used"), "{}", b.log());
+}
+
+/// A directory that takes connections and never answers (a firewall that drops, a hung
+/// server): the connections it was sent, counted.
+struct Silent {
+    port: u16,
+    taken: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = taken.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(conn);
+            }
+        });
+        Silent { port, taken }
+    }
+
+    fn taken(&self) -> usize {
+        self.taken.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_directory_that_never_answers_holds_one_lookup_at_a_time_not_every_rcpt() {
+    let silent = Silent::start();
+    let sink = Sink::start();
+    let dir = world_dir();
+    let url = format!("ldap://127.0.0.1:{}", silent.port);
+    // anonymous: nothing is asked of the server until the search, which times out
+    let config = ldap_config(dir.path(), &url, "", sink.port)
+        .replace("timeout = \"2s\"", "timeout = \"1s\"")
+        .replace("interval = \"1s\"", "interval = \"1h\"")
+        .lines()
+        .filter(|l| !l.starts_with("bind_"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let b = Backstop::start(dir.path(), &config);
+    // the first health check finds it silent
+    let said = b.count_reaching(&["directory cannot be used"], 1);
+    assert_eq!(said, 1, "{}", b.log());
+    let before = silent.taken();
+    let replies: Vec<String> = std::thread::scope(|s| {
+        let asks: Vec<_> = (0..10)
+            .map(|i| {
+                let b = &b;
+                s.spawn(move || rcpt(b, &format!("new{i}@example.test")))
+            })
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap()).collect()
+    });
+    let tried = silent.taken() - before;
+    for r in &replies {
+        assert!(r.starts_with("451 4.4.3 "), "{r}");
+    }
+    // one lookup tried it again (and at most one health check it woke); the others were
+    // answered with the last failure instead of each waiting for the timeout
+    assert!(
+        (1..=2).contains(&tried),
+        "{tried} connections for 10 recipients"
+    );
 }

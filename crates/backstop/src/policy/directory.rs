@@ -5,12 +5,15 @@
 //! Responsible for: connecting (bind as the configured DN, or anonymously), searching under the
 //! base with the escaped filter ([`backstop_proto::ldap_filter`]), bounding every step by the timeout,
 //! keeping at most `max_connections` idle connections and dropping one that failed (the next
-//! lookup connects again: a restarted server is used again without a restart of ours). Not
+//! lookup connects again: a restarted server is used again without a restart of ours); while
+//! it fails, one lookup at a time tries it again and the others get the failure at once, which
+//! is logged once. Not
 //! responsible for: caching answers or deciding what a missing directory means at RCPT (the
 //! recipient policy does both, as for call-outs).
 
 use backstop_proto::ldap_filter::Template;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +55,10 @@ pub enum DirectoryError {
     /// No URL could be connected to (and bound).
     #[error("no directory server answered: {0}")]
     Unreachable(String),
+    /// It could not be used at the last try, and another lookup is trying it again: answered
+    /// at once rather than after another timeout.
+    #[error("{0} (another lookup is trying it again)")]
+    StillDown(String),
     /// The search failed on a connected server.
     #[error("search failed on {url}: {reason}")]
     Search {
@@ -69,6 +76,18 @@ pub struct Directory {
     /// Why no server could be connected to and bound, as last logged (logged once until it
     /// changes or the directory answers again).
     failing: Mutex<Option<String>>,
+    /// While failing, one lookup at a time tries to connect (a server that does not answer
+    /// would otherwise hold every RCPT for a timeout).
+    trying: AtomicBool,
+}
+
+/// Ends a turn at trying a failing directory, however the attempt ends.
+struct Turn<'a>(&'a AtomicBool);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Why a directory's configuration cannot be used.
@@ -131,6 +150,7 @@ impl Directory {
             settings,
             idle: Mutex::new(Vec::new()),
             failing: Mutex::new(None),
+            trying: AtomicBool::new(false),
         }
     }
 
@@ -146,42 +166,111 @@ impl Directory {
 
     /// Whether a server answers: a new connection, bound (the health check). What answered.
     pub async fn check(&self) -> Result<String, DirectoryError> {
-        let started = std::time::Instant::now();
-        let (url, ldap) = self.connect().await?;
-        let took = started.elapsed().as_millis();
-        let how = match &self.settings.bind {
-            Some((dn, _)) => format!("bound as {dn}"),
-            None => "anonymous".to_string(),
-        };
-        let answer = format!("{url}: {how}, {took} ms");
-        self.give_back(url, ldap);
-        Ok(answer)
+        self.guarded(async {
+            let started = std::time::Instant::now();
+            let (url, ldap) = self.connect().await?;
+            // the base itself: a server that takes connections but does not answer is down
+            let (url, ldap) = self
+                .search_on((url, ldap), Scope::Base, "(objectClass=*)")
+                .await?;
+            let took = started.elapsed().as_millis();
+            let how = match &self.settings.bind {
+                Some((dn, _)) => format!("bound as {dn}"),
+                None => "anonymous".to_string(),
+            };
+            let answer = format!("{url}: {how}, {took} ms");
+            self.give_back(url, ldap);
+            Ok(answer)
+        })
+        .await
     }
 
     /// The entry `address` belongs to, if any. A kept connection that fails (the server
     /// restarted, or closed it while idle) is dropped and the search tried once more on a new
     /// one.
     pub async fn lookup(&self, address: &str) -> Result<Answer, DirectoryError> {
-        if let Some(kept) = self.take_idle()
-            && let Ok(answer) = self.search(kept, address).await
-        {
-            return Ok(answer);
-        }
-        let fresh = self.connect().await?;
-        self.search(fresh, address).await
+        self.guarded(async {
+            if let Some(kept) = self.take_idle()
+                && let Ok(answer) = self.search(kept, address).await
+            {
+                return Ok(answer);
+            }
+            let fresh = self.connect().await?;
+            self.search(fresh, address).await
+        })
+        .await
     }
 
-    /// One search on one connection, given back to the pool when it worked.
-    async fn search(
+    /// Runs `work` (a lookup or a check) unless the directory is failing and another caller
+    /// is already trying it again: then the last failure, at once (a server that does not
+    /// answer would otherwise hold every RCPT for a timeout). A new failure is logged once
+    /// (not at every lookup while the directory stays down), and the recovery once.
+    async fn guarded<T>(
+        &self,
+        work: impl Future<Output = Result<T, DirectoryError>>,
+    ) -> Result<T, DirectoryError> {
+        let failing = self
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let _turn = match failing {
+            None => None,
+            Some(why) if self.trying.swap(true, Ordering::SeqCst) => {
+                return Err(DirectoryError::StillDown(why));
+            }
+            Some(_) => Some(Turn(&self.trying)),
+        };
+        let result = work.await;
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match result.as_ref().err() {
+            Some(e) if failing.as_deref() != Some(&e.to_string()) => {
+                tracing::warn!(directory = %self.settings.name, error = %e,
+                    "directory cannot be used: unknown recipients get 451 until it answers");
+                *failing = Some(e.to_string());
+            }
+            None if failing.is_some() => {
+                tracing::info!(directory = %self.settings.name, "directory answers again");
+                *failing = None;
+            }
+            _ => {}
+        }
+        result
+    }
+
+    /// One search for `address` on one connection, given back to the pool when it worked.
+    async fn search(&self, conn: (String, Ldap), address: &str) -> Result<Answer, DirectoryError> {
+        let filter = self.settings.filter.render(address);
+        let (url, ldap, entries) = self.search_entries(conn, Scope::Subtree, &filter).await?;
+        self.give_back(url, ldap);
+        Ok(match entries.into_iter().next() {
+            Some(e) => Answer::Found(SearchEntry::construct(e).dn),
+            None => Answer::NotFound,
+        })
+    }
+
+    /// A search under the base that must work; the connection back.
+    async fn search_on(
+        &self,
+        conn: (String, Ldap),
+        scope: Scope,
+        filter: &str,
+    ) -> Result<(String, Ldap), DirectoryError> {
+        let (url, ldap, _) = self.search_entries(conn, scope, filter).await?;
+        Ok((url, ldap))
+    }
+
+    /// One search, bounded by the timeout: the entries found (no attributes).
+    async fn search_entries(
         &self,
         (url, mut ldap): (String, Ldap),
-        address: &str,
-    ) -> Result<Answer, DirectoryError> {
-        let filter = self.settings.filter.render(address);
+        scope: Scope,
+        filter: &str,
+    ) -> Result<(String, Ldap, Vec<ldap3::ResultEntry>), DirectoryError> {
         let search = ldap.with_timeout(self.settings.timeout).search(
             &self.settings.base,
-            Scope::Subtree,
-            &filter,
+            scope,
+            filter,
             vec!["1.1"],
         );
         let result = tokio::time::timeout(self.settings.timeout, search).await;
@@ -190,15 +279,14 @@ impl Directory {
             reason,
         };
         let (entries, _) = match result {
-            Err(_) => return Err(failed("timed out".into())),
+            Err(_) | Ok(Err(ldap3::LdapError::Timeout { .. })) => {
+                let after = crate::config::format_duration(self.settings.timeout);
+                return Err(failed(format!("no answer within {after}")));
+            }
             Ok(Err(e)) => return Err(failed(e.to_string())),
             Ok(Ok(r)) => r.success().map_err(|e| failed(e.to_string()))?,
         };
-        self.give_back(url, ldap);
-        Ok(match entries.into_iter().next() {
-            Some(e) => Answer::Found(SearchEntry::construct(e).dn),
-            None => Answer::NotFound,
-        })
+        Ok((url, ldap, entries))
     }
 
     fn take_idle(&self) -> Option<(String, Ldap)> {
@@ -212,33 +300,17 @@ impl Directory {
         }
     }
 
-    /// A bound connection to the first URL that takes one. A failure is logged when it is
-    /// new (not at every lookup while the directory stays down), and the recovery once.
+    /// A bound connection to the first URL that takes one.
     async fn connect(&self) -> Result<(String, Ldap), DirectoryError> {
-        let result = self.connect_any().await;
-        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        match &result {
-            Err(e) if failing.as_deref() != Some(&e.to_string()) => {
-                tracing::warn!(directory = %self.settings.name, error = %e,
-                    "directory cannot be used: unknown recipients get 451 until it answers");
-                *failing = Some(e.to_string());
-            }
-            Ok((url, _)) if failing.is_some() => {
-                tracing::info!(directory = %self.settings.name, %url, "directory answers again");
-                *failing = None;
-            }
-            _ => {}
-        }
-        result
-    }
-
-    async fn connect_any(&self) -> Result<(String, Ldap), DirectoryError> {
         let mut why = Vec::new();
         for url in &self.settings.urls {
             match tokio::time::timeout(self.settings.timeout, self.connect_to(url)).await {
                 Ok(Ok(ldap)) => return Ok((url.clone(), ldap)),
                 Ok(Err(e)) => why.push(format!("{url}: {e}")),
-                Err(_) => why.push(format!("{url}: timed out")),
+                Err(_) => why.push(format!(
+                    "{url}: no answer within {} (connect and bind)",
+                    crate::config::format_duration(self.settings.timeout)
+                )),
             }
         }
         Err(DirectoryError::Unreachable(why.join("; ")))

@@ -402,8 +402,12 @@ fn state(out: &mut String, status: &Value) {
                 ),
                 None => ("muted", "not checked yet".to_string()),
             };
+            let asked = match b["role"].as_str() {
+                Some("directory") => "searches",
+                _ => "probes",
+            };
             let probes = match b["probes"].as_u64() {
-                Some(p) => format!("; {p} probes, {} failed", b["failures"]),
+                Some(p) => format!("; {p} {asked}, {} failed", b["failures"]),
                 None => String::new(),
             };
             let domains: Vec<String> = b["for"].as_array().into_iter().flatten().map(s).collect();
