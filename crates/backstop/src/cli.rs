@@ -152,7 +152,7 @@ enum CacheCmd {
         /// user@domain, or @domain: its catch-all answer and every address of it cached.
         what: String,
     },
-    /// Forget it: the next RCPT asks the internal server again (@domain: every address of
+    /// Forget it: the next RCPT asks the internal server or the directory again (@domain: every address of
     /// it, and whether it is a catch-all).
     Forget {
         /// user@domain, or @domain.
@@ -449,7 +449,9 @@ fn print_domain(what: &str, answer: &serde_json::Value, now: u64) {
 /// forgotten in 30d 21h`.
 fn cache_line(what: &str, e: &serde_json::Value, now: u64) -> String {
     if e.is_null() {
-        return format!("{what}: nothing cached (the next RCPT asks the internal server)");
+        return format!(
+            "{what}: nothing cached (the next RCPT asks the internal server or the directory)"
+        );
     }
     let n = |k: &str| e[k].as_u64().unwrap_or(0);
     let in_ = |t: u64| match t > now {

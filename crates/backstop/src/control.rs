@@ -260,17 +260,17 @@ pub async fn cache_request(
         Err(e) => return json!({ "error": format!("{what:?} is not an address or @domain: {e}") }),
     };
     let callout = verifier.callout();
+    let dirs: Vec<&str> = verifier.directories().iter().map(|d| d.name()).collect();
     let result = match (action, &target) {
-        ("show", CacheTarget::Address(a)) => callout.entry(CacheKey::Address(a)).await.map(|e| {
-            let e = e.filter(|e| !e.is_expired(now));
-            json!({ "key": what, "entry": e, "now": now })
-        }),
-        ("show", CacheTarget::Domain(d)) => show_domain(callout, d, what, now).await,
-        ("forget", CacheTarget::Address(a)) => callout.forget(CacheKey::Address(a)).await.map(
-            |forgot| json!({ "key": what, "forgot": forgot, "forgotten": usize::from(forgot) }),
-        ),
+        ("show", CacheTarget::Address(a)) => show_address(callout, a, &dirs, now)
+            .await
+            .map(|e| json!({ "key": what, "entry": e, "now": now })),
+        ("show", CacheTarget::Domain(d)) => show_domain(callout, d, &dirs, what, now).await,
+        ("forget", CacheTarget::Address(a)) => forget_address(callout, a, &dirs)
+            .await
+            .map(|n| json!({ "key": what, "forgot": n > 0, "forgotten": n })),
         ("forget", CacheTarget::Domain(d)) => callout
-            .forget_domain(d)
+            .forget_domain(d, &dirs)
             .await
             .map(|n| json!({ "key": what, "forgot": n > 0, "forgotten": n })),
         _ => return json!({ "error": format!("unknown cache request {action:?}") }),
@@ -284,6 +284,40 @@ enum CacheTarget {
     Domain(backstop_proto::address::Domain),
 }
 
+/// Every key an address's answers may be cached under: the call-outs', each directory's.
+fn address_keys<'a>(a: &'a Mailbox, dirs: &'a [&'a str]) -> impl Iterator<Item = CacheKey<'a>> {
+    let each = dirs.iter().map(move |name| CacheKey::Directory(name, a));
+    std::iter::once(CacheKey::Address(a)).chain(each)
+}
+
+/// The live answer about `a`: the call-outs', else the first directory's that has one.
+async fn show_address(
+    callout: &crate::policy::callout::Callout,
+    a: &Mailbox,
+    dirs: &[&str],
+    now: u64,
+) -> Result<Option<crate::store::CacheEntry>, crate::store::StoreError> {
+    for key in address_keys(a, dirs) {
+        if let Some(e) = callout.entry(key).await?.filter(|e| !e.is_expired(now)) {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
+}
+
+/// Forgets every answer about `a` (call-outs', directories'): how many were live.
+async fn forget_address(
+    callout: &crate::policy::callout::Callout,
+    a: &Mailbox,
+    dirs: &[&str],
+) -> Result<usize, crate::store::StoreError> {
+    let mut forgot = 0;
+    for key in address_keys(a, dirs) {
+        forgot += usize::from(callout.forget(key).await?);
+    }
+    Ok(forgot)
+}
+
 /// Addresses of one domain `backstop cache show @DOMAIN` lists at most.
 const CACHE_SHOW_MAX: usize = 1000;
 
@@ -291,12 +325,13 @@ const CACHE_SHOW_MAX: usize = 1000;
 async fn show_domain(
     callout: &crate::policy::callout::Callout,
     d: &backstop_proto::address::Domain,
+    dirs: &[&str],
     what: &str,
     now: u64,
 ) -> Result<serde_json::Value, crate::store::StoreError> {
     let entry = callout.entry(CacheKey::Domain(d)).await?;
     let entry = entry.filter(|e| !e.is_expired(now));
-    let listed = callout.addresses_of(d, CACHE_SHOW_MAX + 1).await?;
+    let listed = callout.addresses_of(d, dirs, CACHE_SHOW_MAX + 1).await?;
     let more = listed.len() > CACHE_SHOW_MAX;
     let addresses: Vec<_> = listed
         .into_iter()

@@ -116,6 +116,18 @@ fn the_directory_decides_at_rcpt_and_a_stopped_one_defers_only_the_unknown() {
     assert!(out.contains("ldap:corp: no entry (cached"), "{out}");
     assert!(out.contains("reason: ldap-not-found"), "{out}");
     assert_eq!(slapd.filters().len(), searches);
+    // the cache commands see the directory's answers; forgotten, carol is searched again
+    let (_, out, _) = b.cli(&["cache", "show", "alice@example.test"]);
+    assert!(
+        out.contains("uid=alice,ou=people,dc=example,dc=test"),
+        "{out}"
+    );
+    let (_, out, _) = b.cli(&["cache", "show", "@example.test"]);
+    assert!(out.contains("carol@example.test: invalid"), "{out}");
+    let (_, out, _) = b.cli(&["cache", "forget", "carol@example.test"]);
+    assert_eq!(out.trim(), "carol@example.test: forgotten");
+    assert!(unknown(&rcpt(&b, "carol@example.test")));
+    assert_eq!(slapd.filters().len(), searches + 1);
     // one search for an address however many clients ask at once
     std::thread::scope(|s| {
         for _ in 0..10 {
@@ -221,7 +233,8 @@ fn ldaps_and_starttls_trust_the_configured_ca_and_nothing_else() {
     let b = Backstop::start(dir.path(), &config);
     let r = rcpt(&b, "alice@example.test");
     assert!(r.starts_with("451 4.4.3 "), "{r}");
-    assert!(b.log().contains("directory cannot be used"), "{}", b.log());
+    let said = b.count_reaching(&["directory cannot be used", "certificate"], 1);
+    assert_eq!(said, 1, "{}", b.log());
 }
 
 /// A directory that takes connections and never answers (a firewall that drops, a hung

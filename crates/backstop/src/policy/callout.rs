@@ -585,47 +585,63 @@ impl Callout {
         Ok(live)
     }
 
-    /// The addresses of `domain` the cache holds an answer for (expired ones too), sorted,
-    /// with their entries; at most `max`.
+    /// The addresses of `domain` the cache holds an answer for (expired ones too), from the
+    /// call-outs and from the `directories` named, sorted, with their entries; at most `max`.
     pub async fn addresses_of(
         &self,
         domain: &Domain,
+        directories: &[&str],
         max: usize,
     ) -> Result<Vec<(String, CacheEntry)>, crate::store::StoreError> {
-        let mut keys = self
-            .store
-            .cache_keys("rcpt:", &format!("@{domain}"), max)
-            .await?;
-        keys.sort();
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(e) = self.store.cache_get(&key).await? {
-                out.push((key["rcpt:".len()..].to_string(), e));
+        let mut out = Vec::new();
+        for prefix in prefixes(directories) {
+            let suffix = format!("@{domain}");
+            let mut keys = self.store.cache_keys(&prefix, &suffix, max).await?;
+            keys.sort();
+            for key in keys {
+                if out.len() < max
+                    && let Some(e) = self.store.cache_get(&key).await?
+                {
+                    out.push((key[prefix.len()..].to_string(), e));
+                }
             }
         }
         Ok(out)
     }
 
-    /// Forgets every address of `domain` and whether it is a catch-all; returns how many
-    /// live answers were forgotten.
-    pub async fn forget_domain(&self, domain: &Domain) -> Result<usize, crate::store::StoreError> {
-        let keys = self
-            .store
-            .cache_keys("rcpt:", &format!("@{domain}"), usize::MAX)
-            .await?;
+    /// Forgets every address of `domain` (the call-outs' answers and those of the
+    /// `directories` named) and whether it is a catch-all; returns how many live answers were
+    /// forgotten.
+    pub async fn forget_domain(
+        &self,
+        domain: &Domain,
+        directories: &[&str],
+    ) -> Result<usize, crate::store::StoreError> {
         let mut forgot = usize::from(self.forget_key(&domain_key(domain)).await?);
-        for key in keys {
-            forgot += usize::from(self.forget_key(&key).await?);
+        for prefix in prefixes(directories) {
+            let suffix = format!("@{domain}");
+            let keys = self.store.cache_keys(&prefix, &suffix, usize::MAX).await?;
+            for key in keys {
+                forgot += usize::from(self.forget_key(&key).await?);
+            }
         }
         Ok(forgot)
     }
 }
 
+/// The key prefixes of cached answers about addresses: the call-outs', then each directory's.
+fn prefixes(directories: &[&str]) -> Vec<String> {
+    let each = directories.iter().map(|name| format!("ldap:{name}:"));
+    std::iter::once("rcpt:".to_string()).chain(each).collect()
+}
+
 /// What `backstop cache` is about: one address, or a domain's catch-all answer.
 #[derive(Clone, Copy, Debug)]
 pub enum CacheKey<'a> {
-    /// `user@domain`
+    /// `user@domain`, as the call-outs answered it
     Address(&'a Mailbox),
+    /// `user@domain`, as the directory of that name answered it
+    Directory(&'a str, &'a Mailbox),
     /// `@domain`
     Domain(&'a Domain),
 }
@@ -635,6 +651,7 @@ impl CacheKey<'_> {
     fn key(self) -> String {
         match self {
             CacheKey::Address(a) => address_key(a),
+            CacheKey::Directory(name, a) => directory_key(name, a),
             CacheKey::Domain(d) => domain_key(d),
         }
     }
