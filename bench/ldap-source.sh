@@ -14,7 +14,8 @@
 # verify). The list: side is backstop with the same addresses in a list file.
 # What is measured is the RCPT decision: SESSIONS client sessions at a time, each one
 # connection with EHLO, MAIL, one RCPT and QUIT, by a small Python client (no DATA: no message
-# is relayed or queued, so the next hop plays no part on backstop's side). A round's rate is the
+# is relayed or queued, so the next hop plays no part on backstop's side; bench/new-rcpts.py
+# --rcpt-only). A round's rate is the
 # RCPTs answered 250 per second until the last session ends; deferred (4xx) and refused (5xx)
 # answers are counted too.
 # Each round: Postfix with N_PF addresses neither side has seen; backstop ldap: with N new
@@ -130,36 +131,7 @@ wait_port "$P_BT"
 wait_port "$P_PF"
 
 load() { # PORT FIRST COUNT -> "accepted deferred refused seconds"
-  python3 - "$1" "$2" "$3" "$SESSIONS" <<'PY'
-import asyncio, sys, time
-port, first, count, sessions = (int(a) for a in sys.argv[1:])
-async def reply(r):
-    while True:
-        line = await r.readline()
-        if not line or line[3:4] != b"-":
-            return line.decode(errors="replace")
-async def one(i, tally):
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    await reply(r)
-    async def cmd(c):
-        w.write((c + "\r\n").encode()); await w.drain(); return await reply(r)
-    await cmd("EHLO load.client.test")
-    await cmd("MAIL FROM:<load@client.test>")
-    rc = await cmd(f"RCPT TO:<u{i}@example.test>")
-    tally[rc[:1]] = tally.get(rc[:1], 0) + 1
-    w.write(b"QUIT\r\n"); await w.drain(); w.close()
-async def main():
-    tally, queue = {}, asyncio.Queue()
-    for i in range(first, first + count): queue.put_nowait(i)
-    async def worker():
-        while not queue.empty():
-            await one(queue.get_nowait(), tally)
-    t0 = time.monotonic()
-    await asyncio.gather(*[worker() for _ in range(sessions)])
-    dt = time.monotonic() - t0
-    print(tally.get("2", 0), tally.get("4", 0), tally.get("5", 0), f"{dt:.2f}")
-asyncio.run(main())
-PY
+  python3 "$ROOT/bench/new-rcpts.py" "$1" "$2" "$3" "$SESSIONS" --rcpt-only
 }
 
 side() { # LABEL PORT FIRST COUNT [answered: count every answer, not only 250s]

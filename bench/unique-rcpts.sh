@@ -13,7 +13,7 @@
 # check_policy_service to backstop's policy listener instead of reject_unverified_recipient (it
 # cannot relay in backstop's session, so each new recipient is one probe by backstop).
 # Each message goes to a recipient neither has seen: SESSIONS client sessions at a
-# time, one message each (MAIL, one RCPT, DATA, 1 KiB), by a small Python client. A round's rate
+# time, one message each (MAIL, one RCPT, DATA, 1 KiB), by bench/new-rcpts.py. A round's rate
 # is the messages accepted (250 after DATA) per second until the last session ends; deferred
 # (4xx) and refused (5xx) answers are counted too. Rounds alternate backstop, Postfix.
 # backstop's probe budgets are lifted (all load comes from one client IP, which the default
@@ -92,41 +92,7 @@ wait_port "$P_POL"
 wait_port "$P_PP"
 
 load() { # PORT FIRST COUNT -> "accepted deferred refused seconds"
-  python3 - "$1" "$2" "$3" "$SESSIONS" <<'PY'
-import asyncio, sys, time
-port, first, count, sessions = (int(a) for a in sys.argv[1:])
-body = "Subject: unique\r\n\r\n" + ("x" * 76 + "\r\n") * 12 + ".\r\n"
-async def reply(r):
-    while True:
-        line = await r.readline()
-        if not line or line[3:4] != b"-":
-            return line.decode(errors="replace")
-async def one(i, tally):
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    await reply(r)
-    async def cmd(c):
-        w.write((c + "\r\n").encode()); await w.drain(); return await reply(r)
-    await cmd("EHLO load.client.test")
-    await cmd("MAIL FROM:<load@client.test>")
-    rc = await cmd(f"RCPT TO:<u{i}@example.test>")
-    if rc.startswith("250"):
-        d = await cmd("DATA")
-        end = await cmd(body[:-5] + "\r\n.") if d.startswith("354") else d
-        rc = end
-    tally[rc[:1]] = tally.get(rc[:1], 0) + 1
-    w.write(b"QUIT\r\n"); await w.drain(); w.close()
-async def main():
-    tally, queue = {}, asyncio.Queue()
-    for i in range(first, first + count): queue.put_nowait(i)
-    async def worker():
-        while not queue.empty():
-            await one(queue.get_nowait(), tally)
-    t0 = time.monotonic()
-    await asyncio.gather(*[worker() for _ in range(sessions)])
-    dt = time.monotonic() - t0
-    print(tally.get("2", 0), tally.get("4", 0), tally.get("5", 0), f"{dt:.2f}")
-asyncio.run(main())
-PY
+  python3 "$ROOT/bench/new-rcpts.py" "$1" "$2" "$3" "$SESSIONS"
 }
 
 echo "N=$N (backstop), N_PF=$N_PF (Postfix) and N_POL=$N_POL (Postfix + policy) new recipients per round, $SESSIONS sessions, $RUNS rounds"
