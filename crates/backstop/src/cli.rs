@@ -526,7 +526,8 @@ async fn check_config(cfg: Config, connect: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut all = true;
-    let directories = crate::policy::directory::checks_of(&cfg)?;
+    let directories = crate::policy::directory::of_config(&cfg)?;
+    let directories = crate::policy::directory::checks(&directories);
     for (role, target, result) in crate::health::check_all(&cfg, directories).await {
         match result {
             Ok(greeting) => println!("# {role} {target}: answers ({greeting})"),

@@ -339,17 +339,21 @@ impl crate::health::Check for Directory {
     }
 }
 
-/// A new directory for each `[[ldap]]` table a domain of `cfg` uses, with its health check
-/// (`check-config --connect`).
-pub fn checks_of(cfg: &crate::config::Config) -> Result<crate::health::Checks, SettingsError> {
+/// A directory (nothing connected yet) for each `[[ldap]]` table a domain of `cfg` uses.
+pub fn of_config(cfg: &crate::config::Config) -> Result<Vec<Arc<Directory>>, SettingsError> {
     let used = |name: &str| {
         let source = crate::config::Source::Ldap(name.to_string());
         cfg.domains.iter().any(|d| d.sources.contains(&source))
     };
-    let mut out: crate::health::Checks = Vec::new();
-    for l in cfg.ldap.iter().filter(|l| used(&l.name)) {
-        let dir = Arc::new(Directory::new(Settings::of(l)?));
-        out.push((crate::health::Target::Ldap(l.name.clone()), dir));
-    }
-    Ok(out)
+    let used = cfg.ldap.iter().filter(|l| used(&l.name));
+    used.map(|l| Ok(Arc::new(Directory::new(Settings::of(l)?))))
+        .collect()
+}
+
+/// The health checks of `directories`.
+pub fn checks(directories: &[Arc<Directory>]) -> crate::health::Checks {
+    let check = |d: &Arc<Directory>| -> (crate::health::Target, Arc<dyn crate::health::Check>) {
+        (crate::health::Target::Ldap(d.name().to_string()), d.clone())
+    };
+    directories.iter().map(check).collect()
 }

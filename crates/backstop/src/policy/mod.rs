@@ -106,17 +106,7 @@ impl Verifier {
         callout: Arc<Callout>,
         clock: Arc<dyn Clock>,
     ) -> Result<Verifier, VerifierError> {
-        let mut directories: Vec<Arc<Directory>> = Vec::new();
-        for l in &cfg.ldap {
-            if cfg
-                .domains
-                .iter()
-                .any(|d| d.sources.contains(&Source::Ldap(l.name.clone())))
-            {
-                let settings = directory::Settings::of(l)?;
-                directories.push(Arc::new(Directory::new(settings)));
-            }
-        }
+        let directories = directory::of_config(cfg)?;
         let mut files: HashMap<PathBuf, Arc<ListFile>> = HashMap::new();
         let mut domains = HashMap::new();
         for d in &cfg.domains {
@@ -178,10 +168,7 @@ impl Verifier {
 
     /// The directories' health checks.
     pub fn checks(&self) -> crate::health::Checks {
-        let check = |d: &Arc<Directory>| -> (crate::health::Target, Arc<dyn crate::health::Check>) {
-            (crate::health::Target::Ldap(d.name().to_string()), d.clone())
-        };
-        self.directories.iter().map(check).collect()
+        directory::checks(&self.directories)
     }
 
     /// Every list file, for the reload task.
