@@ -86,6 +86,35 @@ enum Cmd {
         #[arg(long)]
         connect: bool,
     },
+    /// Audit a mail server (read-only: no message is sent): does it accept unknown
+    /// recipients and so make backscatter, accept bounces for them, tell which addresses exist,
+    /// take bare LF or CR as line ends? Exit 0: no backscatter risk found; 1: one was; 2: the
+    /// server could not be audited.
+    Audit {
+        /// HOST[:PORT] (port 25 when not given).
+        target: String,
+        /// The domain the server receives mail for.
+        #[arg(long)]
+        domain: String,
+        /// The envelope sender of the test transactions (default postmaster@DOMAIN).
+        #[arg(long)]
+        from: Option<String>,
+        /// The EHLO name.
+        #[arg(long, default_value = "localhost")]
+        helo: String,
+        /// Unknown recipients asked in one session (the harvest check), 1 to 30.
+        #[arg(long, default_value_t = 12)]
+        harvest: usize,
+        /// Longest wait for one reply, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        /// Needed for a server that is not on this machine (loopback): say that it is yours.
+        #[arg(long)]
+        i_own_this_server: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what RCPT TO would answer for an address, and why.
     Verify {
         /// The address (user@domain).
@@ -368,6 +397,27 @@ fn run(cmd: Cmd, source: ConfigSource) -> anyhow::Result<ExitCode> {
             warn_secrets(&source, &cfg);
             runtime()?.block_on(check_config(cfg, connect))
         }
+        Cmd::Audit {
+            target,
+            domain,
+            from,
+            helo,
+            harvest,
+            timeout,
+            i_own_this_server,
+            json,
+        } => {
+            let opts = AuditArgs {
+                target,
+                domain,
+                from,
+                helo,
+                harvest,
+                timeout,
+                own: i_own_this_server,
+            };
+            runtime()?.block_on(audit(opts, json))
+        }
         Cmd::Verify { address, from } => {
             let cfg = load(&source)?;
             runtime()?.block_on(verify(cfg, &address, from.as_deref()))
@@ -515,6 +565,57 @@ async fn reload(cfg: Config) -> anyhow::Result<ExitCode> {
         println!("  {c}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `backstop audit`'s arguments.
+struct AuditArgs {
+    target: String,
+    domain: String,
+    from: Option<String>,
+    helo: String,
+    harvest: usize,
+    timeout: u64,
+    own: bool,
+}
+
+/// `backstop audit`: the server resolved (and refused unless on loopback or owned), audited,
+/// the report printed; its exit code.
+async fn audit(a: AuditArgs, json: bool) -> anyhow::Result<ExitCode> {
+    if !(1..=30).contains(&a.harvest) || !(1..=120).contains(&a.timeout) {
+        anyhow::bail!("--harvest must be 1 to 30 and --timeout 1 to 120 (seconds)");
+    }
+    let with_port = match a.target.rsplit_once(':') {
+        Some((_, p)) if p.parse::<u16>().is_ok() && !a.target.ends_with(']') => a.target.clone(),
+        _ => format!("{}:25", a.target),
+    };
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.target))?
+        .collect();
+    let Some(addr) = addrs.first().copied() else {
+        anyhow::bail!("{}: no address", a.target);
+    };
+    if !a.own && !addrs.iter().all(|s| s.ip().is_loopback()) {
+        anyhow::bail!(
+            "{} is not on this machine: audit only your own servers, and say so with \
+             --i-own-this-server",
+            a.target
+        );
+    }
+    let opts = crate::audit::Options {
+        addr,
+        from: a.from.unwrap_or_else(|| format!("postmaster@{}", a.domain)),
+        domain: a.domain,
+        helo: a.helo,
+        harvest: a.harvest,
+        timeout: std::time::Duration::from_secs(a.timeout),
+    };
+    let report = crate::audit::run(&opts, &mut rand::random::<u64>).await;
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(&report)?),
+        false => print!("{}", report.text()),
+    }
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 /// Checks what `serve` would check before it starts, prints the resolved configuration, and

@@ -2,6 +2,7 @@
 
 pub mod alert;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod backscatter;
 pub mod bounces;

@@ -1,0 +1,83 @@
+//! `backstop audit` against real servers on loopback: a Postfix that accepts every recipient
+//! and relays to an internal Postfix (the classic backscatter source), a Postfix with
+//! `reject_unverified_recipient`, backstop itself, and a server that never answers.
+
+mod support;
+
+use support::*;
+
+fn audit(port: u16, more: &[&str]) -> (i32, String) {
+    let target = format!("127.0.0.1:{port}");
+    let mut args = vec!["audit", target.as_str(), "--domain", "example.test"];
+    args.extend_from_slice(more);
+    let (code, out, err) = run_backstop(args);
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn an_accept_all_postfix_is_a_backscatter_source_and_backstop_is_not() {
+    let sink = Sink::start();
+    let internal = Postfix::internal("example.test", &["alice@example.test"], sink.port);
+    let accept_all = Postfix::gateway_with("example.test", internal.port, "");
+    let (code, out) = audit(accept_all.port, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("RISK  unknown recipients: 12 of 12 random addresses that do not exist"),
+        "{out}"
+    );
+    assert!(out.contains("RISK  bounces to the domain"), "{out}");
+    assert!(out.contains("backscatter risk(s)"), "{out}");
+    // read-only: the audit never sent a message
+    assert!(sink.messages().is_empty());
+    assert!(accept_all.queue_is_empty());
+
+    let verifying = Postfix::gateway_with(
+        "example.test",
+        internal.port,
+        "smtpd_recipient_restrictions = reject_unauth_destination, reject_unverified_recipient\n\
+         unverified_recipient_reject_code = 550\n",
+    );
+    let (code, out) = audit(verifying.port, &["--harvest", "2"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("RISK"), "{out}");
+
+    let dir = world_dir();
+    let b = Backstop::start(
+        dir.path(),
+        &list_config(dir.path(), &["alice@example.test"], "maildir:mail", ""),
+    );
+    let (code, out) = audit(b.addr.port(), &["--json"]);
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let verdict = |check: &str| {
+        let all = report["findings"].as_array().unwrap();
+        let f = all.iter().find(|f| f["check"] == check).unwrap();
+        f["verdict"].as_str().unwrap().to_string()
+    };
+    assert_eq!(verdict("unknown recipients"), "pass", "{out}");
+    assert_eq!(verdict("bounces to the domain"), "pass", "{out}");
+    assert_eq!(verdict("harvest defence"), "pass", "{out}");
+    assert_eq!(verdict("bare LF in commands"), "pass", "{out}");
+    assert_eq!(verdict("bare CR in commands"), "pass", "{out}");
+    assert!(report["commands"].as_u64().unwrap() <= 40, "{out}");
+}
+
+#[test]
+fn a_server_that_never_answers_is_reported_in_bounded_time() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || listener.accept());
+    // every wait is bounded by --timeout: the audit ends, saying why
+    let (code, out) = audit(port, &["--timeout", "2"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("not audited: no answer within 2 s"), "{out}");
+    drop(held);
+    // nobody listening at all
+    let (code, out) = audit(free_port(), &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("not audited: connect to 127.0.0.1:"), "{out}");
+    // not on this machine: refused unless the operator says it is theirs
+    let (code, out, err) = run_backstop(["audit", "192.0.2.1:25", "--domain", "example.test"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--i-own-this-server"), "{out}{err}");
+}
