@@ -90,31 +90,7 @@ enum Cmd {
     /// recipients and so make backscatter, accept bounces for them, tell which addresses exist,
     /// take bare LF or CR as line ends? Exit 0: no backscatter risk found; 1: one was; 2: the
     /// server could not be audited.
-    Audit {
-        /// HOST[:PORT] (port 25 when not given).
-        target: String,
-        /// The domain the server receives mail for.
-        #[arg(long)]
-        domain: String,
-        /// The envelope sender of the test transactions (default postmaster@DOMAIN).
-        #[arg(long)]
-        from: Option<String>,
-        /// The EHLO name.
-        #[arg(long, default_value = "localhost")]
-        helo: String,
-        /// Unknown recipients asked in one session (the harvest check), 1 to 30.
-        #[arg(long, default_value_t = 12)]
-        harvest: usize,
-        /// Longest wait for one reply, in seconds.
-        #[arg(long, default_value_t = 10)]
-        timeout: u64,
-        /// Needed for a server that is not on this machine (loopback): say that it is yours.
-        #[arg(long)]
-        i_own_this_server: bool,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Audit(AuditArgs),
     /// Show what RCPT TO would answer for an address, and why.
     Verify {
         /// The address (user@domain).
@@ -397,27 +373,7 @@ fn run(cmd: Cmd, source: ConfigSource) -> anyhow::Result<ExitCode> {
             warn_secrets(&source, &cfg);
             runtime()?.block_on(check_config(cfg, connect))
         }
-        Cmd::Audit {
-            target,
-            domain,
-            from,
-            helo,
-            harvest,
-            timeout,
-            i_own_this_server,
-            json,
-        } => {
-            let opts = AuditArgs {
-                target,
-                domain,
-                from,
-                helo,
-                harvest,
-                timeout,
-                own: i_own_this_server,
-            };
-            runtime()?.block_on(audit(opts, json))
-        }
+        Cmd::Audit(args) => runtime()?.block_on(audit(args)),
         Cmd::Verify { address, from } => {
             let cfg = load(&source)?;
             runtime()?.block_on(verify(cfg, &address, from.as_deref()))
@@ -568,19 +524,36 @@ async fn reload(cfg: Config) -> anyhow::Result<ExitCode> {
 }
 
 /// `backstop audit`'s arguments.
+#[derive(Debug, clap::Args)]
 struct AuditArgs {
+    /// HOST[:PORT] (port 25 when not given).
     target: String,
+    /// The domain the server receives mail for.
+    #[arg(long)]
     domain: String,
+    /// The envelope sender of the test transactions (default postmaster@DOMAIN).
+    #[arg(long)]
     from: Option<String>,
+    /// The EHLO name.
+    #[arg(long, default_value = "localhost")]
     helo: String,
+    /// Unknown recipients asked in one session (the harvest check), 1 to 30.
+    #[arg(long, default_value_t = 12)]
     harvest: usize,
+    /// Longest wait for one reply, in seconds.
+    #[arg(long, default_value_t = 10)]
     timeout: u64,
-    own: bool,
+    /// Needed for a server that is not on this machine (loopback): say that it is yours.
+    #[arg(long)]
+    i_own_this_server: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `backstop audit`: the server resolved (and refused unless on loopback or owned), audited,
 /// the report printed; its exit code.
-async fn audit(a: AuditArgs, json: bool) -> anyhow::Result<ExitCode> {
+async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
     if !(1..=30).contains(&a.harvest) || !(1..=120).contains(&a.timeout) {
         anyhow::bail!("--harvest must be 1 to 30 and --timeout 1 to 120 (seconds)");
     }
@@ -595,7 +568,7 @@ async fn audit(a: AuditArgs, json: bool) -> anyhow::Result<ExitCode> {
     let Some(addr) = addrs.first().copied() else {
         anyhow::bail!("{}: no address", a.target);
     };
-    if !a.own && !addrs.iter().all(|s| s.ip().is_loopback()) {
+    if !a.i_own_this_server && !addrs.iter().all(|s| s.ip().is_loopback()) {
         anyhow::bail!(
             "{} is not on this machine: audit only your own servers, and say so with \
              --i-own-this-server",
@@ -611,7 +584,7 @@ async fn audit(a: AuditArgs, json: bool) -> anyhow::Result<ExitCode> {
         timeout: std::time::Duration::from_secs(a.timeout),
     };
     let report = crate::audit::run(&opts, &mut rand::random::<u64>).await;
-    match json {
+    match a.json {
         true => println!("{}", serde_json::to_string_pretty(&report)?),
         false => print!("{}", report.text()),
     }
