@@ -172,15 +172,19 @@ async fn main_session(
     let result = dialogue(&mut c, opts, random, seen).await;
     seen.commands += c.sent;
     result.map_err(Stop::Lost)?;
-    c.quit().await;
-    seen.commands += 1;
+    close(c, seen).await;
     let (mut c, _) = greeted(opts, seen).await.map_err(Stop::Lost)?;
     let result = second_dialogue(&mut c, opts, random, seen).await;
     seen.commands += c.sent;
     result.map_err(Stop::Lost)?;
-    c.quit().await;
-    seen.commands += 1;
+    close(c, seen).await;
     Ok(())
+}
+
+/// Ends a connection whose commands are counted already: QUIT, counted too.
+async fn close(c: Conn, seen: &mut Seen) {
+    seen.commands += 1;
+    c.quit().await;
 }
 
 /// The checks of the first connection, in order.
@@ -281,7 +285,6 @@ async fn bare_line_end(
         }
     }
     seen.commands += c.sent;
-    c.quit().await;
-    seen.commands += 1;
+    close(c, seen).await;
     Ok(judge::bare_line_end(which, &replies))
 }

@@ -45,13 +45,6 @@ pub struct Ldap {
     pub max_connections: usize,
 }
 
-impl Ldap {
-    /// Whether any connection to it uses TLS.
-    pub fn uses_tls(&self) -> bool {
-        self.starttls || self.urls.iter().any(|u| u.starts_with("ldaps://"))
-    }
-}
-
 fn serialize_template<S: serde::Serializer>(t: &Template, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(t.as_str())
 }

@@ -76,6 +76,12 @@ impl fmt::Display for ConfigSource {
     }
 }
 
+/// The trust anchors of a CA file (PEM), read as the configuration checks a `tls_ca`.
+pub fn read_trust_anchors(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    raw::pem_trust_anchors(&pem).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// A configuration error, naming the key it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

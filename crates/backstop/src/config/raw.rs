@@ -206,19 +206,19 @@ fn pem_certificates(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<
 }
 
 /// CA certificates in PEM, each usable as a trust anchor.
-fn pem_trust_anchors(pem: &[u8]) -> Result<(), String> {
+pub(super) fn pem_trust_anchors(pem: &[u8]) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in pem_certificates(pem)? {
         roots
             .add(cert)
             .map_err(|e| format!("not a usable CA certificate: {e}"))?;
     }
-    Ok(())
+    Ok(roots)
 }
 
 /// A CA file (`key`, relative to `base`) checked: PEM certificates, each a usable trust anchor.
 pub(super) fn trust_anchors(key: &str, base: &Path, s: &str) -> Result<PathBuf, ConfigError> {
-    pem_file(key, base, s, pem_trust_anchors).map(|(p, ())| p)
+    pem_file(key, base, s, pem_trust_anchors).map(|(p, _)| p)
 }
 
 /// A private key in PEM.

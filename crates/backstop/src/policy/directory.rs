@@ -125,15 +125,7 @@ impl Settings {
 
 /// TLS that trusts the CA certificates of one PEM file and nothing else.
 fn tls_with_ca(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
-    }
+    let roots = crate::config::read_trust_anchors(ca)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
