@@ -140,6 +140,32 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 MF
 postfix -c "$dir" check >/dev/null 2>&1 || true
-postfix -c "$dir" start >/dev/null 2>&1
-for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && exit 0; sleep 0.1; done
-echo "postfix peer did not start listening on $port (see $dir/maillog)" >&2; exit 1
+
+# A started instance must greet, not only listen: the master's socket takes connections
+# before any smtpd runs, and on a loaded machine an instance was once seen listening and
+# never greeting (its log holding nothing after "starting the Postfix mail system"). Such an
+# instance is shown (its processes and where they wait), killed by PID and started again.
+greets() {
+  timeout 20 bash -c 'exec 3<>/dev/tcp/127.0.0.1/'"$port"' || exit 1
+    IFS= read -r line <&3 || exit 1; printf "QUIT\r\n" >&3; [[ $line == 220* ]]' 2>/dev/null
+}
+kill_instance() {
+  local pid
+  pid=$(tr -d ' \n' <"$dir.queue/pid/master.pid" 2>/dev/null) || return 0
+  [ -n "$pid" ] || return 0
+  echo "--- postfix peer on $port: master $pid and its children:" >&2
+  ps -o pid,stat,wchan:24,etime,args --ppid "$pid" -p "$pid" >&2 || true
+  for child in $(pgrep -P "$pid"); do kill -KILL "$child" 2>/dev/null || true; done
+  kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$dir.queue/pid/master.pid"
+}
+for attempt in 1 2 3; do
+  timeout 60 postfix -c "$dir" start >/dev/null 2>&1 || true
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+  greets && exit 0
+  echo "postfix peer on $port did not greet (attempt $attempt); its log:" >&2
+  tail -n 20 "$dir/maillog" >&2 2>/dev/null || true
+  kill_instance
+done
+echo "postfix peer did not start on $port (see $dir/maillog)" >&2; exit 1
