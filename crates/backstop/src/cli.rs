@@ -543,6 +543,24 @@ struct AuditArgs {
     /// Longest wait for one reply, in seconds.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// The name the server's certificate should carry (default: HOST, when it is a name).
+    #[arg(long, value_name = "NAME")]
+    tls_name: Option<String>,
+    /// An address that exists: compares how long RCPT takes for it and for unknown ones (a
+    /// timing oracle).
+    #[arg(long, value_name = "ADDRESS")]
+    known: Option<String>,
+    /// Send one test message to a random unknown address of DOMAIN, with ADDRESS (yours) as
+    /// its return path: the one check that sends a message.
+    #[arg(long, value_name = "ADDRESS")]
+    bounce_to: Option<String>,
+    /// With --bounce-to: take the bounce on an SMTP listener at ADDR:PORT (where mail for
+    /// ADDRESS's domain is routed), and report when it came and what it carried.
+    #[arg(long, value_name = "ADDR:PORT", requires = "bounce_to")]
+    listen: Option<std::net::SocketAddr>,
+    /// With --listen: how long to wait for the bounce, in seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    wait: u64,
     /// Needed for a server that is not on this machine (loopback): say that it is yours.
     #[arg(long)]
     i_own_this_server: bool,
@@ -556,6 +574,9 @@ struct AuditArgs {
 async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
     if !(1..=30).contains(&a.harvest) || !(1..=120).contains(&a.timeout) {
         anyhow::bail!("--harvest must be 1 to 30 and --timeout 1 to 120 (seconds)");
+    }
+    if !(1..=3600).contains(&a.wait) {
+        anyhow::bail!("--wait must be 1 to 3600 (seconds)");
     }
     let with_port = match a.target.rsplit_once(':') {
         Some((_, p)) if p.parse::<u16>().is_ok() && !a.target.ends_with(']') => a.target.clone(),
@@ -575,6 +596,16 @@ async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
             a.target
         );
     }
+    let host = with_port.rsplit_once(':').map_or("", |(h, _)| h);
+    let tls_name = a
+        .tls_name
+        .or_else(|| (host.parse::<std::net::IpAddr>().is_err()).then(|| host.to_string()))
+        .filter(|n| !n.is_empty() && !n.starts_with('['));
+    let bounce = a.bounce_to.map(|to| crate::audit::bounce::BounceTest {
+        to,
+        listen: a.listen,
+        wait: std::time::Duration::from_secs(a.wait),
+    });
     let opts = crate::audit::Options {
         addr,
         from: a.from.unwrap_or_else(|| format!("postmaster@{}", a.domain)),
@@ -582,6 +613,10 @@ async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
         helo: a.helo,
         harvest: a.harvest,
         timeout: std::time::Duration::from_secs(a.timeout),
+        tls_name,
+        known: a.known,
+        bounce,
+        now: std::time::SystemTime::now(),
     };
     let report = crate::audit::run(&opts, &mut rand::random::<u64>).await;
     match a.json {

@@ -18,8 +18,18 @@ fn audit(port: u16, more: &[&str]) -> (i32, String) {
 fn an_accept_all_postfix_is_a_backscatter_source_and_backstop_is_not() {
     let sink = Sink::start();
     let internal = Postfix::internal("example.test", &["alice@example.test"], sink.port);
-    let accept_all = Postfix::gateway_with("example.test", internal.port, "");
-    let (code, out) = audit(accept_all.port, &[]);
+    // the operator's own domain: where the accept-all gateway sends its bounces (--listen)
+    let listen = free_port();
+    let accept_all = Postfix::gateway_with(
+        "example.test",
+        internal.port,
+        &format!(
+            "transport_maps = inline:{{ example.test=smtp:[127.0.0.1]:{}, \
+             operator.test=smtp:[127.0.0.1]:{listen} }}\n",
+            internal.port
+        ),
+    );
+    let (code, out) = audit(accept_all.port, &["--known", "alice@example.test"]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("RISK  unknown recipients: 12 of 12 random addresses that do not exist"),
@@ -27,9 +37,37 @@ fn an_accept_all_postfix_is_a_backscatter_source_and_backstop_is_not() {
     );
     assert!(out.contains("RISK  bounces to the domain"), "{out}");
     assert!(out.contains("backscatter risk(s)"), "{out}");
+    assert!(out.contains("WARN  STARTTLS: not offered"), "{out}");
+    assert!(
+        out.contains("ok    known vs unknown timing: median"),
+        "{out}"
+    );
     // read-only: the audit never sent a message
     assert!(sink.messages().is_empty());
     assert!(accept_all.queue_is_empty());
+
+    // --bounce-to: one message to an unknown address; the internal server refuses it, the
+    // gateway bounces it to the operator's address, the listener takes the bounce
+    let listen_at = format!("127.0.0.1:{listen}");
+    let bounce_to = [
+        "--bounce-to",
+        "audit@operator.test",
+        "--listen",
+        &listen_at,
+        "--wait",
+        "60",
+    ];
+    let (code, out) = audit(accept_all.port, &bounce_to);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("RISK  bounce test: a bounce for <bkst-audit-"),
+        "{out}"
+    );
+    assert!(out.contains("(from <>, "), "{out}");
+    assert!(
+        out.contains("carrying the full original (all 200 lines of its attachment)"),
+        "{out}"
+    );
 
     let verifying = Postfix::gateway_with(
         "example.test",
@@ -42,11 +80,24 @@ fn an_accept_all_postfix_is_a_backscatter_source_and_backstop_is_not() {
     assert!(!out.contains("RISK"), "{out}");
 
     let dir = world_dir();
-    let b = Backstop::start(
-        dir.path(),
-        &list_config(dir.path(), &["alice@example.test"], "maildir:mail", ""),
+    let cert = rcgen::generate_simple_self_signed(vec!["mx.example.test".to_string()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let cfg = list_config(dir.path(), &["alice@example.test"], "maildir:mail", "").replace(
+        "addr = \"127.0.0.1:0\"",
+        "addr = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"",
     );
-    let (code, out) = audit(b.addr.port(), &["--json"]);
+    let b = Backstop::start(dir.path(), &cfg);
+    let more = [
+        "--json",
+        "--tls-name",
+        "mx.example.test",
+        "--known",
+        "alice@example.test",
+        "--bounce-to",
+        "audit@operator.test",
+    ];
+    let (code, out) = audit(b.addr.port(), &more);
     assert_eq!(code, 0, "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let verdict = |check: &str| {
@@ -59,7 +110,23 @@ fn an_accept_all_postfix_is_a_backscatter_source_and_backstop_is_not() {
     assert_eq!(verdict("harvest defence"), "pass", "{out}");
     assert_eq!(verdict("bare LF in commands"), "pass", "{out}");
     assert_eq!(verdict("bare CR in commands"), "pass", "{out}");
-    assert!(report["commands"].as_u64().unwrap() <= 40, "{out}");
+    assert_eq!(verdict("commands sent before TLS"), "pass", "{out}");
+    assert_eq!(verdict("bounce test"), "pass", "{out}");
+    let detail = |check: &str| {
+        let all = report["findings"].as_array().unwrap();
+        let f = all.iter().find(|f| f["check"] == check).unwrap();
+        f["detail"].as_str().unwrap().to_string()
+    };
+    // self-signed: encrypted, not trusted by this machine's CAs
+    let tls = detail("STARTTLS");
+    assert!(tls.contains("TLSv1_3"), "{tls}");
+    assert!(
+        tls.contains("certificate for mx.example.test, self-signed"),
+        "{tls}"
+    );
+    assert!(tls.contains("not trusted by this machine's CAs"), "{tls}");
+    assert_eq!(verdict("STARTTLS"), "info", "{out}");
+    assert!(report["commands"].as_u64().unwrap() <= 60, "{out}");
 }
 
 #[test]

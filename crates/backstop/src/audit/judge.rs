@@ -6,7 +6,7 @@
 
 use backstop_proto::smtp::reply::Reply;
 use serde::Serialize;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A check's outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -16,6 +16,9 @@ pub enum Verdict {
     Pass,
     /// A backscatter risk: the exit code is 1.
     Risk,
+    /// A weakness that is not backscatter (plain text, smuggling, command injection): worth
+    /// mending, the exit code stays 0.
+    Warn,
     /// Worth knowing, not a backscatter risk by itself (or not checked).
     Info,
 }
@@ -113,6 +116,52 @@ pub fn harvest(latencies: &[Duration], closed: Option<&str>) -> Finding {
     finding(check, Verdict::Info, detail)
 }
 
+/// RCPT for the operator's known address and for unknown ones, alternated in one session:
+/// do the answers' times tell them apart (a timing oracle)?
+pub fn timing(
+    known: &str,
+    known_rcpts: &[(Reply, Duration)],
+    unknown: &[(Reply, Duration)],
+) -> Finding {
+    let check = "known vs unknown timing";
+    let median = |v: &[(Reply, Duration)]| {
+        let mut t: Vec<Duration> = v.iter().map(|(_, d)| *d).collect();
+        t.sort();
+        t.get(t.len() / 2).copied()
+    };
+    let (Some(k), Some(u)) = (median(known_rcpts), median(unknown)) else {
+        return finding(check, Verdict::Info, "not checked".into());
+    };
+    if let Some((r, _)) = known_rcpts.iter().find(|(r, _)| r.code / 100 != 2) {
+        let detail = format!("the known address <{known}> was not accepted ({r}): check --known");
+        return finding(check, Verdict::Info, detail);
+    }
+    let (k_ms, u_ms) = (k.as_millis(), u.as_millis());
+    let apart = k_ms.abs_diff(u_ms) >= 100 && k_ms.max(u_ms) >= 2 * k_ms.min(u_ms);
+    let same_answer = unknown.iter().all(|(r, _)| r.code / 100 == 2);
+    let times = format!("median {k_ms} ms for <{known}>, {u_ms} ms for unknown addresses");
+    match (apart, same_answer) {
+        (false, _) => finding(
+            check,
+            Verdict::Pass,
+            format!("{times}: the answers' times do not tell them apart"),
+        ),
+        (true, true) => finding(
+            check,
+            Verdict::Warn,
+            format!(
+                "{times}: both are accepted, yet the time of the answer tells a real address \
+                 from an unknown one (a timing oracle for address harvesting)"
+            ),
+        ),
+        (true, false) => finding(
+            check,
+            Verdict::Info,
+            format!("{times} (the replies tell them apart already)"),
+        ),
+    }
+}
+
 /// `MAIL FROM:<>` to two random addresses of the domain: a bounce to an address that does not
 /// exist, and a bounce to several recipients.
 pub fn null_sender(mail: &Reply, rcpts: &[Reply]) -> Finding {
@@ -175,7 +224,7 @@ pub fn bare_line_end(which: &'static str, replies: &[Reply]) -> Finding {
     match replies {
         [a, b, ..] if a.code / 100 == 2 && b.code / 100 == 2 => finding(
             check,
-            Verdict::Info,
+            Verdict::Warn,
             format!(
                 "a bare {which} ends a command line here (\"NOOP<{which}>NOOP<CRLF>\" got two \
                  answers): with DATA the same habit lets a message be smuggled inside another \
@@ -195,14 +244,223 @@ pub fn bare_line_end(which: &'static str, replies: &[Reply]) -> Finding {
     }
 }
 
+/// What became of the `--bounce-to` test message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BounceSeen {
+    /// MAIL FROM or DATA was refused: nothing sent.
+    NotSent,
+    /// Refused at RCPT (the reply).
+    RefusedAtRcpt(Reply),
+    /// Accepted at RCPT, refused at the end of DATA (the reply).
+    RefusedAfterData(Reply),
+    /// Accepted; no listener to wait on.
+    NotWaited,
+    /// Accepted; no bounce within the wait.
+    NoneWithin(Duration),
+    /// The bounce came back.
+    Came {
+        /// How long after the message was accepted.
+        after: Duration,
+        /// Its envelope sender.
+        from: String,
+        /// Its size in bytes.
+        size: usize,
+        /// Lines of the original's attachment it carried ...
+        attachment_lines: usize,
+        /// ... of so many.
+        of: usize,
+    },
+}
+
+/// A duration in words: milliseconds under 10 s, else seconds.
+fn took(d: Duration) -> String {
+    match d < Duration::from_secs(10) {
+        true => format!("{} ms", d.as_millis()),
+        false => format!("{} s", d.as_secs()),
+    }
+}
+
+/// The `--bounce-to` test: one message to the unknown address `rcpt`, marked `token`.
+pub fn bounce_test(rcpt: &str, token: &str, seen: &BounceSeen) -> Finding {
+    let check = "bounce test";
+    match seen {
+        BounceSeen::NotSent => finding(
+            check,
+            Verdict::Info,
+            format!("not made: the server refused MAIL FROM or DATA for <{rcpt}>"),
+        ),
+        BounceSeen::RefusedAtRcpt(r) => finding(
+            check,
+            Verdict::Pass,
+            format!("the message to <{rcpt}> was refused at RCPT ({r}): no bounce can follow"),
+        ),
+        BounceSeen::RefusedAfterData(r) => finding(
+            check,
+            Verdict::Pass,
+            format!(
+                "the message to <{rcpt}> was accepted at RCPT and refused only after DATA \
+                 ({r}): no bounce follows, but every such message is received in full first"
+            ),
+        ),
+        BounceSeen::NotWaited => finding(
+            check,
+            Verdict::Risk,
+            format!(
+                "the message to <{rcpt}>, which does not exist, was accepted: look for a \
+                 bounce carrying {token} at the --bounce-to address (--listen waits for it)"
+            ),
+        ),
+        BounceSeen::NoneWithin(wait) => finding(
+            check,
+            Verdict::Info,
+            format!(
+                "the message to <{rcpt}> was accepted, and no bounce came within {} s (it may \
+                 come later, or the server drops such mail silently)",
+                wait.as_secs()
+            ),
+        ),
+        BounceSeen::Came {
+            after,
+            from,
+            size,
+            attachment_lines,
+            of,
+        } => {
+            let carried = match attachment_lines {
+                0 => "none of the original's attachment".to_string(),
+                n if n == of => format!("the full original (all {of} lines of its attachment)"),
+                n => format!("part of the original ({n} of {of} lines of its attachment)"),
+            };
+            let detail = format!(
+                "a bounce for <{rcpt}> came back {} after the message was accepted (from \
+                 {from}, {size} bytes) carrying {carried}: with a forged sender it goes to a \
+                 stranger{}",
+                took(*after),
+                if *attachment_lines > 0 {
+                    ", attachment and all"
+                } else {
+                    ""
+                }
+            );
+            finding(check, Verdict::Risk, detail)
+        }
+    }
+}
+
 /// STARTTLS offered in EHLO or not.
 pub fn starttls(offered: bool) -> Finding {
     match offered {
         true => finding("STARTTLS", Verdict::Pass, "offered".into()),
         false => finding(
             "STARTTLS",
-            Verdict::Info,
+            Verdict::Warn,
             "not offered: mail reaches this server in plain text".into(),
+        ),
+    }
+}
+
+/// The certificate a server showed, as facts (read by `audit::tls`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certificate {
+    /// Its subject and issuer, as distinguished names.
+    pub subject: String,
+    /// Its issuer.
+    pub issuer: String,
+    /// Its DNS names (subjectAltName).
+    pub names: Vec<String>,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+    /// Subject and issuer are the same.
+    pub self_signed: bool,
+    /// The name it was checked for (`--tls-name` or the host audited), if any.
+    pub checked_name: Option<String>,
+    /// Trusted by this machine's CAs for that name (or, with none, for its own first name).
+    pub trust: Result<(), String>,
+}
+
+/// The TLS session after STARTTLS: protocol, cipher, the certificate, EHLO inside TLS.
+pub fn tls(
+    version: &str,
+    cipher: &str,
+    ehlo: &Reply,
+    cert: Option<&Certificate>,
+    now: SystemTime,
+) -> Finding {
+    let check = "STARTTLS";
+    let version = version.replace("TLSv1_", "TLS 1.");
+    let mut detail = format!("offered; {version}, {cipher}");
+    if ehlo.code != 250 {
+        detail.push_str(&format!("; EHLO inside TLS answered {ehlo}"));
+        return finding(check, Verdict::Warn, detail);
+    }
+    let Some(cert) = cert else {
+        detail.push_str("; no readable certificate");
+        return finding(check, Verdict::Warn, detail);
+    };
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days = (cert.not_after - now).div_euclid(86_400);
+    let names = match cert.names.is_empty() {
+        true => format!("subject {}", cert.subject),
+        false => cert.names.join(", "),
+    };
+    detail.push_str(&format!("; certificate for {names}"));
+    match cert.self_signed {
+        true => detail.push_str(", self-signed"),
+        false => detail.push_str(&format!(", issued by {}", cert.issuer)),
+    }
+    if days < 0 {
+        detail.push_str(&format!(", EXPIRED {} days ago", -days));
+        return finding(check, Verdict::Warn, detail);
+    }
+    detail.push_str(&format!(", valid {days} more days"));
+    let verdict = match (&cert.trust, &cert.checked_name) {
+        (Ok(()), Some(n)) => {
+            detail.push_str(&format!("; trusted by this machine's CAs for {n}"));
+            Verdict::Pass
+        }
+        (Ok(()), None) => {
+            detail.push_str("; trusted by this machine's CAs (name not checked: --tls-name)");
+            Verdict::Pass
+        }
+        (Err(why), _) => {
+            detail.push_str(&format!(
+                "; not trusted by this machine's CAs ({why}): senders that verify (MTA-STS, \
+                 DANE without a matching TLSA record) will not deliver here"
+            ));
+            Verdict::Info
+        }
+    };
+    finding(check, verdict, detail)
+}
+
+/// `STARTTLS` with a `NOOP` pipelined behind it: `in_clear`, a reply that came before the
+/// handshake; `injected`, one that came after it unasked.
+pub fn pipelined_before_tls(in_clear: Option<&Reply>, injected: Option<&Reply>) -> Finding {
+    let check = "commands sent before TLS";
+    match (in_clear, injected) {
+        (_, Some(r)) => finding(
+            check,
+            Verdict::Warn,
+            format!(
+                "a NOOP sent in plain text behind STARTTLS was answered inside TLS ({r}): \
+                 commands injected before the handshake run as if encrypted (CVE-2011-0411); \
+                 update the server"
+            ),
+        ),
+        (Some(r), None) => finding(
+            check,
+            Verdict::Warn,
+            format!(
+                "a NOOP pipelined behind STARTTLS was answered in plain text ({r}) instead \
+                 of being thrown away (RFC 3207)"
+            ),
+        ),
+        (None, None) => finding(
+            check,
+            Verdict::Pass,
+            "a NOOP pipelined behind STARTTLS was thrown away, as RFC 3207 asks".into(),
         ),
     }
 }
@@ -280,7 +538,7 @@ mod tests {
         assert_eq!(null_sender(&ok, &[r(550, "no")]).verdict, Verdict::Pass);
         assert_eq!(
             bare_line_end("LF", &[ok.clone(), ok.clone()]).verdict,
-            Verdict::Info
+            Verdict::Warn
         );
         assert_eq!(bare_line_end("CR", &[r(500, "bad")]).verdict, Verdict::Pass);
         let vrfy_leak = vrfy(&r(550, "unknown"), &r(250, "postmaster"), &r(502, "no"));
@@ -293,5 +551,120 @@ mod tests {
         assert_eq!(harvest(&[ms(1)], Some("421")).verdict, Verdict::Pass);
         let leak = leaks(&["mx.example.test ESMTP Postfix (Debian/GNU)".into()]);
         assert!(leak.detail.contains("postfix"), "{}", leak.detail);
+    }
+
+    #[test]
+    fn tls_facts_and_pipelining_read_as_written() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000 * 86_400);
+        let cert = |not_after_day: i64, trust: Result<(), String>| Certificate {
+            subject: "CN=mx.example.test".into(),
+            issuer: "CN=Test CA".into(),
+            names: vec!["mx.example.test".into()],
+            not_after: not_after_day * 86_400,
+            self_signed: false,
+            checked_name: Some("mx.example.test".into()),
+            trust,
+        };
+        let ehlo = r(250, "mx.example.test");
+        let good = tls("TLSv1_3", "AES", &ehlo, Some(&cert(1_090, Ok(()))), now);
+        assert_eq!(good.verdict, Verdict::Pass);
+        assert!(
+            good.detail.contains(
+                "TLS 1.3, AES; certificate for mx.example.test, issued by \
+                 CN=Test CA, valid 90 more days; trusted by this machine's CAs for mx.example.test"
+            ),
+            "{}",
+            good.detail
+        );
+        let expired = tls("TLSv1_2", "AES", &ehlo, Some(&cert(990, Ok(()))), now);
+        assert_eq!(expired.verdict, Verdict::Warn);
+        assert!(
+            expired.detail.contains("EXPIRED 10 days ago"),
+            "{}",
+            expired.detail
+        );
+        let unknown_ca = cert(1_090, Err("UnknownIssuer".into()));
+        let untrusted = tls("TLSv1_3", "AES", &ehlo, Some(&unknown_ca), now);
+        assert_eq!(untrusted.verdict, Verdict::Info);
+        assert_eq!(
+            tls("TLSv1_3", "AES", &ehlo, None, now).verdict,
+            Verdict::Warn
+        );
+        let ok = r(250, "Ok");
+        assert_eq!(pipelined_before_tls(None, None).verdict, Verdict::Pass);
+        let injected = pipelined_before_tls(None, Some(&ok));
+        assert_eq!(injected.verdict, Verdict::Warn);
+        assert!(
+            injected.detail.contains("CVE-2011-0411"),
+            "{}",
+            injected.detail
+        );
+        assert_eq!(pipelined_before_tls(Some(&ok), None).verdict, Verdict::Warn);
+    }
+
+    #[test]
+    fn timing_and_the_bounce_test_read_as_written() {
+        let ms = Duration::from_millis;
+        let ok = |t| (r(250, "Ok"), ms(t));
+        let no = |t| (r(550, "User unknown"), ms(t));
+        let k = "alice@example.test";
+        let same = timing(k, &[ok(3), ok(4), ok(5)], &[ok(4), ok(3), ok(6)]);
+        assert_eq!(same.verdict, Verdict::Pass);
+        let oracle = timing(k, &[ok(300), ok(310), ok(305)], &[ok(4), ok(3), ok(6)]);
+        assert_eq!(oracle.verdict, Verdict::Warn);
+        assert!(
+            oracle
+                .detail
+                .starts_with("median 305 ms for <alice@example.test>, 4 ms")
+        );
+        let told = timing(k, &[ok(300), ok(310), ok(305)], &[no(4), no(3), no(6)]);
+        assert_eq!(told.verdict, Verdict::Info);
+        assert_eq!(timing(k, &[no(1)], &[no(1)]).verdict, Verdict::Info);
+
+        let rcpt = "x@example.test";
+        let came = |lines| BounceSeen::Came {
+            after: ms(1_500),
+            from: "<>".into(),
+            size: 19_000,
+            attachment_lines: lines,
+            of: 200,
+        };
+        let full = bounce_test(rcpt, "t", &came(200));
+        assert_eq!(full.verdict, Verdict::Risk);
+        assert!(
+            full.detail.contains("came back 1500 ms after"),
+            "{}",
+            full.detail
+        );
+        assert!(
+            full.detail.contains("the full original (all 200 lines"),
+            "{}",
+            full.detail
+        );
+        assert!(
+            bounce_test(rcpt, "t", &came(0))
+                .detail
+                .contains("none of the original")
+        );
+        assert!(
+            bounce_test(rcpt, "t", &came(7))
+                .detail
+                .contains("7 of 200 lines")
+        );
+        let at_rcpt = BounceSeen::RefusedAtRcpt(r(550, "User unknown"));
+        assert_eq!(bounce_test(rcpt, "t", &at_rcpt).verdict, Verdict::Pass);
+        let after_data = BounceSeen::RefusedAfterData(r(550, "User unknown"));
+        let late = bounce_test(rcpt, "t", &after_data);
+        assert!(
+            late.detail.contains("refused only after DATA"),
+            "{}",
+            late.detail
+        );
+        assert_eq!(
+            bounce_test(rcpt, "t", &BounceSeen::NotWaited).verdict,
+            Verdict::Risk
+        );
+        let silent = BounceSeen::NoneWithin(Duration::from_secs(60));
+        assert_eq!(bounce_test(rcpt, "t", &silent).verdict, Verdict::Info);
     }
 }

@@ -1,18 +1,21 @@
 //! `backstop audit`: a read-only SMTP conversation with one mail server that shows its
 //! administrator whether it makes backscatter (it accepts unknown recipients, bounces to
-//! them, ...). It never sends a message: every transaction ends with RSET or QUIT before DATA.
+//! them, ...). It never sends a message (every transaction ends with RSET or QUIT before
+//! DATA), except the one test message `--bounce-to` asks for (`bounce`).
 //!
 //! Responsible for: the order of the dialogue (one connection at a time, a few dozen commands
 //! in all, each reply awaited at most `timeout`), and the report. Not responsible for: what
-//! the replies mean (`judge`), or the wire (`wire`).
+//! the replies mean (`judge`), the wire (`wire`), the STARTTLS dialogue (`tls`).
 
+pub mod bounce;
 pub mod judge;
+mod tls;
 pub mod wire;
 
 use backstop_proto::smtp::reply::Reply;
 use judge::{Finding, Verdict};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use wire::{Conn, Lost};
 
 /// What to audit and how.
@@ -30,6 +33,14 @@ pub struct Options {
     pub harvest: usize,
     /// Longest wait for one reply.
     pub timeout: Duration,
+    /// The name the server's certificate should carry (the host name audited).
+    pub tls_name: Option<String>,
+    /// An address that exists, for the timing check.
+    pub known: Option<String>,
+    /// The one test message, if asked for.
+    pub bounce: Option<bounce::BounceTest>,
+    /// Now (certificate validity, the test message's Date).
+    pub now: SystemTime,
 }
 
 /// The audit's result.
@@ -72,16 +83,22 @@ impl Report {
             let tag = match f.verdict {
                 Verdict::Pass => "ok  ",
                 Verdict::Risk => "RISK",
+                Verdict::Warn => "WARN",
                 Verdict::Info => "info",
             };
             out.push_str(&format!("  {tag}  {}: {}\n", f.check, f.detail));
         }
-        let verdict = match (&self.error, self.risks()) {
+        let mut verdict = match (&self.error, self.risks()) {
             (Some(e), _) if !self.reached => format!("not audited: {e}"),
             (Some(e), 0) => format!("no backscatter risk found before the audit stopped ({e})"),
             (None, 0) => "no backscatter risk found".to_string(),
             (_, n) => format!("{n} backscatter risk(s): see RISK above"),
         };
+        let warnings = self.findings.iter().filter(|f| f.verdict == Verdict::Warn);
+        match warnings.count() {
+            0 => {}
+            n => verdict.push_str(&format!("; {n} other weakness(es): see WARN above")),
+        }
         out.push_str(&format!("{verdict} ({} commands sent)\n", self.commands));
         out
     }
@@ -117,11 +134,8 @@ pub async fn run(opts: &Options, random: &mut dyn FnMut() -> u64) -> Report {
         }
         Ok(()) => {
             report.reached = true;
-            for which in ["LF", "CR"] {
-                match bare_line_end(opts, which, &mut seen).await {
-                    Ok(f) => seen.findings.push(f),
-                    Err(e) => report.error = Some(e.to_string()),
-                }
+            if let Err(e) = later_checks(opts, random, &mut seen).await {
+                report.error = Some(e.to_string());
             }
         }
     }
@@ -129,6 +143,59 @@ pub async fn run(opts: &Options, random: &mut dyn FnMut() -> u64) -> Report {
     report.findings = seen.findings;
     report.commands = seen.commands;
     report
+}
+
+/// The checks on connections of their own, after the main ones.
+async fn later_checks(
+    opts: &Options,
+    random: &mut dyn FnMut() -> u64,
+    seen: &mut Seen,
+) -> Result<(), Lost> {
+    for which in ["LF", "CR"] {
+        let f = bare_line_end(opts, which, seen).await?;
+        seen.findings.push(f);
+    }
+    match tls::check(opts, seen).await {
+        Ok(found) => seen.findings.extend(found),
+        Err(e) => seen.findings.push(judge::finding_info(
+            "STARTTLS",
+            format!("offered, but the TLS session failed: {e}"),
+        )),
+    }
+    if let Some(known) = &opts.known {
+        let f = known_vs_unknown(opts, known, random, seen).await?;
+        seen.findings.push(f);
+    }
+    if let Some(test) = &opts.bounce {
+        let f = bounce::check(opts, test, random, seen).await?;
+        seen.findings.push(f);
+    }
+    Ok(())
+}
+
+/// RCPT for `known` and for unknown addresses, alternated three times in a new session.
+async fn known_vs_unknown(
+    opts: &Options,
+    known: &str,
+    random: &mut dyn FnMut() -> u64,
+    seen: &mut Seen,
+) -> Result<judge::Finding, Lost> {
+    let (mut c, _) = greeted(opts, seen).await?;
+    let (mail, _) = c.cmd(&format!("MAIL FROM:<{}>", opts.from)).await?;
+    let (mut k, mut u) = (Vec::new(), Vec::new());
+    if mail.code / 100 == 2 {
+        for _ in 0..3 {
+            k.push(c.cmd(&format!("RCPT TO:<{known}>")).await?);
+            u.push(
+                c.cmd(&format!("RCPT TO:<{}>", unknown(opts, random)))
+                    .await?,
+            );
+        }
+        c.cmd("RSET").await?;
+    }
+    seen.commands += c.sent;
+    close(c, seen).await;
+    Ok(judge::timing(known, &k, &u))
 }
 
 enum Stop {
@@ -163,12 +230,7 @@ async fn main_session(
     random: &mut dyn FnMut() -> u64,
     seen: &mut Seen,
 ) -> Result<(), Stop> {
-    let (mut c, ehlo) = greeted(opts, seen).await.map_err(Stop::Unreached)?;
-    let offered = ehlo
-        .lines
-        .iter()
-        .any(|l| l.eq_ignore_ascii_case("STARTTLS"));
-    seen.findings.push(judge::starttls(offered));
+    let (mut c, _) = greeted(opts, seen).await.map_err(Stop::Unreached)?;
     let result = dialogue(&mut c, opts, random, seen).await;
     seen.commands += c.sent;
     result.map_err(Stop::Lost)?;

@@ -6,10 +6,26 @@
 //! (`judge`).
 
 use backstop_proto::smtp::reply::{Reply, ReplyParser};
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The connection's byte stream: TCP, or TLS over it after STARTTLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What a TLS handshake settled.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// `TLSv1_3`, ...
+    pub version: String,
+    /// The cipher suite.
+    pub cipher: String,
+    /// The certificates the server showed, its own first.
+    pub chain: Vec<CertificateDer<'static>>,
+}
 
 /// Why no reply came.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,7 +50,7 @@ impl std::fmt::Display for Lost {
 
 /// A connection to the audited server.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     parser: ReplyParser,
     timeout: Duration,
     /// Commands sent so far (the audit is bounded).
@@ -50,7 +66,7 @@ impl Conn {
             Ok(Ok(s)) => s,
         };
         Ok(Conn {
-            stream,
+            stream: Box::new(stream),
             parser: ReplyParser::default(),
             timeout,
             sent: 0,
@@ -99,6 +115,45 @@ impl Conn {
         let r = self.reply().await.ok().map(|(r, _)| r);
         self.timeout = timeout;
         r
+    }
+
+    /// A reply already received and not read yet (sent by the server before it was asked).
+    pub fn buffered_reply(&mut self) -> Option<Reply> {
+        self.parser.next_reply().ok().flatten()
+    }
+
+    /// The TLS handshake (after the server's 220 to STARTTLS), any certificate accepted: the
+    /// caller judges it. Bytes received before the handshake are dropped, as RFC 3207 asks.
+    pub async fn tls(self, name: ServerName<'static>) -> Result<(Conn, Tls), Lost> {
+        let connector = crate::upstream::tls::opportunistic_tls();
+        let handshake = connector.connect(name, self.stream);
+        let stream = match tokio::time::timeout(self.timeout, handshake).await {
+            Err(_) => return Err(Lost::Silent(self.timeout)),
+            Ok(Err(e)) => return Err(Lost::Broken(format!("TLS handshake: {e}"))),
+            Ok(Ok(s)) => s,
+        };
+        let session = stream.get_ref().1;
+        let tls = Tls {
+            version: session
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            cipher: session
+                .negotiated_cipher_suite()
+                .map(|c| format!("{:?}", c.suite()))
+                .unwrap_or_default(),
+            chain: session
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default(),
+        };
+        let conn = Conn {
+            stream: Box::new(stream),
+            parser: ReplyParser::default(),
+            timeout: self.timeout,
+            sent: self.sent,
+        };
+        Ok((conn, tls))
     }
 
     /// Says QUIT (its answer is not waited for long) and closes.

@@ -11,7 +11,7 @@
 mod pool;
 #[cfg(test)]
 mod tests;
-mod tls;
+pub mod tls;
 
 pub use pool::{Pool, Pooled, Pools, Slots};
 
