@@ -6,6 +6,17 @@ mod support;
 
 use support::*;
 
+/// A self-signed certificate for `name` and its key, written as cert.pem and key.pem in `dir`
+/// (readable by Postfix's own user): their paths.
+fn self_signed(dir: &std::path::Path, name: &str) -> (String, String) {
+    let made = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    (path(cert), path(key))
+}
+
 fn audit(port: u16, more: &[&str]) -> (i32, String) {
     let target = format!("127.0.0.1:{port}");
     let mut args = vec!["audit", target.as_str(), "--domain", "example.test"];
@@ -69,20 +80,48 @@ fn an_accept_all_postfix_is_a_backscatter_source_and_backstop_is_not() {
         "{out}"
     );
 
+    // with STARTTLS (a certificate for mx.example.test from no CA this machine knows)
+    let certs = world_dir();
+    let (cert, key) = self_signed(certs.path(), "mx.example.test");
     let verifying = Postfix::gateway_with(
         "example.test",
         internal.port,
-        "smtpd_recipient_restrictions = reject_unauth_destination, reject_unverified_recipient\n\
-         unverified_recipient_reject_code = 550\n",
+        &format!(
+            "smtpd_recipient_restrictions = reject_unauth_destination, reject_unverified_recipient\n\
+             unverified_recipient_reject_code = 550\n\
+             smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {cert}\nsmtpd_tls_key_file = {key}\n"
+        ),
     );
-    let (code, out) = audit(verifying.port, &["--harvest", "2"]);
+    let (code, out) = audit(
+        verifying.port,
+        &["--harvest", "2", "--tls-name", "mx.example.test"],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("RISK"), "{out}");
+    assert!(
+        out.contains("info  STARTTLS: offered; TLS 1.3, TLS13_"),
+        "{out}"
+    );
+    assert!(
+        out.contains("certificate for mx.example.test, self-signed, valid "),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "not trusted by this machine's CAs (issued by a CA this machine does not know)"
+        ),
+        "{out}"
+    );
+    // Postfix throws away what was pipelined behind STARTTLS
+    assert!(
+        out.contains(
+            "ok    commands sent before TLS: a NOOP pipelined behind STARTTLS was thrown away"
+        ),
+        "{out}"
+    );
 
     let dir = world_dir();
-    let cert = rcgen::generate_simple_self_signed(vec!["mx.example.test".to_string()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    self_signed(dir.path(), "mx.example.test");
     let cfg = list_config(dir.path(), &["alice@example.test"], "maildir:mail", "").replace(
         "addr = \"127.0.0.1:0\"",
         "addr = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"",
@@ -119,7 +158,7 @@ fn an_accept_all_postfix_is_a_backscatter_source_and_backstop_is_not() {
     };
     // self-signed: encrypted, not trusted by this machine's CAs
     let tls = detail("STARTTLS");
-    assert!(tls.contains("TLSv1_3"), "{tls}");
+    assert!(tls.contains("TLS 1.3"), "{tls}");
     assert!(
         tls.contains("certificate for mx.example.test, self-signed"),
         "{tls}"
@@ -147,4 +186,49 @@ fn a_server_that_never_answers_is_reported_in_bounded_time() {
     let (code, out, err) = run_backstop(["audit", "192.0.2.1:25", "--domain", "example.test"]);
     assert_ne!(code, 0);
     assert!(err.contains("--i-own-this-server"), "{out}{err}");
+}
+
+#[test]
+fn a_server_that_drops_the_connection_gets_a_clear_report() {
+    // greets, answers EHLO, and hangs up at MAIL FROM: the audit says what happened and does
+    // not claim "no risk" (exit 2)
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(b"220 drop.example.test ESMTP\r\n");
+            let mut lines = std::io::BufReader::new(stream.try_clone().unwrap()).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if line.starts_with("MAIL") {
+                    break;
+                }
+                let _ = stream.write_all(b"250 drop.example.test\r\n");
+            }
+        }
+    });
+    let (code, out) = audit(port, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("not fully audited: the server closed the connection"),
+        "{out}"
+    );
+
+    // a real Postfix that ends a session after 5 errors (smtpd_hard_error_limit): the harvest
+    // defence is seen, and the audit goes on with new connections
+    let sink = Sink::start();
+    let limited = Postfix::internal_with(
+        "example.test",
+        &["alice@example.test"],
+        sink.port,
+        "smtpd_hard_error_limit = 5\n",
+    );
+    let (code, out) = audit(limited.port, &["--harvest", "8"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok    harvest defence: the server ended the session after"),
+        "{out}"
+    );
+    assert!(out.contains("ok    bounces to the domain"), "{out}");
+    assert!(out.contains("no backscatter risk found"), "{out}");
 }

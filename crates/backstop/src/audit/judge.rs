@@ -374,6 +374,8 @@ pub struct Certificate {
     pub self_signed: bool,
     /// The name it was checked for (`--tls-name` or the host audited), if any.
     pub checked_name: Option<String>,
+    /// Whether its names cover that name.
+    pub name_matches: Option<bool>,
     /// Trusted by this machine's CAs for that name (or, with none, for its own first name).
     pub trust: Result<(), String>,
 }
@@ -415,6 +417,13 @@ pub fn tls(
         return finding(check, Verdict::Warn, detail);
     }
     detail.push_str(&format!(", valid {days} more days"));
+    if let (Some(false), Some(n)) = (cert.name_matches, &cert.checked_name) {
+        detail.push_str(&format!(
+            "; NOT valid for {n}: senders that check the name (MTA-STS, DANE) will not \
+             deliver here"
+        ));
+        return finding(check, Verdict::Warn, detail);
+    }
     let verdict = match (&cert.trust, &cert.checked_name) {
         (Ok(()), Some(n)) => {
             detail.push_str(&format!("; trusted by this machine's CAs for {n}"));
@@ -563,6 +572,7 @@ mod tests {
             not_after: not_after_day * 86_400,
             self_signed: false,
             checked_name: Some("mx.example.test".into()),
+            name_matches: Some(true),
             trust,
         };
         let ehlo = r(250, "mx.example.test");

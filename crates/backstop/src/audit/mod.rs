@@ -61,12 +61,14 @@ pub struct Report {
 }
 
 impl Report {
-    /// 0: no backscatter risk found; 1: one was; 2: the server could not be audited.
+    /// 0: no backscatter risk found; 1: one was; 2: the server could not be audited (or the
+    /// audit stopped before it found a risk: "none found" would claim too much).
     pub fn exit_code(&self) -> u8 {
-        match (self.reached, self.risks()) {
-            (false, _) => 2,
-            (true, 0) => 0,
-            (true, _) => 1,
+        match (self.reached, self.risks(), &self.error) {
+            (false, _, _) => 2,
+            (true, 0, Some(_)) => 2,
+            (true, 0, None) => 0,
+            (true, _, _) => 1,
         }
     }
 
@@ -90,7 +92,9 @@ impl Report {
         }
         let mut verdict = match (&self.error, self.risks()) {
             (Some(e), _) if !self.reached => format!("not audited: {e}"),
-            (Some(e), 0) => format!("no backscatter risk found before the audit stopped ({e})"),
+            (Some(e), 0) => format!(
+                "not fully audited: {e}; no backscatter risk found before the audit stopped"
+            ),
             (None, 0) => "no backscatter risk found".to_string(),
             (_, n) => format!("{n} backscatter risk(s): see RISK above"),
         };
@@ -271,7 +275,9 @@ async fn dialogue(
     seen.findings.push(judge::unknown_recipients(&replies));
     seen.findings
         .push(judge::harvest(&latencies, closed.as_deref()));
-    if let Some(how) = closed {
+    // ended after some unknown recipients: the harvest defence at work, the audit goes on
+    // with a new connection; ended at the first one: the session is lost
+    if let (Some(how), true) = (closed, replies.is_empty()) {
         return Err(Lost::Broken(format!("the session ended at RCPT ({how})")));
     }
     Ok(())

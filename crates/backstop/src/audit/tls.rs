@@ -83,7 +83,11 @@ fn certificate(tls: &Tls, name: &ServerName<'static>, now: SystemTime) -> Option
         .or_else(|| names.first().cloned())
         .and_then(|n| ServerName::try_from(n).ok())
         .unwrap_or_else(|| name.clone());
+    let name_matches = checked_name
+        .as_deref()
+        .map(|n| names.iter().any(|c| covers(c, n)));
     Some(Certificate {
+        name_matches,
         self_signed: subject == issuer,
         subject,
         issuer,
@@ -92,6 +96,17 @@ fn certificate(tls: &Tls, name: &ServerName<'static>, now: SystemTime) -> Option
         checked_name,
         trust: trusted(der, &tls.chain[1..], &as_name, now),
     })
+}
+
+/// Whether the certificate name `pattern` (`mx.example.org` or `*.example.org`) covers `name`.
+fn covers(pattern: &str, name: &str) -> bool {
+    let (pattern, name) = (pattern.to_ascii_lowercase(), name.to_ascii_lowercase());
+    match pattern.strip_prefix("*.") {
+        Some(parent) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => pattern == name,
+    }
 }
 
 /// Whether this machine's CAs trust the chain for `name`: `Ok` or the reason.
@@ -118,5 +133,38 @@ fn trusted(
     verifier
         .verify_server_cert(end, intermediates, name, &[], at)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| why_untrusted(&e, name))
+}
+
+/// A certificate error in an administrator's words.
+fn why_untrusted(e: &rustls::Error, name: &ServerName<'_>) -> String {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(c) = e else {
+        return e.to_string();
+    };
+    match c {
+        C::UnknownIssuer => "issued by a CA this machine does not know".into(),
+        C::Expired | C::ExpiredContext { .. } => "expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "not valid yet".into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            format!("not valid for {}", name.to_str())
+        }
+        C::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => {
+            "a self-signed CA certificate, used as the server's own".into()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn certificate_names_cover_the_name_asked_as_a_client_checks() {
+        use super::covers;
+        assert!(covers("MX.example.test", "mx.example.TEST"));
+        assert!(covers("*.example.test", "mx.example.test"));
+        assert!(!covers("*.example.test", "a.mx.example.test"));
+        assert!(!covers("*.example.test", "example.test"));
+        assert!(!covers("mx.example.test", "mx2.example.test"));
+    }
 }
