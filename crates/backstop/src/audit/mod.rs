@@ -163,7 +163,7 @@ async fn later_checks(
         Ok(found) => seen.findings.extend(found),
         Err(e) => seen.findings.push(judge::finding_info(
             "STARTTLS",
-            format!("offered, but the TLS session failed: {e}"),
+            format!("the STARTTLS check stopped: {e}"),
         )),
     }
     if let Some(known) = &opts.known {
