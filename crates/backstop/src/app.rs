@@ -199,18 +199,9 @@ pub async fn guard(parts: &Parts) -> anyhow::Result<Arc<Guard>> {
 
 /// What `serve` checks before it starts and `check-config` checks too: the state directory is
 /// private and can be written, no key file can be written by others, every listener's
-/// certificate and key load, every list file parses.
+/// certificate and key load, every list file parses, every DKIM key file holds its key.
 pub fn preflight(cfg: &Config) -> anyhow::Result<()> {
-    let dir = &cfg.state_dir;
-    for change in crate::private::check_state_dir(dir).map_err(|e| anyhow::anyhow!(e))? {
-        tracing::warn!("made private (it holds queued mail and the BATV key): {change}");
-    }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("state_dir {}: cannot create", dir.display()))?;
-    let probe = dir.join(format!(".backstop-write-test.{}", std::process::id()));
-    std::fs::write(&probe, b"ok")
-        .and_then(|()| std::fs::remove_file(&probe))
-        .with_context(|| format!("state_dir {}: cannot write", dir.display()))?;
+    preflight_state_dir(cfg)?;
     let mut keys: Vec<(String, &std::path::Path)> = cfg
         .listeners
         .iter()
@@ -223,6 +214,17 @@ pub fn preflight(cfg: &Config) -> anyhow::Result<()> {
             .as_deref()
             .map(|k| ("store.tls_key".into(), k)),
     );
+    let dkim: Vec<(String, std::path::PathBuf)> = cfg
+        .dkim
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let path = k.key.clone();
+            let path = path.unwrap_or_else(|| crate::dkim::generated_path(&cfg.state_dir, k));
+            (format!("dkim[{i}].key"), path)
+        })
+        .collect();
+    keys.extend(dkim.iter().map(|(k, p)| (k.clone(), p.as_path())));
     for (key, path) in keys {
         crate::private::check_key_file(&key, path).map_err(|e| anyhow::anyhow!(e))?;
     }
@@ -239,6 +241,23 @@ pub fn preflight(cfg: &Config) -> anyhow::Result<()> {
             }
         }
     }
+    // keys read and checked; one still to be generated is made at the first start
+    crate::dkim::Signer::load(cfg, false).context("dkim")?;
+    Ok(())
+}
+
+/// The state directory made private, created if missing, and tried for writing.
+pub fn preflight_state_dir(cfg: &Config) -> anyhow::Result<()> {
+    let dir = &cfg.state_dir;
+    for change in crate::private::check_state_dir(dir).map_err(|e| anyhow::anyhow!(e))? {
+        tracing::warn!("made private (it holds queued mail and the BATV key): {change}");
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("state_dir {}: cannot create", dir.display()))?;
+    let probe = dir.join(format!(".backstop-write-test.{}", std::process::id()));
+    std::fs::write(&probe, b"ok")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| format!("state_dir {}: cannot write", dir.display()))?;
     Ok(())
 }
 
@@ -262,6 +281,8 @@ struct Generation {
     reputation: Arc<Reputation>,
     /// SPF and DKIM through this configuration's resolver (for the notifier).
     auth: Arc<SenderAuth>,
+    /// The DKIM keys (for the notifier; the listeners have them in `ctx`).
+    dkim: Arc<crate::dkim::Signer>,
 }
 
 /// Builds a generation for `cfg` (and the delivery setup that goes with it). With `previous`,
@@ -293,6 +314,7 @@ async fn generation(
     let resolver =
         MxResolver::new(dns.resolver, dns.timeout, dns.attempts).context("dns.resolver")?;
     let auth = SenderAuth::new(dns.resolver, dns.timeout, dns.attempts).context("dns.resolver")?;
+    let dkim = Arc::new(crate::dkim::Signer::load(&cfg, true).context("dkim")?);
     let alerts = Arc::new(Alerts::new(cfg.clone(), store.clone()));
     let watch = Arc::new(Watch::new(
         cfg.clone(),
@@ -333,6 +355,7 @@ async fn generation(
         outbound,
         backends: kept.backends.clone(),
         ladder: ladder.clone(),
+        dkim: dkim.clone(),
     });
     let served = Arc::new(Served {
         cfg: cfg.clone(),
@@ -354,6 +377,7 @@ async fn generation(
         alerts,
         reputation,
         auth: Arc::new(auth),
+        dkim,
     };
     Ok((generation, setup))
 }
@@ -589,7 +613,7 @@ impl Gateway {
         let (store, clock, ids) = (&kept.store, &kept.clock, &kept.ids);
         let notifier = Notifier::new(
             (spool.clone(), store.clone()),
-            (cfg, generation.auth.clone()),
+            (cfg, generation.auth.clone(), generation.dkim.clone()),
             clock.clone(),
             ids.clone(),
         );
@@ -747,8 +771,11 @@ impl Gateway {
             .store_alerts
             .store(Some(generation.alerts.clone()));
         self.engine.reconfigure(setup);
-        self.notifier
-            .reconfigure(cfg.clone(), generation.auth.clone());
+        self.notifier.reconfigure(
+            cfg.clone(),
+            generation.auth.clone(),
+            generation.dkim.clone(),
+        );
         self.kept.backends.follow(&cfg, self.kept.clock.unix());
         if web_moves {
             if let Some(w) = self.web.take() {

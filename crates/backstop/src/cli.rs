@@ -142,6 +142,11 @@ enum Cmd {
         #[command(subcommand)]
         action: BounceCmd,
     },
+    /// DKIM keys ([[dkim]]): the DNS records to publish.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimCmd,
+    },
     /// Write man pages or shell completions, generated from this command line (for
     /// packagers).
     Generate {
@@ -176,6 +181,20 @@ enum GenerateCmd {
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DkimCmd {
+    /// The TXT record of each key of DOMAIN (every configured key without DOMAIN), in zone
+    /// file form, and whether it signs. A key without `key =` that does not exist yet is
+    /// generated first, so its record can be published before the gateway starts.
+    Show {
+        /// A signing domain of [[dkim]].
+        domain: Option<String>,
+        /// Print the records as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -397,6 +416,9 @@ fn run(cmd: Cmd, source: ConfigSource) -> anyhow::Result<ExitCode> {
             action: BounceCmd::Stats { json },
         } => runtime()?.block_on(bounce_stats(load(&source)?, json)),
         Cmd::Generate { what } => generate(what),
+        Cmd::Dkim {
+            action: DkimCmd::Show { domain, json },
+        } => dkim_show(&load(&source)?, domain.as_deref(), json),
         Cmd::Cache { action, json } => runtime()?.block_on(cache(load(&source)?, action, json)),
     }
 }
@@ -651,6 +673,49 @@ async fn check_config(cfg: Config, connect: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `backstop dkim show [DOMAIN]`: each key's record (keys to be generated are generated).
+fn dkim_show(cfg: &Config, domain: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    crate::app::preflight_state_dir(cfg)?;
+    let signer = crate::dkim::Signer::load(cfg, true)?;
+    let wanted = domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+    let keys: Vec<&crate::dkim::Key> = signer
+        .keys()
+        .iter()
+        .filter(|k| wanted.as_deref().is_none_or(|d| k.cfg.domain == d))
+        .collect();
+    if keys.is_empty() {
+        match &wanted {
+            Some(d) => eprintln!("backstop: no [[dkim]] key for {d}"),
+            None => eprintln!("backstop: no [[dkim]] key is configured"),
+        }
+        return Ok(ExitCode::from(1));
+    }
+    for k in keys {
+        if json {
+            let line = serde_json::json!({
+                "domain": k.cfg.domain, "selector": k.cfg.selector,
+                "algorithm": k.cfg.algorithm.key_type(), "signs": k.cfg.sign,
+                "key": k.path, "name": k.record_name(), "record": k.record(),
+            });
+            println!("{line}");
+            continue;
+        }
+        let role = match k.cfg.sign {
+            true => "signs",
+            false => "does not sign (sign = false: published for rotation)",
+        };
+        println!(
+            "; {} selector {} ({}) {role}; key {}",
+            k.cfg.domain,
+            k.cfg.selector,
+            k.cfg.algorithm,
+            k.path.display()
+        );
+        println!("{}", crate::dkim::zone_line(k));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn queue(cfg: Config, action: &QueueCmd, json: bool) -> anyhow::Result<ExitCode> {

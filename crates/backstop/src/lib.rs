@@ -13,6 +13,7 @@ pub mod content;
 pub mod control;
 pub mod decide;
 pub mod delivery;
+pub mod dkim;
 pub mod harvest;
 pub mod health;
 pub mod ids;

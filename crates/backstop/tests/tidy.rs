@@ -195,6 +195,15 @@ fn modules_import_only_what_the_architecture_allows() {
                 .filter(|m| *m != "upstream")
                 .collect(),
         ),
+        // DKIM signing: keys from the configuration, a message's bytes, its log line;
+        // nothing of the mail path (the front ends and the notifier call it)
+        (
+            "dkim",
+            others("dkim")
+                .into_iter()
+                .filter(|m| !["config", "content", "telemetry"].contains(m))
+                .collect(),
+        ),
         // a message's bytes: a leaf under the queue, the senders and the writers
         (
             "content",

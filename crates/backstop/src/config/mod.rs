@@ -7,10 +7,12 @@
 //! acting on any value.
 
 pub mod diff;
+mod dkim;
 mod duration;
 mod ldap;
 mod raw;
 
+pub use dkim::{Dkim, DkimAlgorithm};
 pub use duration::{ago, format_duration, parse_duration};
 pub use ldap::Ldap;
 pub use raw::RawConfig;
@@ -132,6 +134,8 @@ pub struct Config {
     pub domains: Vec<DomainConfig>,
     /// Directories recipients are looked up in (`[[ldap]]`, named by `ldap:NAME` sources).
     pub ldap: Vec<Ldap>,
+    /// DKIM keys that sign mail from the relay networks and our own reports (`[[dkim]]`).
+    pub dkim: Vec<Dkim>,
     /// Static routes for queued mail to other domains (like Postfix transport maps).
     #[serde(rename = "route")]
     pub routes: Vec<Route>,

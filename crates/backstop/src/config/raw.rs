@@ -27,6 +27,8 @@ pub struct RawConfig {
     #[serde(default)]
     ldap: Vec<super::ldap::RawLdap>,
     #[serde(default)]
+    dkim: Vec<super::dkim::RawDkim>,
+    #[serde(default)]
     route: Vec<RawRoute>,
     #[serde(default)]
     delivery: RawDelivery,
@@ -851,6 +853,7 @@ impl RawConfig {
             listeners,
             domains,
             ldap,
+            dkim: super::dkim::validate_all(&self.dkim, base)?,
             routes,
             delivery: self.delivery.validate()?,
             reports: self.reports.validate()?,

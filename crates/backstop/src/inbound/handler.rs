@@ -599,6 +599,19 @@ impl Handler {
             (false, Some(_)) => "queued; reports: SPF and DKIM checked if one is due".to_string(),
             (false, None) => format!("queued; no reports: {}", trust.why),
         };
+        // ours, leaving: signed after our Received: and before the queue, the signature on top
+        let signature = match self.may_relay {
+            true => {
+                let sender = tx.from.mailbox().map(|m| m.domain().as_str().to_string());
+                let message = body.content(trace.as_bytes().to_vec());
+                crate::dkim::sign_and_log(&self.ctx.dkim, id, message, sender).await
+            }
+            false => Vec::new(),
+        };
+        let data = match signature.is_empty() {
+            true => vec![trace.into_bytes(), body.head],
+            false => vec![signature, trace.into_bytes(), body.head],
+        };
         let m = NewMessage {
             id: id.to_string(),
             arrived: unix,
@@ -608,7 +621,7 @@ impl Handler {
                 ..tx.params.clone()
             },
             rcpts: self.txn.rcpts.clone(),
-            data: vec![trace.into_bytes(), body.head],
+            data,
             rest: body.rest,
             trust,
         };

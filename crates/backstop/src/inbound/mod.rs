@@ -54,6 +54,8 @@ pub struct Context {
     pub backends: Arc<crate::health::Backends>,
     /// The RCPT decision (over the verifier, guard, harvest and outbound limits above).
     pub ladder: Arc<crate::decide::Ladder>,
+    /// DKIM keys for the mail the relay networks send through the queue.
+    pub dkim: Arc<crate::dkim::Signer>,
 }
 
 /// What a listener's new sessions get: its settings and the gateway's context, as of the last

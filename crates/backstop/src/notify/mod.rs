@@ -22,6 +22,8 @@ pub use plan::{Kind, Plan, Rules, plan};
 use crate::auth::SenderAuth;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::content::Content;
+use crate::dkim::Signer;
 use crate::ids::IdGen;
 use crate::queue::{Record, Spool, Status, Trust};
 use crate::store::{Store, StoreError, Window};
@@ -88,6 +90,8 @@ pub struct Notifier {
     cfg: arc_swap::ArcSwap<Config>,
     /// SPF and DKIM, for senders whose trust is still to be decided (replaced by a reload).
     auth: arc_swap::ArcSwap<SenderAuth>,
+    /// The keys that sign our reports and digests (replaced by a reload).
+    dkim: arc_swap::ArcSwap<Signer>,
     clock: Arc<dyn Clock>,
     ids: Arc<IdGen>,
     /// The last day whose digest is done, plus one (0: none yet).
@@ -118,7 +122,7 @@ impl Notifier {
     /// acceptance.
     pub fn new(
         (spool, store): (Arc<Spool>, Arc<dyn Store>),
-        (cfg, auth): (Arc<Config>, Arc<SenderAuth>),
+        (cfg, auth, dkim): (Arc<Config>, Arc<SenderAuth>, Arc<Signer>),
         clock: Arc<dyn Clock>,
         ids: Arc<IdGen>,
     ) -> Notifier {
@@ -127,6 +131,7 @@ impl Notifier {
             store,
             cfg: arc_swap::ArcSwap::new(cfg),
             auth: arc_swap::ArcSwap::new(auth),
+            dkim: arc_swap::ArcSwap::new(dkim),
             clock,
             ids,
             digest_done: AtomicU64::new(0),
@@ -135,10 +140,26 @@ impl Notifier {
         }
     }
 
-    /// Follows a new configuration (after a reload), and its resolver.
-    pub fn reconfigure(&self, cfg: Arc<Config>, auth: Arc<SenderAuth>) {
+    /// Follows a new configuration (after a reload), its resolver and its DKIM keys.
+    pub fn reconfigure(&self, cfg: Arc<Config>, auth: Arc<SenderAuth>, dkim: Arc<Signer>) {
         self.cfg.store(cfg);
         self.auth.store(auth);
+        self.dkim.store(dkim);
+    }
+
+    /// `message` (a report or digest of ours, id `id`) with its DKIM signature on top when
+    /// a key signs for our host name's domain.
+    async fn signed(&self, id: &str, message: Vec<u8>) -> Vec<u8> {
+        let dkim = self.dkim.load_full();
+        if dkim.is_empty() {
+            return message;
+        }
+        let content = Content::of(vec![message.clone()]);
+        let header = crate::dkim::sign_and_log(&dkim, id, content, None).await;
+        match header.is_empty() {
+            true => message,
+            false => [header, message].concat(),
+        }
     }
 
     fn cfg(&self) -> Arc<Config> {
@@ -164,6 +185,7 @@ impl Notifier {
         if !entries.is_empty() && self.store.claim(&key, now + KEY_TTL).await? {
             let id = self.ids.next(now);
             let text = digest::message(&cfg.hostname, &to.to_string(), day, &entries, now, &id);
+            let text = self.signed(&id, text).await;
             if let Err(e) = self
                 .spool
                 .enqueue(report::envelope(&id, to, text, now))
@@ -362,6 +384,7 @@ impl Notifier {
             retry_until: rec.arrived + cfg.delivery.max_age.as_secs(),
         };
         let message = report::build(&writing, rec, to, rcpts, head);
+        let message = self.signed(&rid, message).await;
         self.spool
             .enqueue(report::envelope(&rid, to, message, now))
             .await?;

@@ -242,7 +242,7 @@ fn rig_with(store: Arc<dyn Store>, extra: &str, auth: Arc<crate::auth::SenderAut
     let spool = Spool::open(&dir.path().join("queue")).unwrap();
     let notifier = Notifier::new(
         (spool.clone(), store),
-        (config(extra), auth),
+        (config(extra), auth, Default::default()),
         Arc::new(ManualClock::new(T0 + 60)),
         Arc::new(IdGen::new(0)),
     );
@@ -412,12 +412,19 @@ async fn the_postmaster_gets_one_digest_of_yesterdays_unreported_failures() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&dir.path().join("queue")).unwrap();
     let clock = Arc::new(ManualClock::new(T0 + 60));
+    // a key for the host name's parent domain signs our own mail
+    let key = dir.path().join("d1.key");
+    crate::dkim::write_key_for_tests(&key, crate::config::DkimAlgorithm::Ed25519);
+    let cfg = config(&format!(
+        "[reports]\ndigest = \"postmaster@example.test\"\n\
+         [[dkim]]\ndomain = \"example.test\"\nselector = \"d1\"\nalgorithm = \"ed25519\"\n\
+         key = \"{}\"\n",
+        key.display()
+    ));
+    let dkim = Arc::new(crate::dkim::Signer::load(&cfg, false).unwrap());
     let notifier = Notifier::new(
         (spool.clone(), store),
-        (
-            config("[reports]\ndigest = \"postmaster@example.test\"\n"),
-            no_dns(),
-        ),
+        (cfg, no_dns(), dkim),
         clock.clone(),
         Arc::new(IdGen::new(0)),
     );
@@ -437,6 +444,10 @@ async fn the_postmaster_gets_one_digest_of_yesterdays_unreported_failures() {
     let text = String::from_utf8(text).unwrap();
     assert!(text.contains("Subject: backstop at gw.example.test: 2 failed deliveries without a report (Mon, 23 Nov 2026)"), "{text}");
     assert!(
+        text.starts_with("DKIM-Signature: v=1; a=ed25519-sha256; s=d1; d=example.test;"),
+        "{text}"
+    );
+    assert!(
         text.contains("A1 from <victim@sender.test> to <u1@example.test>"),
         "{text}"
     );
@@ -454,7 +465,11 @@ async fn one_delay_warning_through_the_queue() {
     let clock = Arc::new(ManualClock::new(T0 + 2 * 3600));
     let notifier = Notifier::new(
         (spool.clone(), store),
-        (config("[reports]\ndelay_warning = \"1h\"\n"), no_dns()),
+        (
+            config("[reports]\ndelay_warning = \"1h\"\n"),
+            no_dns(),
+            Default::default(),
+        ),
         clock,
         Arc::new(IdGen::new(0)),
     );

@@ -57,6 +57,16 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         "Call-out cache lookups, by result (hit, stale, miss)",
     ),
     (
+        "backstop_dkim_messages_total",
+        Kind::Counter,
+        "Messages leaving through us with a DKIM key for their domain, by result (signed, already_signed: carried a valid signature of ours, failed: sent unsigned)",
+    ),
+    (
+        "backstop_dkim_signatures_total",
+        Kind::Counter,
+        "DKIM signatures made, by algorithm (rsa, ed25519)",
+    ),
+    (
         "backstop_directory_searches_total",
         Kind::Counter,
         "Directory (ldap:) searches, by directory and outcome (valid: an entry, invalid: none, failed)",

@@ -269,6 +269,19 @@ pub enum Event<'a> {
         /// The evidence.
         why: &'a str,
     },
+    /// A message leaving through us was DKIM-signed, or not signed though a key would have.
+    Dkim {
+        /// Its queue id.
+        id: &'a str,
+        /// `signed`, `already_signed` (it carries a valid signature of ours) or `failed`.
+        result: &'static str,
+        /// `d=`, empty when none was chosen.
+        domain: &'a str,
+        /// The selectors that signed and their algorithms, or why it was not signed.
+        detail: &'a str,
+        /// The algorithms of the signatures made (`rsa`, `ed25519`).
+        algorithms: &'a [&'static str],
+    },
     /// A delivery report was queued for a message's sender.
     ReportSent {
         /// The original's queue id.
@@ -596,6 +609,24 @@ impl Event<'_> {
             Event::Trust { id, trusted, why } => tracing::info!(
                 target: "backstop::event", event = "trust", id, trusted, why
             ),
+            Event::Dkim {
+                id,
+                result,
+                domain,
+                detail,
+                ..
+            } if *result == "failed" => tracing::warn!(
+                target: "backstop::event", event = "dkim", id, result, domain, detail
+            ),
+            Event::Dkim {
+                id,
+                result,
+                domain,
+                detail,
+                ..
+            } => tracing::info!(
+                target: "backstop::event", event = "dkim", id, result, domain, detail
+            ),
             Event::ReportSent {
                 id,
                 kind,
@@ -824,6 +855,14 @@ impl Event<'_> {
             }
             Event::ReportSent { kind, .. } => {
                 counter!("backstop_reports_sent_total", "kind" => *kind).increment(1)
+            }
+            Event::Dkim {
+                result, algorithms, ..
+            } => {
+                counter!("backstop_dkim_messages_total", "result" => *result).increment(1);
+                for a in *algorithms {
+                    counter!("backstop_dkim_signatures_total", "algorithm" => *a).increment(1);
+                }
             }
             Event::ReportSuppressed { label, .. }
             | Event::NoReport {
