@@ -489,6 +489,32 @@ pub struct Route {
     /// Where its mail goes instead of its MX hosts.
     #[serde(serialize_with = "serialize_display")]
     pub next_hop: NextHop,
+    /// TLS required of its next hop (none: `[delivery]`'s policy, MTA-STS for MX hosts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsMode>,
+}
+
+/// What a delivery demands of TLS (Postfix's `smtp_tls_security_level` may, encrypt, secure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS when the next hop offers it, certificate not checked; else plaintext.
+    May,
+    /// TLS or no delivery; the certificate is not checked.
+    Encrypt,
+    /// TLS with a certificate that this machine's CAs (or `[delivery] tls_ca`) trust for the
+    /// host's name, or no delivery.
+    Verify,
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMode::May => "may",
+            TlsMode::Encrypt => "encrypt",
+            TlsMode::Verify => "verify",
+        })
+    }
 }
 
 /// Delivery settings for the queue (`[delivery]`).
@@ -514,6 +540,14 @@ pub struct Delivery {
     pub max_age: Duration,
     /// Use STARTTLS when the next hop offers it (opportunistic, not verified).
     pub starttls: bool,
+    /// CA certificates trusted besides this machine's, for `tls = "verify"`, MTA-STS
+    /// policies and the MX hosts they name (a private PKI, tests).
+    pub tls_ca: Option<PathBuf>,
+    /// Follow the MTA-STS policies (RFC 8461) of the domains mail goes to.
+    pub mta_sts: bool,
+    /// The HTTPS port MTA-STS policies are fetched from (443; another only for a test or a
+    /// local mirror).
+    pub mta_sts_port: u16,
 }
 
 /// Session limits (`[limits]`).
@@ -855,6 +889,17 @@ impl Config {
     }
 
     /// Where queued mail for `domain` goes: our domain's next hop, a static route, or MX.
+    /// The TLS a route demands of the next hop for `domain`, if one is configured.
+    pub fn route_tls(&self, domain: &Domain) -> Option<TlsMode> {
+        if self.domain(domain).is_some() {
+            return None;
+        }
+        self.routes
+            .iter()
+            .find(|r| r.domain == *domain)
+            .and_then(|r| r.tls)
+    }
+
     pub fn route(&self, domain: &Domain) -> NextHop {
         if let Some(d) = self.domain(domain) {
             return d.next_hop.clone();

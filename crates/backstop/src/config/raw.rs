@@ -670,6 +670,7 @@ impl RawReports {
 struct RawRoute {
     domain: String,
     next_hop: String,
+    tls: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -684,6 +685,9 @@ struct RawDelivery {
     retry_max: Option<String>,
     max_age: Option<String>,
     starttls: Option<bool>,
+    tls_ca: Option<String>,
+    mta_sts: Option<bool>,
+    mta_sts_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -855,7 +859,7 @@ impl RawConfig {
             ldap,
             dkim: super::dkim::validate_all(&self.dkim, base)?,
             routes,
-            delivery: self.delivery.validate()?,
+            delivery: self.delivery.validate(base)?,
             reports: self.reports.validate()?,
             batv: self.batv.validate()?,
             bounces: self.bounces.validate(&self.hostname)?,
@@ -1188,12 +1192,29 @@ impl RawRoute {
                 }
             },
         };
-        Ok(Route { domain, next_hop })
+        let tls = match self.tls.as_deref() {
+            None => None,
+            Some("may") => Some(super::TlsMode::May),
+            Some("encrypt") => Some(super::TlsMode::Encrypt),
+            Some("verify") => Some(super::TlsMode::Verify),
+            Some(t) => {
+                let why = format!(
+                    "{t:?}: \"may\" (TLS when offered), \"encrypt\" (TLS or no delivery) or \
+                     \"verify\" (TLS with a certificate trusted for the host's name)"
+                );
+                return Err(invalid(format!("route[{i}].tls"), why));
+            }
+        };
+        Ok(Route {
+            domain,
+            next_hop,
+            tls,
+        })
     }
 }
 
 impl RawDelivery {
-    fn validate(&self) -> Result<Delivery, ConfigError> {
+    fn validate(&self, base: &Path) -> Result<Delivery, ConfigError> {
         let d = Delivery {
             smtp_port: positive("delivery.smtp_port", self.smtp_port, 25)?,
             destination_concurrency: positive(
@@ -1207,6 +1228,12 @@ impl RawDelivery {
             retry_max: duration("delivery.retry_max", &self.retry_max, "1h")?,
             max_age: duration("delivery.max_age", &self.max_age, "5d")?,
             starttls: self.starttls.unwrap_or(true),
+            tls_ca: match &self.tls_ca {
+                Some(s) => Some(trust_anchors("delivery.tls_ca", base, s)?),
+                None => None,
+            },
+            mta_sts: self.mta_sts.unwrap_or(true),
+            mta_sts_port: positive("delivery.mta_sts_port", self.mta_sts_port, 443)?,
         };
         for (key, v) in [
             ("delivery.timeout", d.timeout),

@@ -82,7 +82,10 @@ pub fn classify(o: &Outcome) -> Class {
             | UpstreamError::Io(..)
             | UpstreamError::Closed(_)
             | UpstreamError::Protocol(..)
-            | UpstreamError::Tls(..) => Class::Temporary,
+            | UpstreamError::Tls(..)
+            // a policy forbids plaintext: deferred, never sent in clear
+            | UpstreamError::TlsNotOffered(..)
+            | UpstreamError::TlsNotVerified(..) => Class::Temporary,
         },
         Outcome::Local(_) => Class::Temporary,
     }
@@ -111,7 +114,8 @@ impl Outcome {
 
 /// The report fields for an outcome. Exhaustive like [`classify`]; the status comes from the
 /// remote reply when it has one, else from what went wrong (RFC 3463: 5.4.4 unable to route,
-/// 5.1.10 null MX (RFC 7505), 4.4.3 DNS failure, 4.4.1 no answer, 4.4.2 connection dropped).
+/// 5.1.10 null MX (RFC 7505), 4.4.3 DNS failure, 4.4.1 no answer, 4.4.2 connection dropped,
+/// 4.7.4 TLS required and not offered, 4.7.5 TLS failed or not verified).
 pub fn diagnose(o: &Outcome) -> Diagnosis {
     let plain = |status| Diagnosis {
         status,
@@ -141,7 +145,11 @@ pub fn diagnose(o: &Outcome) -> Diagnosis {
                 plain(Enhanced::new(4, 4, 2))
             }
             UpstreamError::Protocol(..) => plain(Enhanced::new(4, 5, 0)),
-            UpstreamError::Tls(..) => plain(Enhanced::new(4, 7, 5)),
+            UpstreamError::Tls(..) | UpstreamError::TlsNotVerified(..) => {
+                plain(Enhanced::new(4, 7, 5))
+            }
+            // RFC 3463 X.7.4: security features not supported
+            UpstreamError::TlsNotOffered(..) => plain(Enhanced::new(4, 7, 4)),
         },
         Outcome::Local(_) => plain(Enhanced::new(4, 3, 0)),
     }

@@ -9,6 +9,7 @@
 //! (it hands each message to notify after each pass).
 
 pub mod classify;
+pub mod mta_sts;
 pub mod mx;
 pub mod smtp;
 
@@ -43,14 +44,15 @@ const BATCH: usize = 256;
 /// Where a group of recipients goes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Hop {
-    Smtp(Dest),
+    /// An SMTP destination, with the TLS its route demands.
+    Smtp(Dest, Option<crate::config::TlsMode>),
     Maildir(PathBuf),
 }
 
 impl std::fmt::Display for Hop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Hop::Smtp(d) => d.fmt(f),
+            Hop::Smtp(d, _) => d.fmt(f),
             Hop::Maildir(p) => write!(f, "maildir:{}", p.display()),
         }
     }
@@ -76,11 +78,28 @@ impl Setup {
         (tags, watch, reputation): (Arc<Tags>, Arc<Watch>, Arc<Reputation>),
     ) -> Setup {
         let d = &cfg.delivery;
+        // checked when the configuration was read: a file gone since leaves this machine's CAs
+        let roots = crate::upstream::tls::trust_roots(d.tls_ca.as_deref()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "delivery.tls_ca: only this machine's CAs are trusted");
+            crate::upstream::tls::trust_roots(None)
+                .unwrap_or_else(|_| rustls::RootCertStore::empty())
+        });
+        let roots = Arc::new(roots);
         let settings = Settings {
             helo: cfg.hostname.clone(),
             timeout: d.timeout,
             mx_port: d.smtp_port,
             tls: d.starttls.then(crate::upstream::opportunistic_tls),
+            encrypt: crate::upstream::opportunistic_tls(),
+            verified: crate::upstream::tls::verified_tls(roots.clone()),
+            mta_sts: d.mta_sts.then(|| {
+                let https = crate::upstream::tls::verified_tls(roots.clone());
+                Arc::new(mta_sts::MtaSts::new(
+                    https,
+                    d.mta_sts_port,
+                    d.timeout.min(MTA_STS_TIMEOUT),
+                ))
+            }),
             per_destination: d.destination_concurrency,
         };
         Setup {
@@ -109,6 +128,9 @@ impl Setup {
         self
     }
 }
+
+/// The longest an MTA-STS policy fetch may take (RFC 8461 §3.3 suggests about a minute).
+const MTA_STS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The running engine.
 pub struct Engine {
@@ -264,10 +286,10 @@ impl Engine {
                 let from = if leaves { signed } else { &lease.from };
                 let started = std::time::Instant::now();
                 let outcomes = match &hop {
-                    Hop::Smtp(dest) => {
-                        let stopping = &self.stopping;
+                    Hop::Smtp(dest, tls) => {
+                        let (stopping, now) = (&self.stopping, self.clock.unix());
                         s.dests
-                            .deliver(dest, lease, (from, &rcpts), body, stopping)
+                            .deliver((dest, *tls, now), lease, (from, &rcpts), body, stopping)
                             .await
                     }
                     Hop::Maildir(_) if self.stopping.load(Ordering::SeqCst) => None,
@@ -282,7 +304,7 @@ impl Engine {
                     .emit();
                     return Vec::new();
                 };
-                if let Hop::Smtp(Dest::Smtp(target)) = &hop {
+                if let Hop::Smtp(Dest::Smtp(target), _) = &hop {
                     self.tell_health(target, &outcomes);
                 }
                 let (name, took) = (hop.to_string(), started.elapsed());
@@ -418,8 +440,8 @@ impl Engine {
 fn hop(cfg: &Config, r: &LeasedRcpt) -> Hop {
     let domain = r.mailbox.domain();
     match cfg.route(domain) {
-        NextHop::Smtp(hp) => Hop::Smtp(Dest::Smtp(hp)),
-        NextHop::Mx => Hop::Smtp(Dest::Mx(domain.clone())),
+        NextHop::Smtp(hp) => Hop::Smtp(Dest::Smtp(hp), cfg.route_tls(domain)),
+        NextHop::Mx => Hop::Smtp(Dest::Mx(domain.clone()), cfg.route_tls(domain)),
         NextHop::Maildir(p) => Hop::Maildir(p),
     }
 }

@@ -175,6 +175,45 @@ impl MxResolver {
         }
     }
 
+    /// The TXT records at `name`, each record's strings joined: empty when it has none
+    /// (NXDOMAIN or no data); an error for a failure that says nothing (timeout, SERVFAIL).
+    pub async fn txt_of(&self, name: &str) -> Result<Vec<Vec<u8>>, String> {
+        let Some(name) = absolute_name(name) else {
+            return Ok(Vec::new());
+        };
+        match self.resolver.lookup(name, RecordType::TXT).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => {
+                        Some(t.txt_data.iter().flat_map(|s| s.iter().copied()).collect())
+                    }
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => match Negative::from(&e) {
+                Negative::NxDomain | Negative::NoData => Ok(Vec::new()),
+                Negative::Temporary(why) => Err(why),
+            },
+        }
+    }
+
+    /// The addresses of host `name` (A and AAAA) with `port`; an error says why there are
+    /// none.
+    pub async fn addresses_of(&self, name: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        let Some(n) = absolute_name(name) else {
+            return Err(format!("{name}: not a host name"));
+        };
+        addresses(&self.resolver, &n, port)
+            .await
+            .map_err(|e| match e {
+                Negative::NxDomain => format!("{name}: no such domain"),
+                Negative::NoData => format!("{name}: no address"),
+                Negative::Temporary(why) => format!("{name}: address lookup: {why}"),
+            })
+    }
+
     /// Shuffle MX hosts of equal preference with this seed instead of a fresh random one
     /// per call, so that the order is the same on every call (for tests).
     pub fn with_shuffle_seed(mut self, seed: u64) -> MxResolver {

@@ -1,15 +1,19 @@
 //! SMTP delivery of one message to one destination: finding and connecting to its hosts
-//! (static `smtp:HOST:PORT` or MX), opportunistic STARTTLS, connection reuse, and the
-//! transaction with per-recipient answers.
+//! (static `smtp:HOST:PORT` or MX), STARTTLS as the destination's TLS policy demands,
+//! connection reuse, and the transaction with per-recipient answers.
 //!
 //! Responsible for: at most `destination_concurrency` connections per destination, keeping
-//! clean connections for the next message a few seconds, and turning every way an attempt ends
-//! into an [`Outcome`] per recipient.
-//! Not responsible for: what an outcome means (classify) or recording it (the queue).
+//! clean connections for the next message a few seconds, the TLS demand of a connection (a
+//! route's `tls`, else an MTA-STS policy in `enforce` mode for MX hosts, else opportunistic:
+//! a demand that cannot be met defers, nothing is sent in clear), and turning every way an
+//! attempt ends into an [`Outcome`] per recipient.
+//! Not responsible for: what an outcome means (classify), recording it (the queue), nor
+//! fetching MTA-STS policies (`mta_sts`).
 
 use super::classify::{Outcome, Remote, host_of};
+use super::mta_sts::{Mode, MtaSts};
 use super::mx::MxResolver;
-use crate::config::HostPort;
+use crate::config::{HostPort, TlsMode};
 use crate::content::Content;
 use crate::queue::{Lease, LeasedRcpt};
 use crate::upstream::{Connection, Slots, StartTlsError, UpstreamError};
@@ -51,17 +55,40 @@ pub struct Settings {
     pub timeout: Duration,
     /// Port of MX hosts.
     pub mx_port: u16,
-    /// Opportunistic TLS, if enabled.
+    /// Opportunistic TLS, if enabled (`[delivery] starttls`).
     pub tls: Option<TlsConnector>,
+    /// TLS without a certificate check, for `tls = "encrypt"`.
+    pub encrypt: TlsConnector,
+    /// TLS with the certificate checked, for `tls = "verify"` and MTA-STS.
+    pub verified: TlsConnector,
+    /// MTA-STS policies, if followed.
+    pub mta_sts: Option<Arc<MtaSts>>,
     /// Connections per destination.
     pub per_destination: usize,
 }
+
+/// What a connection demands of TLS, with why (for the log and the deferral's words).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Demand {
+    /// Plaintext (`[delivery] starttls = false`).
+    Plain,
+    /// TLS when offered, unchecked.
+    May,
+    /// TLS or nothing, unchecked.
+    Encrypt(String),
+    /// TLS with a trusted certificate for the host's name, or nothing.
+    Verify(String),
+}
+
+/// Connection slots per destination and the TLS its route demands (a connection opened under
+/// one demand is never reused under another).
+type SlotMap = HashMap<(Dest, Option<TlsMode>), Arc<Slots>>;
 
 /// Connections per destination.
 pub struct Destinations {
     settings: Settings,
     resolver: MxResolver,
-    slots: Mutex<HashMap<Dest, Arc<Slots>>>,
+    slots: Mutex<SlotMap>,
 }
 
 impl Destinations {
@@ -74,14 +101,14 @@ impl Destinations {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Dest, Arc<Slots>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotMap> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn slot(&self, d: &Dest) -> Arc<Slots> {
+    fn slot(&self, d: &Dest, tls: Option<TlsMode>) -> Arc<Slots> {
         let per_destination = self.settings.per_destination;
         self.lock()
-            .entry(d.clone())
+            .entry((d.clone(), tls))
             .or_insert_with(|| Arc::new(Slots::new(per_destination, IDLE_MAX)))
             .clone()
     }
@@ -94,25 +121,26 @@ impl Destinations {
         }
     }
 
-    /// Delivers `body` to `rcpts` of `lease` at `dest`: one outcome per recipient, in order.
-    /// None when `stopping` turned true before the transaction began: nothing was tried (the
-    /// caller hands the recipients back); a transaction once begun is finished.
+    /// Delivers `body` to `rcpts` of `lease` at `dest` (with the TLS its route demands, if
+    /// any; `now` for MTA-STS policies): one outcome per recipient, in order. None when
+    /// `stopping` turned true before the transaction began: nothing was tried (the caller
+    /// hands the recipients back); a transaction once begun is finished.
     pub async fn deliver(
         &self,
-        dest: &Dest,
+        (dest, tls, now): (&Dest, Option<TlsMode>, u64),
         lease: &Lease,
         (from, rcpts): (&ReversePath, &[&LeasedRcpt]),
         body: &Content,
         stopping: &AtomicBool,
     ) -> Option<Vec<Outcome>> {
-        let slot = self.slot(dest);
+        let slot = self.slot(dest, tls);
         let _permit = slot.permit().await;
         if stopping.load(Ordering::SeqCst) {
             return None;
         }
         let (mut conn, reused) = match slot.take_idle() {
             Some(c) => (c, true),
-            None => match self.connect(dest).await {
+            None => match self.connect(dest, tls, now).await {
                 Ok(c) => (c, false),
                 Err(o) => return Some(fan_out(o, rcpts.len())),
             },
@@ -125,7 +153,7 @@ impl Destinations {
         if reused && matches!(result, Err(Early::Stale(_))) {
             // the server closed the kept connection meanwhile: nothing was taken, so a fresh
             // connection is safe
-            match self.connect(dest).await {
+            match self.connect(dest, tls, now).await {
                 Ok(c) => {
                     conn = c;
                     result = transaction(&mut conn, lease, from, rcpts, body).await;
@@ -146,31 +174,68 @@ impl Destinations {
         })
     }
 
-    /// Connects to the first host of `dest` that answers, with STARTTLS when offered.
-    async fn connect(&self, dest: &Dest) -> Result<Connection, Outcome> {
-        let s = &self.settings;
-        let hosts: Vec<(String, Vec<std::net::SocketAddr>)> = match dest {
-            Dest::Smtp(hp) => {
-                let addrs = tokio::net::lookup_host((hp.host.as_str(), hp.port))
-                    .await
-                    .map_err(|e| {
-                        Outcome::Upstream(Arc::new(UpstreamError::Connect(hp.to_string(), e)))
-                    })?;
-                vec![(hp.host.clone(), addrs.collect())]
-            }
-            Dest::Mx(d) => self
-                .resolver
-                .targets(d.as_str(), s.mx_port)
-                .await
-                .map_err(Outcome::Dns)?
-                .into_iter()
-                .map(|h| (h.name, h.addrs))
-                .collect(),
+    /// What a connection to `dest` demands of TLS: the route's `tls`, else for MX hosts an
+    /// MTA-STS policy in `enforce` mode (with the MX hosts it names), else `[delivery]`'s
+    /// opportunistic STARTTLS.
+    async fn demand(
+        &self,
+        dest: &Dest,
+        tls: Option<TlsMode>,
+        now: u64,
+    ) -> (Demand, Option<Arc<super::mta_sts::Policy>>) {
+        let why = |m: TlsMode| format!("route tls = {m}");
+        match tls {
+            Some(TlsMode::Verify) => return (Demand::Verify(why(TlsMode::Verify)), None),
+            Some(TlsMode::Encrypt) => return (Demand::Encrypt(why(TlsMode::Encrypt)), None),
+            Some(TlsMode::May) => return (Demand::May, None),
+            None => {}
+        }
+        let opportunistic = match self.settings.tls {
+            Some(_) => Demand::May,
+            None => Demand::Plain,
         };
+        let (Dest::Mx(domain), Some(sts)) = (dest, &self.settings.mta_sts) else {
+            return (opportunistic, None);
+        };
+        match sts.policy(&self.resolver, domain.as_str(), now).await {
+            Some(p) if p.mode == Mode::Enforce => {
+                let why = format!("MTA-STS policy of {domain}, id {}", p.id);
+                (Demand::Verify(why), Some(p))
+            }
+            Some(_) | None => (opportunistic, None),
+        }
+    }
+
+    /// Connects to the first host of `dest` that answers and meets the TLS demand.
+    async fn connect(
+        &self,
+        dest: &Dest,
+        tls: Option<TlsMode>,
+        now: u64,
+    ) -> Result<Connection, Outcome> {
+        let (demand, policy) = self.demand(dest, tls, now).await;
+        let mut hosts = self.hosts(dest).await?;
+        if let Some(p) = &policy {
+            hosts.retain(|(name, _)| p.names(name));
+            if hosts.is_empty() {
+                let why = format!(
+                    "no MX host is named by the MTA-STS policy (mx: {}); not delivered",
+                    p.mx.join(", ")
+                );
+                let e = UpstreamError::TlsNotVerified(dest.to_string(), why);
+                crate::telemetry::Event::DeliveryTls {
+                    target: &dest.to_string(),
+                    outcome: "policy_failed",
+                    detail: &e.to_string(),
+                }
+                .emit();
+                return Err(Outcome::Upstream(Arc::new(e)));
+            }
+        }
         let mut last = None;
         for (name, addrs) in hosts {
             for addr in addrs {
-                match self.open(addr, &name).await {
+                match self.open(addr, &name, &demand).await {
                     Ok(c) => return Ok(c),
                     Err(e) => {
                         tracing::debug!(dest = %dest, %addr, error = %e, "host not usable");
@@ -184,13 +249,112 @@ impl Destinations {
         }))))
     }
 
+    /// The hosts of `dest` with their addresses, in the order to try them.
+    async fn hosts(
+        &self,
+        dest: &Dest,
+    ) -> Result<Vec<(String, Vec<std::net::SocketAddr>)>, Outcome> {
+        Ok(match dest {
+            Dest::Smtp(hp) => {
+                let addrs = tokio::net::lookup_host((hp.host.as_str(), hp.port))
+                    .await
+                    .map_err(|e| {
+                        Outcome::Upstream(Arc::new(UpstreamError::Connect(hp.to_string(), e)))
+                    })?;
+                vec![(hp.host.clone(), addrs.collect())]
+            }
+            Dest::Mx(d) => self
+                .resolver
+                .targets(d.as_str(), self.settings.mx_port)
+                .await
+                .map_err(Outcome::Dns)?
+                .into_iter()
+                .map(|h| (h.name, h.addrs))
+                .collect(),
+        })
+    }
+
+    /// A session with `name` at `addr`, encrypted as `demand` asks; told in the log.
     async fn open(
         &self,
         addr: std::net::SocketAddr,
         name: &str,
+        demand: &Demand,
+    ) -> Result<Connection, UpstreamError> {
+        let opened = self.open_tls(addr, name, demand).await;
+        let (outcome, detail) = match (&opened, demand) {
+            (Ok(c), Demand::Verify(why)) => ("verified", tls_detail(c, why)),
+            (Ok(c), _) if c.is_tls() => ("encrypted", tls_detail(c, "")),
+            (Ok(_), _) => ("plaintext", String::new()),
+            (
+                Err(e @ (UpstreamError::TlsNotOffered(..) | UpstreamError::TlsNotVerified(..))),
+                _,
+            ) => ("policy_failed", e.to_string()),
+            (Err(_), _) => return opened,
+        };
+        let target = match &opened {
+            Ok(c) => c.target().to_string(),
+            Err(_) => format!("{name}[{}]:{}", addr.ip(), addr.port()),
+        };
+        crate::telemetry::Event::DeliveryTls {
+            target: &target,
+            outcome,
+            detail: &detail,
+        }
+        .emit();
+        opened
+    }
+
+    async fn open_tls(
+        &self,
+        addr: std::net::SocketAddr,
+        name: &str,
+        demand: &Demand,
     ) -> Result<Connection, UpstreamError> {
         let s = &self.settings;
         let c = Connection::open_addr(addr, name, &s.helo, s.timeout).await?;
+        let (why, connector) = match demand {
+            Demand::Plain => return Ok(c),
+            Demand::May => return self.may(c, addr, name).await,
+            Demand::Encrypt(why) => (why, &s.encrypt),
+            Demand::Verify(why) => (why, &s.verified),
+        };
+        let target = c.target().to_string();
+        if !c.capabilities().starttls {
+            c.quit().await;
+            let m = format!("TLS is required ({why}) but STARTTLS is not offered; not delivered");
+            return Err(UpstreamError::TlsNotOffered(target, m));
+        }
+        match c.starttls(connector, name, &s.helo).await {
+            Ok(c) => Ok(c),
+            Err(StartTlsError::Refused(c, r)) => {
+                c.quit().await;
+                let r = r.to_string().trim_end().replace("\r\n", " ");
+                let m = format!("TLS is required ({why}) but STARTTLS was refused ({r})");
+                Err(UpstreamError::TlsNotOffered(target, m))
+            }
+            Err(StartTlsError::Failed(UpstreamError::Tls(t, e))) => {
+                let m = match demand {
+                    Demand::Verify(_) => {
+                        format!("certificate not verified for {name}: {e} (TLS required: {why})")
+                    }
+                    _ => format!("TLS handshake failed: {e} (TLS required: {why})"),
+                };
+                Err(UpstreamError::TlsNotVerified(t, m))
+            }
+            Err(StartTlsError::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Opportunistic STARTTLS (Postfix `may`): TLS when offered, plaintext otherwise or after
+    /// a failed handshake (on a new connection).
+    async fn may(
+        &self,
+        c: Connection,
+        addr: std::net::SocketAddr,
+        name: &str,
+    ) -> Result<Connection, UpstreamError> {
+        let s = &self.settings;
         let Some(tls) = s.tls.as_ref().filter(|_| c.capabilities().starttls) else {
             return Ok(c);
         };
@@ -204,6 +368,15 @@ impl Destinations {
             }
             Err(StartTlsError::Failed(e)) => Err(e),
         }
+    }
+}
+
+/// `TLSv1.3 TLS13_AES_256_GCM_SHA384` and, for a verified connection, why it was verified.
+fn tls_detail(c: &Connection, why: &str) -> String {
+    let summary = c.tls_summary().unwrap_or_default();
+    match why.is_empty() {
+        true => summary,
+        false => format!("{summary}; {why}"),
     }
 }
 

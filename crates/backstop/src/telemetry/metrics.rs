@@ -57,6 +57,11 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         "Call-out cache lookups, by result (hit, stale, miss)",
     ),
     (
+        "backstop_delivery_tls_total",
+        Kind::Counter,
+        "Delivery connections by TLS outcome (verified, encrypted, plaintext; policy_failed: a route's tls or an MTA-STS policy not met, the mail deferred)",
+    ),
+    (
         "backstop_dkim_messages_total",
         Kind::Counter,
         "Messages leaving through us with a DKIM key for their domain, by result (signed, already_signed: carried a valid signature of ours, failed: sent unsigned)",

@@ -269,6 +269,15 @@ pub enum Event<'a> {
         /// The evidence.
         why: &'a str,
     },
+    /// A delivery connection was opened (or refused by a TLS policy): how it is encrypted.
+    DeliveryTls {
+        /// The server (`name[ip]:port`), or the destination when no host qualified.
+        target: &'a str,
+        /// `verified`, `encrypted`, `plaintext` or `policy_failed` (deferred, nothing sent).
+        outcome: &'static str,
+        /// Protocol and cipher, and why verified; or why the policy was not met.
+        detail: &'a str,
+    },
     /// A message leaving through us was DKIM-signed, or not signed though a key would have.
     Dkim {
         /// Its queue id.
@@ -609,6 +618,22 @@ impl Event<'_> {
             Event::Trust { id, trusted, why } => tracing::info!(
                 target: "backstop::event", event = "trust", id, trusted, why
             ),
+            Event::DeliveryTls {
+                target,
+                outcome,
+                detail,
+            } if *outcome == "policy_failed" => tracing::warn!(
+                target: "backstop::event", event = "delivery_tls", relay = target, tls = outcome,
+                detail
+            ),
+            Event::DeliveryTls {
+                target,
+                outcome,
+                detail,
+            } => tracing::info!(
+                target: "backstop::event", event = "delivery_tls", relay = target, tls = outcome,
+                detail
+            ),
             Event::Dkim {
                 id,
                 result,
@@ -855,6 +880,9 @@ impl Event<'_> {
             }
             Event::ReportSent { kind, .. } => {
                 counter!("backstop_reports_sent_total", "kind" => *kind).increment(1)
+            }
+            Event::DeliveryTls { outcome, .. } => {
+                counter!("backstop_delivery_tls_total", "outcome" => *outcome).increment(1)
             }
             Event::Dkim {
                 result, algorithms, ..

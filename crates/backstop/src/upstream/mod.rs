@@ -58,6 +58,14 @@ pub enum UpstreamError {
     /// opportunistic TLS, reconnect and deliver in plaintext (as Postfix does).
     #[error("{0}: TLS handshake failed: {1}")]
     Tls(String, String),
+    /// TLS is required for this delivery and the server does not offer it (or refused
+    /// STARTTLS): nothing is sent in plaintext.
+    #[error("{0}: {1}")]
+    TlsNotOffered(String, String),
+    /// Verified TLS is required and the server's certificate is not trusted for its name (or
+    /// no host qualifies): nothing is sent.
+    #[error("{0}: {1}")]
+    TlsNotVerified(String, String),
 }
 
 /// Why [`Connection::starttls`] did not give an encrypted connection.
@@ -264,6 +272,21 @@ impl Connection {
     /// True after a successful [`Connection::starttls`].
     pub fn is_tls(&self) -> bool {
         matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// The TLS version and cipher suite in use (`TLSv1.3 TLS13_AES_256_GCM_SHA384`), if any.
+    pub fn tls_summary(&self) -> Option<String> {
+        let Stream::Tls(s) = &self.stream else {
+            return None;
+        };
+        let (_, session) = s.get_ref();
+        let version = session.protocol_version().and_then(|v| v.as_str())?;
+        let version = version.replace("TLSv1_", "TLSv1.");
+        let suite = session
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or("?");
+        Some(format!("{version} {suite}"))
     }
 
     /// The protocol state machine, to queue commands on.

@@ -1,10 +1,11 @@
-//! Opportunistic TLS for outbound SMTP (like Postfix `smtp_tls_security_level = may`): the
-//! connection is encrypted, but the server's certificate is not checked against any trust anchor
-//! or name.
+//! TLS for outbound SMTP: opportunistic (like Postfix `smtp_tls_security_level = may` and
+//! `encrypt`: the connection is encrypted, the server's certificate not checked against any
+//! trust anchor or name), and verified (`secure`: the certificate must chain to this
+//! machine's CAs or configured ones, and name the host; for `tls = "verify"` and MTA-STS).
 //!
-//! Responsible for: the rustls client configuration (aws-lc-rs, safe default protocol versions,
-//! handshake signatures still verified, so the peer must hold the key of the certificate it
-//! shows) and the TLS server name for a host.
+//! Responsible for: the rustls client configurations (aws-lc-rs, safe default protocol
+//! versions, handshake signatures always verified, so the peer must hold the key of the
+//! certificate it shows), the trust anchors, and the TLS server name for a host.
 //! Not responsible for: deciding whether to use TLS, or falling back to plaintext when the
 //! handshake fails (the caller does that on [`super::UpstreamError::Tls`]).
 
@@ -31,6 +32,30 @@ pub fn opportunistic_tls() -> TlsConnector {
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     TlsConnector::from(Arc::new(config))
+}
+
+/// A connector that accepts only a certificate that `roots` trust for the name connected to.
+pub fn verified_tls(roots: Arc<rustls::RootCertStore>) -> TlsConnector {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// This machine's CAs, and those of `extra` (a PEM file) if given. An error only when
+/// `extra` cannot be read; a machine without CAs gives an empty store (nothing verifies).
+pub fn trust_roots(extra: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = match extra {
+        Some(p) => crate::config::read_trust_anchors(p)?,
+        None => rustls::RootCertStore::empty(),
+    };
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    Ok(roots)
 }
 
 /// The name to present in the handshake for `host` (SNI is sent for DNS names only).

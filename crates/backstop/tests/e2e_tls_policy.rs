@@ -1,0 +1,198 @@
+//! Outbound TLS policy with the real binary: a destination whose MTA-STS policy (served over
+//! HTTPS on loopback with a test CA, its `_mta-sts` record and MX by dnsmasq) is in `enforce`
+//! mode gets mail only over TLS verified for its MX name: a real Postfix without STARTTLS
+//! gets nothing (deferred, never sent in clear), the same with a certificate for its MX name
+//! from the test CA gets the message. A route with `tls = "verify"` to a server whose
+//! certificate names another host defers too.
+
+mod support;
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use support::dns::Dns;
+use support::{Backstop, Postfix, Sink, free_port, list_config, swaks};
+
+/// A test CA (ca.pem) and, signed by it, a certificate and key for each name, in `dir`.
+fn test_ca(dir: &Path, names: &[&str]) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "backstop test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for name in names {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+    dir.join("ca.pem")
+}
+
+/// The policy file served at https://mta-sts.partner.test/.well-known/mta-sts.txt.
+struct PolicyServer {
+    port: u16,
+    child: Child,
+}
+
+impl PolicyServer {
+    fn start(dir: &Path, policy: &str) -> PolicyServer {
+        let body = dir.join("mta-sts.txt");
+        std::fs::write(&body, policy).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/https_file.py");
+        let (cert, key) = (
+            dir.join("mta-sts.partner.test.pem"),
+            dir.join("mta-sts.partner.test.key"),
+        );
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args([&cert, &key])
+            .arg("/.well-known/mta-sts.txt")
+            .arg(&body)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the policy server's port");
+        PolicyServer { port, child }
+    }
+}
+
+impl Drop for PolicyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// partner.test's MX (mx.partner.test), its policy host and its `_mta-sts` record.
+fn partner_dns() -> Dns {
+    Dns::start(&[
+        "--mx-host=partner.test,mx.partner.test,10".into(),
+        "--host-record=mx.partner.test,127.0.0.1".into(),
+        "--host-record=mta-sts.partner.test,127.0.0.1".into(),
+        "--txt-record=_mta-sts.partner.test,v=STSv1; id=20261203".into(),
+    ])
+}
+
+const ENFORCE: &str =
+    "version: STSv1\r\nmode: enforce\r\nmx: mx.partner.test\r\nmax_age: 86400\r\n";
+
+/// backstop relaying for 127.0.0.1 to partner.test's MX hosts (on `mx_port`), trusting the
+/// test CA, with MTA-STS policies fetched from `sts_port`; `extra` appended.
+fn gateway(
+    dir: &Path,
+    (mx_port, sts_port): (u16, u16),
+    ca: &Path,
+    dns: &Dns,
+    extra: &str,
+) -> (Backstop, SocketAddr) {
+    let relay_port = free_port();
+    let base = list_config(dir, &["alice@example.test"], "maildir:mail", "");
+    let config = format!(
+        "{base}\n[[listen]]\naddr = \"127.0.0.1:{relay_port}\"\nrelay_from = [\"127.0.0.1\"]\n\
+         {extra}\n[delivery]\nsmtp_port = {mx_port}\ntls_ca = \"{}\"\nmta_sts_port = {sts_port}\n\
+         retry_min = \"1h\"\n[dns]\nresolver = \"{}\"\n",
+        ca.display(),
+        dns.addr
+    );
+    let b = Backstop::start(dir, &config);
+    (b, format!("127.0.0.1:{relay_port}").parse().unwrap())
+}
+
+#[test]
+fn an_enforced_mta_sts_policy_defers_mail_to_a_server_without_starttls() {
+    let dir = support::world_dir();
+    let ca = test_ca(dir.path(), &["mta-sts.partner.test"]);
+    let policy = PolicyServer::start(dir.path(), ENFORCE);
+    let dns = partner_dns();
+    let sink = Sink::start();
+    let partner = Postfix::internal("partner.test", &["bob@partner.test"], sink.port);
+    let (b, relay) = gateway(dir.path(), (partner.port, policy.port), &ca, &dns, "");
+
+    let (code, t) = swaks(
+        relay,
+        &["--from", "alice@example.test", "--to", "bob@partner.test"],
+    );
+    assert_eq!(code, 0, "{t}");
+    let deferred = ["event=\"attempt\"", "result=\"deferred\"", "dsn=\"4.7.4\""];
+    assert_eq!(b.count_reaching(&deferred, 1), 1, "{}", b.log());
+    let log = b.log();
+    assert!(log.contains("MTA-STS policy fetched"), "{log}");
+    assert!(
+        log.contains("TLS is required (MTA-STS policy of partner.test, id 20261203) but STARTTLS is not offered; not delivered"),
+        "{log}"
+    );
+    assert!(log.contains("tls=\"policy_failed\""), "{log}");
+    // nothing reached the far side in clear
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(sink.messages().is_empty());
+    let (_, list, _) = b.cli(&["queue", "list"]);
+    assert!(list.contains("bob@partner.test"), "still queued: {list}");
+}
+
+#[test]
+fn verified_tls_delivers_and_a_certificate_for_another_name_defers() {
+    let dir = support::world_dir();
+    let ca = test_ca(dir.path(), &["mta-sts.partner.test", "mx.partner.test"]);
+    let policy = PolicyServer::start(dir.path(), ENFORCE);
+    let dns = partner_dns();
+    let sink = Sink::start();
+    let (cert, key) = (
+        dir.path().join("mx.partner.test.pem"),
+        dir.path().join("mx.partner.test.key"),
+    );
+    let main_cf = format!(
+        "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n",
+        cert.display(),
+        key.display()
+    );
+    let partner =
+        Postfix::internal_with("partner.test", &["bob@partner.test"], sink.port, &main_cf);
+    // strict.test: a route that demands verified TLS of 127.0.0.1, which shows the
+    // certificate of mx.partner.test
+    let route = format!(
+        "[[route]]\ndomain = \"strict.test\"\nnext_hop = \"smtp:127.0.0.1:{}\"\ntls = \"verify\"\n",
+        partner.port
+    );
+    let (b, relay) = gateway(dir.path(), (partner.port, policy.port), &ca, &dns, &route);
+
+    let (code, t) = swaks(
+        relay,
+        &["--from", "alice@example.test", "--to", "bob@partner.test"],
+    );
+    assert_eq!(code, 0, "{t}");
+    assert_eq!(sink.wait_for(1).len(), 1, "{}", b.log());
+    let verified = [
+        "event=\"delivery_tls\"",
+        "tls=\"verified\"",
+        "MTA-STS policy of partner.test",
+    ];
+    assert_eq!(b.count_reaching(&verified, 1), 1, "{}", b.log());
+    assert!(b.log().contains("TLSv1.3"), "{}", b.log());
+
+    let (code, t) = swaks(
+        relay,
+        &["--from", "alice@example.test", "--to", "x@strict.test"],
+    );
+    assert_eq!(code, 0, "{t}");
+    let deferred = ["event=\"attempt\"", "result=\"deferred\"", "dsn=\"4.7.5\""];
+    assert_eq!(b.count_reaching(&deferred, 1), 1, "{}", b.log());
+    assert!(
+        b.log().contains("certificate not verified for 127.0.0.1"),
+        "{}",
+        b.log()
+    );
+    assert_eq!(sink.messages().len(), 1, "nothing more was delivered");
+}
