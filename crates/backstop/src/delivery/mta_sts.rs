@@ -125,6 +125,8 @@ pub struct MtaSts {
     port: u16,
     timeout: Duration,
     cache: Mutex<HashMap<String, Cached>>,
+    /// One fetch per domain at a time: the connections that wait for it use its policy.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl MtaSts {
@@ -136,6 +138,7 @@ impl MtaSts {
             port,
             timeout,
             cache: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
         }
     }
 
@@ -160,7 +163,19 @@ impl MtaSts {
             }
         };
         // no record (or none readable): a policy still cached stays in force (§5.1)
-        let id = id?;
+        let Some(id) = id else {
+            return cached;
+        };
+        if let Some(p) = cached.as_ref().filter(|p| p.id == id) {
+            return Some(p.clone());
+        }
+        let gate = {
+            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            f.entry(domain.clone()).or_default().clone()
+        };
+        let _turn = gate.lock().await;
+        // fetched meanwhile by the connection that went first
+        let cached = self.cached(&domain, now);
         if let Some(p) = cached.as_ref().filter(|p| p.id == id) {
             return Some(p.clone());
         }
