@@ -328,7 +328,10 @@ fn quiet_on_closed_pipe() {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // hickory's DNSSEC warnings print whole DNS responses; our own lines say what matters
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,hickory_net=error,hickory_proto=error")
+        });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -179,6 +179,8 @@ pub struct Dns {
     pub timeout: Duration,
     /// Tries of a query before it fails.
     pub attempts: usize,
+    /// DNSKEY records trusted for DNSSEC validation (DANE) instead of the root's keys.
+    pub trust_anchor: Option<PathBuf>,
 }
 
 /// The background checks of every next hop and call-out server (`[health]`).
@@ -548,6 +550,9 @@ pub struct Delivery {
     /// The HTTPS port MTA-STS policies are fetched from (443; another only for a test or a
     /// local mirror).
     pub mta_sts_port: u16,
+    /// DANE (RFC 7672): MX hosts with DNSSEC-validated TLSA records get TLS checked against
+    /// them (needs a resolver that passes DNSSEC records).
+    pub dane: bool,
 }
 
 /// Session limits (`[limits]`).

@@ -64,11 +64,12 @@ struct RawDns {
     resolver: Option<String>,
     timeout: Option<String>,
     attempts: Option<usize>,
+    trust_anchor: Option<String>,
 }
 
 impl RawDns {
     /// `[dns]`; `old`: the resolver given the older way, as `[delivery] resolver`.
-    fn validate(&self, old: Option<&String>) -> Result<super::Dns, ConfigError> {
+    fn validate(&self, old: Option<&String>, base: &Path) -> Result<super::Dns, ConfigError> {
         let resolver = match (&self.resolver, old) {
             (Some(_), Some(_)) => {
                 let why = "the resolver is set in [dns]: remove this older name for it";
@@ -86,10 +87,28 @@ impl RawDns {
         if !(1..=5).contains(&attempts) {
             return Err(invalid("dns.attempts", "must be 1 to 5"));
         }
+        let trust_anchor = match &self.trust_anchor {
+            Some(f) => {
+                let p = path(base, f);
+                let text = std::fs::read_to_string(&p).map_err(|e| {
+                    invalid(
+                        "dns.trust_anchor",
+                        format!("{}: cannot read it: {e}", p.display()),
+                    )
+                })?;
+                if !text.contains("DNSKEY") {
+                    let why = format!("{}: no DNSKEY record in it", p.display());
+                    return Err(invalid("dns.trust_anchor", why));
+                }
+                Some(p)
+            }
+            None => None,
+        };
         Ok(super::Dns {
             resolver,
             timeout,
             attempts,
+            trust_anchor,
         })
     }
 }
@@ -688,6 +707,7 @@ struct RawDelivery {
     tls_ca: Option<String>,
     mta_sts: Option<bool>,
     mta_sts_port: Option<u16>,
+    dane: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -871,7 +891,7 @@ impl RawConfig {
             web: self.web.validate()?,
             store: self.store.validate(base)?,
             health: self.health.validate()?,
-            dns: self.dns.validate(self.delivery.resolver.as_ref())?,
+            dns: self.dns.validate(self.delivery.resolver.as_ref(), base)?,
         })
     }
 }
@@ -1234,6 +1254,7 @@ impl RawDelivery {
             },
             mta_sts: self.mta_sts.unwrap_or(true),
             mta_sts_port: positive("delivery.mta_sts_port", self.mta_sts_port, 443)?,
+            dane: self.dane.unwrap_or(false),
         };
         for (key, v) in [
             ("delivery.timeout", d.timeout),

@@ -9,6 +9,7 @@
 //! (it hands each message to notify after each pass).
 
 pub mod classify;
+pub mod dane;
 pub mod mta_sts;
 pub mod mx;
 pub mod smtp;
@@ -100,6 +101,7 @@ impl Setup {
                     d.timeout.min(MTA_STS_TIMEOUT),
                 ))
             }),
+            dane: d.dane.then(|| dane_resolver(&cfg)).flatten(),
             per_destination: d.destination_concurrency,
         };
         Setup {
@@ -119,13 +121,29 @@ impl Setup {
     }
 
     /// Keeps `previous`'s connections and per-destination slots when the settings they
-    /// depend on (`[delivery]`, `hostname`) are the same.
+    /// depend on (`[delivery]`, `hostname`, `[dns]`) are the same.
     pub fn keeping(mut self, previous: &Setup) -> Setup {
-        if previous.cfg.delivery == self.cfg.delivery && previous.cfg.hostname == self.cfg.hostname
+        if previous.cfg.delivery == self.cfg.delivery
+            && previous.cfg.hostname == self.cfg.hostname
+            && previous.cfg.dns == self.cfg.dns
         {
             self.dests = previous.dests.clone();
         }
         self
+    }
+}
+
+/// The DNSSEC-validating resolver DANE asks (trust anchor checked when the configuration was
+/// read; a failure here leaves DANE off, with an error in the log).
+fn dane_resolver(cfg: &Config) -> Option<Arc<mx::MxResolver>> {
+    let dns = &cfg.dns;
+    let anchor = dns.trust_anchor.as_deref();
+    match mx::MxResolver::validating(dns.resolver, dns.timeout, dns.attempts, anchor) {
+        Ok(r) => Some(Arc::new(r)),
+        Err(e) => {
+            tracing::error!(error = %e, "DANE is off: no validating resolver");
+            None
+        }
     }
 }
 

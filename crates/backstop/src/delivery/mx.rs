@@ -18,12 +18,25 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError, NoRecords};
+use hickory_resolver::proto::dnssec::Proof;
 use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::rdata::TLSA;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use tokio::task::JoinSet;
+
+/// The TLSA records of an MX host, as DANE reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsaAnswer {
+    /// Secure (DNSSEC-validated) records: DANE applies to the host.
+    Secure(Vec<TLSA>),
+    /// None, or not secure: DANE does not apply.
+    None,
+    /// The lookup failed or did not validate: the host must not be used (RFC 7672 §2.2).
+    Failed(String),
+}
 
 /// At most this many MX hosts (the most preferred) are looked up; the rest are ignored.
 /// Bounds the work one hostile MX record set can cause.
@@ -130,6 +143,36 @@ impl MxResolver {
         timeout: Duration,
         attempts: usize,
     ) -> Result<MxResolver, MxError> {
+        MxResolver::build(server, timeout, attempts, None)
+    }
+
+    /// The same, validating DNSSEC (for DANE): from the root's keys, or from the DNSKEY
+    /// records in the file `anchor` (a zone of one's own, tests). Answers carry their proof.
+    pub fn validating(
+        server: Option<SocketAddr>,
+        timeout: Duration,
+        attempts: usize,
+        anchor: Option<&std::path::Path>,
+    ) -> Result<MxResolver, MxError> {
+        let anchors = match anchor {
+            Some(p) => hickory_resolver::proto::dnssec::TrustAnchors::from_file(p)
+                .map_err(|e| MxError(format!("{}: {e}", p.display())))?,
+            None => hickory_resolver::proto::dnssec::TrustAnchors::default(),
+        };
+        MxResolver::build(
+            server,
+            timeout,
+            attempts,
+            Some(std::sync::Arc::new(anchors)),
+        )
+    }
+
+    fn build(
+        server: Option<SocketAddr>,
+        timeout: Duration,
+        attempts: usize,
+        anchors: Option<std::sync::Arc<hickory_resolver::proto::dnssec::TrustAnchors>>,
+    ) -> Result<MxResolver, MxError> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = match server {
             Some(addr) => {
@@ -146,6 +189,9 @@ impl MxResolver {
         opts.timeout = timeout;
         opts.attempts = attempts.saturating_sub(1);
         opts.use_hosts_file = ResolveHosts::Never;
+        if let Some(a) = anchors {
+            builder = builder.with_trust_anchor(a);
+        }
         let resolver = builder.build().map_err(|e| MxError(e.to_string()))?;
         Ok(MxResolver {
             resolver,
@@ -212,6 +258,58 @@ impl MxResolver {
                 Negative::NoData => format!("{name}: no address"),
                 Negative::Temporary(why) => format!("{name}: address lookup: {why}"),
             })
+    }
+
+    /// Whether `domain`'s MX records (or, without any, its addresses) are DNSSEC-secure
+    /// (RFC 7672 §2.2.1: DANE applies only then). Only on a validating resolver.
+    pub async fn mx_is_secure(&self, domain: &str) -> bool {
+        let Some(name) = absolute_name(domain) else {
+            return false;
+        };
+        for rtype in [RecordType::MX, RecordType::A] {
+            if let Ok(lookup) = self.resolver.lookup(name.clone(), rtype).await {
+                let answers = lookup.answers();
+                return !answers.is_empty() && answers.iter().all(|r| r.proof == Proof::Secure);
+            }
+        }
+        false
+    }
+
+    /// The TLSA records of `_PORT._tcp.HOST` (RFC 7672 §2.2), on a validating resolver.
+    pub async fn tlsa(&self, host: &str, port: u16) -> TlsaAnswer {
+        let Some(name) = absolute_name(&format!("_{port}._tcp.{host}")) else {
+            return TlsaAnswer::None;
+        };
+        match self.resolver.lookup(name, RecordType::TLSA).await {
+            Ok(lookup) => {
+                let answers = lookup.answers();
+                if answers.iter().any(|r| r.proof != Proof::Secure) {
+                    // an insecure answer is as good as none; a bogus one is an attack or a
+                    // broken zone: the host is not used
+                    return match answers.iter().any(|r| r.proof == Proof::Insecure) {
+                        true => TlsaAnswer::None,
+                        false => TlsaAnswer::Failed(format!("{host}: TLSA records not validated")),
+                    };
+                }
+                let records: Vec<TLSA> = answers
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TLSA(t) => Some(t.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                match records.is_empty() {
+                    true => TlsaAnswer::None,
+                    false => TlsaAnswer::Secure(records),
+                }
+            }
+            Err(e) => match Negative::from(&e) {
+                Negative::NxDomain | Negative::NoData => TlsaAnswer::None,
+                Negative::Temporary(why) => {
+                    TlsaAnswer::Failed(format!("{host}: TLSA lookup: {why}"))
+                }
+            },
+        }
     }
 
     /// Shuffle MX hosts of equal preference with this seed instead of a fresh random one

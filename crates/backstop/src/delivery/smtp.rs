@@ -13,6 +13,7 @@
 use super::classify::{Outcome, Remote, host_of};
 use super::mta_sts::{Mode, MtaSts};
 use super::mx::MxResolver;
+use super::mx::TlsaAnswer;
 use crate::config::{HostPort, TlsMode};
 use crate::content::Content;
 use crate::queue::{Lease, LeasedRcpt};
@@ -20,6 +21,7 @@ use crate::upstream::{Connection, Slots, StartTlsError, UpstreamError};
 use backstop_proto::address::{Domain, ForwardPath, ReversePath};
 use backstop_proto::smtp::command::MailParams;
 use backstop_proto::smtp::reply::Reply;
+use hickory_resolver::proto::rr::rdata::TLSA;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +65,8 @@ pub struct Settings {
     pub verified: TlsConnector,
     /// MTA-STS policies, if followed.
     pub mta_sts: Option<Arc<MtaSts>>,
+    /// A DNSSEC-validating resolver, for DANE, if enabled.
+    pub dane: Option<Arc<MxResolver>>,
     /// Connections per destination.
     pub per_destination: usize,
 }
@@ -78,6 +82,19 @@ enum Demand {
     Encrypt(String),
     /// TLS with a trusted certificate for the host's name, or nothing.
     Verify(String),
+    /// TLS with a certificate that one of these (usable, DNSSEC-validated) TLSA records
+    /// names, or nothing.
+    Dane(Vec<TLSA>, String),
+}
+
+/// What a host's secure TLSA records demand (RFC 7672 §2.2): a match with a usable one; TLS
+/// without a check when none is usable.
+fn dane_demand(records: &[TLSA], host: &str) -> Demand {
+    let usable = super::dane::usable(records);
+    match usable.is_empty() {
+        true => Demand::Encrypt(format!("DANE: TLSA records of {host}, none usable")),
+        false => Demand::Dane(usable, format!("DANE, TLSA of {host}")),
+    }
 }
 
 /// Connection slots per destination and the TLS its route demands (a connection opened under
@@ -214,26 +231,35 @@ impl Destinations {
         now: u64,
     ) -> Result<Connection, Outcome> {
         let (demand, policy) = self.demand(dest, tls, now).await;
-        let mut hosts = self.hosts(dest).await?;
-        if let Some(p) = &policy {
-            hosts.retain(|(name, _)| p.names(name));
-            if hosts.is_empty() {
-                let why = format!(
-                    "no MX host is named by the MTA-STS policy (mx: {}); not delivered",
-                    p.mx.join(", ")
-                );
-                let e = UpstreamError::TlsNotVerified(dest.to_string(), why);
-                crate::telemetry::Event::DeliveryTls {
-                    target: &dest.to_string(),
-                    outcome: "policy_failed",
-                    detail: &e.to_string(),
-                }
-                .emit();
-                return Err(Outcome::Upstream(Arc::new(e)));
-            }
-        }
+        let hosts = self.hosts(dest).await?;
+        // DANE (where the MX records are DNSSEC-secure) wins over MTA-STS, host by host
+        let dane = match (dest, tls, &self.settings.dane) {
+            (Dest::Mx(d), None, Some(v)) if v.mx_is_secure(d.as_str()).await => Some(v.clone()),
+            _ => None,
+        };
         let mut last = None;
         for (name, addrs) in hosts {
+            let demand = match &dane {
+                Some(v) => match v.tlsa(&name, self.settings.mx_port).await {
+                    TlsaAnswer::Secure(records) => dane_demand(&records, &name),
+                    TlsaAnswer::None => demand.clone(),
+                    TlsaAnswer::Failed(why) => {
+                        let why = format!("{why}; host not used (DANE)");
+                        last = Some(self.refused(&name, why));
+                        continue;
+                    }
+                },
+                None => demand.clone(),
+            };
+            let dane_host = matches!(demand, Demand::Dane(..));
+            if let Some(p) = policy.as_ref().filter(|p| !dane_host && !p.names(&name)) {
+                let why = format!(
+                    "not named by the MTA-STS policy (mx: {}); host not used",
+                    p.mx.join(", ")
+                );
+                last = Some(self.refused(&name, why));
+                continue;
+            }
             for addr in addrs {
                 match self.open(addr, &name, &demand).await {
                     Ok(c) => return Ok(c),
@@ -247,6 +273,18 @@ impl Destinations {
         Err(Outcome::Upstream(Arc::new(last.unwrap_or_else(|| {
             UpstreamError::Closed(format!("{dest}: no addresses"))
         }))))
+    }
+
+    /// A host a TLS policy rules out, told in the log: the error that defers its mail.
+    fn refused(&self, host: &str, why: String) -> UpstreamError {
+        let e = UpstreamError::TlsNotVerified(host.to_string(), why);
+        crate::telemetry::Event::DeliveryTls {
+            target: host,
+            outcome: "policy_failed",
+            detail: &e.to_string(),
+        }
+        .emit();
+        e
     }
 
     /// The hosts of `dest` with their addresses, in the order to try them.
@@ -283,7 +321,7 @@ impl Destinations {
     ) -> Result<Connection, UpstreamError> {
         let opened = self.open_tls(addr, name, demand).await;
         let (outcome, detail) = match (&opened, demand) {
-            (Ok(c), Demand::Verify(why)) => ("verified", tls_detail(c, why)),
+            (Ok(c), Demand::Verify(why) | Demand::Dane(_, why)) => ("verified", tls_detail(c, why)),
             (Ok(c), _) if c.is_tls() => ("encrypted", tls_detail(c, "")),
             (Ok(_), _) => ("plaintext", String::new()),
             (
@@ -318,6 +356,7 @@ impl Destinations {
             Demand::May => return self.may(c, addr, name).await,
             Demand::Encrypt(why) => (why, &s.encrypt),
             Demand::Verify(why) => (why, &s.verified),
+            Demand::Dane(records, why) => (why, &super::dane::connector(records.clone())),
         };
         let target = c.target().to_string();
         if !c.capabilities().starttls {
@@ -335,7 +374,7 @@ impl Destinations {
             }
             Err(StartTlsError::Failed(UpstreamError::Tls(t, e))) => {
                 let m = match demand {
-                    Demand::Verify(_) => {
+                    Demand::Verify(_) | Demand::Dane(..) => {
                         format!("certificate not verified for {name}: {e} (TLS required: {why})")
                     }
                     _ => format!("TLS handshake failed: {e} (TLS required: {why})"),
