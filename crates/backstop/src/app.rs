@@ -36,6 +36,7 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::failover::{Failover, Hook};
 use crate::store::redis::{RedisStore, Target};
 use crate::telemetry::metrics::Metrics;
+use crate::tlsrpt::Ledger;
 use crate::upstream::Pools;
 use anyhow::Context as _;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -270,6 +271,10 @@ struct Kept {
     clock: Arc<dyn Clock>,
     ids: Arc<IdGen>,
     backends: Arc<Backends>,
+    /// Outbound TLS sessions counted for TLS reports (state_dir/tls-reports.json).
+    tls_results: Arc<Ledger>,
+    /// Wakes the report sweep at once (`backstop tls-report send`).
+    sweep_now: Arc<tokio::sync::Notify>,
 }
 
 /// Everything built from one configuration.
@@ -367,9 +372,16 @@ async fn generation(
         spool: kept.spool.clone(),
         clock: clock.clone(),
         backends: kept.backends.clone(),
+        tls_results: kept.tls_results.clone(),
+        sweep_now: kept.sweep_now.clone(),
     });
-    let setup = Setup::new(cfg.clone(), resolver, (tags, watch, reputation.clone()))
-        .correcting(served.verifier.callout().clone());
+    let tls_results = kept.tls_results.clone();
+    let setup = Setup::new(
+        cfg.clone(),
+        (resolver, tls_results),
+        (tags, watch, reputation.clone()),
+    )
+    .correcting(served.verifier.callout().clone());
     let generation = Generation {
         cfg,
         ctx,
@@ -486,6 +498,22 @@ fn open_spool(cfg: &Config) -> anyhow::Result<Arc<Spool>> {
     })
 }
 
+/// The TLS report counts kept in `state_dir/tls-reports.json`; a file that is not one is
+/// set aside (`.bad`) with a warning, and counting starts afresh.
+fn open_tls_ledger(cfg: &Config, now: u64) -> anyhow::Result<Arc<Ledger>> {
+    let path = cfg.state_dir.join("tls-reports.json");
+    match Ledger::open(&path, now) {
+        Ok(l) => Ok(Arc::new(l)),
+        Err(e @ crate::tlsrpt::LedgerError::Corrupt(..)) => {
+            let aside = path.with_extension("json.bad");
+            tracing::warn!(error = %e, aside = %aside.display(), "TLS report counts set aside; counting afresh");
+            std::fs::rename(&path, &aside).with_context(|| format!("{}", path.display()))?;
+            Ok(Arc::new(Ledger::open(&path, now)?))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Tells systemd (`Type=notify`) how the service is doing, when it runs under systemd
 /// (`NOTIFY_SOCKET` set); otherwise nothing.
 fn systemd_notify(state: &str) {
@@ -595,6 +623,8 @@ impl Gateway {
             clock: parts.clock.clone(),
             ids: Arc::new(IdGen::new(rand::random::<u64>())),
             backends: Backends::new(hook),
+            tls_results: open_tls_ledger(&cfg, parts.clock.unix())?,
+            sweep_now: Arc::new(tokio::sync::Notify::new()),
         };
         kept.backends.follow(&cfg, kept.clock.unix());
         let (generation, setup) = generation(&kept, cfg.clone(), None).await?;
@@ -833,6 +863,9 @@ impl Gateway {
         if let Err(e) = self.generation.ctx.harvest.flush().await {
             tracing::warn!(error = %e, "defence counts not written: store failed");
         }
+        if let Err(e) = self.kept.tls_results.flush() {
+            tracing::warn!(error = %e, "TLS report counts not written");
+        }
         if let Some(web) = self.web {
             let _ = web.stop.send(true);
             // requests in flight finish; a client that holds its connection is not waited for
@@ -889,13 +922,18 @@ async fn compact_spool(spool: Arc<Spool>) {
 /// `[reports] keep_failed` has passed.
 async fn settle_reports(notifier: Arc<Notifier>, current: Arc<ArcSwap<Served>>) {
     let mut tick = tokio::time::interval(REPORT_SWEEP_EVERY);
+    let now = current.load_full().sweep_now.clone();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = now.notified() => {}
+        }
         notifier.sweep().await;
         if let Err(e) = notifier.digest().await {
             tracing::warn!(error = %e, "postmaster digest not sent yet; tried again later");
         }
         let s = current.load_full();
+        notifier.tls_reports(&s.tls_results).await;
         let keep = s.cfg.reports.keep_failed;
         let before = s.clock.unix().saturating_sub(keep.as_secs());
         match s.spool.purge_finished(before).await {

@@ -147,12 +147,31 @@ enum Cmd {
         #[command(subcommand)]
         action: DkimCmd,
     },
+    /// TLS reports (RFC 8460): our outbound TLS sessions counted for the domains that ask
+    /// for daily reports.
+    TlsReport {
+        #[command(subcommand)]
+        action: TlsReportCmd,
+    },
     /// Write man pages or shell completions, generated from this command line (for
     /// packagers).
     Generate {
         #[command(subcommand)]
         what: GenerateCmd,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsReportCmd {
+    /// Today's counts by domain and policy, and the reports still to go.
+    Show {
+        /// Print them as JSON (RFC 8460's field names).
+        #[arg(long)]
+        json: bool,
+    },
+    /// End the reporting period now and send its reports (to the domains that publish an
+    /// _smtp._tls record) without waiting for the day's end.
+    Send,
 }
 
 #[derive(Debug, Subcommand)]
@@ -423,7 +442,51 @@ fn run(cmd: Cmd, source: ConfigSource) -> anyhow::Result<ExitCode> {
             action: DkimCmd::Show { domain, json },
         } => dkim_show(&load(&source)?, domain.as_deref(), json),
         Cmd::Cache { action, json } => runtime()?.block_on(cache(load(&source)?, action, json)),
+        Cmd::TlsReport { action } => runtime()?.block_on(tls_report(load(&source)?, action)),
     }
+}
+
+/// The TLS report counts as the gateway last wrote them (empty when there are none yet).
+fn tls_ledger(cfg: &Config, now: u64) -> crate::tlsrpt::Ledger {
+    let path = cfg.state_dir.join("tls-reports.json");
+    crate::tlsrpt::Ledger::open(&path, now).unwrap_or_else(|e| {
+        eprintln!("backstop: {e}");
+        crate::tlsrpt::Ledger::in_memory(now)
+    })
+}
+
+/// `backstop tls-report show|send`: through the running gateway (`show` reads the file
+/// when none runs).
+async fn tls_report(cfg: Config, action: TlsReportCmd) -> anyhow::Result<ExitCode> {
+    let sock = control::socket_path(&cfg.state_dir);
+    let json = match action {
+        TlsReportCmd::Send => {
+            let Some(answer) = control::query(&sock, "tls-report send").await? else {
+                anyhow::bail!(
+                    "no gateway is running with state_dir {}",
+                    cfg.state_dir.display()
+                );
+            };
+            if let Some(e) = answer.get("error") {
+                anyhow::bail!("{}", e.as_str().unwrap_or("error"));
+            }
+            println!(
+                "reporting period ended; its reports go to the domains that publish an \
+                 _smtp._tls record (see the log: tls_report_sent)"
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        TlsReportCmd::Show { json } => json,
+    };
+    let answer = match control::query(&sock, "tls-report show").await? {
+        Some(a) => a,
+        None => control::tls_report_show(&tls_ledger(&cfg, unix_now())),
+    };
+    match json {
+        true => println!("{answer:#}"),
+        false => print!("{}", crate::tlsrpt::render(&answer)),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `backstop cache show|forget`: asks the running gateway, or the store when none runs.
@@ -819,10 +882,11 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<ExitCode> {
             let spool = open_spool(&cfg)?;
             let parts = crate::app::build(cfg).await?;
             let now = unix_now();
+            let tls = tls_ledger(&parts.cfg, now);
             crate::status::gather(
                 &parts.cfg,
                 parts.store.as_ref(),
-                &spool,
+                (&spool, &tls),
                 (&parts.verifier, None),
                 now,
             )

@@ -137,6 +137,10 @@ pub struct Served {
     pub clock: Arc<dyn Clock>,
     /// Whether the next hops and call-out servers answer.
     pub backends: Arc<crate::health::Backends>,
+    /// Outbound TLS sessions counted for TLS reports.
+    pub tls_results: Arc<crate::tlsrpt::Ledger>,
+    /// Wakes the report sweep at once.
+    pub sweep_now: Arc<tokio::sync::Notify>,
 }
 
 impl Served {
@@ -147,7 +151,7 @@ impl Served {
         crate::status::gather(
             &self.cfg,
             store,
-            &self.spool,
+            (&self.spool, &self.tls_results),
             (verifier, Some(&self.backends)),
             now,
         )
@@ -221,10 +225,23 @@ async fn handle(stream: UnixStream, c: &Control) -> std::io::Result<()> {
         ["sender-release", a] => sender_release(&s.watch, a, s.clock.unix()).await,
         ["cache", action, what] => cache_request(&s.verifier, action, what, s.clock.unix()).await,
         ["bounce-stats"] => stats_answer(s.guard.stats(s.clock.unix()).await, s.clock.unix()),
+        ["tls-report", "show"] => tls_report_show(&s.tls_results),
+        ["tls-report", "send"] => {
+            let now = s.clock.unix();
+            s.tls_results.close_now(now);
+            s.sweep_now.notify_one();
+            serde_json::json!({ "closed": now })
+        }
         _ => serde_json::json!({ "error": "unknown request" }),
     };
     w.write_all(format!("{answer}\n").as_bytes()).await?;
     w.shutdown().await
+}
+
+/// `backstop tls-report show`: the open period's counts and the closed periods whose reports
+/// are still to go.
+pub fn tls_report_show(ledger: &crate::tlsrpt::Ledger) -> serde_json::Value {
+    serde_json::json!({ "current": ledger.current(), "pending": ledger.closed() })
 }
 
 /// Asks the gateway to reload and waits for its answer.

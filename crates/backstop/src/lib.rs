@@ -31,5 +31,6 @@ pub mod store;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+pub mod tlsrpt;
 pub mod upstream;
 pub mod web;

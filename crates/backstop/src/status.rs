@@ -1,8 +1,9 @@
 //! `backstop status`: one screen for the operator, gathered from the spool and the store.
 //!
 //! Responsible for: collecting queue sizes, call-out backend health, held senders, blocked
-//! clients, the DNSBL state of our IPs, and today's report, bounce and alert counts into one
-//! JSON object, and rendering it for people. Not responsible for: any of the decisions behind them.
+//! clients, the DNSBL state of our IPs, today's report, bounce and alert counts, and today's
+//! outbound TLS policy failures by destination into one JSON object, and rendering it for
+//! people. Not responsible for: any of the decisions behind them.
 
 use crate::config::{Config, NextHop, Source};
 use crate::health::{Backends, Role, Target};
@@ -11,12 +12,15 @@ use crate::store::{Store, StoreError, daily};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 
+/// Most destinations listed with TLS policy failures.
+const TLS_FAILURES_SHOWN: usize = 10;
+
 /// Everything `backstop status` shows, as JSON. `backends`: the running gateway's watch on
 /// its internal servers (none when no gateway runs: their state is not known).
 pub async fn gather(
     cfg: &Config,
     store: &dyn Store,
-    spool: &Spool,
+    (spool, tls): (&Spool, &crate::tlsrpt::Ledger),
     (verifier, backends): (&crate::policy::Verifier, Option<&Backends>),
     now: u64,
 ) -> Result<Value, StoreError> {
@@ -60,6 +64,7 @@ pub async fn gather(
         "bounces_today": counts(&bounces),
         "alerts_today": counts(&alerts),
         "defence_today": counts(&defence),
+        "tls_failures_today": tls.current().failures(TLS_FAILURES_SHOWN),
     }))
 }
 
@@ -256,5 +261,20 @@ pub fn render(v: &Value) -> String {
         n(&b["batv=missing"]),
         n(&b["batv=invalid"]) + n(&b["batv=expired"])
     );
+    let tls = list("tls_failures_today");
+    match tls.is_empty() {
+        true => out.push_str("TLS policy failures today: none\n"),
+        false => out.push_str("TLS policy failures today, by destination:\n"),
+    }
+    for t in &tls {
+        let _ = writeln!(
+            out,
+            "  {}: {} failed, {} succeeded; {}",
+            s(&t["domain"]),
+            n(&t["failed"]),
+            n(&t["succeeded"]),
+            s(&t["why"])
+        );
+    }
     out
 }

@@ -196,3 +196,129 @@ fn verified_tls_delivers_and_a_certificate_for_another_name_defers() {
     );
     assert_eq!(sink.messages().len(), 1, "nothing more was delivered");
 }
+
+/// The JSON report inside a TLS report message, decoded by Python's email and gzip modules
+/// (an independent reader).
+fn report_json(message: &str) -> serde_json::Value {
+    let script = "import sys, email, gzip, json\n\
+                  m = email.message_from_bytes(sys.stdin.buffer.read())\n\
+                  for p in m.walk():\n\
+                  \x20   if p.get_content_type() == 'application/tlsrpt+gzip':\n\
+                  \x20       print(gzip.decompress(p.get_payload(decode=True)).decode())\n";
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no report in the message ({e}): {}\n{message}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn sessions_are_counted_shown_by_destination_and_reported_to_the_domain() {
+    let dir = support::world_dir();
+    let ca = test_ca(dir.path(), &["mta-sts.partner.test", "mx.partner.test"]);
+    let policy = PolicyServer::start(dir.path(), ENFORCE);
+    // mx0.partner.test comes first but the policy does not name it: a failed session, then
+    // mx.partner.test over verified TLS
+    let dns = Dns::start(&[
+        "--mx-host=partner.test,mx0.partner.test,5".into(),
+        "--mx-host=partner.test,mx.partner.test,10".into(),
+        "--host-record=mx0.partner.test,127.0.0.1".into(),
+        "--host-record=mx.partner.test,127.0.0.1".into(),
+        "--host-record=mta-sts.partner.test,127.0.0.1".into(),
+        "--txt-record=_mta-sts.partner.test,v=STSv1; id=20261203".into(),
+        "--txt-record=_smtp._tls.partner.test,v=TLSRPTv1; rua=mailto:tlsrpt@partner.test".into(),
+    ]);
+    let sink = Sink::start();
+    let (cert, key) = (
+        dir.path().join("mx.partner.test.pem"),
+        dir.path().join("mx.partner.test.key"),
+    );
+    let main_cf = format!(
+        "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n",
+        cert.display(),
+        key.display()
+    );
+    let users = ["bob@partner.test", "tlsrpt@partner.test"];
+    let partner = Postfix::internal_with("partner.test", &users, sink.port, &main_cf);
+    let dkim = "[[dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\nalgorithm = \"ed25519\"\n";
+    let (b, relay) = gateway(dir.path(), (partner.port, policy.port), &ca, &dns, dkim);
+
+    let (code, t) = swaks(
+        relay,
+        &["--from", "alice@example.test", "--to", "bob@partner.test"],
+    );
+    assert_eq!(code, 0, "{t}");
+    assert_eq!(sink.wait_for(1).len(), 1, "{}", b.log());
+
+    // the operator sees the failures by destination
+    let (code, status, e) = b.cli(&["status"]);
+    assert_eq!(code, 0, "{e}");
+    assert!(
+        status.contains("TLS policy failures today, by destination:"),
+        "{status}"
+    );
+    assert!(
+        status.contains("partner.test: 1 failed, 1 succeeded; validation-failure at mx0.partner.test: not named by the MTA-STS policy (mx: mx.partner.test)"),
+        "{status}"
+    );
+    let (code, show, e) = b.cli(&["tls-report", "show"]);
+    assert_eq!(code, 0, "{e}");
+    assert!(
+        show.contains("partner.test  sts (mx: mx.partner.test): 1 successful, 1 failed"),
+        "{show}"
+    );
+
+    // ended now: the report goes to the address of partner.test's _smtp._tls record
+    let (code, _, e) = b.cli(&["tls-report", "send"]);
+    assert_eq!(code, 0, "{e}");
+    let all = sink.wait_for(2);
+    let report = all
+        .iter()
+        .find(|m| m.contains("TLS-Report-Domain: partner.test"))
+        .unwrap_or_else(|| panic!("no report arrived: {}", b.log()));
+    assert!(
+        report.contains("TLS-Report-Submitter: example.test"),
+        "{report}"
+    );
+    assert!(
+        report.contains("From: <postmaster@example.test>"),
+        "{report}"
+    );
+    assert!(report.contains("DKIM-Signature:"), "{report}");
+    assert!(report.contains("d=example.test"), "{report}");
+    let json = report_json(report);
+    assert_eq!(json["organization-name"], "example.test", "{json}");
+    assert_eq!(json["contact-info"], "postmaster@example.test", "{json}");
+    let p = &json["policies"][0];
+    assert_eq!(p["policy"]["policy-type"], "sts", "{json}");
+    assert_eq!(p["policy"]["policy-domain"], "partner.test", "{json}");
+    assert_eq!(p["policy"]["mx-host"][0], "mx.partner.test", "{json}");
+    assert_eq!(p["policy"]["policy-string"][1], "mode: enforce", "{json}");
+    assert_eq!(p["summary"]["total-successful-session-count"], 1, "{json}");
+    assert_eq!(p["summary"]["total-failure-session-count"], 1, "{json}");
+    let f = &p["failure-details"][0];
+    assert_eq!(f["result-type"], "validation-failure", "{json}");
+    assert_eq!(f["receiving-mx-hostname"], "mx0.partner.test", "{json}");
+    assert_eq!(f["failed-session-count"], 1, "{json}");
+    let sent = ["event=\"tls_report_sent\"", "domain=\"partner.test\""];
+    assert_eq!(b.count_reaching(&sent, 1), 1, "{}", b.log());
+    // reported once: the next period holds only the report's own delivery
+    let (_, show, _) = b.cli(&["tls-report", "show", "--json"]);
+    let show: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(show["pending"], serde_json::json!([]), "{show}");
+}

@@ -204,6 +204,9 @@ fn modules_import_only_what_the_architecture_allows() {
                 .filter(|m| !["config", "content", "telemetry"].contains(m))
                 .collect(),
         ),
+        // TLS report counts: a leaf (the mail-auth report structures, a file), fed by
+        // delivery, read by notify, status, control and cli
+        ("tlsrpt", others("tlsrpt")),
         // a message's bytes: a leaf under the queue, the senders and the writers
         (
             "content",

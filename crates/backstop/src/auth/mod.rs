@@ -7,6 +7,8 @@
 //! identity and, when SPF does not pass, verifying the message's DKIM signatures with the
 //! `mail-auth` crate; deciding alignment; bounding the work (DNS time and DKIM effort) one
 //! message can cause; turning every DNS problem into a `temperror` result, never an error.
+//! Also, through the same resolver, where a domain wants TLS reports (its `_smtp._tls`
+//! record, RFC 8460 §3).
 //! Not responsible for: DMARC policy, ARC, Authentication-Results headers, deciding whether
 //! to bounce (the caller asks [`Evidence::trusted`]), nor storing the evidence.
 //!
@@ -48,6 +50,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use backstop_proto::address::Mailbox;
+use mail_auth::DnsError;
 use mail_auth::common::cache::NoCache;
 use mail_auth::common::verify::{DomainKey, VerifySignature};
 use mail_auth::dkim::Signature;
@@ -55,7 +58,9 @@ use mail_auth::hickory_resolver::config::{
     NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use mail_auth::hickory_resolver::net::NetError;
+use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::system_conf::read_system_conf;
+use mail_auth::mta_sts::{ReportUri, TlsRpt};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, SpfResult, Txt};
 use serde::{Deserialize, Serialize};
@@ -277,6 +282,38 @@ impl SenderAuth {
             Ok(key) if key.f & KEY_FLAG_TESTING != 0 => Some("key in testing mode, t=y"),
             Ok(_) => None,
             Err(_) => Some("key lookup failed on recheck"),
+        }
+    }
+}
+
+/// Where a domain wants TLS reports.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TlsRptLookup {
+    /// Its `rua` addresses (`mailto:` and `https:`), in the record's order.
+    Found(Vec<ReportUri>),
+    /// No (valid) `v=TLSRPTv1` record: it wants none.
+    None,
+    /// DNS did not answer; ask again later.
+    Failed(String),
+}
+
+impl SenderAuth {
+    /// The `_smtp._tls.DOMAIN` record (RFC 8460 §3): where `domain` wants TLS reports.
+    pub async fn tls_rpt(&self, domain: &str) -> TlsRptLookup {
+        let name = format!("_smtp._tls.{}.", domain.trim_end_matches('.'));
+        let record = self
+            .authenticator
+            .txt_lookup::<TlsRpt>(name, None::<&NoCache<Box<str>, Txt>>)
+            .await;
+        match record {
+            Ok(r) => TlsRptLookup::Found(r.rua.clone()),
+            Err(mail_auth::Error::Dns(DnsError::Resolver(e))) => TlsRptLookup::Failed(e),
+            Err(mail_auth::Error::Dns(DnsError::RecordNotFound(code)))
+                if !matches!(code, ResponseCode::NXDomain | ResponseCode::NoError) =>
+            {
+                TlsRptLookup::Failed(format!("DNS answered {code}"))
+            }
+            Err(_) => TlsRptLookup::None,
         }
     }
 }

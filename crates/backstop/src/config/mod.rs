@@ -480,6 +480,13 @@ pub struct Reports {
     /// Where a daily digest of failures that got no report goes; none: no digest (default).
     #[serde(serialize_with = "serialize_opt_display")]
     pub digest: Option<Mailbox>,
+    /// Send daily TLS reports (RFC 8460) of our outbound TLS sessions to the domains that
+    /// ask for them (`_smtp._tls` records).
+    pub tls_reports: bool,
+    /// The TLS reports' sender (envelope and `From:`); none: postmaster at the host name's
+    /// domain.
+    #[serde(serialize_with = "serialize_opt_display")]
+    pub tls_reports_from: Option<Mailbox>,
 }
 
 /// A static route (`[[route]]`).
@@ -838,6 +845,20 @@ fn serialize_display_seq<T: fmt::Display, S: serde::Serializer>(
 }
 
 impl Config {
+    /// Who TLS reports come from: `[reports] tls_reports_from`, else postmaster at the
+    /// domain of the host name (its parent when it has more than two labels).
+    pub fn tls_reports_from(&self) -> String {
+        if let Some(m) = &self.reports.tls_reports_from {
+            return m.to_string();
+        }
+        let host = self.hostname.trim_end_matches('.');
+        let domain = match host.split_once('.') {
+            Some((_, parent)) if parent.contains('.') => parent,
+            _ => host,
+        };
+        format!("postmaster@{domain}")
+    }
+
     /// The keys of this configuration that hold secrets: whoever reads them can forge BATV
     /// tags, act on the web API, or reach the store.
     pub fn secrets(&self) -> Vec<&'static str> {

@@ -656,6 +656,8 @@ struct RawReports {
     delay_warning: Option<String>,
     keep_failed: Option<String>,
     digest: Option<String>,
+    tls_reports: Option<bool>,
+    tls_reports_from: Option<String>,
 }
 
 impl RawReports {
@@ -672,6 +674,15 @@ impl RawReports {
                     invalid("reports.digest", format!("{s:?} is not an address: {e}"))
                 })?),
             };
+        let tls_reports_from = match self.tls_reports_from.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(Mailbox::parse(s, false).map_err(|e| {
+                invalid(
+                    "reports.tls_reports_from",
+                    format!("{s:?} is not an address: {e}"),
+                )
+            })?),
+        };
         Ok(Reports {
             per_recipient: positive("reports.per_recipient", self.per_recipient, 20)?,
             per_domain: positive("reports.per_domain", self.per_domain, 200)?,
@@ -680,6 +691,8 @@ impl RawReports {
             delay_warning,
             keep_failed: duration("reports.keep_failed", &self.keep_failed, "7d")?,
             digest,
+            tls_reports: self.tls_reports.unwrap_or(true),
+            tls_reports_from,
         })
     }
 }

@@ -72,10 +72,11 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// Delivery under `cfg`, resolving MX hosts with `resolver`.
+    /// Delivery under `cfg`, resolving MX hosts with `resolver`, counting TLS sessions in
+    /// `tls_results`.
     pub fn new(
         cfg: Arc<Config>,
-        resolver: mx::MxResolver,
+        (resolver, tls_results): (mx::MxResolver, Arc<crate::tlsrpt::Ledger>),
         (tags, watch, reputation): (Arc<Tags>, Arc<Watch>, Arc<Reputation>),
     ) -> Setup {
         let d = &cfg.delivery;
@@ -103,6 +104,7 @@ impl Setup {
             }),
             dane: d.dane.then(|| dane_resolver(&cfg)).flatten(),
             per_destination: d.destination_concurrency,
+            tls_results,
         };
         Setup {
             dests: Arc::new(Destinations::new(settings, resolver)),

@@ -100,6 +100,20 @@ impl Policy {
         })
     }
 
+    /// The policy as its lines (`version: STSv1`, `mode: enforce`, `mx: ...`, `max_age: ...`),
+    /// as TLS reports quote it.
+    pub fn lines(&self) -> Vec<String> {
+        let mode = match self.mode {
+            Mode::Enforce => "enforce",
+            Mode::Testing => "testing",
+            Mode::None => "none",
+        };
+        let mut out = vec!["version: STSv1".to_string(), format!("mode: {mode}")];
+        out.extend(self.mx.iter().map(|m| format!("mx: {m}")));
+        out.push(format!("max_age: {}", self.max_age));
+        out
+    }
+
     /// Whether MX host `host` is one the policy names (RFC 8461 §4.1: a `*.` pattern stands
     /// for exactly one leftmost label).
     pub fn names(&self, host: &str) -> bool {

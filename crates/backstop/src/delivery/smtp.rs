@@ -17,11 +17,13 @@ use super::mx::TlsaAnswer;
 use crate::config::{HostPort, TlsMode};
 use crate::content::Content;
 use crate::queue::{Lease, LeasedRcpt};
+use crate::tlsrpt::{self, Ledger, PolicyType, ResultType};
 use crate::upstream::{Connection, Slots, StartTlsError, UpstreamError};
 use backstop_proto::address::{Domain, ForwardPath, ReversePath};
 use backstop_proto::smtp::command::MailParams;
 use backstop_proto::smtp::reply::Reply;
 use hickory_resolver::proto::rr::rdata::TLSA;
+use mail_auth::report::tlsrpt::PolicyDetails;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,6 +71,8 @@ pub struct Settings {
     pub dane: Option<Arc<MxResolver>>,
     /// Connections per destination.
     pub per_destination: usize,
+    /// Where sessions with MX hosts are counted for TLS reports.
+    pub tls_results: Arc<Ledger>,
 }
 
 /// What a connection demands of TLS, with why (for the log and the deferral's words).
@@ -85,6 +89,82 @@ enum Demand {
     /// TLS with a certificate that one of these (usable, DNSSEC-validated) TLSA records
     /// names, or nothing.
     Dane(Vec<TLSA>, String),
+    /// MTA-STS `testing`: as `Verify`, but when that fails, as `May` (the failure reported).
+    Testing(String),
+}
+
+/// Where a session counts for TLS reports: the recipient domain, the policy it was held to,
+/// and when.
+struct Counted {
+    domain: String,
+    policy: PolicyDetails,
+    now: u64,
+}
+
+/// The TLS report's policy of MX host `host` of `domain` with secure TLSA `records`.
+fn tlsa_policy(domain: Option<&str>, host: &str, records: &[TLSA]) -> PolicyDetails {
+    let mut p = PolicyDetails::new(PolicyType::Tlsa, domain.unwrap_or_default());
+    p.policy_string = records.iter().map(|r| r.to_string()).collect();
+    p.mx_host = vec![host.to_string()];
+    p
+}
+
+/// A failed session of `kind` with `host`, for the ledger.
+fn failed(kind: ResultType, host: &str, why: &str) -> Option<tlsrpt::Outcome> {
+    Some(tlsrpt::Outcome::Failure(tlsrpt::failure(
+        kind, host, None, why,
+    )))
+}
+
+/// What a session opened under `demand` counts as in a TLS report: TLS as demanded is a
+/// success, plaintext where STARTTLS was not offered or a policy not met a failure;
+/// connections that failed before TLS, and plaintext by our own choice, are not sessions.
+fn session(
+    opened: &Result<Connection, UpstreamError>,
+    demand: &Demand,
+    host: &str,
+    ip: std::net::IpAddr,
+) -> Option<tlsrpt::Outcome> {
+    let fail = |kind, info: &str| {
+        Some(tlsrpt::Outcome::Failure(tlsrpt::failure(
+            kind,
+            host,
+            Some(ip),
+            info,
+        )))
+    };
+    match (opened, demand) {
+        (Ok(c), _) if c.is_tls() => Some(tlsrpt::Outcome::Success),
+        (Ok(c), Demand::May) if !c.capabilities().starttls => {
+            fail(ResultType::StartTlsNotSupported, "STARTTLS not offered")
+        }
+        (Ok(_), _) => None,
+        (Err(UpstreamError::TlsNotOffered(_, m)), _) => match m.contains("was refused") {
+            true => fail(ResultType::StartTlsNotSupported, "STARTTLS refused"),
+            false => fail(ResultType::StartTlsNotSupported, "STARTTLS not offered"),
+        },
+        (Err(UpstreamError::TlsNotVerified(_, m)), _) => {
+            let info = m.split(" (TLS required").next().unwrap_or(m);
+            fail(certificate_failure(demand, info), info)
+        }
+        (Err(_), _) => None,
+    }
+}
+
+/// RFC 8460's name for why a certificate was not accepted (from rustls's words).
+fn certificate_failure(demand: &Demand, why: &str) -> ResultType {
+    if matches!(demand, Demand::Dane(..)) {
+        return ResultType::ValidationFailure;
+    }
+    if why.contains("xpired") {
+        ResultType::CertificateExpired
+    } else if why.contains("NotValidForName") || why.contains("not valid for name") {
+        ResultType::CertificateHostMismatch
+    } else if why.contains("UnknownIssuer") {
+        ResultType::CertificateNotTrusted
+    } else {
+        ResultType::ValidationFailure
+    }
 }
 
 /// What a host's secure TLSA records demand (RFC 7672 §2.2): a match with a usable one; TLS
@@ -192,7 +272,8 @@ impl Destinations {
     }
 
     /// What a connection to `dest` demands of TLS: the route's `tls`, else for MX hosts an
-    /// MTA-STS policy in `enforce` mode (with the MX hosts it names), else `[delivery]`'s
+    /// MTA-STS policy (verified TLS to the MX hosts it names in `enforce` mode; tried, and
+    /// opportunistic TLS when that fails, in `testing` mode), else `[delivery]`'s
     /// opportunistic STARTTLS.
     async fn demand(
         &self,
@@ -219,6 +300,10 @@ impl Destinations {
                 let why = format!("MTA-STS policy of {domain}, id {}", p.id);
                 (Demand::Verify(why), Some(p))
             }
+            Some(p) if p.mode == Mode::Testing && opportunistic == Demand::May => {
+                let why = format!("MTA-STS policy of {domain} in testing mode, id {}", p.id);
+                (Demand::Testing(why), Some(p))
+            }
             Some(_) | None => (opportunistic, None),
         }
     }
@@ -237,31 +322,26 @@ impl Destinations {
             (Dest::Mx(d), None, Some(v)) if v.mx_is_secure(d.as_str()).await => Some(v.clone()),
             _ => None,
         };
+        // sessions with a domain's MX hosts count for its TLS reports
+        let domain = match (dest, tls) {
+            (Dest::Mx(d), None) => Some(d.as_str()),
+            _ => None,
+        };
         let mut last = None;
         for (name, addrs) in hosts {
-            let demand = match &dane {
-                Some(v) => match v.tlsa(&name, self.settings.mx_port).await {
-                    TlsaAnswer::Secure(records) => dane_demand(&records, &name),
-                    TlsaAnswer::None => demand.clone(),
-                    TlsaAnswer::Failed(why) => {
-                        let why = format!("{why}; host not used (DANE)");
-                        last = Some(self.refused(&name, why));
-                        continue;
-                    }
-                },
-                None => demand.clone(),
+            let host = (domain, name.as_str(), now);
+            let (demand, counted) = match self
+                .host_demand(host, &demand, policy.as_deref(), dane.as_deref())
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
             };
-            let dane_host = matches!(demand, Demand::Dane(..));
-            if let Some(p) = policy.as_ref().filter(|p| !dane_host && !p.names(&name)) {
-                let why = format!(
-                    "not named by the MTA-STS policy (mx: {}); host not used",
-                    p.mx.join(", ")
-                );
-                last = Some(self.refused(&name, why));
-                continue;
-            }
             for addr in addrs {
-                match self.open(addr, &name, &demand).await {
+                match self.open(addr, &name, &demand, counted.as_ref()).await {
                     Ok(c) => return Ok(c),
                     Err(e) => {
                         tracing::debug!(dest = %dest, %addr, error = %e, "host not usable");
@@ -273,6 +353,70 @@ impl Destinations {
         Err(Outcome::Upstream(Arc::new(last.unwrap_or_else(|| {
             UpstreamError::Closed(format!("{dest}: no addresses"))
         }))))
+    }
+
+    /// What a connection to MX host `name` of `domain` demands (DANE where the host's TLSA
+    /// records are DNSSEC-secure, else `demand`), and the policy its sessions count under;
+    /// the error that defers its mail when a policy rules the host out.
+    async fn host_demand(
+        &self,
+        (domain, name, now): (Option<&str>, &str, u64),
+        demand: &Demand,
+        policy: Option<&super::mta_sts::Policy>,
+        dane: Option<&MxResolver>,
+    ) -> Result<(Demand, Option<Counted>), UpstreamError> {
+        let counted = |policy| {
+            domain.map(|d| Counted {
+                domain: d.to_string(),
+                policy,
+                now,
+            })
+        };
+        if let Some(v) = dane {
+            match v.tlsa(name, self.settings.mx_port).await {
+                TlsaAnswer::Secure(records) => {
+                    let c = counted(tlsa_policy(domain, name, &records));
+                    return Ok((dane_demand(&records, name), c));
+                }
+                TlsaAnswer::None => {}
+                TlsaAnswer::Failed(why) => {
+                    let why = format!("{why}; host not used (DANE)");
+                    let c = counted(tlsa_policy(domain, name, &[]));
+                    self.count(c.as_ref(), failed(ResultType::DnssecInvalid, name, &why));
+                    return Err(self.refused(name, why));
+                }
+            }
+        }
+        let Some(p) = policy else {
+            let none = PolicyDetails::new(PolicyType::NoPolicyFound, domain.unwrap_or_default());
+            return Ok((demand.clone(), counted(none)));
+        };
+        let mut details = PolicyDetails::new(PolicyType::Sts, domain.unwrap_or_default());
+        details.policy_string = p.lines();
+        details.mx_host = p.mx.clone();
+        let c = counted(details);
+        if p.names(name) {
+            return Ok((demand.clone(), c));
+        }
+        let why = format!("not named by the MTA-STS policy (mx: {})", p.mx.join(", "));
+        self.count(
+            c.as_ref(),
+            failed(ResultType::ValidationFailure, name, &why),
+        );
+        match p.mode {
+            // testing: counted as failed, used as without a policy
+            Mode::Testing => Ok((Demand::May, None)),
+            _ => Err(self.refused(name, format!("{why}; host not used"))),
+        }
+    }
+
+    /// Counts a session for TLS reports (when it is one: `counted`).
+    fn count(&self, counted: Option<&Counted>, outcome: Option<tlsrpt::Outcome>) {
+        if let (Some(c), Some(o)) = (counted, outcome) {
+            self.settings
+                .tls_results
+                .record(c.now, &c.domain, &c.policy, o);
+        }
     }
 
     /// A host a TLS policy rules out, told in the log: the error that defers its mail.
@@ -312,13 +456,29 @@ impl Destinations {
         })
     }
 
-    /// A session with `name` at `addr`, encrypted as `demand` asks; told in the log.
+    /// A session with `name` at `addr`, encrypted as `demand` asks; told in the log and
+    /// counted for TLS reports (`counted`). MTA-STS `testing`: verified TLS is tried and its
+    /// failure counted, then the host is used as without a policy.
     async fn open(
         &self,
         addr: std::net::SocketAddr,
         name: &str,
         demand: &Demand,
+        counted: Option<&Counted>,
     ) -> Result<Connection, UpstreamError> {
+        if let Demand::Testing(why) = demand {
+            let verify = Demand::Verify(why.clone());
+            return match Box::pin(self.open(addr, name, &verify, counted)).await {
+                Err(UpstreamError::TlsNotOffered(..) | UpstreamError::TlsNotVerified(..)) => {
+                    tracing::info!(
+                        host = name,
+                        "{why}: not met; delivering as without a policy"
+                    );
+                    Box::pin(self.open(addr, name, &Demand::May, None)).await
+                }
+                other => other,
+            };
+        }
         let opened = self.open_tls(addr, name, demand).await;
         let (outcome, detail) = match (&opened, demand) {
             (Ok(c), Demand::Verify(why) | Demand::Dane(_, why)) => ("verified", tls_detail(c, why)),
@@ -340,6 +500,7 @@ impl Destinations {
             detail: &detail,
         }
         .emit();
+        self.count(counted, session(&opened, demand, name, addr.ip()));
         opened
     }
 
@@ -355,7 +516,7 @@ impl Destinations {
             Demand::Plain => return Ok(c),
             Demand::May => return self.may(c, addr, name).await,
             Demand::Encrypt(why) => (why, &s.encrypt),
-            Demand::Verify(why) => (why, &s.verified),
+            Demand::Verify(why) | Demand::Testing(why) => (why, &s.verified),
             Demand::Dane(records, why) => (why, &super::dane::connector(records.clone())),
         };
         let target = c.target().to_string();
@@ -374,7 +535,7 @@ impl Destinations {
             }
             Err(StartTlsError::Failed(UpstreamError::Tls(t, e))) => {
                 let m = match demand {
-                    Demand::Verify(_) | Demand::Dane(..) => {
+                    Demand::Verify(_) | Demand::Testing(_) | Demand::Dane(..) => {
                         format!("certificate not verified for {name}: {e} (TLS required: {why})")
                     }
                     _ => format!("TLS handshake failed: {e} (TLS required: {why})"),

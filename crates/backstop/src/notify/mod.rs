@@ -16,6 +16,7 @@
 pub mod digest;
 pub mod plan;
 mod report;
+mod tls;
 
 pub use plan::{Kind, Plan, Rules, plan};
 
@@ -503,6 +504,9 @@ pub enum NotifyError {
     /// A report was planned for a null sender (a bug: the plan refuses that).
     #[error("no sender to report to")]
     NoSender,
+    /// A TLS report could not be written.
+    #[error("writing the TLS report: {0}")]
+    Build(std::io::Error),
 }
 
 #[cfg(test)]
