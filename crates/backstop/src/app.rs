@@ -647,6 +647,7 @@ impl Gateway {
             clock.clone(),
             ids.clone(),
         );
+        notifier.posting(setup.verified_tls());
         let notifier = Arc::new(notifier);
         tracing::info!(messages = spool.len(), "queue loaded");
         let parts = (notifier.clone(), kept.backends.clone());
@@ -800,6 +801,7 @@ impl Gateway {
         self.kept
             .store_alerts
             .store(Some(generation.alerts.clone()));
+        self.notifier.posting(setup.verified_tls());
         self.engine.reconfigure(setup);
         self.notifier.reconfigure(
             cfg.clone(),

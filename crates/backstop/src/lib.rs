@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod harvest;
 pub mod health;
+pub mod https;
 pub mod ids;
 pub mod inbound;
 pub mod notify;

@@ -81,6 +81,10 @@ fn a_matching_tlsa_record_gets_the_mail_over_tls_a_wrong_one_defers_it() {
         "DANE, TLSA of mx.partner.test",
     ];
     assert_eq!(b.count_reaching(&verified, 1), 1, "{}", b.log());
+    // counted for partner.test's TLS report under its TLSA records
+    let (_, show, _) = b.cli(&["tls-report", "show"]);
+    let tlsa = "partner.test  tlsa (mx: mx.partner.test): 1 successful, 0 failed";
+    assert!(show.contains(tlsa), "{show}");
     drop(b);
     drop(signed);
 
@@ -100,6 +104,11 @@ fn a_matching_tlsa_record_gets_the_mail_over_tls_a_wrong_one_defers_it() {
             .contains("no TLSA record matches the certificate (DANE)"),
         "{}",
         b.log()
+    );
+    let (_, show, _) = b.cli(&["tls-report", "show"]);
+    assert!(
+        show.contains("1 x validation-failure at mx.partner.test [127.0.0.1]"),
+        "{show}"
     );
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(

@@ -44,6 +44,11 @@ struct PolicyServer {
 
 impl PolicyServer {
     fn start(dir: &Path, policy: &str) -> PolicyServer {
+        PolicyServer::start_taking_posts(dir, policy, None)
+    }
+
+    /// Also takes POSTs (TLS reports) into `posts`.
+    fn start_taking_posts(dir: &Path, policy: &str, posts: Option<&Path>) -> PolicyServer {
         let body = dir.join("mta-sts.txt");
         std::fs::write(&body, policy).unwrap();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/https_file.py");
@@ -56,6 +61,7 @@ impl PolicyServer {
             .args([&cert, &key])
             .arg("/.well-known/mta-sts.txt")
             .arg(&body)
+            .args(posts)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -197,6 +203,17 @@ fn verified_tls_delivers_and_a_certificate_for_another_name_defers() {
     assert_eq!(sink.messages().len(), 1, "nothing more was delivered");
 }
 
+/// dnsmasq's option for a TXT record of one string that may hold commas (which
+/// `--txt-record` takes as string separators): the record's data in hex.
+fn txt_rr(name: &str, text: &str) -> String {
+    assert!(text.len() < 256);
+    let hex: String = std::iter::once(text.len() as u8)
+        .chain(text.bytes())
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("--dns-rr={name},16,{hex}")
+}
+
 /// The JSON report inside a TLS report message, decoded by Python's email and gzip modules
 /// (an independent reader).
 fn report_json(message: &str) -> serde_json::Value {
@@ -231,7 +248,15 @@ fn report_json(message: &str) -> serde_json::Value {
 fn sessions_are_counted_shown_by_destination_and_reported_to_the_domain() {
     let dir = support::world_dir();
     let ca = test_ca(dir.path(), &["mta-sts.partner.test", "mx.partner.test"]);
-    let policy = PolicyServer::start(dir.path(), ENFORCE);
+    let posts = dir.path().join("posts");
+    std::fs::create_dir(&posts).unwrap();
+    let policy = PolicyServer::start_taking_posts(dir.path(), ENFORCE, Some(&posts));
+    // reports go by mail and by HTTPS (to the policy server, which has a certificate)
+    let url = format!("https://mta-sts.partner.test:{}/v1/tlsrpt", policy.port);
+    let rua = txt_rr(
+        "_smtp._tls.partner.test",
+        &format!("v=TLSRPTv1; rua=mailto:tlsrpt@partner.test,{url}"),
+    );
     // mx0.partner.test comes first but the policy does not name it: a failed session, then
     // mx.partner.test over verified TLS
     let dns = Dns::start(&[
@@ -241,7 +266,7 @@ fn sessions_are_counted_shown_by_destination_and_reported_to_the_domain() {
         "--host-record=mx.partner.test,127.0.0.1".into(),
         "--host-record=mta-sts.partner.test,127.0.0.1".into(),
         "--txt-record=_mta-sts.partner.test,v=STSv1; id=20261203".into(),
-        "--txt-record=_smtp._tls.partner.test,v=TLSRPTv1; rua=mailto:tlsrpt@partner.test".into(),
+        rua,
     ]);
     let sink = Sink::start();
     let (cert, key) = (
@@ -315,10 +340,54 @@ fn sessions_are_counted_shown_by_destination_and_reported_to_the_domain() {
     assert_eq!(f["result-type"], "validation-failure", "{json}");
     assert_eq!(f["receiving-mx-hostname"], "mx0.partner.test", "{json}");
     assert_eq!(f["failed-session-count"], 1, "{json}");
-    let sent = ["event=\"tls_report_sent\"", "domain=\"partner.test\""];
+    let sent = ["event=\"tls_report_sent\"", "domain=\"partner.test\"", &url];
     assert_eq!(b.count_reaching(&sent, 1), 1, "{}", b.log());
+    // the same report, posted: gzip JSON (RFC 8460 §5.4)
+    let meta = std::fs::read_to_string(posts.join("post-0.meta")).unwrap();
+    assert_eq!(meta, "/v1/tlsrpt\napplication/tlsrpt+gzip\n");
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", "import gzip, sys; sys.stdout.write(gzip.decompress(open(sys.argv[1], 'rb').read()).decode())"])
+        .arg(posts.join("post-0.body"))
+        .output()
+        .unwrap();
+    let posted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(posted["policies"], json["policies"], "{posted}");
+    assert_eq!(posted["report-id"], json["report-id"], "{posted}");
     // reported once: the next period holds only the report's own delivery
     let (_, show, _) = b.cli(&["tls-report", "show", "--json"]);
     let show: serde_json::Value = serde_json::from_str(&show).unwrap();
     assert_eq!(show["pending"], serde_json::json!([]), "{show}");
+}
+
+#[test]
+fn a_testing_policy_delivers_in_clear_and_counts_the_failure() {
+    let dir = support::world_dir();
+    let ca = test_ca(dir.path(), &["mta-sts.partner.test"]);
+    let testing = ENFORCE.replace("mode: enforce", "mode: testing");
+    let policy = PolicyServer::start(dir.path(), &testing);
+    let dns = partner_dns();
+    let sink = Sink::start();
+    let partner = Postfix::internal("partner.test", &["bob@partner.test"], sink.port);
+    let (b, relay) = gateway(dir.path(), (partner.port, policy.port), &ca, &dns, "");
+
+    let (code, t) = swaks(
+        relay,
+        &["--from", "alice@example.test", "--to", "bob@partner.test"],
+    );
+    assert_eq!(code, 0, "{t}");
+    // not held back: delivered without TLS (the server offers none)
+    assert_eq!(sink.wait_for(1).len(), 1, "{}", b.log());
+    let (code, show, e) = b.cli(&["tls-report", "show"]);
+    assert_eq!(code, 0, "{e}");
+    assert!(
+        show.contains("partner.test  sts (mx: mx.partner.test): 0 successful, 1 failed"),
+        "{show}"
+    );
+    assert!(
+        show.contains(
+            "1 x starttls-not-supported at mx.partner.test [127.0.0.1]: STARTTLS not offered"
+        ),
+        "{show}"
+    );
+    assert!(b.log().contains("in testing mode"), "{}", b.log());
 }

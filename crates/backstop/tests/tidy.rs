@@ -207,6 +207,8 @@ fn modules_import_only_what_the_architecture_allows() {
         // TLS report counts: a leaf (the mail-auth report structures, a file), fed by
         // delivery, read by notify, status, control and cli
         ("tlsrpt", others("tlsrpt")),
+        // one HTTPS request (MTA-STS policies, TLS reports): a leaf
+        ("https", others("https")),
         // a message's bytes: a leaf under the queue, the senders and the writers
         (
             "content",

@@ -8,7 +8,7 @@
 //! `mail-auth` crate; deciding alignment; bounding the work (DNS time and DKIM effort) one
 //! message can cause; turning every DNS problem into a `temperror` result, never an error.
 //! Also, through the same resolver, where a domain wants TLS reports (its `_smtp._tls`
-//! record, RFC 8460 §3).
+//! record, RFC 8460 §3) and the addresses of an HTTPS host they go to.
 //! Not responsible for: DMARC policy, ARC, Authentication-Results headers, deciding whether
 //! to bounce (the caller asks [`Evidence::trusted`]), nor storing the evidence.
 //!
@@ -314,6 +314,15 @@ impl SenderAuth {
                 TlsRptLookup::Failed(format!("DNS answered {code}"))
             }
             Err(_) => TlsRptLookup::None,
+        }
+    }
+
+    /// The addresses of `host` (for a TLS report sent over HTTPS).
+    pub async fn addresses_of(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        let name = format!("{}.", host.trim_end_matches('.'));
+        match self.authenticator.0.lookup_ip(name).await {
+            Ok(ips) => Ok(ips.iter().collect()),
+            Err(e) => Err(format!("{host}: {e}")),
         }
     }
 }

@@ -116,6 +116,12 @@ impl Setup {
         }
     }
 
+    /// The TLS client that verifies certificates against this machine's CAs and `[delivery]
+    /// tls_ca` (for other HTTPS requests of the gateway: TLS reports).
+    pub fn verified_tls(&self) -> tokio_rustls::TlsConnector {
+        self.dests.verified_tls()
+    }
+
     /// Tells `callout` what the next hops say of our users (see [`Callout::heard`]).
     pub fn correcting(mut self, callout: Arc<Callout>) -> Setup {
         self.callout = Some(callout);

@@ -11,7 +11,6 @@
 
 use super::mx::MxResolver;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
 use mail_auth::common::parse::TxtRecordParser;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -244,39 +243,18 @@ impl MtaSts {
     }
 
     async fn get(&self, addr: std::net::SocketAddr, host: &str) -> Result<String, String> {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
-        let name =
-            rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
-        let tls = self
-            .https
-            .connect(name, tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        let io = hyper_util::rt::TokioIo::new(tls);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let request = hyper::Request::get("/.well-known/mta-sts.txt")
-            .header(hyper::header::HOST, host)
-            .header(hyper::header::USER_AGENT, "backstop")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let request = crate::https::Request {
+            method: hyper::Method::GET,
+            path: "/.well-known/mta-sts.txt",
+            content_type: None,
+            body: Bytes::new(),
+        };
+        let (status, body) =
+            crate::https::send(&self.https, (addr, host), request, MAX_POLICY).await?;
         // §3.3: a redirect is not followed, anything but 200 is no policy
-        if response.status() != hyper::StatusCode::OK {
-            return Err(format!("HTTP status {}", response.status()));
+        if status != hyper::StatusCode::OK {
+            return Err(format!("HTTP status {status}"));
         }
-        let body = Limited::new(response.into_body(), MAX_POLICY)
-            .collect()
-            .await
-            .map_err(|e| format!("the policy: {e}"))?
-            .to_bytes();
         String::from_utf8(body.to_vec()).map_err(|_| "the policy is not UTF-8".into())
     }
 }

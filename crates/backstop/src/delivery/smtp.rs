@@ -210,6 +210,11 @@ impl Destinations {
             .clone()
     }
 
+    /// The verified TLS client.
+    pub fn verified_tls(&self) -> TlsConnector {
+        self.settings.verified.clone()
+    }
+
     /// Closes connections idle for longer than [`IDLE_MAX`].
     pub fn sweep(&self) {
         let slots: Vec<Arc<Slots>> = self.lock().values().cloned().collect();
@@ -725,6 +730,65 @@ mod tests {
     use super::*;
     use crate::delivery::classify::{Class, classify};
     use crate::delivery::mx::DnsFailure;
+
+    #[test]
+    fn tls_failures_get_rfc_8460_kinds_and_short_words() {
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let verify = Demand::Verify("MTA-STS policy of partner.test, id 1".into());
+        let kind = |e: UpstreamError, d: &Demand| match session(&Err(e), d, "mx.partner.test", ip) {
+            Some(tlsrpt::Outcome::Failure(f)) => (f.result_type, f.additional_information),
+            other => panic!("{other:?}"),
+        };
+        let not_offered = UpstreamError::TlsNotOffered(
+            "t".into(),
+            "TLS is required (x) but STARTTLS is not offered; not delivered".into(),
+        );
+        assert_eq!(
+            kind(not_offered, &verify),
+            (
+                ResultType::StartTlsNotSupported,
+                Some("STARTTLS not offered".into())
+            )
+        );
+        let refused = UpstreamError::TlsNotOffered(
+            "t".into(),
+            "TLS is required (x) but STARTTLS was refused (454 4.7.0 no)".into(),
+        );
+        assert_eq!(kind(refused, &verify).1, Some("STARTTLS refused".into()));
+        for (rustls, want) in [
+            (
+                "invalid peer certificate: certificate expired: verification time 1, but certificate is not valid after 0",
+                ResultType::CertificateExpired,
+            ),
+            (
+                "invalid peer certificate: certificate not valid for name \"mx.partner.test\"",
+                ResultType::CertificateHostMismatch,
+            ),
+            (
+                "invalid peer certificate: UnknownIssuer",
+                ResultType::CertificateNotTrusted,
+            ),
+            (
+                "invalid peer certificate: BadSignature",
+                ResultType::ValidationFailure,
+            ),
+        ] {
+            let m =
+                format!("certificate not verified for mx.partner.test: {rustls} (TLS required: x)");
+            let (k, info) = kind(UpstreamError::TlsNotVerified("t".into(), m), &verify);
+            assert_eq!(k, want, "{rustls}");
+            let info = info.unwrap();
+            assert!(!info.contains("TLS required"), "{info}");
+        }
+        // DANE: a certificate no TLSA record names is a validation failure, whatever rustls says
+        let dane = Demand::Dane(Vec::new(), "DANE".into());
+        let m = "certificate not verified for mx: invalid peer certificate: UnknownIssuer".into();
+        let e = UpstreamError::TlsNotVerified("t".into(), m);
+        assert_eq!(kind(e, &dane).0, ResultType::ValidationFailure);
+        // a connection that failed before TLS is not a session
+        let e = UpstreamError::Closed("gone".into());
+        assert!(session(&Err(e), &verify, "mx", ip).is_none());
+    }
 
     #[test]
     fn one_failure_is_every_recipients_outcome() {

@@ -102,6 +102,8 @@ pub struct Notifier {
     /// One message larger than [`WHOLE_AT_ONCE`] read whole at a time, for DKIM (its body hash
     /// needs every byte): what reports cost in memory stays bounded whatever the messages.
     large: tokio::sync::Semaphore,
+    /// The TLS client for TLS reports sent over HTTPS (none: they are not sent).
+    https: arc_swap::ArcSwapOption<tokio_rustls::TlsConnector>,
 }
 
 /// Up to this size, messages whose sender is being checked are read whole side by side.
@@ -138,7 +140,13 @@ impl Notifier {
             digest_done: AtomicU64::new(0),
             busy: Mutex::new(HashSet::new()),
             large: tokio::sync::Semaphore::new(1),
+            https: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// The TLS client (certificates verified) for TLS reports sent over HTTPS.
+    pub fn posting(&self, https: tokio_rustls::TlsConnector) {
+        self.https.store(Some(Arc::new(https)));
     }
 
     /// Follows a new configuration (after a reload), its resolver and its DKIM keys.

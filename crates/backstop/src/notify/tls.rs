@@ -1,6 +1,7 @@
 //! Sending the TLS reports (RFC 8460) that are due: for each reporting period the ledger has
-//! closed, one report per domain that publishes an `_smtp._tls` record, to its `mailto:`
-//! addresses, DKIM-signed and queued like any other message.
+//! closed, one report per domain that publishes an `_smtp._tls` record: to its `mailto:`
+//! addresses DKIM-signed and queued like any other message, to its `https:` addresses
+//! POSTed (certificate verified).
 //!
 //! Responsible for: when a period's reports go (a while after the day ends, spread by host;
 //! at once when an operator closed the period), the record lookup, the envelope (our
@@ -12,7 +13,7 @@ use super::Notifier;
 use crate::auth::TlsRptLookup;
 use crate::config::Config;
 use crate::queue::{NewMessage, Trust};
-use crate::tlsrpt::report::{Submitter, message};
+use crate::tlsrpt::report::{Submitter, gzip, json, message};
 use crate::tlsrpt::{Ledger, Period};
 use backstop_proto::address::{Mailbox, ReversePath};
 use backstop_proto::smtp::command::{MailParams, RcptParams};
@@ -24,11 +25,17 @@ const SPREAD: u64 = 3600;
 
 /// What became of one domain's report.
 enum Sent {
-    /// Queued under this id, to these addresses.
-    Queued(String, Vec<Mailbox>),
-    /// Nobody to send it to (no record, or only addresses we do not send to).
+    /// Queued under this id to the `mailto:` addresses, or accepted by the `https:` ones:
+    /// where it went.
+    To(String, Vec<String>),
+    /// Nobody to send it to (no address we can use, no sender).
     Nobody(&'static str),
+    /// Its only addresses (`https:`) did not take it now: why.
+    NotYet(String),
 }
+
+/// Longest wait for a report's HTTPS POST, each address.
+const POST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Notifier {
     /// Sends the TLS reports that are due (see the module) and writes the ledger. Domains
@@ -78,14 +85,16 @@ impl Notifier {
     ) {
         let rua = match self.auth.load().tls_rpt(domain).await {
             TlsRptLookup::Found(rua) => rua,
-            TlsRptLookup::None => return ledger.done(period.start, domain),
+            TlsRptLookup::None => {
+                tracing::debug!(domain, "no _smtp._tls record: no TLS report");
+                return ledger.done(period.start, domain);
+            }
             TlsRptLookup::Failed(e) => {
                 return tracing::debug!(domain, error = %e, "_smtp._tls lookup failed; tried again later");
             }
         };
         match self.send_tls_report(cfg, (period, domain), &rua, now).await {
-            Ok(Sent::Queued(id, to)) => {
-                let to: Vec<String> = to.iter().map(Mailbox::to_string).collect();
+            Ok(Sent::To(id, to)) => {
                 let policies = &period.domains[domain];
                 let ok: u64 = policies
                     .iter()
@@ -106,14 +115,17 @@ impl Notifier {
                 tracing::info!(domain, "no TLS report sent: {why}");
                 ledger.done(period.start, domain);
             }
+            Ok(Sent::NotYet(why)) => {
+                tracing::info!(domain, error = %why, "TLS report not sent yet; tried again later");
+            }
             Err(e) => {
                 tracing::warn!(domain, error = %e, "TLS report not queued; tried again later")
             }
         }
     }
 
-    /// Writes, signs and queues `domain`'s report for `period` to the `mailto:` addresses of
-    /// `rua` (`https:` ones are not sent to).
+    /// Writes `domain`'s report for `period`, signs and queues it to the `mailto:` addresses
+    /// of `rua`, and posts it to the `https:` ones.
     async fn send_tls_report(
         &self,
         cfg: &Config,
@@ -121,10 +133,10 @@ impl Notifier {
         rua: &[ReportUri],
         now: u64,
     ) -> Result<Sent, super::NotifyError> {
-        let to = mailto(rua);
-        if to.is_empty() {
+        let (to, urls) = (mailto(rua), https(rua));
+        if to.is_empty() && urls.is_empty() {
             return Ok(Sent::Nobody(
-                "its _smtp._tls record names only https: addresses",
+                "its _smtp._tls record names no address we can use",
             ));
         }
         let from = cfg.tls_reports_from();
@@ -141,28 +153,86 @@ impl Notifier {
         };
         let id = self.ids.next(now);
         let report_id = format!("{id}.{domain}@{}", cfg.hostname);
-        let message_id = format!("{id}@{}", cfg.hostname);
-        let addrs: Vec<String> = to.iter().map(Mailbox::to_string).collect();
-        let text = message(&s, (period, domain), &addrs, (&report_id, &message_id), now)
-            .map_err(super::NotifyError::Build)?;
-        let text = self.signed(&id, text).await;
-        self.spool
-            .enqueue(NewMessage {
-                id: id.clone(),
-                arrived: now,
-                from: ReversePath::Mailbox(sender),
-                params: MailParams::default(),
-                rcpts: to
-                    .iter()
-                    .map(|m| (m.clone(), RcptParams::default()))
-                    .collect(),
-                data: vec![text],
-                rest: None,
-                trust: Trust::no("a TLS report from this gateway"),
-            })
-            .await?;
-        Ok(Sent::Queued(id, to))
+        let mut went = Vec::new();
+        if !to.is_empty() {
+            let message_id = format!("{id}@{}", cfg.hostname);
+            let addrs: Vec<String> = to.iter().map(Mailbox::to_string).collect();
+            let text = message(&s, (period, domain), &addrs, (&report_id, &message_id), now)
+                .map_err(super::NotifyError::Build)?;
+            let text = self.signed(&id, text).await;
+            self.spool
+                .enqueue(NewMessage {
+                    id: id.clone(),
+                    arrived: now,
+                    from: ReversePath::Mailbox(sender),
+                    params: MailParams::default(),
+                    rcpts: to
+                        .iter()
+                        .map(|m| (m.clone(), RcptParams::default()))
+                        .collect(),
+                    data: vec![text],
+                    rest: None,
+                    trust: Trust::no("a TLS report from this gateway"),
+                })
+                .await?;
+            went = addrs;
+        }
+        let json = json(&s, period, domain, &report_id).unwrap_or_default();
+        let body = gzip(json.as_bytes()).map_err(super::NotifyError::Build)?;
+        let mut why = String::new();
+        for url in &urls {
+            match self.post_report(url, body.clone().into()).await {
+                Ok(()) => went.push(url.clone()),
+                Err(e) => {
+                    tracing::warn!(domain, error = %e, "TLS report not posted");
+                    why = e;
+                }
+            }
+        }
+        Ok(match went.is_empty() {
+            true => Sent::NotYet(why),
+            false => Sent::To(id, went),
+        })
     }
+
+    /// POSTs a report (gzip JSON) to `url` (RFC 8460 §5.4): any 2xx answer takes it.
+    async fn post_report(&self, url: &str, body: bytes::Bytes) -> Result<(), String> {
+        let Some(tls) = self.https.load_full() else {
+            return Err("no HTTPS client".into());
+        };
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
+        let port = uri.port_u16().unwrap_or(443);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut last = format!("{url}: {host} has no address");
+        for ip in self.auth.load().addresses_of(host).await? {
+            let request = crate::https::Request {
+                method: hyper::Method::POST,
+                path,
+                content_type: Some("application/tlsrpt+gzip"),
+                body: body.clone(),
+            };
+            let sent = crate::https::send(&tls, ((ip, port).into(), host), request, 64 * 1024);
+            match tokio::time::timeout(POST_TIMEOUT, sent).await {
+                Ok(Ok((status, _))) if status.is_success() => return Ok(()),
+                Ok(Ok((status, _))) => last = format!("{url}: HTTP status {status}"),
+                Ok(Err(e)) => last = format!("{url}: {e}"),
+                Err(_) => last = format!("{url}: no answer within {POST_TIMEOUT:?}"),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The `https:` addresses of a `rua` list (at most 10).
+fn https(rua: &[ReportUri]) -> Vec<String> {
+    rua.iter()
+        .filter_map(|u| match u {
+            ReportUri::Http(url) => Some(url.trim().to_string()),
+            ReportUri::Mail(_) => None,
+        })
+        .take(10)
+        .collect()
 }
 
 /// The `mailto:` addresses of a `rua` list that are addresses (at most 10).

@@ -93,7 +93,8 @@ pub fn message(
         .write_to_vec()
 }
 
-fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+/// `bytes` gzip-compressed (the report's form in both transports).
+pub fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     use mail_auth::flate2::{Compression, write::GzEncoder};
     use std::io::Write;
     let mut e = GzEncoder::new(Vec::with_capacity(bytes.len() / 4), Compression::default());
