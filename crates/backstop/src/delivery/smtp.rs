@@ -135,9 +135,10 @@ fn session(
     };
     match (opened, demand) {
         (Ok(c), _) if c.is_tls() => Some(tlsrpt::Outcome::Success),
-        (Ok(c), Demand::May) if !c.capabilities().starttls => {
+        (Ok(c), Demand::May | Demand::Testing(_)) if !c.capabilities().starttls => {
             fail(ResultType::StartTlsNotSupported, "STARTTLS not offered")
         }
+        (Ok(_), Demand::Testing(_)) => fail(ResultType::StartTlsNotSupported, "STARTTLS refused"),
         (Ok(_), _) => None,
         (Err(UpstreamError::TlsNotOffered(_, m)), _) => match m.contains("was refused") {
             true => fail(ResultType::StartTlsNotSupported, "STARTTLS refused"),
@@ -462,8 +463,9 @@ impl Destinations {
     }
 
     /// A session with `name` at `addr`, encrypted as `demand` asks; told in the log and
-    /// counted for TLS reports (`counted`). MTA-STS `testing`: verified TLS is tried and its
-    /// failure counted, then the host is used as without a policy.
+    /// counted for TLS reports (`counted`). MTA-STS `testing`: verified TLS is tried; without
+    /// STARTTLS the session goes on in plaintext, and after a certificate that does not
+    /// verify the host is used as without a policy (both counted as failures).
     async fn open(
         &self,
         addr: std::net::SocketAddr,
@@ -471,22 +473,14 @@ impl Destinations {
         demand: &Demand,
         counted: Option<&Counted>,
     ) -> Result<Connection, UpstreamError> {
-        if let Demand::Testing(why) = demand {
-            let verify = Demand::Verify(why.clone());
-            return match Box::pin(self.open(addr, name, &verify, counted)).await {
-                Err(UpstreamError::TlsNotOffered(..) | UpstreamError::TlsNotVerified(..)) => {
-                    tracing::info!(
-                        host = name,
-                        "{why}: not met; delivering as without a policy"
-                    );
-                    Box::pin(self.open(addr, name, &Demand::May, None)).await
-                }
-                other => other,
-            };
-        }
         let opened = self.open_tls(addr, name, demand).await;
         let (outcome, detail) = match (&opened, demand) {
             (Ok(c), Demand::Verify(why) | Demand::Dane(_, why)) => ("verified", tls_detail(c, why)),
+            (Ok(c), Demand::Testing(why)) if c.is_tls() => ("verified", tls_detail(c, why)),
+            (Ok(_), Demand::Testing(why)) => (
+                "plaintext",
+                format!("{why}: not met, delivered as without a policy"),
+            ),
             (Ok(c), _) if c.is_tls() => ("encrypted", tls_detail(c, "")),
             (Ok(_), _) => ("plaintext", String::new()),
             (
@@ -506,6 +500,14 @@ impl Destinations {
         }
         .emit();
         self.count(counted, session(&opened, demand, name, addr.ip()));
+        if let (Demand::Testing(why), Err(UpstreamError::TlsNotVerified(..))) = (demand, &opened) {
+            // counted; the host is used as without a policy, on a new connection
+            tracing::info!(
+                host = name,
+                "{why}: not met; delivering as without a policy"
+            );
+            return Box::pin(self.open(addr, name, &Demand::May, None)).await;
+        }
         opened
     }
 
@@ -525,6 +527,10 @@ impl Destinations {
             Demand::Dane(records, why) => (why, &super::dane::connector(records.clone())),
         };
         let target = c.target().to_string();
+        let testing = matches!(demand, Demand::Testing(_));
+        if !c.capabilities().starttls && testing {
+            return Ok(c);
+        }
         if !c.capabilities().starttls {
             c.quit().await;
             let m = format!("TLS is required ({why}) but STARTTLS is not offered; not delivered");
@@ -532,6 +538,7 @@ impl Destinations {
         }
         match c.starttls(connector, name, &s.helo).await {
             Ok(c) => Ok(c),
+            Err(StartTlsError::Refused(c, _)) if testing => Ok(*c),
             Err(StartTlsError::Refused(c, r)) => {
                 c.quit().await;
                 let r = r.to_string().trim_end().replace("\r\n", " ");
