@@ -15,10 +15,11 @@
 #           mode "testing" so the sink needs no certificate): every new connection asks the
 #           TXT record and uses the policy cached after the first fetch.
 # A round is timed from the first message sent until the side's sink has counted all N.
-# Prints every round, the medians and signed/plain. Environment: N (5000), RUNS (5), SESSIONS
-# (20), SIZE (bytes per message, 4096), SIGN (the signed side's keys: both, rsa, ed25519, or
-# none: MTA-STS alone), KEEP=1 (keep the work directory), BACKSTOP_BIN (skip
-# the build), TMPDIR (default /var/tmp: not tmpfs, so the fsyncs are real). Needs root,
+# Prints every round (throughput, and backstop's CPU time per message from /proc: a second
+# view when other load on the machine makes throughput jump), the medians and signed/plain.
+# Environment: N (5000), RUNS (5), SESSIONS (20), SIZE (bytes per message, 4096), SIGN (the
+# signed side's keys: both, rsa, ed25519, or none: MTA-STS alone), KEEP=1 (keep the work
+# directory), BACKSTOP_BIN (skip the build), TMPDIR (default /var/tmp: not tmpfs, so the fsyncs are real). Needs root,
 # postfix (smtp-source, smtp-sink), dnsmasq, openssl, python3. Everything it starts is
 # stopped by its exit trap, by PID.
 set -euo pipefail
@@ -99,6 +100,7 @@ EOF
   fi
   RUST_LOG=info "$BIN" serve --config "$W/$side/backstop.toml" 2>"$W/$side/backstop.log" &
   pids+=($!)
+  eval "pid_$side=$!"
   wait_port "$smtp"; wait_port "$sink"
   eval "port_$side=$smtp"
 }
@@ -123,9 +125,13 @@ start signed true "$keys"
 # smtp-sink -c prints a running count; the last number is the total so far
 delivered() { tr '\r' '\n' <"$W/$1/sink.out" | grep -o '[0-9]\+' | tail -1 || echo 0; }
 
-run() { # side -> prints msg/s
-  local side=$1 port before t0 t1 want
-  eval "port=\$port_$side"
+# CPU time (user + system, clock ticks) backstop has used so far
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+run() { # side -> prints msg/s and backstop's CPU microseconds per message
+  local side=$1 port pid before t0 t1 want c0 c1
+  eval "port=\$port_$side; pid=\$pid_$side"
+  c0=$(cpu "$pid")
   before=$(delivered "$side"); before=${before:-0}
   want=$((before + N))
   t0=$(date +%s.%N)
@@ -137,24 +143,27 @@ run() { # side -> prints msg/s
   done
   t1=$(date +%s.%N)
   [ "$(delivered "$side")" -ge "$want" ] || { echo "side $side: stuck at $(delivered "$side") of $want" >&2; exit 1; }
-  python3 -c "print(round($N / ($t1 - $t0)))"
+  c1=$(cpu "$pid")
+  python3 -c "print(round($N / ($t1 - $t0)), round(($c1 - $c0) * 1e6 / $(getconf CLK_TCK) / $N))"
 }
 
 echo "binary: $BIN"
 echo "N=$N messages per round, $SESSIONS sessions, $SIZE bytes, $RUNS rounds each, alternating; queue mode, MX delivery; signed side: keys $SIGN, MTA-STS on"
 rp=() rs=()
 run plain >/dev/null; run signed >/dev/null   # warm-up: keys loaded, MX and policy cached
+rcp=() rcs=()
 for i in $(seq 1 "$RUNS"); do
-  p=$(run plain); s=$(run signed)
-  rp+=("$p"); rs+=("$s")
-  echo "round $i: plain $p msg/s, signed+MTA-STS $s msg/s"
+  read -r p cp <<<"$(run plain)"; read -r s cs <<<"$(run signed)"
+  rp+=("$p"); rs+=("$s"); rcp+=("$cp"); rcs+=("$cs")
+  echo "round $i: plain $p msg/s ($cp us CPU/msg), signed+MTA-STS $s msg/s ($cs us CPU/msg)"
 done
-python3 - "${rp[*]}" "${rs[*]}" <<'PY'
+python3 - "${rp[*]}" "${rs[*]}" "${rcp[*]}" "${rcs[*]}" <<'PY'
 import statistics, sys
-p = [int(x) for x in sys.argv[1].split()]
-s = [int(x) for x in sys.argv[2].split()]
+p, s, cp, cs = ([int(x) for x in a.split()] for a in sys.argv[1:5])
 mp, ms = statistics.median(p), statistics.median(s)
 print(f"median: plain {mp:.0f} msg/s, signed+MTA-STS {ms:.0f} msg/s; signed/plain = {ms / mp:.3f} (cost {100 * (1 - ms / mp):.1f} %)")
+mcp, mcs = statistics.median(cp), statistics.median(cs)
+print(f"backstop CPU per message (median): plain {mcp:.0f} us, signed+MTA-STS {mcs:.0f} us; extra {100 * (mcs / mcp - 1):.1f} %")
 PY
 # what each side did: signatures made and the policy used, from the logs
 signed=$(grep -c 'result="signed"' "$W/signed/backstop.log" || true)

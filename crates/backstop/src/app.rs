@@ -273,8 +273,8 @@ struct Kept {
     backends: Arc<Backends>,
     /// Outbound TLS sessions counted for TLS reports (state_dir/tls-reports.json).
     tls_results: Arc<Ledger>,
-    /// Wakes the report sweep at once (`backstop tls-report send`).
-    sweep_now: Arc<tokio::sync::Notify>,
+    /// Wakes the TLS report task at once (`backstop tls-report send`).
+    tls_reports_now: Arc<tokio::sync::Notify>,
 }
 
 /// Everything built from one configuration.
@@ -373,7 +373,7 @@ async fn generation(
         clock: clock.clone(),
         backends: kept.backends.clone(),
         tls_results: kept.tls_results.clone(),
-        sweep_now: kept.sweep_now.clone(),
+        tls_reports_now: kept.tls_reports_now.clone(),
     });
     let tls_results = kept.tls_results.clone();
     let setup = Setup::new(
@@ -624,7 +624,7 @@ impl Gateway {
             ids: Arc::new(IdGen::new(rand::random::<u64>())),
             backends: Backends::new(hook),
             tls_results: open_tls_ledger(&cfg, parts.clock.unix())?,
-            sweep_now: Arc::new(tokio::sync::Notify::new()),
+            tls_reports_now: Arc::new(tokio::sync::Notify::new()),
         };
         kept.backends.follow(&cfg, kept.clock.unix());
         let (generation, setup) = generation(&kept, cfg.clone(), None).await?;
@@ -689,6 +689,7 @@ impl Gateway {
             control,
             tokio::spawn(compact_spool(k.spool.clone())),
             tokio::spawn(settle_reports(self.notifier.clone(), self.current.clone())),
+            tokio::spawn(tls_reports(self.notifier.clone(), self.current.clone())),
             tokio::spawn(reload_lists(self.current.clone())),
             tokio::spawn(purge_cache(k.store.clone(), k.clock.clone())),
             // every generation's harvest shares one set of counts: any of them flushes all
@@ -924,18 +925,13 @@ async fn compact_spool(spool: Arc<Spool>) {
 /// `[reports] keep_failed` has passed.
 async fn settle_reports(notifier: Arc<Notifier>, current: Arc<ArcSwap<Served>>) {
     let mut tick = tokio::time::interval(REPORT_SWEEP_EVERY);
-    let now = current.load_full().sweep_now.clone();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = now.notified() => {}
-        }
+        tick.tick().await;
         notifier.sweep().await;
         if let Err(e) = notifier.digest().await {
             tracing::warn!(error = %e, "postmaster digest not sent yet; tried again later");
         }
         let s = current.load_full();
-        notifier.tls_reports(&s.tls_results).await;
         let keep = s.cfg.reports.keep_failed;
         let before = s.clock.unix().saturating_sub(keep.as_secs());
         match s.spool.purge_finished(before).await {
@@ -943,6 +939,21 @@ async fn settle_reports(notifier: Arc<Notifier>, current: Arc<ArcSwap<Served>>) 
             Ok(n) => tracing::info!(messages = n, "finished messages removed after keep_failed"),
             Err(e) => tracing::warn!(error = %e, "removing finished messages failed"),
         }
+    }
+}
+
+/// Writes the TLS report counts and sends the TLS reports that are due, every minute and
+/// when `backstop tls-report send` asks (a task of its own: DNS lookups for many domains
+/// never hold up delivery reports).
+async fn tls_reports(notifier: Arc<Notifier>, current: Arc<ArcSwap<Served>>) {
+    let mut tick = tokio::time::interval(REPORT_SWEEP_EVERY);
+    let now = current.load_full().tls_reports_now.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = now.notified() => {}
+        }
+        notifier.tls_reports(&current.load_full().tls_results).await;
     }
 }
 

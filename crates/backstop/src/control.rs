@@ -139,8 +139,8 @@ pub struct Served {
     pub backends: Arc<crate::health::Backends>,
     /// Outbound TLS sessions counted for TLS reports.
     pub tls_results: Arc<crate::tlsrpt::Ledger>,
-    /// Wakes the report sweep at once.
-    pub sweep_now: Arc<tokio::sync::Notify>,
+    /// Wakes the TLS report task at once.
+    pub tls_reports_now: Arc<tokio::sync::Notify>,
 }
 
 impl Served {
@@ -229,7 +229,7 @@ async fn handle(stream: UnixStream, c: &Control) -> std::io::Result<()> {
         ["tls-report", "send"] => {
             let now = s.clock.unix();
             s.tls_results.close_now(now);
-            s.sweep_now.notify_one();
+            s.tls_reports_now.notify_one();
             serde_json::json!({ "closed": now })
         }
         _ => serde_json::json!({ "error": "unknown request" }),

@@ -17,6 +17,7 @@ use crate::tlsrpt::report::{Submitter, gzip, json, message};
 use crate::tlsrpt::{Ledger, Period};
 use backstop_proto::address::{Mailbox, ReversePath};
 use backstop_proto::smtp::command::{MailParams, RcptParams};
+use futures_util::StreamExt;
 use mail_auth::mta_sts::ReportUri;
 
 /// The latest a day's reports wait after the day ends (each host its own delay in it, so
@@ -33,6 +34,9 @@ enum Sent {
     /// Its only addresses (`https:`) did not take it now: why.
     NotYet(String),
 }
+
+/// Domains whose reports are looked up and sent side by side.
+const AT_ONCE: usize = 16;
 
 /// Longest wait for a report's HTTPS POST, each address.
 const POST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -61,14 +65,19 @@ impl Notifier {
             if now < due {
                 continue;
             }
-            for domain in period.domains.keys() {
-                if !cfg.reports.tls_reports {
-                    ledger.done(period.start, domain);
-                    continue;
-                }
-                self.report_domain(&cfg, ledger, (&period, domain), now)
-                    .await;
-            }
+            // a few domains at a time: a slow resolver delays the reports, not one another
+            let domains = futures_util::stream::iter(period.domains.keys());
+            domains
+                .for_each_concurrent(AT_ONCE, |domain| async {
+                    match cfg.reports.tls_reports {
+                        true => {
+                            self.report_domain(&cfg, ledger, (&period, domain), now)
+                                .await
+                        }
+                        false => ledger.done(period.start, domain),
+                    }
+                })
+                .await;
         }
         if let Err(e) = ledger.flush() {
             tracing::warn!(error = %e, "TLS report counts not written");
@@ -95,15 +104,7 @@ impl Notifier {
         };
         match self.send_tls_report(cfg, (period, domain), &rua, now).await {
             Ok(Sent::To(id, to)) => {
-                let policies = &period.domains[domain];
-                let ok: u64 = policies
-                    .iter()
-                    .map(|p| p.summary.total_success as u64)
-                    .sum();
-                let failed: u64 = policies
-                    .iter()
-                    .map(|p| p.summary.total_failure as u64)
-                    .sum();
+                let (ok, failed) = period.totals(domain);
                 tracing::info!(
                     target: "backstop::event", event = "tls_report_sent", id, domain,
                     to = to.join(", "), start = period.start, end = period.end,

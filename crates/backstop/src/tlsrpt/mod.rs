@@ -298,20 +298,23 @@ pub struct Failures {
 }
 
 impl Period {
+    /// `domain`'s successful and failed sessions in the period.
+    pub fn totals(&self, domain: &str) -> (u64, u64) {
+        let policies = self.domains.get(domain).map_or(&[][..], |p| p.as_slice());
+        let sum = |f: fn(&Policy) -> u32| policies.iter().map(|p| f(p) as u64).sum();
+        (
+            sum(|p| p.summary.total_success),
+            sum(|p| p.summary.total_failure),
+        )
+    }
+
     /// The domains with failed sessions, most failures first, at most `max`.
     pub fn failures(&self, max: usize) -> Vec<Failures> {
         let mut out: Vec<Failures> = self
             .domains
             .iter()
             .filter_map(|(domain, policies)| {
-                let failed: u64 = policies
-                    .iter()
-                    .map(|p| p.summary.total_failure as u64)
-                    .sum();
-                let succeeded = policies
-                    .iter()
-                    .map(|p| p.summary.total_success as u64)
-                    .sum();
+                let (succeeded, failed) = self.totals(domain);
                 let top = policies
                     .iter()
                     .flat_map(|p| &p.failure_details)

@@ -45,7 +45,7 @@ async fn web(extra: &str) -> (tempfile::TempDir, Shared) {
         tls_results: Arc::new(crate::tlsrpt::Ledger::in_memory(clock.unix())),
         clock,
         backends: crate::health::Backends::new(Arc::new(|_, _, _, _| {})),
-        sweep_now: Arc::new(tokio::sync::Notify::new()),
+        tls_reports_now: Arc::new(tokio::sync::Notify::new()),
     });
     let web = Arc::new(Web {
         current: Arc::new(arc_swap::ArcSwap::new(served)),
