@@ -8,28 +8,18 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use support::dns::Dns;
-use support::{Backstop, Postfix, Sink, free_port, list_config, run_backstop, swaks};
+use support::{
+    Backstop, Postfix, Sink, free_port, list_config, run_backstop, run_with_input, swaks,
+};
 
 /// dkimpy's verdict on `message`: (all signatures pass, one line per signature).
 fn dkimpy(message: &str, dns: &Dns) -> (bool, String) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/dkim_verify.py");
-    let mut child = Command::new("/usr/bin/python3")
-        .args([script, &dns.addr.port().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("/usr/bin/python3 (apt-get install python3-dkim)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(message.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut python = Command::new("/usr/bin/python3");
+    python.args([script, &dns.addr.port().to_string()]);
+    let out = run_with_input(&mut python, message.as_bytes());
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)

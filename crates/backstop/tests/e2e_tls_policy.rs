@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use support::dns::Dns;
-use support::{Backstop, Postfix, Sink, free_port, list_config, swaks};
+use support::{Backstop, Postfix, Sink, free_port, list_config, run_with_input, swaks};
 
 /// A test CA (ca.pem) and, signed by it, a certificate and key for each name, in `dir`.
 fn test_ca(dir: &Path, names: &[&str]) -> PathBuf {
@@ -117,21 +117,60 @@ fn gateway(
     (b, format!("127.0.0.1:{relay_port}").parse().unwrap())
 }
 
-#[test]
-fn an_enforced_mta_sts_policy_defers_mail_to_a_server_without_starttls() {
-    let dir = support::world_dir();
-    let ca = test_ca(dir.path(), &["mta-sts.partner.test"]);
-    let policy = PolicyServer::start(dir.path(), ENFORCE);
-    let dns = partner_dns();
-    let sink = Sink::start();
-    let partner = Postfix::internal("partner.test", &["bob@partner.test"], sink.port);
-    let (b, relay) = gateway(dir.path(), (partner.port, policy.port), &ca, &dns, "");
+/// partner.test with `policy`, its MX host a Postfix without STARTTLS, and backstop in front;
+/// alice@example.test has sent bob@partner.test a message.
+struct PlainPartner {
+    /// Dropped last (the directory after the servers that use it).
+    _world: (PolicyServer, Dns, Postfix, tempfile::TempDir),
+    b: Backstop,
+    sink: Sink,
+}
 
+impl PlainPartner {
+    fn after_one_message(policy: &str) -> PlainPartner {
+        let dir = support::world_dir();
+        let ca = test_ca(dir.path(), &["mta-sts.partner.test"]);
+        let policy = PolicyServer::start(dir.path(), policy);
+        let dns = partner_dns();
+        let sink = Sink::start();
+        let partner = Postfix::internal("partner.test", &["bob@partner.test"], sink.port);
+        let (b, relay) = gateway(dir.path(), (partner.port, policy.port), &ca, &dns, "");
+        send_to_bob(relay);
+        PlainPartner {
+            _world: (policy, dns, partner, dir),
+            b,
+            sink,
+        }
+    }
+}
+
+/// partner.test's MX host: a Postfix for `users` with the test CA's certificate for
+/// mx.partner.test (from `dir`), passing mail on to `sink`.
+fn tls_partner(dir: &Path, users: &[&str], sink: &Sink) -> Postfix {
+    let (cert, key) = (
+        dir.join("mx.partner.test.pem"),
+        dir.join("mx.partner.test.key"),
+    );
+    let main_cf = format!(
+        "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n",
+        cert.display(),
+        key.display()
+    );
+    Postfix::internal_with("partner.test", users, sink.port, &main_cf)
+}
+
+/// alice@example.test writes to bob@partner.test through `relay`.
+fn send_to_bob(relay: SocketAddr) {
     let (code, t) = swaks(
         relay,
         &["--from", "alice@example.test", "--to", "bob@partner.test"],
     );
     assert_eq!(code, 0, "{t}");
+}
+
+#[test]
+fn an_enforced_mta_sts_policy_defers_mail_to_a_server_without_starttls() {
+    let PlainPartner { _world, b, sink } = PlainPartner::after_one_message(ENFORCE);
     let deferred = ["event=\"attempt\"", "result=\"deferred\"", "dsn=\"4.7.4\""];
     assert_eq!(b.count_reaching(&deferred, 1), 1, "{}", b.log());
     let log = b.log();
@@ -155,17 +194,7 @@ fn verified_tls_delivers_and_a_certificate_for_another_name_defers() {
     let policy = PolicyServer::start(dir.path(), ENFORCE);
     let dns = partner_dns();
     let sink = Sink::start();
-    let (cert, key) = (
-        dir.path().join("mx.partner.test.pem"),
-        dir.path().join("mx.partner.test.key"),
-    );
-    let main_cf = format!(
-        "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n",
-        cert.display(),
-        key.display()
-    );
-    let partner =
-        Postfix::internal_with("partner.test", &["bob@partner.test"], sink.port, &main_cf);
+    let partner = tls_partner(dir.path(), &["bob@partner.test"], &sink);
     // strict.test: a route that demands verified TLS of 127.0.0.1, which shows the
     // certificate of mx.partner.test
     let route = format!(
@@ -174,11 +203,7 @@ fn verified_tls_delivers_and_a_certificate_for_another_name_defers() {
     );
     let (b, relay) = gateway(dir.path(), (partner.port, policy.port), &ca, &dns, &route);
 
-    let (code, t) = swaks(
-        relay,
-        &["--from", "alice@example.test", "--to", "bob@partner.test"],
-    );
-    assert_eq!(code, 0, "{t}");
+    send_to_bob(relay);
     assert_eq!(sink.wait_for(1).len(), 1, "{}", b.log());
     let verified = [
         "event=\"delivery_tls\"",
@@ -222,20 +247,9 @@ fn report_json(message: &str) -> serde_json::Value {
                   for p in m.walk():\n\
                   \x20   if p.get_content_type() == 'application/tlsrpt+gzip':\n\
                   \x20       print(gzip.decompress(p.get_payload(decode=True)).decode())\n";
-    let mut child = Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(message.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut python = Command::new("/usr/bin/python3");
+    python.args(["-c", script]);
+    let out = run_with_input(&mut python, message.as_bytes());
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "no report in the message ({e}): {}\n{message}",
@@ -269,25 +283,12 @@ fn sessions_are_counted_shown_by_destination_and_reported_to_the_domain() {
         rua,
     ]);
     let sink = Sink::start();
-    let (cert, key) = (
-        dir.path().join("mx.partner.test.pem"),
-        dir.path().join("mx.partner.test.key"),
-    );
-    let main_cf = format!(
-        "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n",
-        cert.display(),
-        key.display()
-    );
     let users = ["bob@partner.test", "tlsrpt@partner.test"];
-    let partner = Postfix::internal_with("partner.test", &users, sink.port, &main_cf);
+    let partner = tls_partner(dir.path(), &users, &sink);
     let dkim = "[[dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\nalgorithm = \"ed25519\"\n";
     let (b, relay) = gateway(dir.path(), (partner.port, policy.port), &ca, &dns, dkim);
 
-    let (code, t) = swaks(
-        relay,
-        &["--from", "alice@example.test", "--to", "bob@partner.test"],
-    );
-    assert_eq!(code, 0, "{t}");
+    send_to_bob(relay);
     assert_eq!(sink.wait_for(1).len(), 1, "{}", b.log());
 
     // the operator sees the failures by destination
@@ -361,20 +362,8 @@ fn sessions_are_counted_shown_by_destination_and_reported_to_the_domain() {
 
 #[test]
 fn a_testing_policy_delivers_in_clear_and_counts_the_failure() {
-    let dir = support::world_dir();
-    let ca = test_ca(dir.path(), &["mta-sts.partner.test"]);
     let testing = ENFORCE.replace("mode: enforce", "mode: testing");
-    let policy = PolicyServer::start(dir.path(), &testing);
-    let dns = partner_dns();
-    let sink = Sink::start();
-    let partner = Postfix::internal("partner.test", &["bob@partner.test"], sink.port);
-    let (b, relay) = gateway(dir.path(), (partner.port, policy.port), &ca, &dns, "");
-
-    let (code, t) = swaks(
-        relay,
-        &["--from", "alice@example.test", "--to", "bob@partner.test"],
-    );
-    assert_eq!(code, 0, "{t}");
+    let PlainPartner { _world, b, sink } = PlainPartner::after_one_message(&testing);
     // not held back: delivered without TLS (the server offers none)
     assert_eq!(sink.wait_for(1).len(), 1, "{}", b.log());
     let (code, show, e) = b.cli(&["tls-report", "show"]);

@@ -619,6 +619,20 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
 }
 
 /// Runs swaks with these arguments against `addr`; (exit code, transcript).
+/// Runs `cmd` with `input` on its standard input; its output (standard output and error
+/// captured).
+#[allow(dead_code)]
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 pub fn swaks(addr: SocketAddr, args: &[&str]) -> (i32, String) {
     let out = Command::new("swaks")
         .args([
