@@ -778,3 +778,23 @@ fn bad_ldap_settings_name_their_key() {
         "{e}"
     );
 }
+
+#[test]
+fn tls_reports_come_from_postmaster_at_the_host_names_domain_unless_set() {
+    let d = dir_with_list();
+    let c = Config::from_toml(&with_domain(""), d.path()).unwrap();
+    assert!(c.reports.tls_reports);
+    assert_eq!(c.tls_reports_from(), "postmaster@example.test");
+    let two_labels = with_domain("").replace("mx.example.test", "example.test");
+    let c = Config::from_toml(&two_labels, d.path()).unwrap();
+    assert_eq!(c.tls_reports_from(), "postmaster@example.test");
+    let set =
+        with_domain("[reports]\ntls_reports = false\ntls_reports_from = \"tls@example.test\"\n");
+    let c = Config::from_toml(&set, d.path()).unwrap();
+    assert!(!c.reports.tls_reports);
+    assert_eq!(c.tls_reports_from(), "tls@example.test");
+    let e = err(&with_domain(
+        "[reports]\ntls_reports_from = \"not an address\"\n",
+    ));
+    assert!(e.contains("reports.tls_reports_from"), "{e}");
+}
