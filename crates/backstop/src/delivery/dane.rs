@@ -9,11 +9,10 @@
 //! Not responsible for: looking the records up or validating DNSSEC (`mx`), nor deciding when
 //! DANE applies (`smtp`).
 
+use crate::upstream::tls::CertificateCheck;
 use hickory_resolver::proto::rr::rdata::TLSA;
 use hickory_resolver::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use std::sync::Arc;
 use tokio_rustls::TlsConnector;
@@ -36,19 +35,10 @@ pub fn usable(records: &[TLSA]) -> Vec<TLSA> {
 
 /// A TLS client that accepts only a certificate matching one of `records` (usable ones).
 pub fn connector(records: Vec<TLSA>) -> TlsConnector {
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let verifier = Dane {
+    crate::upstream::tls::checked_tls(Dane {
         records,
-        algorithms: provider.signature_verification_algorithms,
         provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default TLS versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+    })
 }
 
 /// Whether `cert` (DER) is what `r` names.
@@ -74,7 +64,6 @@ pub fn matches(r: &TLSA, cert: &[u8]) -> bool {
 #[derive(Debug)]
 struct Dane {
     records: Vec<TLSA>,
-    algorithms: WebPkiSupportedAlgorithms,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -120,48 +109,25 @@ impl Dane {
     }
 }
 
-impl ServerCertVerifier for Dane {
-    fn verify_server_cert(
+impl CertificateCheck for Dane {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        _ocsp: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+    ) -> Result<(), rustls::Error> {
         let ee = self
             .records
             .iter()
             .filter(|r| r.cert_usage == CertUsage::DaneEe)
             .any(|r| matches(r, end_entity));
         if ee || self.by_trust_anchor(end_entity, intermediates, server_name, now) {
-            return Ok(ServerCertVerified::assertion());
+            return Ok(());
         }
         Err(rustls::Error::General(
             "no TLSA record matches the certificate (DANE)".into(),
         ))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
     }
 }
 

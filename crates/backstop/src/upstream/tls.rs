@@ -21,8 +21,28 @@ use tokio_rustls::TlsConnector;
 ///
 /// Uses the aws-lc-rs provider directly, so it does not depend on a process-default provider.
 pub fn opportunistic_tls() -> TlsConnector {
+    checked_tls(AnyCertificate)
+}
+
+/// Our own judgement of a server's certificate (the handshake's signatures are verified as
+/// rustls does, whatever it says).
+pub trait CertificateCheck: std::fmt::Debug + Send + Sync + 'static {
+    /// Ok when `end_entity` (with `intermediates`, shown by `server_name`) is acceptable.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error>;
+}
+
+/// A connector that accepts the certificates `check` accepts (aws-lc-rs, safe default
+/// protocol versions).
+pub fn checked_tls(check: impl CertificateCheck) -> TlsConnector {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let verifier = AnyCertificate {
+    let verifier = Checked {
+        check,
         algorithms: provider.signature_verification_algorithms,
     };
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
@@ -70,22 +90,41 @@ pub fn server_name(host: &str, fallback: IpAddr) -> ServerName<'static> {
     ServerName::try_from(host.to_string()).unwrap_or(ServerName::IpAddress(fallback.into()))
 }
 
-/// Accepts any certificate; checks only that the handshake was signed with its key.
+/// Accepts any certificate (the handshake must still be signed with its key).
 #[derive(Debug)]
-struct AnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
+struct AnyCertificate;
 
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
+impl CertificateCheck for AnyCertificate {
+    fn check(
         &self,
         _end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
         _now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        Ok(())
+    }
+}
+
+/// A [`CertificateCheck`] as rustls asks for it, with the handshake's signatures verified.
+#[derive(Debug)]
+struct Checked<C> {
+    check: C,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl<C: CertificateCheck> ServerCertVerifier for Checked<C> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        self.check
+            .check(end_entity, intermediates, server_name, now)
+            .map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
