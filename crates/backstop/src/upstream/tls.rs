@@ -5,7 +5,8 @@
 //!
 //! Responsible for: the rustls client configurations (aws-lc-rs, safe default protocol
 //! versions, handshake signatures always verified, so the peer must hold the key of the
-//! certificate it shows), the trust anchors, and the TLS server name for a host.
+//! certificate it shows), clients around a certificate check of the caller's (DANE's), the
+//! trust anchors, and the TLS server name for a host.
 //! Not responsible for: deciding whether to use TLS, or falling back to plaintext when the
 //! handshake fails (the caller does that on [`super::UpstreamError::Tls`]).
 
