@@ -328,7 +328,8 @@ fn reasons(out: &mut String, day: &[Reading]) {
     out.push_str("</section>");
 }
 
-/// Queue, held senders, blocked clients, DNSBL, internal servers.
+/// Queue, held senders, blocked clients, DNSBL, TLS policy failures by destination,
+/// internal servers.
 fn state(out: &mut String, status: &Value) {
     let s = |v: &Value| esc(v.as_str().unwrap_or(""));
     let list = |k: &str| status[k].as_array().cloned().unwrap_or_default();
@@ -391,6 +392,19 @@ fn state(out: &mut String, status: &Value) {
         })
         .collect();
     out.push_str(&rows("DNSBL state of our IPs", dnsbl));
+    let tls = list("tls_failures_today")
+        .iter()
+        .map(|t| {
+            format!(
+                "<tr><td>{}</td><td class=\"bad\">{} failed</td><td>{} succeeded</td><td>{}</td></tr>",
+                s(&t["domain"]),
+                t["failed"],
+                t["succeeded"],
+                s(&t["why"])
+            )
+        })
+        .collect();
+    out.push_str(&rows("TLS policy failures today", tls));
     let backends = list("backends")
         .iter()
         .map(|b| {

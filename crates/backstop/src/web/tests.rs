@@ -240,9 +240,27 @@ async fn metrics_show_events_and_the_gauges_read_at_scrape_time() {
         }])
     );
     assert_eq!(v["since"], NOW - 10);
-    // and the dashboard shows it
+    // and the dashboard shows it, with today's TLS policy failures (escaped)
+    let sts = mail_auth::report::tlsrpt::PolicyDetails::new(
+        crate::tlsrpt::PolicyType::Sts,
+        "partner.test",
+    );
+    let why = "<b>STARTTLS</b> not offered";
+    let kind = crate::tlsrpt::ResultType::StartTlsNotSupported;
+    let f = crate::tlsrpt::failure(kind, "mx.partner.test", None, why);
+    let failed = crate::tlsrpt::Outcome::Failure(f);
+    let served = w.current.load_full();
+    served.tls_results.record(NOW, "partner.test", &sts, failed);
     let (code, page) = call(&w, "127.0.0.1", "GET", "/", None).await;
     assert_eq!(code, 200);
+    assert!(
+        page.contains("<h3>TLS policy failures today</h3>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<td>partner.test</td><td class=\"bad\">1 failed</td><td>0 succeeded</td><td>starttls-not-supported at mx.partner.test: &lt;b&gt;STARTTLS&lt;/b&gt; not offered</td>"),
+        "{page}"
+    );
     assert!(
         page.contains(r#"id="tile-rcpt-refused"><b>2</b>"#),
         "{page}"
