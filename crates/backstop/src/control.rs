@@ -1,6 +1,6 @@
 //! The control socket (`state_dir/control.sock`): lets `backstop verify` and `backstop queue`
 //! ask the running gateway, which owns the store and the spool, instead of opening them a
-//! second time (and `backstop bounce stats`).
+//! second time (and `backstop status`, `cache`, `bounce stats`, `reload`, `tls-report`).
 //!
 //! Responsible for: a one-request-per-connection line protocol (`verify ADDRESS` or
 //! `queue ...` in, one JSON object out) on a Unix socket only root (or the gateway's user) can
