@@ -29,8 +29,10 @@ enum Sent {
     /// Queued under this id to the `mailto:` addresses, or accepted by the `https:` ones:
     /// where it went.
     To(String, Vec<String>),
-    /// Nobody to send it to (no address we can use, no sender).
+    /// Nobody to send it to (no address we can use).
     Nobody(&'static str),
+    /// Not sent: our sender address is not usable (the configuration's fault).
+    NoSender(&'static str),
     /// Its only addresses (`https:`) did not take it now: why.
     NotYet(String),
 }
@@ -116,6 +118,10 @@ impl Notifier {
                 tracing::info!(domain, "no TLS report sent: {why}");
                 ledger.done(period.start, domain);
             }
+            Ok(Sent::NoSender(why)) => {
+                tracing::warn!(domain, "no TLS report sent: {why}");
+                ledger.done(period.start, domain);
+            }
             Ok(Sent::NotYet(why)) => {
                 tracing::info!(domain, error = %why, "TLS report not sent yet; tried again later");
             }
@@ -140,11 +146,9 @@ impl Notifier {
                 "its _smtp._tls record names no address we can use",
             ));
         }
-        let from = cfg.tls_reports_from();
-        let Ok(sender) = Mailbox::parse(&from, false) else {
-            return Ok(Sent::Nobody(
-                "no valid sender address (set [reports] tls_reports_from)",
-            ));
+        let (from, sender) = match sender(cfg) {
+            Ok(m) => (m.to_string(), m),
+            Err(why) => return Ok(Sent::NoSender(why)),
         };
         let submitter_domain = sender.domain().as_str().to_string();
         let s = Submitter {
@@ -225,6 +229,22 @@ impl Notifier {
     }
 }
 
+/// Who TLS reports come from (`[reports] tls_reports_from`, else postmaster at the host
+/// name's domain), or why nobody can: not an address, or a host name without a domain
+/// (nobody could answer or authenticate such a sender).
+fn sender(cfg: &Config) -> Result<Mailbox, &'static str> {
+    let Ok(m) = Mailbox::parse(&cfg.tls_reports_from(), false) else {
+        return Err("no valid sender address (set [reports] tls_reports_from)");
+    };
+    match m.domain().as_str().contains('.') {
+        true => Ok(m),
+        false => Err(
+            "the sender's domain is not a domain name (set hostname or [reports] \
+             tls_reports_from)",
+        ),
+    }
+}
+
 /// The `https:` addresses of a `rua` list (at most 10).
 fn https(rua: &[ReportUri]) -> Vec<String> {
     rua.iter()
@@ -245,4 +265,31 @@ fn mailto(rua: &[ReportUri]) -> Vec<Mailbox> {
         })
         .take(10)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_need_a_sender_at_a_domain_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = |hostname: &str, extra: &str| {
+            let text = format!(
+                "hostname = \"{hostname}\"\nstate_dir = \"var\"\n[[listen]]\naddr = \"127.0.0.1:2525\"\n\
+                 [[domain]]\nname = \"example.test\"\nrecipients = [\"callout:127.0.0.1:2526\"]\n\
+                 next_hop = \"smtp:127.0.0.1:2526\"\n{extra}"
+            );
+            Config::from_toml(&text, dir.path()).unwrap()
+        };
+        let ok = sender(&base("mx.example.test", "")).unwrap();
+        assert_eq!(ok.to_string(), "postmaster@example.test");
+        let why = sender(&base("gateway", "")).unwrap_err();
+        assert!(why.contains("not a domain name"), "{why}");
+        let set = "[reports]\ntls_reports_from = \"tls@example.test\"\n";
+        assert_eq!(
+            sender(&base("gateway", set)).unwrap().to_string(),
+            "tls@example.test"
+        );
+    }
 }
