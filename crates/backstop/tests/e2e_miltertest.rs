@@ -218,13 +218,13 @@ fn miltertest_drives_the_milter_through_scripted_sessions() {
         b.log()
     );
     assert_eq!(
-        b.count(&["event=\"bounce_verdict\"", "verdict=\"backscatter\""]),
+        b.count_reaching(&["event=\"bounce_verdict\"", "verdict=\"backscatter\""], 3),
         3,
         "{}",
         b.log()
     );
     assert_eq!(
-        b.count(&["event=\"bounce_verdict\"", "verdict=\"genuine\""]),
+        b.count_reaching(&["event=\"bounce_verdict\"", "verdict=\"genuine\""], 1),
         1,
         "{}",
         b.log()
