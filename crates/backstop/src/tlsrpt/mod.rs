@@ -136,8 +136,8 @@ impl Ledger {
 
     /// Counts one session with `domain`'s MX host under `policy` at `now`.
     pub fn record(&self, now: u64, domain: &str, policy: &PolicyDetails, result: Outcome) {
-        self.roll(now);
         let mut s = self.lock();
+        roll(&mut s, now);
         let full = s.open.domains.len() >= MAX_DOMAINS;
         if full && !s.open.domains.contains_key(domain) {
             if !s.full_warned {
@@ -178,11 +178,7 @@ impl Ledger {
 
     /// Closes the open period at the end of its UTC day once `now` has passed it.
     pub fn roll(&self, now: u64) {
-        let mut s = self.lock();
-        let end = (s.open.start / DAY + 1) * DAY;
-        if now >= end {
-            close(&mut s, end, now / DAY * DAY);
-            drop(s);
+        if roll(&mut self.lock(), now) {
             self.dirty.store(true, Ordering::Relaxed);
         }
     }
@@ -253,6 +249,17 @@ impl Ledger {
         }
         Ok(())
     }
+}
+
+/// Closes the open period at the end of its UTC day when `now` has passed it; true when it
+/// did.
+fn roll(s: &mut State, now: u64) -> bool {
+    let end = (s.open.start / DAY + 1) * DAY;
+    let due = now >= end;
+    if due {
+        close(s, end, now / DAY * DAY);
+    }
+    due
 }
 
 /// Moves the open period, ended at `end`, to the closed ones (when it counted anything) and
